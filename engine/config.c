@@ -1,0 +1,386 @@
+/* config.c — the gateway's configuration file (a Lua table file, secrets by file path). */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <lua-cjson.h>
+
+static char *dupstr(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+int config_defaults(struct config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->listen_host = dupstr("127.0.0.1");
+	cfg->listen_port = 8080;
+	cfg->scripts_dir = dupstr("scripts");
+	cfg->lualib_dir = dupstr("lualib");
+	cfg->db_path = dupstr("paygate.db");
+	cfg->max_header_bytes = 16 * 1024;
+	cfg->max_body_bytes = 64 * 1024;
+	cfg->timeout_s = 10;
+	cfg->script_memory_bytes = 64u << 20;
+	cfg->script_max_instructions = 50 * 1000 * 1000;
+	cfg->max_draining = 8;
+	cfg->watch = 1;
+	cfg->watch_debounce_ms = 200;
+	cfg->fetch_timeout_ms = 10000;
+	cfg->fetch_connect_timeout_ms = 3000;
+	cfg->fetch_max_inflight = 4096;
+	cfg->fetch_max_response_bytes = 1u << 20;
+	cfg->jobs_max_running = 64;
+	cfg->db_busy_timeout_ms = 200;
+	cfg->log_level = LOG_INFO;
+	cfg->app_json = dupstr("{}");
+	if (!cfg->listen_host || !cfg->scripts_dir || !cfg->lualib_dir || !cfg->db_path || !cfg->app_json)
+		return -1;
+	return 0;
+}
+
+void config_free(struct config *cfg)
+{
+	free(cfg->path);
+	free(cfg->listen_host);
+	free(cfg->scripts_dir);
+	free(cfg->lualib_dir);
+	free(cfg->db_path);
+	if (cfg->admin_token) {
+		memset(cfg->admin_token, 0, strlen(cfg->admin_token));
+		free(cfg->admin_token);
+	}
+	free(cfg->fetch_ca_file);
+	free(cfg->app_json);
+	memset(cfg, 0, sizeof *cfg);
+}
+
+char *config_read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t n = 0, cap = 0;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	for (;;) {
+		if (n + 4096 + 1 > cap) {
+			size_t ncap = cap ? cap * 2 : 8192;
+			char *nb = realloc(buf, ncap);
+			if (!nb)
+				goto fail;
+			buf = nb;
+			cap = ncap;
+		}
+		size_t r = fread(buf + n, 1, cap - n - 1, f);
+		n += r;
+		if (n > max) {
+			snprintf(err, errlen, "%s is larger than %zu bytes", path, max);
+			goto fail_quiet;
+		}
+		if (r == 0)
+			break;
+	}
+	if (ferror(f))
+		goto fail;
+	fclose(f);
+	buf[n] = '\0';
+	if (len)
+		*len = n;
+	return buf;
+fail:
+	snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+fail_quiet:
+	free(buf);
+	fclose(f);
+	return NULL;
+}
+
+/* A path from the config file, made relative to the file's directory. */
+static char *resolve_path(const char *base_dir, const char *p)
+{
+	if (p[0] == '/' || !base_dir || !*base_dir)
+		return strdup(p);
+	size_t n = strlen(base_dir) + 1 + strlen(p) + 1;
+	char *out = malloc(n);
+	if (out)
+		snprintf(out, n, "%s/%s", base_dir, p);
+	return out;
+}
+
+int config_set_listen(struct config *cfg, const char *addr, char *err, size_t errlen)
+{
+	const char *colon = strrchr(addr, ':');
+	char *end;
+	long port;
+
+	if (!colon || colon == addr) {
+		snprintf(err, errlen, "listen address '%s' must look like 127.0.0.1:8080", addr);
+		return -1;
+	}
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || port < 0 || port > 65535) {
+		snprintf(err, errlen, "listen address '%s' has a bad port", addr);
+		return -1;
+	}
+	char *host = strndup(addr, (size_t)(colon - addr));
+	if (!host)
+		return -1;
+	free(cfg->listen_host);
+	cfg->listen_host = host;
+	cfg->listen_port = (int)port;
+	return 0;
+}
+
+/* ---- reading typed fields from the evaluated file (table at stack top) ---- */
+
+struct reader {
+	lua_State *L;
+	const char *dir;
+	char *err;
+	size_t errlen;
+	int failed;
+};
+
+/* Push t[a][b] (b may be NULL); returns its Lua type. */
+static int push_field(struct reader *r, const char *a, const char *b)
+{
+	lua_getfield(r->L, -1, a);
+	if (!b)
+		return lua_type(r->L, -1);
+	if (!lua_istable(r->L, -1)) {
+		lua_pop(r->L, 1);
+		lua_pushnil(r->L);
+		return LUA_TNIL;
+	}
+	lua_getfield(r->L, -1, b);
+	lua_remove(r->L, -2);
+	return lua_type(r->L, -1);
+}
+
+static void bad(struct reader *r, const char *a, const char *b, const char *want)
+{
+	if (!r->failed)
+		snprintf(r->err, r->errlen, "config: %s%s%s must be %s", a, b ? "." : "", b ? b : "", want);
+	r->failed = 1;
+}
+
+static void read_int(struct reader *r, const char *a, const char *b, int64_t min, int64_t max, int64_t *out)
+{
+	int t = push_field(r, a, b), isint = 0;
+	if (t != LUA_TNIL) {
+		lua_Integer v = lua_tointegerx(r->L, -1, &isint);
+		if (t != LUA_TNUMBER || !isint || v < min || v > max) {
+			char want[96];
+			snprintf(want, sizeof want, "an integer from %lld to %lld", (long long)min, (long long)max);
+			bad(r, a, b, want);
+		} else {
+			*out = v;
+		}
+	}
+	lua_pop(r->L, 1);
+}
+
+static void read_str(struct reader *r, const char *a, const char *b, int is_path, char **out)
+{
+	int t = push_field(r, a, b);
+	if (t == LUA_TSTRING) {
+		char *v = is_path ? resolve_path(r->dir, lua_tostring(r->L, -1)) : strdup(lua_tostring(r->L, -1));
+		if (v) {
+			free(*out);
+			*out = v;
+		}
+	} else if (t != LUA_TNIL) {
+		bad(r, a, b, "a string");
+	}
+	lua_pop(r->L, 1);
+}
+
+static void read_bool(struct reader *r, const char *a, const char *b, int *out)
+{
+	int t = push_field(r, a, b);
+	if (t == LUA_TBOOLEAN)
+		*out = lua_toboolean(r->L, -1);
+	else if (t != LUA_TNIL)
+		bad(r, a, b, "true or false");
+	lua_pop(r->L, 1);
+}
+
+/* Secrets live in files so that the config itself can be shared; warn-free read, trimmed. */
+static void read_secret_file(struct reader *r, const char *a, const char *b, char **out)
+{
+	char *path = NULL, ferr[256];
+	read_str(r, a, b, 1, &path);
+	if (!path)
+		return;
+	char *v = config_read_file(path, 4096, NULL, ferr, sizeof ferr);
+	if (!v) {
+		if (!r->failed)
+			snprintf(r->err, r->errlen, "config: %s.%s: %s", a, b, ferr);
+		r->failed = 1;
+	} else {
+		size_t n = strlen(v);
+		while (n && (v[n - 1] == '\n' || v[n - 1] == '\r' || v[n - 1] == ' '))
+			v[--n] = '\0';
+		if (n < 16) {
+			bad(r, a, b, "a file holding a token of at least 16 characters");
+			free(v);
+		} else {
+			free(*out);
+			*out = v;
+		}
+	}
+	free(path);
+}
+
+static void read_fields(struct reader *r, struct config *cfg)
+{
+	int64_t v;
+	char *listen = NULL, *level = NULL;
+
+	read_str(r, "listen", NULL, 0, &listen);
+	if (listen && !r->failed && config_set_listen(cfg, listen, r->err, r->errlen) < 0)
+		r->failed = 1;
+	free(listen);
+	read_str(r, "scripts", NULL, 1, &cfg->scripts_dir);
+	read_str(r, "lualib", NULL, 1, &cfg->lualib_dir);
+	read_str(r, "database", NULL, 1, &cfg->db_path);
+
+	v = (int64_t)cfg->max_header_bytes;
+	read_int(r, "limits", "max_header_bytes", 1024, 1 << 20, &v);
+	cfg->max_header_bytes = (size_t)v;
+	v = (int64_t)cfg->max_body_bytes;
+	read_int(r, "limits", "max_body_bytes", 1024, 16 << 20, &v);
+	cfg->max_body_bytes = (size_t)v;
+	v = cfg->timeout_s;
+	read_int(r, "limits", "timeout_s", 1, 3600, &v);
+	cfg->timeout_s = (int)v;
+
+	v = (int64_t)(cfg->script_memory_bytes >> 20);
+	read_int(r, "script", "memory_mb", 4, 4096, &v);
+	cfg->script_memory_bytes = (size_t)v << 20;
+	read_int(r, "script", "max_instructions", 100000, INT64_C(1) << 40, &cfg->script_max_instructions);
+	v = cfg->max_draining;
+	read_int(r, "script", "max_draining", 1, 1000, &v);
+	cfg->max_draining = (int)v;
+
+	read_secret_file(r, "admin", "token_file", &cfg->admin_token);
+	read_bool(r, "watch", NULL, &cfg->watch);
+	v = cfg->watch_debounce_ms;
+	read_int(r, "watch_debounce_ms", NULL, 10, 10000, &v);
+	cfg->watch_debounce_ms = (int)v;
+
+	v = cfg->fetch_timeout_ms;
+	read_int(r, "fetch", "timeout_ms", 100, 600000, &v);
+	cfg->fetch_timeout_ms = (int)v;
+	v = cfg->fetch_connect_timeout_ms;
+	read_int(r, "fetch", "connect_timeout_ms", 100, 600000, &v);
+	cfg->fetch_connect_timeout_ms = (int)v;
+	v = cfg->fetch_max_inflight;
+	read_int(r, "fetch", "max_inflight", 1, 100000, &v);
+	cfg->fetch_max_inflight = (int)v;
+	v = (int64_t)cfg->fetch_max_response_bytes;
+	read_int(r, "fetch", "max_response_bytes", 1024, 64 << 20, &v);
+	cfg->fetch_max_response_bytes = (size_t)v;
+	read_str(r, "fetch", "ca_file", 1, &cfg->fetch_ca_file);
+
+	v = cfg->jobs_max_running;
+	read_int(r, "jobs", "max_running", 1, 10000, &v);
+	cfg->jobs_max_running = (int)v;
+	v = cfg->db_busy_timeout_ms;
+	read_int(r, "db_busy_timeout_ms", NULL, 0, 60000, &v);
+	cfg->db_busy_timeout_ms = (int)v;
+
+	read_str(r, "log_level", NULL, 0, &level);
+	if (level && !r->failed && log_parse_level(level, &cfg->log_level) < 0)
+		bad(r, "log_level", NULL, "one of debug, info, warn, error");
+	free(level);
+}
+
+/* Serialise cfg.app with cjson so every script generation can decode its own copy. */
+static void read_app(struct reader *r, struct config *cfg)
+{
+	lua_State *L = r->L;
+	int t = push_field(r, "app", NULL);
+	if (t == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	if (t != LUA_TTABLE) {
+		lua_pop(L, 1);
+		bad(r, "app", NULL, "a table");
+		return;
+	}
+	lua_getglobal(L, "cjson");
+	lua_getfield(L, -1, "encode");
+	lua_pushvalue(L, -3);
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+		if (!r->failed)
+			snprintf(r->err, r->errlen, "config: app: %s", lua_tostring(L, -1));
+		r->failed = 1;
+	} else {
+		char *json = strdup(lua_tostring(L, -1));
+		if (json) {
+			free(cfg->app_json);
+			cfg->app_json = json;
+		}
+	}
+	lua_pop(L, 3);
+}
+
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+	struct reader r = { 0 };
+	lua_State *L = luaL_newstate();
+	char *dir = strdup(path), *slash;
+	int rc = -1;
+
+	if (!L || !dir) {
+		snprintf(err, errlen, "config: out of memory");
+		goto done;
+	}
+	slash = strrchr(dir, '/');
+	if (slash)
+		*slash = '\0';
+	else
+		dir[0] = '\0';               /* resolve_path treats "" as the cwd */
+	free(cfg->path);
+	cfg->path = strdup(path);
+
+	/* The file sees no library: it can only build tables of values. */
+	luaL_requiref(L, "cjson", luaopen_cjson, 1);
+	lua_pop(L, 1);
+	lua_newtable(L);                      /* env the file writes into */
+	if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+		goto done;
+	}
+	lua_pushvalue(L, -2);
+	lua_setupvalue(L, -2, 1);             /* _ENV of the chunk = the fresh table */
+	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+		goto done;
+	}
+	r.L = L;
+	r.dir = dir;
+	r.err = err;
+	r.errlen = errlen;
+	read_fields(&r, cfg);
+	read_app(&r, cfg);
+	rc = r.failed ? -1 : 0;
+done:
+	if (L)
+		lua_close(L);
+	free(dir);
+	return rc;
+}

@@ -1,0 +1,62 @@
+/* config.h — the gateway's configuration file (a Lua table file, secrets by file path). */
+#ifndef PAYGATE_CONFIG_H
+#define PAYGATE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+
+struct config {
+	char *path;                    /* the file it came from, or NULL for defaults */
+	char *listen_host;
+	int listen_port;               /* 0: pick a free port and print it */
+	char *scripts_dir;
+	char *lualib_dir;
+	char *db_path;
+
+	size_t max_header_bytes;
+	size_t max_body_bytes;
+	int timeout_s;                 /* evhttp read/write timeout */
+
+	size_t script_memory_bytes;    /* cap per generation (Lua allocator) */
+	int64_t script_max_instructions; /* per request or job */
+	int max_draining;              /* old generations allowed to drain at once */
+
+	char *admin_token;             /* read from admin.token_file; NULL: loopback only */
+	int watch;                     /* reload on file change */
+	int watch_debounce_ms;
+
+	int fetch_timeout_ms;
+	int fetch_connect_timeout_ms;
+	int fetch_max_inflight;
+	size_t fetch_max_response_bytes;
+	char *fetch_ca_file;
+
+	int jobs_max_running;
+	int db_busy_timeout_ms;
+	enum log_level log_level;
+
+	char *app_json;                /* the `app` table as JSON; scripts see it as `config` */
+};
+
+/* Fill `cfg` with the built-in defaults (all strings owned by cfg). */
+int config_defaults(struct config *cfg);
+
+/*
+** Load `path` over the defaults. The file is Lua evaluated with no library
+** at all (only assignments and tables). Relative paths in it are relative to
+** the file's directory. On error returns -1 with a message in err; cfg then
+** holds defaults and must still be freed with config_free.
+*/
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Parse "host:port" into cfg. */
+int config_set_listen(struct config *cfg, const char *addr, char *err, size_t errlen);
+
+void config_free(struct config *cfg);
+
+/* Read a whole (small) file into a NUL-terminated malloc'd buffer; NULL on error. */
+char *config_read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen);
+
+#endif

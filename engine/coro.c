@@ -1,0 +1,302 @@
+/* coro.c — the coroutine scheduler: every request and job is a Lua coroutine; one function resumes them. */
+#include "coro.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "script.h"
+#include "store.h"
+
+/*
+** The life of a coroutine:
+**
+**   coro_start ──► coro_run ──► (suspends) ──► coro_wake ──► ready queue ──► coro_run ...
+**                       └──► (ends) ──► done(c, status) ──► owner calls coro_free
+**
+** coro_run is the only caller of lua_resume. Event callbacks (a timer, a
+** finished transfer) only call coro_wake, which queues the coroutine; the
+** queue is drained from its own event, so Lua never runs inside a libcurl or
+** evhttp callback that might be re-entered.
+*/
+
+static void coro_run(struct coro *c, int nargs);
+
+/* ---- creation (protected: any allocation may fail under the memory cap) ---- */
+
+struct start_args {
+	struct coro *c;
+	coro_push_fn push;
+	void *arg;
+};
+
+/* [-1 (lightuserdata), +0]: create, anchor and fill the thread. */
+static int start_protected(lua_State *L)
+{
+	struct start_args *a = lua_touserdata(L, 1);
+	lua_State *co = lua_newthread(L);
+	a->c->co = co;
+	*(struct coro **)lua_getextraspace(co) = a->c;
+	lua_pushvalue(L, -1);
+	a->c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pop(L, 1);
+	int base = lua_gettop(L);
+	int nargs = a->push(L, a->arg);
+	if (!lua_checkstack(co, nargs + 1))
+		return luaL_error(L, "out of memory (coroutine stack)");
+	lua_xmove(L, co, lua_gettop(L) - base);
+	return 0;
+}
+
+struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn push, void *arg,
+                        coro_done_fn done, void *owner, const char *reqid)
+{
+	struct coro *c = calloc(1, sizeof *c);
+	struct start_args a = { c, push, arg };
+	lua_State *L = g->L;
+
+	if (!c)
+		return NULL;
+	c->eng = e;
+	c->gen = g;
+	c->ref = LUA_NOREF;
+	c->done = done;
+	c->owner = owner;
+	c->reqid = reqid;
+	lua_pushcfunction(L, start_protected);
+	lua_pushlightuserdata(L, &a);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+		lua_pop(L, 1);
+		luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
+		free(c);
+		return NULL;
+	}
+	script_gen_ref(g);
+	e->sched.live++;
+	c->budget.left = e->cfg.script_max_instructions;
+	return c;
+}
+
+void coro_go(struct coro *c)
+{
+	coro_run(c, lua_gettop(c->co) - 1);
+}
+
+/* ---- the one place that resumes ---- */
+
+static void coro_run(struct coro *c, int nargs)
+{
+	struct sched *s = &c->eng->sched;
+	lua_State *L = c->gen->L;
+	int nres, status;
+
+	s->current = c;
+	sbx_budget(L, &c->budget, 0);
+	status = lua_resume(c->co, NULL, nargs, &nres);
+	sbx_unbudget(L);
+	s->current = NULL;
+
+	if (status == LUA_YIELD && c->suspended)
+		return;                          /* waiting in an engine primitive */
+	if (status == LUA_YIELD) {
+		/* A bare coroutine.yield() at the top of a handler: nobody would ever resume it. */
+		lua_settop(c->co, 0);
+		lua_pushliteral(c->co, "coroutine.yield() outside a coroutine created by the script");
+		status = LUA_ERRRUN;
+	}
+	c->done(c, status);
+}
+
+/* [-1 (lightuserdata), +n]: build the results of the finished operation on the main state. */
+static int retvals_protected(lua_State *L)
+{
+	struct coro *c = lua_touserdata(L, 1);
+	lua_pop(L, 1);
+	return c->retvals ? c->retvals(c, L) : 0;
+}
+
+/* Resume a woken coroutine with the results of what it waited for. */
+static void coro_resume_ready(struct coro *c)
+{
+	lua_State *L = c->gen->L;
+	int top = lua_gettop(L), n = 0, status;
+
+	lua_pushcfunction(L, retvals_protected);
+	lua_pushlightuserdata(L, c);
+	status = lua_pcall(L, 1, LUA_MULTRET, 0);
+	if (c->cleanup)
+		c->cleanup(c);
+	c->suspended = 0;
+	c->cleanup = NULL;
+	c->wait = NULL;
+	if (status != LUA_OK || !lua_checkstack(c->co, lua_gettop(L) - top + 1)) {
+		/* No memory to hand over the results: end the coroutine with that error. */
+		lua_settop(L, top);
+		c->done(c, LUA_ERRMEM);
+		return;
+	}
+	n = lua_gettop(L) - top;
+	lua_xmove(L, c->co, n);
+	coro_run(c, n);
+}
+
+static void sched_drain(evutil_socket_t fd, short what, void *arg)
+{
+	struct engine *e = arg;
+	struct sched *s = &e->sched;
+	struct coro *last = s->tail;
+
+	(void)fd;
+	(void)what;
+	/* Only those queued before this round: new wakes wait for the next loop turn. */
+	while (s->head) {
+		struct coro *c = s->head;
+		s->head = c->next_ready;
+		if (!s->head)
+			s->tail = NULL;
+		c->next_ready = NULL;
+		c->queued = 0;
+		coro_resume_ready(c);
+		if (c == last)
+			break;
+	}
+	if (s->head)
+		event_active(s->ready_ev, EV_TIMEOUT, 0);
+}
+
+int sched_init(struct engine *e)
+{
+	memset(&e->sched, 0, sizeof e->sched);
+	e->sched.ready_ev = event_new(e->base, -1, 0, sched_drain, e);
+	return e->sched.ready_ev ? 0 : -1;
+}
+
+void sched_free(struct engine *e)
+{
+	if (e->sched.ready_ev)
+		event_free(e->sched.ready_ev);
+	e->sched.ready_ev = NULL;
+}
+
+/* ---- suspension ---- */
+
+struct coro *coro_of(lua_State *L)
+{
+	return *(struct coro **)lua_getextraspace(L);
+}
+
+void coro_check_suspend(lua_State *L, const char *what)
+{
+	struct coro *c = coro_of(L);
+
+	if (!c || c->co != L)
+		luaL_error(L, "%s can only wait in a request handler or a job, "
+		              "not in a coroutine the script created", what);
+	else if (store_in_tx(c->eng->store))
+		luaL_error(L, "%s cannot wait inside db.tx(): finish the transaction first "
+		                     "(a transaction never stays open across a wait)", what);
+	else if (!lua_isyieldable(L))
+		luaL_error(L, "%s cannot wait here (inside a metamethod, iterator or C call)", what);
+}
+
+int coro_suspend(lua_State *L, const char *what, void *wait,
+                 coro_cleanup_fn cleanup, coro_retvals_fn retvals)
+{
+	struct coro *c = coro_of(L);
+
+	coro_check_suspend(L, what);
+	c->waiting_for = what;
+	c->wait = wait;
+	c->cleanup = cleanup;
+	c->retvals = retvals;
+	c->suspended = 1;
+	return lua_yield(L, 0);
+}
+
+void coro_wake(struct coro *c)
+{
+	struct sched *s = &c->eng->sched;
+
+	if (c->queued)
+		return;
+	c->queued = 1;
+	if (s->tail)
+		s->tail->next_ready = c;
+	else
+		s->head = c;
+	s->tail = c;
+	event_active(s->ready_ev, EV_TIMEOUT, 0);
+}
+
+static void unqueue(struct coro *c)
+{
+	struct sched *s = &c->eng->sched;
+	struct coro **pp = &s->head, *prev = NULL;
+
+	while (*pp && *pp != c) {
+		prev = *pp;
+		pp = &(*pp)->next_ready;
+	}
+	if (!*pp)
+		return;
+	*pp = c->next_ready;
+	if (s->tail == c)
+		s->tail = prev;
+	c->queued = 0;
+}
+
+void coro_cancel(struct coro *c)
+{
+	if (c->queued)
+		unqueue(c);
+	if (c->cleanup)
+		c->cleanup(c);
+	c->cleanup = NULL;
+	c->wait = NULL;
+	coro_free(c);
+}
+
+void coro_free(struct coro *c)
+{
+	struct engine *e = c->eng;
+
+	luaL_unref(c->gen->L, LUA_REGISTRYINDEX, c->ref);
+	script_gen_unref(c->gen);
+	e->sched.live--;
+	free(c);
+}
+
+/* [-2, +1]: traceback of the coroutine (arg 1) with message (arg 2). */
+static int traceback_protected(lua_State *L)
+{
+	luaL_traceback(L, lua_touserdata(L, 1), lua_tostring(L, 2), 0);
+	return 1;
+}
+
+const char *coro_error_text(struct coro *c, int status, char *buf, size_t len)
+{
+	const char *msg = NULL;
+
+	if (status == LUA_ERRMEM) {
+		snprintf(buf, len, "out of memory (script memory limit reached)");
+		return buf;
+	}
+	if (lua_gettop(c->co) > 0)
+		msg = lua_tostring(c->co, -1);
+	if (!msg)
+		msg = "(error object is not a string)";
+	/* The dead coroutine keeps its stack, so the traceback shows where it failed. */
+	lua_State *L = c->gen->L;
+	int top = lua_gettop(L);
+	lua_pushcfunction(L, traceback_protected);
+	lua_pushlightuserdata(L, c->co);
+	lua_pushstring(L, msg);
+	if (lua_pcall(L, 2, 1, 0) == LUA_OK)
+		msg = lua_tostring(L, -1);
+	snprintf(buf, len, "%s", msg);
+	lua_settop(L, top);
+	return buf;
+}

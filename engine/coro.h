@@ -1,0 +1,100 @@
+/* coro.h — the coroutine scheduler: every request and job is a Lua coroutine; one function resumes them. */
+#ifndef PAYGATE_CORO_H
+#define PAYGATE_CORO_H
+
+#include <lua.h>
+
+#include "sandbox.h"
+
+struct engine;
+struct script_gen;
+struct coro;
+
+/*
+** Release the pending operation (free the timer, cancel and free the
+** transfer). Called exactly once per suspension: after retvals when the
+** coroutine is resumed, or alone when it is cancelled.
+*/
+typedef void (*coro_cleanup_fn)(struct coro *c);
+/* Push the results of the finished operation onto L (the generation's main state); return how many. */
+typedef int (*coro_retvals_fn)(struct coro *c, lua_State *L);
+/* The coroutine ended: status is LUA_OK (results on c->co) or an error (error object on c->co). */
+typedef void (*coro_done_fn)(struct coro *c, int status);
+/* Push the function to run and its arguments onto L; return the number of arguments. */
+typedef int (*coro_push_fn)(lua_State *L, void *arg);
+
+struct coro {
+	struct engine *eng;
+	struct script_gen *gen;       /* pinned (referenced) until the coroutine is freed */
+	lua_State *co;
+	int ref;                      /* anchors co in gen's registry */
+	struct sbx_budget budget;
+
+	/* Set by coro_suspend while the coroutine waits for something. */
+	coro_cleanup_fn cleanup;
+	coro_retvals_fn retvals;
+	void *wait;                   /* the pending operation, owned by its module */
+	const char *waiting_for;      /* "http.request", "sleep": for errors and logs */
+
+	coro_done_fn done;
+	void *owner;                  /* the request or job this coroutine serves */
+	const char *reqid;
+
+	struct coro *next_ready;
+	unsigned queued : 1, suspended : 1;
+};
+
+/* The per-engine scheduler state. */
+struct sched {
+	struct coro *head, *tail;     /* coroutines ready to resume */
+	struct event *ready_ev;
+	struct coro *current;         /* the coroutine running now, if any */
+	int live;                     /* coroutines created and not yet freed */
+};
+
+int sched_init(struct engine *e);
+void sched_free(struct engine *e);
+
+/*
+** Create a coroutine on generation g (taking a reference on g); push()
+** supplies the function and its arguments. Nothing runs until coro_go.
+** Returns NULL when the generation is out of memory (nothing is left behind).
+*/
+struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn push, void *arg,
+                        coro_done_fn done, void *owner, const char *reqid);
+
+/*
+** Run a new coroutine until it first suspends or ends. done() is called
+** exactly once when it ends (possibly before coro_go returns), unless it is
+** cancelled first; c must not be used after done() has freed it.
+*/
+void coro_go(struct coro *c);
+
+/*
+** Called by a yielding C function as `return coro_suspend(L, ...)`. Raises a
+** Lua error instead of yielding when L is not an engine coroutine (a
+** coroutine the script made itself), when it cannot yield, or while a
+** db.tx transaction is open.
+*/
+int coro_suspend(lua_State *L, const char *what, void *wait,
+                 coro_cleanup_fn cleanup, coro_retvals_fn retvals);
+
+/* Raise the error coro_suspend would raise, before the caller allocates anything to wait on. */
+void coro_check_suspend(lua_State *L, const char *what);
+
+/* The engine coroutine behind L, or NULL (main state, script-made coroutine). */
+struct coro *coro_of(lua_State *L);
+
+/* The pending operation finished: queue c to be resumed from the event loop. */
+void coro_wake(struct coro *c);
+
+/* Drop a suspended coroutine without resuming it: runs its cleanup, frees it. done() is not called. */
+void coro_cancel(struct coro *c);
+
+/* Release a finished coroutine (called by done() owners once they have read the results). */
+void coro_free(struct coro *c);
+
+/* Message for an error status: the error object as text, with a traceback when it was a runtime error. */
+const char *coro_error_text(struct coro *c, int status, char *buf, size_t len);
+
+#endif

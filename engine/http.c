@@ -1,0 +1,551 @@
+/* http.c — the inbound HTTP server: evhttp with explicit limits, each request a Lua coroutine. */
+#include "http.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/random.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "reload.h"
+#include "script.h"
+
+#define REQ_MT "paygate.request"
+
+/*
+** A request's life: evhttp calls on_request → built-in route or a coroutine
+** running app._dispatch(req) → req_done builds the answer. If the client
+** goes away first, on_close cancels the coroutine (its pending transfer or
+** timer is released by the coroutine's cleanup) and frees the request.
+*/
+struct http_req {
+	struct engine *eng;
+	struct evhttp_request *req;
+	struct evhttp_connection *evcon;
+	struct coro *co;
+	struct http_req **box;             /* the Lua userdata's pointer to us, cleared at the end */
+	struct timeval start;
+	char id[72];
+};
+
+static uint64_t rng_state;
+
+/* Request ids need to be unique, not secret: xorshift64 seeded once from the kernel. */
+static void new_request_id(char *out, size_t n)
+{
+	if (rng_state == 0 && (getrandom(&rng_state, sizeof rng_state, 0) != sizeof rng_state || rng_state == 0))
+		rng_state = 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	snprintf(out, n, "%016llx", (unsigned long long)rng_state);
+}
+
+/* Accept a caller's X-Request-Id only if it is short and plain. */
+static int good_request_id(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++) {
+		char c = s[n];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      c == '-' || c == '_' || c == '.') || n >= 64)
+			return 0;
+	}
+	return n > 0;
+}
+
+static const char *reason_phrase(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 422: return "Unprocessable Entity";
+	case 429: return "Too Many Requests";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return status < 400 ? "OK" : "Error";
+	}
+}
+
+/* ---- finishing ---- */
+
+static void req_release(struct http_req *h)
+{
+	if (h->box)
+		*h->box = NULL;
+	h->eng->http_inflight--;
+	free(h);
+}
+
+/* Send the answer (takes ownership of body) and free h. The one place a reply leaves. */
+static void send_answer(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
+{
+	struct engine *e = h->eng;
+	struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
+	struct timeval now;
+
+	evhttp_connection_set_closecb(h->evcon, NULL, NULL);
+	evhttp_add_header(out, "X-Request-Id", h->id);
+	if (ctype && !evhttp_find_header(out, "Content-Type"))
+		evhttp_add_header(out, "Content-Type", ctype);
+	evhttp_send_reply(h->req, status, reason_phrase(status), body);
+	if (body)
+		evbuffer_free(body);
+	gettimeofday(&now, NULL);
+	metrics_observe_request(&e->metrics, status, (double)(now.tv_sec - h->start.tv_sec) +
+	                                             (double)(now.tv_usec - h->start.tv_usec) / 1e6);
+	req_release(h);
+}
+
+/* JSON-escape a message into buf (messages are ours or scripts'; keep them valid JSON). */
+static void add_json_string(struct evbuffer *b, const char *s)
+{
+	evbuffer_add(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			evbuffer_add_printf(b, "\\%c", c);
+		else if (c < 0x20)
+			evbuffer_add_printf(b, "\\u%04x", c);
+		else
+			evbuffer_add(b, s, 1);
+	}
+	evbuffer_add(b, "\"", 1);
+}
+
+static void send_error(struct http_req *h, int status, const char *code, const char *message)
+{
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b, "{\"error\":");
+	add_json_string(b, code);
+	evbuffer_add_printf(b, ",\"message\":");
+	add_json_string(b, message);
+	evbuffer_add_printf(b, "}");
+	send_answer(h, status, "application/json; charset=utf-8", b);
+}
+
+/* Copy the handler's headers table (index idx of co) into the reply; bad ones are logged and skipped. */
+static void copy_headers(struct http_req *h, lua_State *co, int idx)
+{
+	struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
+	lua_pushnil(co);
+	while (lua_next(co, idx)) {
+		const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tostring(co, -2) : NULL;
+		const char *v = lua_type(co, -1) == LUA_TSTRING || lua_type(co, -1) == LUA_TNUMBER ? lua_tostring(co, -1) : NULL;
+		if (!k || !v || strpbrk(k, "\r\n: ") || strpbrk(v, "\r\n"))
+			log_warn(&h->eng->log, h->id, "handler returned a header that is not a plain string pair; dropped");
+		else
+			evhttp_add_header(out, k, v);
+		lua_pop(co, 1);
+	}
+}
+
+/* The handler finished normally: (status, body, headers) on co. */
+static void answer_results(struct http_req *h, lua_State *co)
+{
+	int isint = 0;
+	lua_Integer status = lua_tointegerx(co, 1, &isint);
+	if (!isint || status < 100 || status > 599) {
+		log_error(&h->eng->log, h->id, "handler returned no valid HTTP status");
+		send_error(h, 500, "internal_error", "the handler returned no valid HTTP status");
+		return;
+	}
+	struct evbuffer *b = evbuffer_new();
+	size_t len = 0;
+	const char *body = lua_type(co, 2) == LUA_TSTRING ? lua_tolstring(co, 2, &len) : NULL;
+	if (body)
+		evbuffer_add(b, body, len);
+	if (lua_istable(co, 3))
+		copy_headers(h, co, 3);
+	send_answer(h, (int)status, body ? "application/json; charset=utf-8" : NULL, b);
+}
+
+/* The handler raised: a {status=, error=, message=} table is an answer, anything else a 500. */
+static void answer_error(struct http_req *h, struct coro *c, int status)
+{
+	lua_State *co = c->co;
+	struct engine *e = h->eng;
+	char buf[4096];
+
+	if (status == LUA_ERRRUN && lua_istable(co, -1)) {
+		lua_getfield(co, -1, "status");
+		lua_getfield(co, -2, "error");
+		lua_getfield(co, -3, "message");
+		int isint = 0;
+		lua_Integer st = lua_tointegerx(co, -3, &isint);
+		const char *code = lua_tostring(co, -2), *msg = lua_tostring(co, -1);
+		if (isint && st >= 400 && st <= 599 && code) {
+			send_error(h, (int)st, code, msg ? msg : code);
+			return;
+		}
+		lua_pop(co, 3);
+	}
+	e->metrics.script_errors++;
+	if (c->budget.killed) {
+		e->metrics.script_kills++;
+		log_error(&e->log, h->id, "handler stopped: it exceeded its instruction budget");
+		send_error(h, 500, "script_timeout", "the handler ran too long and was stopped");
+		return;
+	}
+	log_error(&e->log, h->id, "handler failed: %s", coro_error_text(c, status, buf, sizeof buf));
+	send_error(h, 500, "internal_error", status == LUA_ERRMEM
+	           ? "the handler ran out of memory" : "the handler failed; the log has the details under this request id");
+}
+
+static void req_done(struct coro *c, int status)
+{
+	struct http_req *h = c->owner;
+	h->co = NULL;
+	if (status == LUA_OK)
+		answer_results(h, c->co);
+	else
+		answer_error(h, c, status);
+	coro_free(c);
+}
+
+/* The client went away while its handler was waiting: cancel and free everything. */
+static void on_close(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_req *h = arg;
+	(void)evcon;
+	h->eng->metrics.client_aborts++;
+	log_info(&h->eng->log, h->id, "client disconnected; handler cancelled");
+	if (h->co)
+		coro_cancel(h->co);
+	h->co = NULL;
+	evhttp_request_free(h->req);       /* detached by evhttp: ours to free */
+	req_release(h);
+}
+
+/* ---- the request object scripts see ---- */
+
+static struct http_req *check_req(lua_State *L)
+{
+	struct http_req **box = luaL_checkudata(L, 1, REQ_MT);
+	if (!*box)
+		luaL_error(L, "this request has finished; do not keep request objects after the handler returns");
+	return *box;
+}
+
+static int l_req_header(lua_State *L)
+{
+	struct http_req *h = check_req(L);
+	const char *v = evhttp_find_header(evhttp_request_get_input_headers(h->req), luaL_checkstring(L, 2));
+	if (v)
+		lua_pushstring(L, v);
+	else
+		lua_pushnil(L);
+	return 1;
+}
+
+static int l_req_headers(lua_State *L)
+{
+	struct http_req *h = check_req(L);
+	struct evkeyval *kv;
+	lua_newtable(L);
+	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(h->req), next) {
+		luaL_Buffer b;
+		luaL_buffinit(L, &b);
+		for (const char *k = kv->key; *k; k++)
+			luaL_addchar(&b, (char)(*k >= 'A' && *k <= 'Z' ? *k + 32 : *k));
+		luaL_pushresult(&b);
+		lua_pushstring(L, kv->value);
+		lua_rawset(L, -3);
+	}
+	return 1;
+}
+
+static int l_req_body(lua_State *L)
+{
+	struct http_req *h = check_req(L);
+	struct evbuffer *in = evhttp_request_get_input_buffer(h->req);
+	size_t n = evbuffer_get_length(in);
+	lua_pushlstring(L, n ? (const char *)evbuffer_pullup(in, -1) : "", n);
+	return 1;
+}
+
+static const char *method_name(struct evhttp_request *r)
+{
+	switch (evhttp_request_get_command(r)) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	default: return "OTHER";
+	}
+}
+
+/* req.method, req.path, req.query, req.id, req.remote; other fields live in the uservalue table. */
+static int l_req_index(lua_State *L)
+{
+	struct http_req *h = check_req(L);
+	const char *k = luaL_checkstring(L, 2);
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(h->req);
+
+	if (strcmp(k, "method") == 0) {
+		lua_pushstring(L, method_name(h->req));
+	} else if (strcmp(k, "path") == 0) {
+		const char *p = evhttp_uri_get_path(u);
+		lua_pushstring(L, p && *p ? p : "/");
+	} else if (strcmp(k, "query") == 0) {
+		const char *q = evhttp_uri_get_query(u);
+		lua_pushstring(L, q ? q : "");
+	} else if (strcmp(k, "id") == 0) {
+		lua_pushstring(L, h->id);
+	} else if (strcmp(k, "remote") == 0) {
+		const char *addr = NULL;
+		ev_uint16_t port = 0;
+		evhttp_connection_get_peer(h->evcon, (char **)&addr, &port);
+		lua_pushstring(L, addr ? addr : "");
+	} else if (luaL_getmetafield(L, 1, "methods") == LUA_TTABLE && lua_getfield(L, -1, k) != LUA_TNIL) {
+		return 1;
+	} else {
+		lua_getiuservalue(L, 1, 1);
+		lua_getfield(L, -1, k);
+	}
+	return 1;
+}
+
+static int l_req_newindex(lua_State *L)
+{
+	check_req(L);
+	lua_getiuservalue(L, 1, 1);
+	lua_replace(L, 1);
+	lua_rawset(L, 1);
+	return 0;
+}
+
+void http_register_lua(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{ "header", l_req_header }, { "headers", l_req_headers }, { "body", l_req_body }, { NULL, NULL }
+	};
+	luaL_newmetatable(L, REQ_MT);
+	lua_pushcfunction(L, l_req_index);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, l_req_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	luaL_newlib(L, methods);
+	lua_setfield(L, -2, "methods");
+	lua_pop(L, 1);
+}
+
+/* Push app._dispatch and the request userdata. */
+static int push_dispatch(lua_State *L, void *arg)
+{
+	struct http_req *h = arg;
+	struct script_gen *g = sbx_of(L)->owner;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, g->dispatch_ref);
+	struct http_req **box = lua_newuserdatauv(L, sizeof *box, 1);
+	*box = h;
+	h->box = box;
+	lua_newtable(L);
+	lua_setiuservalue(L, -2, 1);
+	luaL_setmetatable(L, REQ_MT);
+	return 1;
+}
+
+/* ---- built-in routes (they work even when no script generation loaded) ---- */
+
+static int is_loopback(const char *addr)
+{
+	return addr && (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
+	                strncmp(addr, "::ffff:127.", 11) == 0);
+}
+
+/* Admin paths: a configured token is required from anywhere; without one, loopback only. */
+static int admin_allowed(struct http_req *h)
+{
+	struct engine *e = h->eng;
+	if (e->cfg.admin_token) {
+		const char *auth = evhttp_find_header(evhttp_request_get_input_headers(h->req), "Authorization");
+		size_t tl = strlen(e->cfg.admin_token);
+		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
+			return 0;
+		unsigned diff = 0;                  /* constant time */
+		for (size_t i = 0; i < tl; i++)
+			diff |= (unsigned char)auth[7 + i] ^ (unsigned char)e->cfg.admin_token[i];
+		return diff == 0;
+	}
+	char *addr = NULL;
+	ev_uint16_t port = 0;
+	evhttp_connection_get_peer(h->evcon, &addr, &port);
+	return is_loopback(addr);
+}
+
+static void send_health(struct http_req *h)
+{
+	struct engine *e = h->eng;
+	struct evbuffer *b = evbuffer_new();
+	struct timeval now;
+	gettimeofday(&now, NULL);
+	evbuffer_add_printf(b, "{\"status\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"draining\":%d,"
+	                       "\"inflight\":%d,\"last_reload\":{\"ok\":%s,\"at\":%lld",
+	                    e->gen ? (e->last_reload_ok ? "ok" : "degraded") : "no_scripts",
+	                    e->gen ? (unsigned long long)e->gen->id : 0ULL,
+	                    (long long)(now.tv_sec - e->started.tv_sec), e->draining, e->http_inflight,
+	                    e->last_reload_ok ? "true" : "false", (long long)e->last_reload_at.tv_sec);
+	if (!e->last_reload_ok) {
+		evbuffer_add_printf(b, ",\"error\":");
+		add_json_string(b, e->last_reload_error);
+	}
+	evbuffer_add_printf(b, "}}");
+	send_answer(h, e->gen ? 200 : 503, "application/json; charset=utf-8", b);
+}
+
+static void send_reload(struct http_req *h)
+{
+	char err[1024];
+	struct engine *e = h->eng;
+	if (reload_run(e, "admin", err, sizeof err) < 0) {
+		send_error(h, 422, "reload_failed", err);
+		return;
+	}
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b, "{\"ok\":true,\"generation\":%llu}", (unsigned long long)e->gen->id);
+	send_answer(h, 200, "application/json; charset=utf-8", b);
+}
+
+/* Answer the engine's own routes; returns 0 when path is not one of them. */
+static int builtin(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
+{
+	if (strcmp(path, "/healthz") == 0) {
+		send_health(h);
+		return 1;
+	}
+	int admin = strncmp(path, "/admin/", 7) == 0 || strcmp(path, "/metrics") == 0;
+	if (admin && !admin_allowed(h)) {
+		send_error(h, h->eng->cfg.admin_token ? 401 : 403, "forbidden",
+		           h->eng->cfg.admin_token ? "admin endpoints need Authorization: Bearer <admin token>"
+		                                   : "admin endpoints answer on loopback only (or configure admin.token_file)");
+		return 1;
+	}
+	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
+		struct evbuffer *b = evbuffer_new();
+		metrics_render(h->eng, b);
+		send_answer(h, 200, "text/plain; version=0.0.4", b);
+		return 1;
+	}
+	if (strcmp(path, "/admin/reload") == 0) {
+		if (cmd != EVHTTP_REQ_POST)
+			send_error(h, 405, "method_not_allowed", "use POST /admin/reload");
+		else
+			send_reload(h);
+		return 1;
+	}
+	return 0;
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	struct engine *e = arg;
+	struct http_req *h = calloc(1, sizeof *h);
+	if (!h) {
+		evhttp_send_error(req, 503, "Service Unavailable");
+		return;
+	}
+	h->eng = e;
+	h->req = req;
+	h->evcon = evhttp_request_get_connection(req);
+	gettimeofday(&h->start, NULL);
+	e->http_inflight++;
+	const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+	if (rid && good_request_id(rid))
+		snprintf(h->id, sizeof h->id, "%s", rid);
+	else
+		new_request_id(h->id, sizeof h->id);
+
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+	if (!path || !*path)
+		path = "/";
+	if (cmd == EVHTTP_REQ_TRACE || cmd == EVHTTP_REQ_CONNECT) {
+		send_error(h, 405, "method_not_allowed", "this method is not allowed");
+		return;
+	}
+	if (builtin(h, path, cmd))
+		return;
+	if (!e->gen) {
+		send_error(h, 503, "no_scripts", "no script generation is loaded; see /healthz");
+		return;
+	}
+	struct coro *c = coro_start(e, e->gen, push_dispatch, h, req_done, h, h->id);
+	if (!c) {
+		send_error(h, 503, "out_of_memory", "the script memory limit is reached; try again");
+		return;
+	}
+	h->co = c;
+	evhttp_connection_set_closecb(h->evcon, on_close, h);
+	coro_go(c);
+}
+
+/* ---- server set-up ---- */
+
+int http_init(struct engine *e, char *err, size_t errlen)
+{
+	e->http = evhttp_new(e->base);
+	if (!e->http) {
+		snprintf(err, errlen, "cannot create the HTTP server");
+		return -1;
+	}
+	evhttp_set_max_headers_size(e->http, (ev_ssize_t)e->cfg.max_header_bytes);
+	evhttp_set_max_body_size(e->http, (ev_ssize_t)e->cfg.max_body_bytes);
+	evhttp_set_timeout(e->http, e->cfg.timeout_s);
+	evhttp_set_allowed_methods(e->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+	                                    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+	evhttp_set_default_content_type(e->http, "application/json; charset=utf-8");
+	evhttp_set_gencb(e->http, on_request, e);
+	return 0;
+}
+
+int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen)
+{
+	struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(e->http, host, (ev_uint16_t)port);
+	if (!s) {
+		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not a local address?)", host, port);
+		return -1;
+	}
+	e->listener = s;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	evutil_socket_t fd = evhttp_bound_socket_get_fd(s);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+		e->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+		                                         : ((struct sockaddr_in *)&ss)->sin_port);
+	return 0;
+}
+
+void http_stop_accepting(struct engine *e)
+{
+	if (e->http && e->listener)
+		evhttp_del_accept_socket(e->http, e->listener);
+	e->listener = NULL;
+}
+
+void http_free(struct engine *e)
+{
+	if (e->http)
+		evhttp_free(e->http);
+	e->http = NULL;
+}

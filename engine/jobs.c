@@ -1,0 +1,383 @@
+/* jobs.c — durable jobs: a SQLite table and a scheduler that runs due jobs as coroutines. */
+#include "jobs.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "script.h"
+#include "store.h"
+
+/*
+** A job is a row: name, JSON payload, run_at (ms), attempts, state. The
+** scheduler claims due rows (queued → running), runs `app._run_job` on the
+** current generation in a coroutine, then deletes the row (success) or puts
+** it back with a later run_at (failure, exponential backoff) until
+** max_attempts, when it becomes "dead" and stays for an operator to see.
+** Because jobs.schedule() writes through the same connection, a job
+** scheduled inside db.tx() exists exactly when the transaction commits.
+*/
+
+#define BACKOFF_BASE_MS 1000
+#define BACKOFF_MAX_MS (3600 * 1000)
+#define POLL_IDLE_MS 60000               /* safety net: look again at least this often */
+
+struct jobs {
+	struct engine *eng;
+	struct event *timer;
+	int running;
+};
+
+struct job_run {
+	struct jobs *j;
+	int64_t id;
+	int attempts, max_attempts;
+	char name[64];
+	char *payload;
+	char reqid[32];
+};
+
+static const char *const JOBS_DDL =
+	"CREATE TABLE IF NOT EXISTS _paygate_jobs ("
+	" id INTEGER PRIMARY KEY, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
+	" run_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+	" max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
+	" last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS _paygate_jobs_due ON _paygate_jobs(state, run_at);";
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	jobs_kick(arg);
+}
+
+struct jobs *jobs_new(struct engine *e, char *err, size_t errlen)
+{
+	struct jobs *j = calloc(1, sizeof *j);
+	char *msg = NULL;
+
+	if (!j) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	j->eng = e;
+	j->timer = evtimer_new(e->base, on_timer, j);
+	if (!j->timer ||
+	    sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK ||
+	    sqlite3_exec(store_db(e->store), "UPDATE _paygate_jobs SET state = 'queued' WHERE state = 'running'",
+	                 NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(err, errlen, "jobs: %s", msg ? msg : "out of memory");
+		sqlite3_free(msg);
+		jobs_free(j);
+		return NULL;
+	}
+	return j;
+}
+
+void jobs_free(struct jobs *j)
+{
+	if (!j)
+		return;
+	if (j->timer)
+		event_free(j->timer);
+	free(j);
+}
+
+int jobs_running(const struct jobs *j)
+{
+	return j->running;
+}
+
+/* ---- finishing a run ---- */
+
+static int64_t backoff_ms(int attempts)
+{
+	int64_t ms = BACKOFF_BASE_MS;
+	for (int i = 1; i < attempts && ms < BACKOFF_MAX_MS; i++)
+		ms *= 2;
+	if (ms > BACKOFF_MAX_MS)
+		ms = BACKOFF_MAX_MS;
+	return ms + (int64_t)(rand() % (int)(ms / 4 + 1));   /* jitter spreads retries */
+}
+
+static void record_outcome(struct job_run *r, const char *error)
+{
+	struct engine *e = r->j->eng;
+	char err[256];
+	sqlite3_stmt *s;
+
+	if (!error) {
+		s = store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE id = ?", err, sizeof err);
+		if (s)
+			sqlite3_bind_int64(s, 1, r->id);
+		e->metrics.jobs_ok++;
+	} else {
+		int dead = r->attempts >= r->max_attempts;
+		s = store_prepare(e->store, "UPDATE _paygate_jobs SET state = ?, run_at = ?, last_error = ?,"
+		                            " updated_at = ? WHERE id = ?", err, sizeof err);
+		if (s) {
+			int64_t now = engine_now_ms();
+			sqlite3_bind_text(s, 1, dead ? "dead" : "queued", -1, SQLITE_STATIC);
+			sqlite3_bind_int64(s, 2, now + backoff_ms(r->attempts));
+			sqlite3_bind_text(s, 3, error, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int64(s, 4, now);
+			sqlite3_bind_int64(s, 5, r->id);
+		}
+		if (dead) {
+			e->metrics.jobs_dead++;
+			log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s",
+			          r->name, (long long)r->id, r->attempts, error);
+		} else {
+			e->metrics.jobs_failed++;
+			log_warn(&e->log, r->reqid, "job %s #%lld attempt %d failed, will retry: %s",
+			         r->name, (long long)r->id, r->attempts, error);
+		}
+	}
+	if (!s || sqlite3_step(s) != SQLITE_DONE)
+		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s", r->name,
+		          (long long)r->id, s ? sqlite3_errmsg(store_db(e->store)) : err);
+	if (s)
+		sqlite3_reset(s);
+}
+
+static void jobs_soon(struct jobs *j)
+{
+	static const struct timeval now = { 0, 0 };
+	evtimer_add(j->timer, &now);
+}
+
+static void run_finish(struct job_run *r)
+{
+	struct jobs *j = r->j;
+	j->running--;
+	free(r->payload);
+	free(r);
+	jobs_soon(j);                      /* look again on the next loop turn */
+}
+
+static void job_done(struct coro *c, int status)
+{
+	struct job_run *r = c->owner;
+	char buf[4096];
+
+	if (status == LUA_OK) {
+		record_outcome(r, NULL);
+	} else {
+		if (c->budget.killed)
+			r->j->eng->metrics.script_kills++;
+		record_outcome(r, coro_error_text(c, status, buf, sizeof buf));
+	}
+	coro_free(c);
+	run_finish(r);
+}
+
+/* Push app._run_job, name, payload, {id=, attempt=}. */
+static int push_job(lua_State *L, void *arg)
+{
+	struct job_run *r = arg;
+	struct script_gen *g = sbx_of(L)->owner;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, g->run_job_ref);
+	lua_pushstring(L, r->name);
+	lua_pushstring(L, r->payload);
+	lua_createtable(L, 0, 2);
+	lua_pushinteger(L, r->id);
+	lua_setfield(L, -2, "id");
+	lua_pushinteger(L, r->attempts);
+	lua_setfield(L, -2, "attempt");
+	return 3;
+}
+
+/* Copy the current row of `due` into a new run (the statement is reset right after). */
+static struct job_run *read_due(struct jobs *j, sqlite3_stmt *due)
+{
+	struct job_run *r = calloc(1, sizeof *r);
+	if (!r)
+		return NULL;
+	r->j = j;
+	r->id = sqlite3_column_int64(due, 0);
+	snprintf(r->name, sizeof r->name, "%s", (const char *)sqlite3_column_text(due, 1));
+	r->payload = strdup((const char *)sqlite3_column_text(due, 2));
+	r->attempts = sqlite3_column_int(due, 3) + 1;
+	r->max_attempts = sqlite3_column_int(due, 4);
+	snprintf(r->reqid, sizeof r->reqid, "job-%lld-%d", (long long)r->id, r->attempts);
+	j->running++;
+	return r;
+}
+
+/* Claim the run's row (queued → running) and start its coroutine. */
+static void start_job(struct jobs *j, struct job_run *r)
+{
+	struct engine *e = j->eng;
+	char err[256];
+	sqlite3_stmt *claim = store_prepare(e->store, "UPDATE _paygate_jobs SET state = 'running', attempts = ?,"
+	                                              " updated_at = ? WHERE id = ? AND state = 'queued'", err, sizeof err);
+	if (!r->payload || !claim) {
+		run_finish(r);
+		return;
+	}
+	sqlite3_bind_int(claim, 1, r->attempts);
+	sqlite3_bind_int64(claim, 2, engine_now_ms());
+	sqlite3_bind_int64(claim, 3, r->id);
+	int rc = sqlite3_step(claim);
+	sqlite3_reset(claim);
+	if (rc != SQLITE_DONE || sqlite3_changes(store_db(e->store)) != 1) {
+		run_finish(r);
+		return;
+	}
+	struct coro *c = coro_start(e, e->gen, push_job, r, job_done, r, r->reqid);
+	if (!c) {
+		record_outcome(r, "out of memory starting the job");
+		run_finish(r);
+		return;
+	}
+	coro_go(c);
+}
+
+/* Arm the timer for the earliest queued job (or the idle poll). */
+static void arm(struct jobs *j)
+{
+	char err[256];
+	int64_t delay = POLL_IDLE_MS;
+	sqlite3_stmt *s = store_prepare(j->eng->store,
+	                                "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", err, sizeof err);
+	if (s && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+		int64_t d = sqlite3_column_int64(s, 0) - engine_now_ms();
+		delay = d < 0 ? 0 : (d < delay ? d : delay);
+	}
+	if (s)
+		sqlite3_reset(s);
+	if (j->running >= j->eng->cfg.jobs_max_running)
+		delay = POLL_IDLE_MS;          /* a finishing job kicks us again */
+	struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
+	evtimer_add(j->timer, &tv);
+}
+
+void jobs_kick(struct jobs *j)
+{
+	struct engine *e = j->eng;
+	char err[256];
+
+	if (e->stopping || !e->gen || store_in_tx(e->store))
+		return;
+	int room = e->cfg.jobs_max_running - j->running;
+	while (room > 0) {
+		sqlite3_stmt *due = store_prepare(e->store,
+			"SELECT id, name, payload, attempts, max_attempts FROM _paygate_jobs"
+			" WHERE state = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1", err, sizeof err);
+		if (!due)
+			break;
+		sqlite3_bind_int64(due, 1, engine_now_ms());
+		if (sqlite3_step(due) != SQLITE_ROW) {
+			sqlite3_reset(due);
+			break;
+		}
+		struct job_run *r = read_due(j, due);
+		sqlite3_reset(due);            /* before start_job prepares other statements */
+		if (!r)
+			break;
+		start_job(j, r);
+		room = e->cfg.jobs_max_running - j->running;
+	}
+	arm(j);
+}
+
+/* ---- Lua: jobs.schedule(name, payload, {delay_ms=, run_at=, key=, max_attempts=}) → id, created ---- */
+
+static int l_schedule(lua_State *L)
+{
+	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	const char *name = luaL_checkstring(L, 1);
+	char err[256];
+	int64_t now = engine_now_ms(), run_at = now;
+	lua_Integer max_attempts = 25;
+	const char *key = NULL;
+
+	luaL_argcheck(L, strlen(name) > 0 && strlen(name) < 64, 1, "job names are 1 to 63 bytes");
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		lua_getfield(L, 3, "delay_ms");
+		if (!lua_isnil(L, -1))
+			run_at = now + luaL_checkinteger(L, -1);
+		lua_getfield(L, 3, "run_at");
+		if (!lua_isnil(L, -1))
+			run_at = luaL_checkinteger(L, -1);
+		lua_getfield(L, 3, "key");
+		key = luaL_optstring(L, -1, NULL);
+		lua_getfield(L, 3, "max_attempts");
+		max_attempts = luaL_optinteger(L, -1, 25);
+		luaL_argcheck(L, max_attempts >= 1, 3, "max_attempts must be at least 1");
+	}
+	/* payload → JSON with the json module (upvalue 2) */
+	lua_pushvalue(L, lua_upvalueindex(2));
+	lua_getfield(L, -1, "encode");
+	if (lua_isnoneornil(L, 2))
+		lua_newtable(L);
+	else
+		lua_pushvalue(L, 2);
+	lua_call(L, 1, 1);
+	const char *payload = lua_tostring(L, -1);
+
+	sqlite3_stmt *s = store_prepare(e->store,
+		"INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at, updated_at)"
+		" VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING", err, sizeof err);
+	if (!s)
+		return luaL_error(L, "jobs.schedule: %s", err);
+	sqlite3_bind_text(s, 1, name, -1, SQLITE_TRANSIENT);
+	if (key)
+		sqlite3_bind_text(s, 2, key, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(s, 3, payload, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(s, 4, run_at);
+	sqlite3_bind_int64(s, 5, max_attempts);
+	sqlite3_bind_int64(s, 6, now);
+	sqlite3_bind_int64(s, 7, now);
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	if (rc != SQLITE_DONE)
+		return luaL_error(L, "jobs.schedule: %s", sqlite3_errmsg(store_db(e->store)));
+	int created = sqlite3_changes(store_db(e->store)) == 1;
+	if (created)
+		lua_pushinteger(L, sqlite3_last_insert_rowid(store_db(e->store)));
+	else
+		lua_pushnil(L);                /* a job with this key exists already */
+	lua_pushboolean(L, created);
+	if (created && run_at <= now + POLL_IDLE_MS)
+		jobs_soon(e->jobs);            /* re-plan on the next turn */
+	return 2;
+}
+
+/* jobs.cancel(key) → true when a queued job with that key was removed */
+static int l_cancel(lua_State *L)
+{
+	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	const char *key = luaL_checkstring(L, 1);
+	char err[256];
+	sqlite3_stmt *s = store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued'",
+	                                err, sizeof err);
+	if (!s)
+		return luaL_error(L, "jobs.cancel: %s", err);
+	sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	if (rc != SQLITE_DONE)
+		return luaL_error(L, "jobs.cancel: %s", sqlite3_errmsg(store_db(e->store)));
+	lua_pushboolean(L, sqlite3_changes(store_db(e->store)) > 0);
+	return 1;
+}
+
+void jobs_push_lua(lua_State *L, struct engine *e)
+{
+	int json = lua_gettop(L);
+	lua_newtable(L);
+	lua_pushlightuserdata(L, e);
+	lua_pushvalue(L, json);
+	lua_pushcclosure(L, l_schedule, 2);
+	lua_setfield(L, -2, "schedule");
+	lua_pushlightuserdata(L, e);
+	lua_pushcclosure(L, l_cancel, 1);
+	lua_setfield(L, -2, "cancel");
+	lua_remove(L, json);
+}

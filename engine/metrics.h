@@ -1,0 +1,58 @@
+/* metrics.h — counters and a latency histogram, rendered as Prometheus text. */
+#ifndef PAYGATE_METRICS_H
+#define PAYGATE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+struct evbuffer;
+struct engine;
+
+#define METRICS_BUCKETS 12
+#define METRICS_MAX_SERIES 10000
+
+struct metric_series {
+	char *key;                        /* name{label="v",...} exactly as rendered */
+	size_t name_len;                  /* the metric name is key[0..name_len) */
+	double value;
+	int gauge;
+	unsigned mark;                    /* last render that printed it */
+	struct metric_series *next;
+};
+
+struct metrics {
+	uint64_t http_by_class[6];        /* [1..5] = 1xx..5xx, [0] other */
+	uint64_t latency_bucket[METRICS_BUCKETS + 1];
+	double latency_sum;
+	uint64_t script_errors, script_kills;
+	uint64_t client_aborts;
+	uint64_t reloads_ok, reloads_failed;
+	uint64_t fetch_ok, fetch_failed;
+	uint64_t jobs_ok, jobs_failed, jobs_dead;
+	uint64_t db_commits, db_rollbacks;
+
+	struct metric_series *series[256]; /* script-defined series, by hash */
+	int nseries;
+	unsigned render_mark;
+};
+
+void metrics_init(struct metrics *m);
+void metrics_free(struct metrics *m);
+void metrics_observe_request(struct metrics *m, int status, double seconds);
+
+/*
+** Add delta to (or, for a gauge, set) the series `name{labels}`; labels is
+** already rendered ("a=\"x\",b=\"y\"") or NULL. Returns -1 when the name is
+** invalid or the series limit is reached.
+*/
+int metrics_update(struct metrics *m, const char *name, const char *labels, double v, int gauge);
+
+/* Render everything the engine knows into buf. */
+void metrics_render(struct engine *e, struct evbuffer *buf);
+
+/* Lua: the `metrics` table (inc, set). [-0, +1, e] */
+void metrics_push_lua(lua_State *L, struct engine *e);
+
+#endif

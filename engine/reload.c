@@ -1,0 +1,220 @@
+/* reload.c — hot reload: build a generation aside, migrate, swap; triggered by file changes, SIGHUP or admin. */
+#include "reload.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "jobs.h"
+#include "script.h"
+#include "store.h"
+
+/* ---- build, migrate, swap ---- */
+
+struct migrate_args {
+	struct engine *e;
+	char *err;
+	size_t errlen;
+};
+
+/* [-1 (lightuserdata args), +0]: store_migrate touches the new VM, so run it protected. */
+static int migrate_protected(lua_State *L)
+{
+	struct migrate_args *a = lua_touserdata(L, 1);
+	struct script_gen *g = sbx_of(L)->owner;
+	script_gen_push_app_field(g, "_migrations");
+	if (!lua_istable(L, -1))
+		return luaL_error(L, "lualib 'paygate' has no _migrations list");
+	if (store_migrate(a->e->store, L, -1, a->err, a->errlen) < 0)
+		return luaL_error(L, "%s", a->err);
+	return 0;
+}
+
+static int migrate(struct engine *e, struct script_gen *g, char *err, size_t errlen)
+{
+	struct migrate_args a = { e, err, errlen };
+	struct sbx_budget budget = { 0 };
+	lua_pushcfunction(g->L, migrate_protected);
+	lua_pushlightuserdata(g->L, &a);
+	sbx_budget(g->L, &budget, e->cfg.script_max_instructions * 4);
+	int rc = lua_pcall(g->L, 1, 0, 0);
+	sbx_unbudget(g->L);
+	if (rc != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(g->L, -1) ? lua_tostring(g->L, -1) : "migration failed");
+		lua_pop(g->L, 1);
+		return -1;
+	}
+	return 0;
+}
+
+static void record(struct engine *e, int ok, const char *error)
+{
+	e->last_reload_ok = ok;
+	snprintf(e->last_reload_error, sizeof e->last_reload_error, "%s", ok ? "" : error);
+	gettimeofday(&e->last_reload_at, NULL);
+	if (ok)
+		e->metrics.reloads_ok++;
+	else
+		e->metrics.reloads_failed++;
+}
+
+int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
+{
+	struct script_gen *g;
+
+	if (e->draining >= e->cfg.max_draining) {
+		snprintf(err, errlen, "%d older generations are still finishing work; try again shortly", e->draining);
+		goto fail;
+	}
+	if (store_in_tx(e->store)) {
+		snprintf(err, errlen, "a transaction is open; try again");
+		goto fail;
+	}
+	g = script_gen_load(e, err, errlen);
+	if (!g)
+		goto fail;
+	if (migrate(e, g, err, errlen) < 0) {
+		script_gen_unref(g);
+		goto fail;
+	}
+	/* The swap: a pointer assignment, nothing in between can yield or fail. */
+	struct script_gen *old = e->gen;
+	e->gen = g;
+	if (old) {
+		old->retired = 1;
+		e->draining++;
+		script_gen_unref(old);
+	}
+	record(e, 1, NULL);
+	log_info(&e->log, NULL, "script generation %llu live (%s)", (unsigned long long)g->id, trigger);
+	if (e->jobs)
+		jobs_kick(e->jobs);
+	return 0;
+fail:
+	record(e, 0, err);
+	log_error(&e->log, NULL, "reload (%s) refused, generation %llu keeps serving: %s", trigger,
+	          e->gen ? (unsigned long long)e->gen->id : 0ULL, err);
+	return -1;
+}
+
+/* ---- inotify ---- */
+
+/*
+** Editors save by writing a temporary file and renaming it over the old
+** one, so we watch directories (not files) for close-after-write, moves,
+** creations and deletions, and reload once the directory has been quiet for
+** watch_debounce_ms: a reload never sees half of a save.
+*/
+struct watch {
+	int fd;
+	struct event *ev;
+	struct event *debounce;
+};
+
+#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
+
+/* Add watches on dir and its subdirectories (inotify_add_watch is idempotent). */
+static void watch_tree(struct engine *e, int fd, const char *dir, int depth)
+{
+	if (depth > 8 || inotify_add_watch(fd, dir, WATCH_MASK) < 0)
+		return;
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || de->d_type != DT_DIR)
+			continue;
+		char sub[4096];
+		snprintf(sub, sizeof sub, "%s/%s", dir, de->d_name);
+		watch_tree(e, fd, sub, depth + 1);
+	}
+	closedir(d);
+}
+
+static void on_quiet(evutil_socket_t fd, short what, void *arg)
+{
+	struct engine *e = arg;
+	char err[1024];
+	(void)fd;
+	(void)what;
+	reload_run(e, "file change", err, sizeof err);
+	watch_tree(e, e->watch->fd, e->cfg.scripts_dir, 0);   /* pick up new subdirectories */
+	watch_tree(e, e->watch->fd, e->cfg.lualib_dir, 0);
+}
+
+/* Only .lua files matter; editor swap files and the like are ignored. */
+static int interesting(const struct inotify_event *ev)
+{
+	if (ev->mask & IN_ISDIR)
+		return 1;
+	size_t n = ev->len ? strlen(ev->name) : 0;
+	return n > 4 && strcmp(ev->name + n - 4, ".lua") == 0;
+}
+
+static void on_inotify(evutil_socket_t fd, short what, void *arg)
+{
+	struct engine *e = arg;
+	char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+	int hit = 0;
+	ssize_t n;
+	(void)what;
+	while ((n = read(fd, buf, sizeof buf)) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+			hit |= interesting(ev);
+			p += sizeof *ev + ev->len;
+		}
+	}
+	if (hit) {
+		struct timeval tv = { e->cfg.watch_debounce_ms / 1000, (e->cfg.watch_debounce_ms % 1000) * 1000 };
+		evtimer_add(e->watch->debounce, &tv);   /* re-arming restarts the quiet period */
+	}
+}
+
+int reload_watch_start(struct engine *e, char *err, size_t errlen)
+{
+	struct watch *w = calloc(1, sizeof *w);
+	if (!w) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (w->fd < 0) {
+		snprintf(err, errlen, "inotify: %s", strerror(errno));
+		free(w);
+		return -1;
+	}
+	e->watch = w;
+	watch_tree(e, w->fd, e->cfg.scripts_dir, 0);
+	watch_tree(e, w->fd, e->cfg.lualib_dir, 0);
+	w->ev = event_new(e->base, w->fd, EV_READ | EV_PERSIST, on_inotify, e);
+	w->debounce = evtimer_new(e->base, on_quiet, e);
+	if (!w->ev || !w->debounce || event_add(w->ev, NULL) < 0) {
+		snprintf(err, errlen, "cannot watch the script directories");
+		reload_watch_stop(e);
+		return -1;
+	}
+	return 0;
+}
+
+void reload_watch_stop(struct engine *e)
+{
+	struct watch *w = e->watch;
+	if (!w)
+		return;
+	if (w->ev)
+		event_free(w->ev);
+	if (w->debounce)
+		event_free(w->debounce);
+	close(w->fd);
+	free(w);
+	e->watch = NULL;
+}

@@ -1,0 +1,60 @@
+/* sandbox.h — what a script may touch: capped memory, an instruction budget, allow-listed globals. */
+#ifndef PAYGATE_SANDBOX_H
+#define PAYGATE_SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* Instructions between two budget checks. */
+#define SBX_HOOK_EVERY 1000
+
+/* The instruction budget of one piece of running Lua (a request, a job, a load). */
+struct sbx_budget {
+	int64_t left;
+	int killed;
+};
+
+/* One per Lua VM (script generation); it is the allocator's userdata. */
+struct sbx {
+	size_t used;                 /* bytes the VM holds now */
+	size_t peak;
+	size_t limit;                /* allocations past this fail: LUA_ERRMEM */
+	struct sbx_budget *active;   /* whose instructions are being counted */
+	void *owner;                 /* back pointer for engine callbacks (the generation) */
+};
+
+/*
+** Create a Lua state whose every allocation goes through `s` (capped at
+** limit bytes) and whose threads all carry the budget hook. Returns NULL when
+** even the empty state does not fit.
+*/
+lua_State *sbx_newstate(struct sbx *s, size_t limit, void *owner);
+
+/* The sandbox of a state (the allocator userdata). */
+struct sbx *sbx_of(lua_State *L);
+
+/* Count `b` against the instructions run from now on, until sbx_unbudget. */
+void sbx_budget(lua_State *L, struct sbx_budget *b, int64_t instructions);
+void sbx_unbudget(lua_State *L);
+
+/*
+** Open the allowed standard libraries and push the protected globals table
+** scripts run in: reading or writing an undeclared global is an error, its
+** metatable and the library tables cannot be changed, `load` accepts text
+** only, and io, debug, package, os.execute, string.dump, dofile, loadfile do
+** not exist. [-0, +1, e]
+*/
+void sbx_push_env(lua_State *L);
+
+/*
+** Set env[name] to a read-only proxy of the table at the top of the stack,
+** popping it. [-1, +0, e]
+*/
+void sbx_set_readonly(lua_State *L, int env_index, const char *name);
+
+/* env[name] = the value at the top of the stack, bypassing strictness. [-1, +0, e] */
+void sbx_set_global(lua_State *L, int env_index, const char *name);
+
+#endif

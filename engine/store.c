@@ -1,0 +1,486 @@
+/* store.c — SQLite storage: WAL, a prepared-statement cache, transactions, migrations, the `db` Lua API. */
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "engine.h"
+
+#define STMT_CACHE 256                 /* direct-mapped: slot = hash(sql) */
+
+struct cached_stmt {
+	char *sql;
+	sqlite3_stmt *stmt;
+};
+
+struct store {
+	struct engine *eng;
+	sqlite3 *db;
+	int tx_depth;                      /* 0: autocommit; n: n nested db.tx() */
+	struct cached_stmt cache[STMT_CACHE];
+};
+
+static unsigned hash_sql(const char *s)
+{
+	unsigned h = 2166136261u;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+static int exec_simple(struct store *st, const char *sql, char *err, size_t errlen)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(st->db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen)
+{
+	struct store *st = calloc(1, sizeof *st);
+	if (!st) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	st->eng = e;
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+	if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "cannot open database %s: %s", path,
+		         st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	sqlite3_busy_timeout(st->db, e->cfg.db_busy_timeout_ms);
+	char e2[256];
+	if (exec_simple(st, "PRAGMA journal_mode=WAL", e2, sizeof e2) < 0 ||
+	    exec_simple(st, "PRAGMA synchronous=FULL", e2, sizeof e2) < 0 ||
+	    exec_simple(st, "PRAGMA foreign_keys=ON", e2, sizeof e2) < 0) {
+		snprintf(err, errlen, "cannot set up database %s: %s", path, e2);
+		goto fail;
+	}
+	return st;
+fail:
+	sqlite3_close(st->db);
+	free(st);
+	return NULL;
+}
+
+void store_close(struct store *st)
+{
+	if (!st)
+		return;
+	for (int i = 0; i < STMT_CACHE; i++) {
+		sqlite3_finalize(st->cache[i].stmt);
+		free(st->cache[i].sql);
+	}
+	sqlite3_close(st->db);
+	free(st);
+}
+
+sqlite3 *store_db(struct store *st)
+{
+	return st->db;
+}
+
+int store_in_tx(const struct store *st)
+{
+	return st && st->tx_depth > 0;
+}
+
+sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t errlen)
+{
+	struct cached_stmt *slot = &st->cache[hash_sql(sql) % STMT_CACHE];
+	const char *tail = NULL;
+	sqlite3_stmt *stmt = NULL;
+
+	if (slot->sql && strcmp(slot->sql, sql) == 0) {
+		sqlite3_reset(slot->stmt);
+		sqlite3_clear_bindings(slot->stmt);
+		return slot->stmt;
+	}
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK) {
+		snprintf(err, errlen, "%s", sqlite3_errmsg(st->db));
+		return NULL;
+	}
+	while (tail && (*tail == ' ' || *tail == '\n' || *tail == '\t' || *tail == '\r' || *tail == ';'))
+		tail++;
+	if (!stmt || (tail && *tail)) {
+		sqlite3_finalize(stmt);
+		snprintf(err, errlen, "exactly one SQL statement per call");
+		return NULL;
+	}
+	char *copy = strdup(sql);
+	if (!copy) {
+		sqlite3_finalize(stmt);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	sqlite3_finalize(slot->stmt);          /* evict whatever lived in this slot */
+	free(slot->sql);
+	slot->sql = copy;
+	slot->stmt = stmt;
+	return stmt;
+}
+
+/* ---- transactions ---- */
+
+int store_begin(struct store *st, char *err, size_t errlen)
+{
+	char sql[64];
+	if (st->tx_depth == 0)
+		snprintf(sql, sizeof sql, "BEGIN IMMEDIATE");
+	else
+		snprintf(sql, sizeof sql, "SAVEPOINT pg_tx_%d", st->tx_depth);
+	if (exec_simple(st, sql, err, errlen) < 0)
+		return -1;
+	st->tx_depth++;
+	return 0;
+}
+
+int store_commit(struct store *st, char *err, size_t errlen)
+{
+	char sql[64];
+	if (st->tx_depth == 1)
+		snprintf(sql, sizeof sql, "COMMIT");
+	else
+		snprintf(sql, sizeof sql, "RELEASE pg_tx_%d", st->tx_depth - 1);
+	if (exec_simple(st, sql, err, errlen) < 0)
+		return -1;
+	st->tx_depth--;
+	if (st->tx_depth == 0)
+		st->eng->metrics.db_commits++;
+	return 0;
+}
+
+void store_rollback(struct store *st)
+{
+	char sql[96], err[256];
+	if (st->tx_depth == 0)
+		return;
+	if (st->tx_depth == 1)
+		snprintf(sql, sizeof sql, "ROLLBACK");
+	else
+		snprintf(sql, sizeof sql, "ROLLBACK TO pg_tx_%d; RELEASE pg_tx_%d",
+		         st->tx_depth - 1, st->tx_depth - 1);
+	if (exec_simple(st, sql, err, sizeof err) < 0)
+		log_error(&st->eng->log, NULL, "rollback failed: %s", err);
+	st->tx_depth--;
+	if (st->tx_depth == 0)
+		st->eng->metrics.db_rollbacks++;
+}
+
+/* ---- Lua: binding values and reading rows ---- */
+
+static struct store *upstore(lua_State *L)
+{
+	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	return e->store;
+}
+
+/* Bind Lua arguments first..top to the statement's parameters. */
+static void bind_args(lua_State *L, sqlite3_stmt *stmt, int first)
+{
+	int n = lua_gettop(L) - first + 1;
+	if (n != sqlite3_bind_parameter_count(stmt))
+		luaL_error(L, "db: the statement has %d parameters but %d values were given",
+		           sqlite3_bind_parameter_count(stmt), n);
+	for (int i = 1; i <= n; i++) {
+		int idx = first + i - 1, rc;
+		switch (lua_type(L, idx)) {
+		case LUA_TNIL:
+			rc = sqlite3_bind_null(stmt, i);
+			break;
+		case LUA_TBOOLEAN:
+			rc = sqlite3_bind_int(stmt, i, lua_toboolean(L, idx));
+			break;
+		case LUA_TNUMBER:
+			rc = lua_isinteger(L, idx) ? sqlite3_bind_int64(stmt, i, lua_tointeger(L, idx))
+			                           : sqlite3_bind_double(stmt, i, lua_tonumber(L, idx));
+			break;
+		case LUA_TSTRING: {
+			size_t len;
+			const char *s = lua_tolstring(L, idx, &len);
+			rc = sqlite3_bind_text64(stmt, i, s, len, SQLITE_TRANSIENT, SQLITE_UTF8);
+			break;
+		}
+		case LUA_TLIGHTUSERDATA:
+			if (lua_touserdata(L, idx) == NULL) {   /* json.null */
+				rc = sqlite3_bind_null(stmt, i);
+				break;
+			}
+			/* fall through */
+		default:
+			luaL_error(L, "db: parameter %d is a %s; only nil, booleans, numbers and strings bind",
+			           i, luaL_typename(L, idx));
+			return;
+		}
+		if (rc != SQLITE_OK)
+			luaL_error(L, "db: cannot bind parameter %d: %s", i, sqlite3_errstr(rc));
+	}
+}
+
+static void push_column(lua_State *L, sqlite3_stmt *stmt, int i)
+{
+	switch (sqlite3_column_type(stmt, i)) {
+	case SQLITE_INTEGER:
+		lua_pushinteger(L, sqlite3_column_int64(stmt, i));
+		break;
+	case SQLITE_FLOAT:
+		lua_pushnumber(L, sqlite3_column_double(stmt, i));
+		break;
+	case SQLITE_NULL:
+		lua_pushnil(L);
+		break;
+	default:
+		lua_pushlstring(L, (const char *)sqlite3_column_blob(stmt, i), (size_t)sqlite3_column_bytes(stmt, i));
+		break;
+	}
+}
+
+/* Push the current row as {column = value}; NULL columns are absent. */
+static void push_row(lua_State *L, sqlite3_stmt *stmt)
+{
+	int n = sqlite3_column_count(stmt);
+	lua_createtable(L, 0, n);
+	for (int i = 0; i < n; i++) {
+		push_column(L, stmt, i);
+		lua_setfield(L, -2, sqlite3_column_name(stmt, i));
+	}
+}
+
+/* Prepare sql (arg 1) and bind the rest; raises on error. */
+static sqlite3_stmt *prepare_args(lua_State *L, struct store *st)
+{
+	char err[512];
+	const char *sql = luaL_checkstring(L, 1);
+	sqlite3_stmt *stmt = store_prepare(st, sql, err, sizeof err);
+	if (!stmt)
+		luaL_error(L, "db: %s in: %s", err, sql);
+	bind_args(L, stmt, 2);
+	return stmt;
+}
+
+static int step_error(lua_State *L, struct store *st, sqlite3_stmt *stmt)
+{
+	const char *msg = sqlite3_errmsg(st->db);
+	lua_pushfstring(L, "db: %s", msg);
+	sqlite3_reset(stmt);
+	return lua_error(L);
+}
+
+/* db.exec(sql, ...) → changes, last_insert_rowid */
+static int l_exec(lua_State *L)
+{
+	struct store *st = upstore(L);
+	sqlite3_stmt *stmt = prepare_args(L, st);
+	int rc;
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+		;
+	if (rc != SQLITE_DONE)
+		return step_error(L, st, stmt);
+	sqlite3_reset(stmt);
+	lua_pushinteger(L, sqlite3_changes64(st->db));
+	lua_pushinteger(L, sqlite3_last_insert_rowid(st->db));
+	return 2;
+}
+
+/* db.query(sql, ...) → array of rows (encodes as [] when empty) */
+static int l_query(lua_State *L)
+{
+	struct store *st = upstore(L);
+	sqlite3_stmt *stmt = prepare_args(L, st);
+	int rc, n = 0;
+	lua_newtable(L);
+	luaL_setmetatable(L, "paygate.json.array");
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		push_row(L, stmt);
+		lua_rawseti(L, -2, ++n);
+	}
+	if (rc != SQLITE_DONE)
+		return step_error(L, st, stmt);
+	sqlite3_reset(stmt);
+	return 1;
+}
+
+/* db.one(sql, ...) → the first row, or nil */
+static int l_one(lua_State *L)
+{
+	struct store *st = upstore(L);
+	sqlite3_stmt *stmt = prepare_args(L, st);
+	int rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		push_row(L, stmt);
+	else if (rc == SQLITE_DONE)
+		lua_pushnil(L);
+	else
+		return step_error(L, st, stmt);
+	sqlite3_reset(stmt);
+	return 1;
+}
+
+/*
+** db.tx(fn, ...) → what fn returns. fn runs inside BEGIN IMMEDIATE ... COMMIT;
+** any error in fn rolls everything back and is raised again. fn cannot wait
+** (http.request, sleep): that is refused with a clear error, so a
+** transaction never stays open while other coroutines run.
+*/
+static int l_tx(lua_State *L)
+{
+	struct store *st = upstore(L);
+	char err[512];
+
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	if (store_begin(st, err, sizeof err) < 0)
+		return luaL_error(L, "db.tx: cannot begin: %s", err);
+	if (lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0) != LUA_OK) {
+		store_rollback(st);
+		return lua_error(L);
+	}
+	if (store_commit(st, err, sizeof err) < 0) {
+		store_rollback(st);
+		return luaL_error(L, "db.tx: commit failed, nothing was saved: %s", err);
+	}
+	return lua_gettop(L);
+}
+
+void store_push_lua(lua_State *L, struct engine *e)
+{
+	static const luaL_Reg fns[] = {
+		{ "exec", l_exec }, { "query", l_query }, { "one", l_one }, { "tx", l_tx }, { NULL, NULL }
+	};
+	lua_newtable(L);
+	lua_pushlightuserdata(L, e);
+	luaL_setfuncs(L, fns, 1);
+}
+
+/* ---- migrations ---- */
+
+static const char *const MIGRATIONS_DDL =
+	"CREATE TABLE IF NOT EXISTS _paygate_migrations ("
+	" version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
+	" applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))";
+
+static void checksum(const char *sql, char out[17])
+{
+	unsigned long long h = 1469598103934665603ULL;
+	for (; *sql; sql++)
+		h = (h ^ (unsigned char)*sql) * 1099511628211ULL;
+	snprintf(out, 17, "%016llx", h);
+}
+
+/* The checksum recorded for version v, or "" when it was never applied. */
+static int applied_checksum(struct store *st, lua_Integer v, char out[17], char *err, size_t errlen)
+{
+	sqlite3_stmt *s = store_prepare(st, "SELECT checksum FROM _paygate_migrations WHERE version = ?", err, errlen);
+	if (!s)
+		return -1;
+	sqlite3_bind_int64(s, 1, v);
+	out[0] = '\0';
+	if (sqlite3_step(s) == SQLITE_ROW)
+		snprintf(out, 17, "%s", (const char *)sqlite3_column_text(s, 0));
+	sqlite3_reset(s);
+	return 0;
+}
+
+/* Run one migration (entry table at top of L). */
+static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *name,
+                     const char *sum, char *err, size_t errlen)
+{
+	char e2[512];
+	lua_getfield(L, -1, "sql");
+	if (lua_isstring(L, -1)) {
+		int rc = exec_simple(st, lua_tostring(L, -1), e2, sizeof e2);
+		lua_pop(L, 1);
+		if (rc < 0) {
+			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, e2);
+			return -1;
+		}
+	} else {
+		lua_pop(L, 1);
+		lua_getfield(L, -1, "fn");
+		if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, lua_tostring(L, -1));
+			lua_pop(L, 1);
+			return -1;
+		}
+	}
+	sqlite3_stmt *s = store_prepare(st, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES (?, ?, ?)",
+	                                err, errlen);
+	if (!s)
+		return -1;
+	sqlite3_bind_int64(s, 1, v);
+	sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(s, 3, sum, -1, SQLITE_TRANSIENT);
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	if (rc != SQLITE_DONE) {
+		snprintf(err, errlen, "cannot record migration %lld: %s", (long long)v, sqlite3_errmsg(st->db));
+		return -1;
+	}
+	return 0;
+}
+
+/* Check and apply the entry at the top of L. */
+static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char *err, size_t errlen)
+{
+	char sum[17], have[17];
+	int isint;
+
+	lua_getfield(L, -1, "version");
+	lua_Integer v = lua_tointegerx(L, -1, &isint);
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "name");
+	const char *name = lua_tostring(L, -1);
+	lua_pop(L, 1);          /* the string stays alive in the entry table */
+	if (!isint || v <= *last || !name) {
+		snprintf(err, errlen, "migrations must have increasing integer versions and names (at version %lld)",
+		         (long long)v);
+		return -1;
+	}
+	*last = v;
+	lua_getfield(L, -1, "sql");
+	checksum(lua_isstring(L, -1) ? lua_tostring(L, -1) : name, sum);
+	lua_pop(L, 1);
+	if (applied_checksum(st, v, have, err, errlen) < 0)
+		return -1;
+	if (have[0] && strcmp(have, sum) != 0) {
+		snprintf(err, errlen, "migration %lld (%s) was changed after it was applied; "
+		                      "add a new migration instead of editing an old one", (long long)v, name);
+		return -1;
+	}
+	if (have[0])
+		return 0;
+	log_info(&st->eng->log, NULL, "applying migration %lld (%s)", (long long)v, name);
+	return apply_one(st, L, v, name, sum, err, errlen);
+}
+
+int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
+{
+	lua_Integer last = 0;
+	idx = lua_absindex(L, idx);
+	if (exec_simple(st, MIGRATIONS_DDL, err, errlen) < 0 || store_begin(st, err, errlen) < 0)
+		return -1;
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_rawgeti(L, idx, i);
+		int rc = lua_istable(L, -1) ? migrate_entry(st, L, &last, err, errlen) : -1;
+		if (rc < 0 && !lua_istable(L, -1))
+			snprintf(err, errlen, "migration #%lld is not a table", (long long)i);
+		lua_pop(L, 1);
+		if (rc < 0) {
+			store_rollback(st);
+			return -1;
+		}
+	}
+	if (store_commit(st, err, errlen) < 0) {
+		store_rollback(st);
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,230 @@
+/* wechatpay.h — WeChat Pay APIv3 protocol (and APIv2 signatures) as pure functions: no I/O, no Lua. */
+#ifndef PAYGATE_WECHATPAY_H
+#define PAYGATE_WECHATPAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto.h"
+
+/*
+** Everything here follows crypto.h's conventions: 0 on success, negative on failure
+** with a message in (err, errlen); variable-length results in a crypto_buf the caller
+** frees. Verification and decryption return a result enum instead, so callers can
+** tell the reasons apart; the message then says what to do.
+** The functions only compute: they take the current time, keys and bytes as inputs
+** and never read clocks, files or the network.
+** See docs/wechatpay-v3.md for the protocol facts cited in the comments.
+*/
+
+#define WXP_AUTH_SCHEME "WECHATPAY2-SHA256-RSA2048"
+#define WXP_SIGNATURE_TYPE "WECHATPAY2-SHA256-RSA2048"
+#define WXP_ALGORITHM "AEAD_AES_256_GCM"
+#define WXP_PROBE_PREFIX "WECHATPAY/SIGNTEST/"
+#define WXP_PUBKEY_ID_PREFIX "PUB_KEY_ID_"
+#define WXP_MAX_SKEW 300 /* seconds; |now - timestamp| >= this is rejected (as the Go SDK) */
+
+/* ---- request signing (merchant -> WeChat Pay), section 1 ---- */
+
+/* Builds "METHOD\nURL\nTIMESTAMP\nNONCE\nBODY\n" (BODY may be empty). METHOD must be
+** uppercase letters, URL the path plus raw query starting with "/", NONCE printable
+** ASCII; a value that would break the message or header fails. */
+int wxp_request_message(const char *method, const char *url, int64_t timestamp,
+                        const char *nonce, const void *body, size_t bodylen,
+                        crypto_buf *out, char *err, size_t errlen);
+
+/* Signs the request message with the merchant private key: out = Base64 signature. */
+int wxp_sign_request(EVP_PKEY *key, const char *method, const char *url, int64_t timestamp,
+                     const char *nonce, const void *body, size_t bodylen,
+                     crypto_buf *out, char *err, size_t errlen);
+
+/* Formats the Authorization header value:
+** WECHATPAY2-SHA256-RSA2048 mchid="…",nonce_str="…",timestamp="…",serial_no="…",signature="…"
+** Fails if a value is empty or contains '"', '\\', a control byte or non-ASCII. */
+int wxp_authorization(const char *mchid, const char *nonce, int64_t timestamp,
+                      const char *serial_no, const char *signature,
+                      crypto_buf *out, char *err, size_t errlen);
+
+/* wxp_sign_request followed by wxp_authorization. */
+int wxp_build_authorization(EVP_PKEY *key, const char *mchid, const char *serial_no,
+                            const char *method, const char *url, int64_t timestamp,
+                            const char *nonce, const void *body, size_t bodylen,
+                            crypto_buf *out, char *err, size_t errlen);
+
+/* The five fields of a parsed Authorization header (for the sandbox). Each points into
+** `storage` (one NUL-terminated copy of the header owned by this struct). */
+typedef struct wxp_auth {
+    const char *mchid, *nonce_str, *timestamp, *serial_no, *signature;
+    crypto_buf storage;
+} wxp_auth;
+
+/* Parses an Authorization value: the scheme, then exactly the five key="value" pairs
+** in any order, comma separated (spaces after commas allowed). Fails on an unknown
+** scheme, unknown/duplicate/missing key or bad quoting; *out is then empty. */
+int wxp_parse_authorization(const char *header, wxp_auth *out, char *err, size_t errlen);
+void wxp_auth_free(wxp_auth *a);
+
+/* ---- keys that can verify WeChat Pay signatures, section 2.4 ---- */
+
+/* Platform certificates by serial, plus at most one WeChat Pay public key (PUB_KEY_ID_…).
+** Holding several certificates at once is what rotation needs. */
+typedef struct wxp_keyset wxp_keyset;
+
+wxp_keyset *wxp_keyset_new(void); /* NULL when out of memory */
+void wxp_keyset_free(wxp_keyset *ks); /* NULL-safe */
+
+/* Adds the PEM certificate; its serial (uppercase hex) is the lookup key and is copied
+** into serial_out when that is non-NULL (CRYPTO_SERIAL_MAX bytes). A certificate with
+** a serial already present replaces the old one. The set is unchanged on failure. */
+int wxp_keyset_add_cert(wxp_keyset *ks, const char *pem, size_t len, char *serial_out,
+                        char *err, size_t errlen);
+
+/* Sets the public key and its id, which must start with PUB_KEY_ID_; replaces any
+** previous one. The set is unchanged on failure. */
+int wxp_keyset_add_public_key(wxp_keyset *ks, const char *key_id, const char *pem, size_t len,
+                              char *err, size_t errlen);
+
+/* Removes the certificate with this serial. Returns 0, or -1 if there was none. */
+int wxp_keyset_remove(wxp_keyset *ks, const char *serial);
+
+/* The key for a Wechatpay-Serial value (borrowed; valid until removed), or NULL. */
+EVP_PKEY *wxp_keyset_lookup(const wxp_keyset *ks, const char *serial);
+
+/* Number of keys (certificates plus the public key). */
+size_t wxp_keyset_count(const wxp_keyset *ks);
+
+/* ---- verifying responses and notifications, section 2 ---- */
+
+/* The Wechatpay-* headers of a response or notification; NULL (or "") = absent. */
+typedef struct wxp_headers {
+    const char *timestamp;      /* Wechatpay-Timestamp */
+    const char *nonce;          /* Wechatpay-Nonce */
+    const char *signature;      /* Wechatpay-Signature */
+    const char *serial;         /* Wechatpay-Serial */
+    const char *signature_type; /* Wechatpay-Signature-Type, optional */
+} wxp_headers;
+
+/* Outcomes of wxp_verify, in the order the checks run. */
+typedef enum wxp_verify_result {
+    WXP_VERIFY_OK = 0,
+    WXP_VERIFY_MISSING_HEADER,   /* timestamp, nonce, signature or serial absent */
+    WXP_VERIFY_BAD_SIGNATURE_TYPE, /* Signature-Type present and not WECHATPAY2-SHA256-RSA2048 */
+    WXP_VERIFY_PROBE,            /* signature starts with WECHATPAY/SIGNTEST/ */
+    WXP_VERIFY_BAD_HEADER,       /* timestamp not 1..18 digits, nonce has control bytes */
+    WXP_VERIFY_STALE,            /* |now - timestamp| >= WXP_MAX_SKEW */
+    WXP_VERIFY_UNKNOWN_SERIAL,   /* no key in the set for Wechatpay-Serial */
+    WXP_VERIFY_BAD_SIGNATURE,    /* not Base64, or RSA verification failed */
+    WXP_VERIFY_INTERNAL          /* out of memory or OpenSSL failure */
+} wxp_verify_result;
+
+/* Stable lower-case name of a result ("ok", "missing_header", …) for logs and Lua. */
+const char *wxp_verify_result_name(wxp_verify_result r);
+
+/* Builds "TIMESTAMP\nNONCE\nBODY\n". Fails only when out of memory. */
+int wxp_response_message(const char *timestamp, const char *nonce, const void *body,
+                         size_t bodylen, crypto_buf *out, char *err, size_t errlen);
+
+/*
+** Verifies a signed response or notification: the raw body bytes exactly as received
+** (never re-serialised), its headers, and `now` in Unix seconds. A probe signature is
+** reported as such even though it would also fail verification; any result other
+** than WXP_VERIFY_OK means "do not trust this message" (answer a notification with
+** 4xx/5xx so it is re-sent). Certificate validity dates are not checked here: the
+** set holds what the caller trusts now.
+*/
+wxp_verify_result wxp_verify(const wxp_keyset *ks, const wxp_headers *h, const void *body,
+                             size_t bodylen, int64_t now, char *err, size_t errlen);
+
+/* Signs "TIMESTAMP\nNONCE\nBODY\n" (what WeChat Pay does; the sandbox uses it). */
+int wxp_sign_response(EVP_PKEY *key, int64_t timestamp, const char *nonce, const void *body,
+                      size_t bodylen, crypto_buf *out, char *err, size_t errlen);
+
+/* ---- notification and certificate resources, sections 6 and 9 ---- */
+
+/* The `resource` (or `encrypt_certificate`) object of an envelope, already extracted
+** from the JSON by the caller. associated_data NULL means "". */
+typedef struct wxp_resource {
+    const char *algorithm;
+    const char *nonce;
+    const char *associated_data;
+    const char *ciphertext; /* Base64 of ciphertext || 16-byte tag */
+} wxp_resource;
+
+typedef enum wxp_decrypt_result {
+    WXP_DECRYPT_OK = 0,
+    WXP_DECRYPT_BAD_KEY,          /* APIv3 key not 32 bytes (16 accepted: Go SDK test keys) */
+    WXP_DECRYPT_UNSUPPORTED_ALGORITHM,
+    WXP_DECRYPT_BAD_INPUT,        /* missing field or empty nonce */
+    WXP_DECRYPT_BAD_BASE64,
+    WXP_DECRYPT_BAD_TAG,          /* authentication failed: wrong key, nonce, AAD or data */
+    WXP_DECRYPT_INTERNAL
+} wxp_decrypt_result;
+
+const char *wxp_decrypt_result_name(wxp_decrypt_result r);
+
+/*
+** Decrypts a resource with the APIv3 key (AEAD_AES_256_GCM: nonce and associated
+** data as raw bytes, tag = last 16 bytes). The cipher size follows the key length,
+** as in the Go SDK: 32 bytes = AES-256 (production), 16 = AES-128 (SDK test vectors
+** only; the config layer should insist on 32). plaintext is empty on failure. The
+** plaintext is not checked to be JSON (certificates decrypt to PEM): use
+** wxp_json_valid for notifications.
+*/
+wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
+                                        const wxp_resource *r, crypto_buf *plaintext,
+                                        char *err, size_t errlen);
+
+/* The reverse, for the sandbox and tests: out = Base64(ciphertext || tag). */
+int wxp_encrypt_resource(const void *apiv3_key, size_t keylen, const char *nonce,
+                         const char *associated_data, const void *plaintext, size_t len,
+                         crypto_buf *out, char *err, size_t errlen);
+
+/* Strict RFC 8259 syntax check (UTF-8 validated, no trailing bytes, nesting at most
+** 32 deep). Returns 0 if s[0..len) is one JSON value, -1 with the offset otherwise. */
+int wxp_json_valid(const char *s, size_t len, char *err, size_t errlen);
+
+/* ---- mini-program payment parameters, section 4 ---- */
+
+#define WXP_PACKAGE_PREFIX "prepay_id="
+
+/* paySign = Base64(SHA256withRSA(key, appId\ntimeStamp\nnonceStr\nprepay_id=ID\n)).
+** The caller passes signType "RSA" and package WXP_PACKAGE_PREFIX + prepay_id along. */
+int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce,
+                 const char *prepay_id, crypto_buf *out, char *err, size_t errlen);
+
+/* ---- APIv2 signatures, section 10 ---- */
+
+typedef struct wxp_kv {
+    const char *key;
+    const char *value;
+} wxp_kv;
+
+typedef enum wxp_v2_sign_type { WXP_V2_MD5, WXP_V2_HMAC_SHA256 } wxp_v2_sign_type;
+
+/* Parses "MD5" or "HMAC-SHA256"; NULL or "" means MD5 (v2 default). -1 otherwise. */
+int wxp_v2_sign_type_parse(const char *s, wxp_v2_sign_type *out);
+
+/*
+** APIv2 sign: pairs with an empty/NULL value and the pair named "sign" are skipped,
+** the rest sorted by key (byte order) and joined "k=v&…&key=API_KEY"; MD5 or
+** HMAC-SHA256 (keyed with the API key) as uppercase hex into out (65 bytes covers
+** both). Fails on an empty key name, a name with '=' or '&', or a duplicate name.
+*/
+int wxp_v2_sign(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
+                char out[65], char *err, size_t errlen);
+
+/* Recomputes the sign and compares with `sign` in constant time (case-sensitive
+** uppercase, as WeChat sends it). Returns 0 when it matches. */
+int wxp_v2_verify(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
+                  const char *sign, char *err, size_t errlen);
+
+/* ---- field checks for the prepay request, sections 3 and 13 ---- */
+
+/* 6..32 bytes of [0-9A-Za-z_-|*]. */
+int wxp_check_out_trade_no(const char *s, char *err, size_t errlen);
+/* Non-empty valid UTF-8 of at most 127 bytes. */
+int wxp_check_description(const char *s, char *err, size_t errlen);
+/* Amount in fen: a positive integer. */
+int wxp_check_amount(int64_t total, char *err, size_t errlen);
+
+#endif

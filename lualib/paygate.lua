@@ -1,0 +1,142 @@
+-- paygate: what every script starts from: routes, jobs, migrations, errors, input checks.
+--
+--   local app = require "paygate"
+--   app.get("/hello/{name}", function(req) return 200, { hello = req.params.name } end)
+--
+-- A handler returns status, body (a table is sent as JSON, a string as is), headers.
+-- app.fail(status, code, message) stops the handler with the API's error shape.
+
+local app = {}
+
+local exact = {}      -- path -> method -> handler
+local patterns = {}   -- { method=, pattern=, names=, handler=, source= }
+local job_handlers = {}
+app._migrations = {}
+
+local METHODS = { GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, OPTIONS = true }
+
+--- Stop the handler and answer {"error": code, "message": message} with status.
+function app.fail(status, code, message)
+  error({ status = status, error = code, message = message or code }, 0)
+end
+
+-- "/api/orders/{no}/pay" -> "^/api/orders/([^/]+)/pay$", { "no" }
+local function compile(path)
+  local names = {}
+  local pattern = path:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"):gsub("{([%w_]+)}", function(name)
+    names[#names + 1] = name
+    return "([^/]+)"
+  end)
+  return "^" .. pattern .. "$", names
+end
+
+--- Declare a route. path segments written {name} are captured into req.params.name.
+function app.route(method, path, handler)
+  assert(METHODS[method], "route: unknown method " .. tostring(method))
+  assert(type(path) == "string" and path:sub(1, 1) == "/", "route: path must start with /")
+  assert(type(handler) == "function", "route: handler must be a function")
+  if path:find("{", 1, true) then
+    local pattern, names = compile(path)
+    patterns[#patterns + 1] = { method = method, pattern = pattern, names = names, handler = handler }
+  else
+    exact[path] = exact[path] or {}
+    assert(not exact[path][method], "route: " .. method .. " " .. path .. " is declared twice")
+    exact[path][method] = handler
+  end
+end
+
+for method in pairs(METHODS) do
+  app[method:lower()] = function(path, handler) app.route(method, path, handler) end
+end
+
+--- Declare the handler of a durable job: fn(payload, info) where info = {id=, attempt=}.
+--- Raising an error makes the job run again later (with backoff).
+function app.job(name, fn)
+  assert(type(fn) == "function", "job: handler must be a function")
+  job_handlers[name] = fn
+end
+
+--- Declare a schema migration: versions only grow; never edit one once applied.
+--- `change` is SQL text (may hold several statements) or a function using db.
+function app.migration(version, name, change)
+  assert(math.type(version) == "integer" and version > 0, "migration: version must be a positive integer")
+  local m = { version = version, name = name }
+  if type(change) == "string" then m.sql = change else m.fn = change end
+  local list = app._migrations
+  assert(#list == 0 or list[#list].version < version, "migration: versions must be declared in increasing order")
+  list[#list + 1] = m
+end
+
+--- The request body as a JSON object (a table); 400 when it is not one.
+function app.read_json(req)
+  local body = req:body()
+  if body == "" then app.fail(400, "invalid_request", "a JSON body is required") end
+  local ok, value = pcall(json.decode, body)
+  if not ok or type(value) ~= "table" then
+    app.fail(400, "invalid_request", "the body is not a JSON object")
+  end
+  return value
+end
+
+--- An integer field within [min, max], or a 400 naming the field.
+--- (JSON has one number type; 1 and 1.0 are the same integer, 1.5 and "1" are not.)
+function app.integer(value, min, max, field)
+  if math.type(value) ~= "integer" or value < min or value > max then
+    app.fail(400, "invalid_request",
+      string.format("%s must be an integer from %d to %d", field or "value", min, max))
+  end
+  return value
+end
+
+local function answer(status, body, headers)
+  if type(body) == "table" then
+    body = json.encode(body)
+  elseif body ~= nil and type(body) ~= "string" then
+    error("handler returned a body that is neither a table nor a string", 0)
+  end
+  return status, body, headers
+end
+
+local function not_found(req)
+  return answer(404, { error = "not_found", message = "no route for " .. req.method .. " " .. req.path })
+end
+
+function app._dispatch(req)
+  local path, method = req.path, req.method
+  local by_method = exact[path]
+  local handler = by_method and (by_method[method] or (method == "HEAD" and by_method.GET))
+  local allowed = by_method ~= nil
+  if not handler then
+    for i = 1, #patterns do
+      local r = patterns[i]
+      local caps = { path:match(r.pattern) }
+      if caps[1] then
+        allowed = true
+        if r.method == method or (method == "HEAD" and r.method == "GET") then
+          local params = {}
+          for k, name in ipairs(r.names) do params[name] = caps[k] end
+          req.params = params
+          handler = r.handler
+          break
+        end
+      end
+    end
+  end
+  if not handler then
+    if allowed then
+      return answer(405, { error = "method_not_allowed", message = method .. " is not allowed on " .. path })
+    end
+    return not_found(req)
+  end
+  return answer(handler(req))
+end
+
+function app._run_job(name, payload, info)
+  local fn = job_handlers[name]
+  if not fn then
+    error("no handler for job '" .. name .. "' in the current scripts", 0)
+  end
+  fn(json.decode(payload), info)
+end
+
+return app
