@@ -513,7 +513,8 @@ int http_init(struct engine *e, char *err, size_t errlen)
 	evhttp_set_max_body_size(e->http, (ev_ssize_t)e->cfg.max_body_bytes);
 	evhttp_set_timeout(e->http, e->cfg.timeout_s);
 	evhttp_set_allowed_methods(e->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-	                                    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
+	                                    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
+	                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);   /* refused by us, in JSON */
 	evhttp_set_default_content_type(e->http, "application/json; charset=utf-8");
 	evhttp_set_gencb(e->http, on_request, e);
 	return 0;

@@ -1,0 +1,169 @@
+// harness.mjs — start a real paygate on 127.0.0.1 with scripts written by the test, talk HTTP to it.
+//
+//   const gw = await startGateway({ scripts: { 'init.lua': '...' }, config: { ... } });
+//   const r = await gw.get('/hello');          // { status, headers, body, json }
+//   await gw.stop();
+//
+// Every gateway gets its own temporary directory (scripts, database, config) and is
+// stopped by its PID. Nothing listens or connects anywhere but 127.0.0.1.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync, cpSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import http from 'node:http';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const BIN = process.env.PAYGATE_BIN || join(ROOT, 'build', 'paygate');
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 2048 });
+
+// Lua literal for a JS value (config files are Lua tables).
+function lua(v) {
+  if (v === null || v === undefined) return 'nil';
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return '{' + v.map(lua).join(', ') + '}';
+  return '{' + Object.entries(v).map(([k, x]) => `[${JSON.stringify(k)}] = ${lua(x)}`).join(', ') + '}';
+}
+
+export function writeScripts(dir, scripts) {
+  for (const [name, text] of Object.entries(scripts)) {
+    const p = join(dir, name);
+    mkdirSync(dirname(p), { recursive: true });
+    writeFileSync(p, text);
+  }
+}
+
+/** An HTTP request to 127.0.0.1:port; resolves with status, headers, body text and parsed json. */
+export function request(port, method, path, { body, headers = {}, timeout = 30000 } = {}) {
+  return new Promise((resolveP, reject) => {
+    const data = body === undefined ? undefined
+      : (typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body));
+    const req = http.request({ host: '127.0.0.1', port, method, path, agent, timeout,
+      headers: { ...(data !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers } }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json;
+        try { json = text ? JSON.parse(text) : undefined; } catch { json = undefined; }
+        resolveP({ status: res.statusCode, headers: res.headers, body: text, json });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`timeout: ${method} ${path}`)));
+    req.on('error', reject);
+    if (data !== undefined) req.write(data);
+    req.end();
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Poll fn until it returns a truthy value (or throw after timeoutMs). */
+export async function eventually(fn, timeoutMs = 5000, stepMs = 50) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    await sleep(stepMs);
+  }
+  throw new Error('condition not met in time' + (last instanceof Error ? ': ' + last.message : ''));
+}
+
+/**
+ * Start a gateway. opts.scripts: files for the scripts dir (must include init.lua);
+ * opts.config: extra config fields (Lua table syntax is generated); opts.dir: reuse a
+ * directory (to restart on the same database).
+ */
+export async function startGateway(opts = {}) {
+  const dir = opts.dir || mkdtempSync(join(tmpdir(), 'paygate-e2e-'));
+  const scriptsDir = join(dir, 'scripts');
+  mkdirSync(scriptsDir, { recursive: true });
+  if (opts.scripts) writeScripts(scriptsDir, opts.scripts);
+  const config = {
+    listen: '127.0.0.1:0', scripts: scriptsDir, lualib: join(ROOT, 'lualib'),
+    database: join(dir, 'paygate.db'), log_level: 'debug', watch_debounce_ms: 100, ...opts.config,
+  };
+  const confPath = join(dir, 'paygate.conf.lua');
+  writeFileSync(confPath, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');
+
+  const child = spawn(BIN, ['--config', confPath, ...(opts.args || [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise((r) => child.on('exit', (code, signal) => r({ code, signal })));
+
+  const port = await new Promise((resolveP, reject) => {
+    const t = setTimeout(() => reject(new Error('gateway did not start:\n' + stderr)), 10000);
+    const check = () => {
+      const m = stdout.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
+      if (m) { clearTimeout(t); resolveP(Number(m[1])); }
+    };
+    child.stdout.on('data', check);
+    exited.then(({ code }) => { clearTimeout(t); reject(new Error(`gateway exited (${code}):\n${stderr}`)); });
+  });
+
+  const gw = {
+    dir, scriptsDir, port, child, pid: child.pid,
+    get log() { return stderr; },
+    request: (method, path, o) => request(port, method, path, o),
+    get: (path, o) => request(port, 'GET', path, o),
+    post: (path, body, o = {}) => request(port, 'POST', path, { ...o, body }),
+    put: (path, body, o = {}) => request(port, 'PUT', path, { ...o, body }),
+    writeScripts: (files) => writeScripts(scriptsDir, files),
+    async reload() { return request(port, 'POST', '/admin/reload'); },
+    async metric(name) {
+      const r = await request(port, 'GET', '/metrics');
+      const line = r.body.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{') && l.includes(name));
+      return line === undefined ? undefined : Number(line.split(' ').pop());
+    },
+    exited,
+    /** Stop by PID (SIGTERM, then SIGKILL after 5 s); keeps the directory unless clean is set. */
+    async stop({ clean = !opts.dir, signal = 'SIGTERM' } = {}) {
+      if (child.exitCode === null && child.signalCode === null) {
+        process.kill(child.pid, signal);
+        const t = setTimeout(() => { try { process.kill(child.pid, 'SIGKILL'); } catch {} }, 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      if (clean) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return gw;
+}
+
+/** Run paygate with arguments to completion (e.g. --check); resolves {code, stdout, stderr}. */
+export function runPaygate(args) {
+  return new Promise((resolveP) => {
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    child.on('exit', (code) => resolveP({ code, stdout, stderr }));
+  });
+}
+
+/** A slow local HTTP server on 127.0.0.1 (answers after delayMs); counts requests and open sockets. */
+export async function startSlowServer(delayMs, handler) {
+  const stats = { requests: 0, open: 0, closedEarly: 0 };
+  const server = http.createServer((req, res) => {
+    stats.requests++;
+    let done = false;
+    res.on('close', () => { if (!done) stats.closedEarly++; });
+    const t = setTimeout(() => {
+      done = true;
+      if (handler) return handler(req, res);
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ slow: true, path: req.url }));
+    }, delayMs);
+    req.on('close', () => { if (!done) clearTimeout(t); });
+  });
+  server.on('connection', (s) => { stats.open++; s.on('close', () => stats.open--); });
+  server.maxConnections = 5000;
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { port: server.address().port, stats, close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }) };
+}
+
+export { agent };
