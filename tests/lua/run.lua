@@ -1,0 +1,30 @@
+-- run.lua — Lua unit tests for lualib/, with the stock lua5.4 interpreter.
+-- Each tests/lua/test_*.lua returns a list of { name, fn }; fn raises on failure.
+-- Prints "ok - name" / "not ok - name" and ends with "N passed, N failed".
+
+local root = arg[1] or "."
+package.path = root .. "/lualib/?.lua;" .. root .. "/tests/lua/?.lua;" .. package.path
+
+-- Scripts run with a `json` global in the engine; lua-cjson stands in for it here.
+local cjson = require "cjson"
+json = { encode = cjson.encode, decode = cjson.decode, null = cjson.null,
+         array = function(t) return t or {} end }
+
+local passed, failed = 0, 0
+for _, file in ipairs({ "test_paygate", "test_router" }) do
+  package.loaded.paygate = nil
+  local tests = require(file)
+  for _, t in ipairs(tests) do
+    package.loaded.paygate = nil
+    local ok, err = pcall(t[2])
+    if ok then
+      passed = passed + 1
+      print("ok - " .. t[1])
+    else
+      failed = failed + 1
+      print("not ok - " .. t[1] .. "\n#   " .. tostring(err))
+    end
+  end
+end
+print(string.format("%d passed, %d failed", passed, failed))
+os.exit(failed == 0 and 0 or 1)
