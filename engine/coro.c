@@ -33,16 +33,46 @@ struct start_args {
 	void *arg;
 };
 
-/* [-1 (lightuserdata), +0]: create, anchor and fill the thread. */
+/*
+** A thread whose function returned normally is as good as new (its stack is
+** empty after lua_settop), so each generation keeps a few for reuse: creating
+** and collecting a thread per request is most of the per-request cost.
+*/
+static int take_pooled(struct script_gen *g, struct coro *c)
+{
+	if (g->npool == 0)
+		return 0;
+	g->npool--;
+	c->co = g->pool[g->npool].co;
+	c->ref = g->pool[g->npool].ref;
+	return 1;
+}
+
+static void give_back(struct coro *c)
+{
+	struct script_gen *g = c->gen;
+	if (lua_status(c->co) == LUA_OK && !c->budget.killed && g->npool < SCRIPT_POOL_MAX) {
+		lua_settop(c->co, 0);
+		*(struct coro **)lua_getextraspace(c->co) = NULL;
+		g->pool[g->npool].co = c->co;
+		g->pool[g->npool].ref = c->ref;
+		g->npool++;
+		return;
+	}
+	luaL_unref(g->L, LUA_REGISTRYINDEX, c->ref);
+}
+
+/* [-1 (lightuserdata), +0]: create (or reuse), anchor and fill the thread. */
 static int start_protected(lua_State *L)
 {
 	struct start_args *a = lua_touserdata(L, 1);
-	lua_State *co = lua_newthread(L);
-	a->c->co = co;
-	*(struct coro **)lua_getextraspace(co) = a->c;
-	lua_pushvalue(L, -1);
-	a->c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	lua_pop(L, 1);
+	if (!take_pooled(a->c->gen, a->c)) {
+		lua_State *co = lua_newthread(L);
+		a->c->co = co;
+		a->c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	}
+	*(struct coro **)lua_getextraspace(a->c->co) = a->c;
+	lua_State *co = a->c->co;
 	int base = lua_gettop(L);
 	int nargs = a->push(L, a->arg);
 	if (!lua_checkstack(co, nargs + 1))
@@ -70,6 +100,8 @@ struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn pus
 	lua_pushlightuserdata(L, &a);
 	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
 		lua_pop(L, 1);
+		if (c->co)
+			lua_settop(c->co, 0);
 		luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
 		free(c);
 		return NULL;
@@ -263,7 +295,7 @@ void coro_free(struct coro *c)
 {
 	struct engine *e = c->eng;
 
-	luaL_unref(c->gen->L, LUA_REGISTRYINDEX, c->ref);
+	give_back(c);
 	script_gen_unref(c->gen);
 	e->sched.live--;
 	free(c);

@@ -340,6 +340,7 @@ fail:
 ** AES-GCM
 ** ================================================================ */
 
+/* AES-GCM cipher for a key length, chosen as the Go SDK does; NULL for other lengths. */
 static const EVP_CIPHER *gcm_cipher(size_t keylen, char *err, size_t errlen)
 {
     if (keylen == 32)
@@ -350,6 +351,7 @@ static const EVP_CIPHER *gcm_cipher(size_t keylen, char *err, size_t errlen)
     return NULL;
 }
 
+/* 1 if the lengths fit OpenSSL's int parameters and the IV is not empty; else 0 with err set. */
 static int gcm_args_ok(size_t ivlen, size_t aadlen, size_t len, char *err, size_t errlen)
 {
     if (ivlen == 0) {
@@ -392,7 +394,11 @@ int crypto_aes_gcm_encrypt(const void *key, size_t keylen, const void *iv, size_
 
     out->data = NULL;
     out->len = 0;
-    if (!gcm_args_ok(ivlen, aadlen, len + CRYPTO_GCM_TAG_LEN, err, errlen) ||
+    if (len > INT_MAX - CRYPTO_GCM_TAG_LEN) {
+        seterr(err, errlen, "input too large");
+        return -1;
+    }
+    if (!gcm_args_ok(ivlen, aadlen, len, err, errlen) ||
         (ctx = gcm_start(1, key, keylen, iv, ivlen, aad, aadlen, err, errlen)) == NULL)
         return -1;
     if (buf_alloc(out, len + CRYPTO_GCM_TAG_LEN, err, errlen) < 0)
@@ -636,6 +642,7 @@ static int asn1_time_unix(const ASN1_TIME *t, int64_t *out)
     return 0;
 }
 
+/* Fills serial, dates and public key of *out from x. On failure the caller clears *out. */
 static int cert_fill(X509 *x, crypto_cert *out, char *err, size_t errlen)
 {
     if (cert_serial(x, out->serial, sizeof out->serial, err, errlen) < 0)

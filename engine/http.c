@@ -43,7 +43,12 @@ static void new_request_id(char *out, size_t n)
 	rng_state ^= rng_state << 13;
 	rng_state ^= rng_state >> 7;
 	rng_state ^= rng_state << 17;
-	snprintf(out, n, "%016llx", (unsigned long long)rng_state);
+	static const char hex[] = "0123456789abcdef";
+	uint64_t v = rng_state;
+	for (int i = 15; i >= 0; i--, v >>= 4)
+		out[i] = hex[v & 15];
+	out[16] = '\0';
+	(void)n;
 }
 
 /* Accept a caller's X-Request-Id only if it is short and plain. */
@@ -166,14 +171,13 @@ static void answer_results(struct http_req *h, lua_State *co)
 		send_error(h, 500, "internal_error", "the handler returned no valid HTTP status");
 		return;
 	}
-	struct evbuffer *b = evbuffer_new();
 	size_t len = 0;
 	const char *body = lua_type(co, 2) == LUA_TSTRING ? lua_tolstring(co, 2, &len) : NULL;
 	if (body)
-		evbuffer_add(b, body, len);
+		evbuffer_add(evhttp_request_get_output_buffer(h->req), body, len);
 	if (lua_istable(co, 3))
 		copy_headers(h, co, 3);
-	send_answer(h, (int)status, body ? "application/json; charset=utf-8" : NULL, b);
+	send_answer(h, (int)status, body ? "application/json; charset=utf-8" : NULL, NULL);
 }
 
 /* The handler raised: a {status=, error=, message=} table is an answer, anything else a 500. */
@@ -318,17 +322,24 @@ static int l_req_index(lua_State *L)
 		lua_pushstring(L, addr ? addr : "");
 	} else if (luaL_getmetafield(L, 1, "methods") == LUA_TTABLE && lua_getfield(L, -1, k) != LUA_TNIL) {
 		return 1;
-	} else {
-		lua_getiuservalue(L, 1, 1);
+	} else if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
 		lua_getfield(L, -1, k);
+	} else {
+		lua_pushnil(L);
 	}
 	return 1;
 }
 
+/* Fields scripts set (req.params, req.user ...) go to a table made on first use. */
 static int l_req_newindex(lua_State *L)
 {
 	check_req(L);
-	lua_getiuservalue(L, 1, 1);
+	if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setiuservalue(L, 1, 1);
+	}
 	lua_replace(L, 1);
 	lua_rawset(L, 1);
 	return 0;
@@ -360,8 +371,6 @@ static int push_dispatch(lua_State *L, void *arg)
 	struct http_req **box = lua_newuserdatauv(L, sizeof *box, 1);
 	*box = h;
 	h->box = box;
-	lua_newtable(L);
-	lua_setiuservalue(L, -2, 1);
 	luaL_setmetatable(L, REQ_MT);
 	return 1;
 }

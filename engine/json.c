@@ -231,11 +231,25 @@ void json_encode_value(lua_State *L, int idx)
 	lua_remove(L, -2);
 }
 
+/*
+** json.encode(v): encodes into one buffer kept per generation (upvalue 1),
+** reused across calls because encoding calls no Lua code and so cannot be
+** re-entered; a buffer grown past 64 KiB is given back after the call.
+*/
 static int l_encode(lua_State *L)
 {
+	struct jbuf *jb = lua_touserdata(L, lua_upvalueindex(1));
 	luaL_checkany(L, 1);
 	lua_settop(L, 1);
-	json_encode_value(L, 1);
+	jb->L = L;
+	jb->len = 0;
+	enc(L, jb, 1, 0);
+	lua_pushlstring(L, jb->p ? jb->p : "", jb->len);
+	if (jb->cap > 64 * 1024) {
+		lua_pushcfunction(L, jbuf_gc);
+		lua_pushvalue(L, lua_upvalueindex(1));
+		lua_call(L, 1, 0);
+	}
 	return 1;
 }
 
@@ -311,7 +325,10 @@ void json_push_lua(lua_State *L)
 	lua_call(L, 1, 0);
 
 	lua_newtable(L);
-	lua_pushcfunction(L, l_encode);
+	struct jbuf *jb = lua_newuserdatauv(L, sizeof *jb, 0);
+	memset(jb, 0, sizeof *jb);
+	luaL_setmetatable(L, JBUF_MT);
+	lua_pushcclosure(L, l_encode, 1);
 	lua_setfield(L, -2, "encode");
 	lua_getfield(L, cj, "decode");
 	lua_pushcclosure(L, l_decode, 1);

@@ -293,6 +293,8 @@ struct script_gen *script_gen_load(struct engine *e, char *err, size_t errlen)
 		free(g);
 		return NULL;
 	}
+	/* Requests make short-lived garbage: the generational collector suits it. */
+	lua_gc(g->L, LUA_GCGEN, 0, 0);
 	lua_pushcfunction(g->L, load_protected);
 	lua_pushlightuserdata(g->L, g);
 	sbx_budget(g->L, &budget, e->cfg.script_max_instructions * 4);

@@ -11,6 +11,8 @@
 
 struct engine;
 
+#define SCRIPT_POOL_MAX 128           /* finished threads kept for reuse */
+
 /*
 ** One compiled set of scripts. The engine holds one reference to the current
 ** generation; every request or job running on it holds another. A generation
@@ -27,6 +29,8 @@ struct script_gen {
 	int dispatch_ref;             /* app._dispatch(req) → status, body, headers */
 	int run_job_ref;              /* app._run_job(name, payload_json, info) */
 	struct timeval loaded_at;
+	int npool;                    /* reusable threads (see coro.c) */
+	struct { lua_State *co; int ref; } pool[SCRIPT_POOL_MAX];
 };
 
 /*

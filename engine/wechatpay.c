@@ -273,6 +273,7 @@ static int auth_pair(wxp_auth *a, char **pp, char *err, size_t errlen)
     return 0;
 }
 
+/* Parses the comma-separated pairs at p into *a; all five keys are required. -1 on any defect. */
 static int auth_pairs(wxp_auth *a, char *p, char *err, size_t errlen)
 {
     for (;;) {
@@ -554,6 +555,7 @@ static int absent(const char *s)
     return s == NULL || s[0] == '\0';
 }
 
+/* The checks that need no key and no clock: presence, signature type, probe. */
 static wxp_verify_result headers_present(const wxp_headers *h, char *err, size_t errlen)
 {
     const char *missing = absent(h->timestamp) ? "Wechatpay-Timestamp"
@@ -601,6 +603,11 @@ static int printable(const char *s)
     return 1;
 }
 
+/*
+** Timestamp syntax and window: |now - ts| >= WXP_MAX_SKEW is stale, as in the Go SDK
+** (PHP and the axios plugin allow exactly 300 s; we side with Go and Java). The
+** difference is computed in uint64 so no pair of int64 values can overflow.
+*/
 static wxp_verify_result check_time(const wxp_headers *h, int64_t now, char *err, size_t errlen)
 {
     int64_t ts;
@@ -667,6 +674,7 @@ const char *wxp_decrypt_result_name(wxp_decrypt_result r)
     return "unknown";
 }
 
+/* 32 bytes in production; 16 accepted because the Go SDK's vectors use such keys. */
 static int apiv3_key_ok(size_t keylen, char *err, size_t errlen)
 {
     if (keylen != 32 && keylen != 16) {
@@ -676,6 +684,7 @@ static int apiv3_key_ok(size_t keylen, char *err, size_t errlen)
     return 1;
 }
 
+/* Field presence, algorithm label and key length, in that order. */
 static wxp_decrypt_result resource_checks(size_t keylen, const wxp_resource *r,
                                           char *err, size_t errlen)
 {

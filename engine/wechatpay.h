@@ -40,7 +40,7 @@ int wxp_sign_request(EVP_PKEY *key, const char *method, const char *url, int64_t
 
 /* Formats the Authorization header value:
 ** WECHATPAY2-SHA256-RSA2048 mchid="…",nonce_str="…",timestamp="…",serial_no="…",signature="…"
-** Fails if a value is empty or contains '"', '\\', a control byte or non-ASCII. */
+** Fails if a value is empty or contains a space, '"', '\\', a control byte or non-ASCII. */
 int wxp_authorization(const char *mchid, const char *nonce, int64_t timestamp,
                       const char *serial_no, const char *signature,
                       crypto_buf *out, char *err, size_t errlen);
