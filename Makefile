@@ -21,7 +21,7 @@ ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench fuzz clean install uninstall sanitize
+.PHONY: all deps run test check bench fuzz clean sanitize
 
 all: deps $(BUILD)/paygate
 
@@ -56,6 +56,25 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libpaygate.a tests/unit/unit.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
+$(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
+# The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
+$(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
+# ---- fuzz: libFuzzer + ASan/UBSan on the notification path, bounded time ----
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; }
+	@mkdir -p $(BUILD)/fuzz-corpus
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
+	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c $$(pkg-config --libs libcrypto)
+	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus tests/fuzz/corpus/notify
+
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
 	./$(BUILD)/paygate --config examples/paygate.conf.lua
@@ -64,10 +83,10 @@ check: all
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/bench/bare_evhttp
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
-	@tests/run.sh
+	@BUILD=$(BUILD) tests/run.sh
 
 # ---- benchmark: trivial JSON route and one SQLite write vs a bare evhttp baseline ----
 $(BUILD)/bench/bare_evhttp: tests/bench/bare_evhttp.c | $(BUILD)/.deps-ok
@@ -80,8 +99,7 @@ bench: all $(BUILD)/bench/bare_evhttp
 
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  DEPLIBS_EXTRA= test
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 clean:
 	rm -rf build build-asan

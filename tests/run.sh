@@ -4,7 +4,9 @@
 # Each suite's full output goes to build/test-logs/; the last line is "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
-LOGS=build/test-logs
+BUILD=${BUILD:-build}
+export PAYGATE_BIN="$PWD/$BUILD/paygate"
+LOGS=$BUILD/test-logs
 mkdir -p "$LOGS"
 PASS=0
 FAIL=0
@@ -37,15 +39,15 @@ run() {
 	summarize "$name" "$log" $?
 }
 
-for t in build/tests/test_*; do
+for t in "$BUILD"/tests/test_*; do
 	[ -x "$t" ] && run "c:$(basename "$t")" "$t"
 done
 run "lua:lualib" lua5.4 tests/lua/run.lua .
-if [ -x build/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
-	run "fuzz-replay:notify" build/tests/fuzz_notify tests/fuzz/corpus/notify/*
+if [ -x "$BUILD"/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
+	run "fuzz-replay:notify" "$BUILD"/tests/fuzz_notify tests/fuzz/corpus/notify/*
 fi
 if [ -x tests/conformance/run.sh ]; then
-	run "conformance:wechatpay-node" tests/conformance/run.sh
+	WXP_TOOL="$BUILD"/tests/wxp_tool run "conformance:wechatpay-node" tests/conformance/run.sh
 fi
 for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
