@@ -108,6 +108,10 @@ struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn pus
 	}
 	script_gen_ref(g);
 	e->sched.live++;
+	c->next_live = e->sched.live_head;
+	if (c->next_live)
+		c->next_live->prev_live = c;
+	e->sched.live_head = c;
 	c->budget.left = e->cfg.script_max_instructions;
 	return c;
 }
@@ -206,6 +210,16 @@ int sched_init(struct engine *e)
 	return e->sched.ready_ev ? 0 : -1;
 }
 
+void sched_cancel_all(struct engine *e)
+{
+	while (e->sched.live_head) {
+		struct coro *c = e->sched.live_head;
+		if (c->abandon)
+			c->abandon(c);
+		coro_cancel(c);
+	}
+}
+
 void sched_free(struct engine *e)
 {
 	if (e->sched.ready_ev)
@@ -298,6 +312,12 @@ void coro_free(struct coro *c)
 	give_back(c);
 	script_gen_unref(c->gen);
 	e->sched.live--;
+	if (c->prev_live)
+		c->prev_live->next_live = c->next_live;
+	else
+		e->sched.live_head = c->next_live;
+	if (c->next_live)
+		c->next_live->prev_live = c->prev_live;
 	free(c);
 }
 

@@ -37,10 +37,12 @@ struct coro {
 	const char *waiting_for;      /* "http.request", "sleep": for errors and logs */
 
 	coro_done_fn done;
+	void (*abandon)(struct coro *c); /* owner's clean-up when cancelled by sched_cancel_all */
 	void *owner;                  /* the request or job this coroutine serves */
 	const char *reqid;
 
 	struct coro *next_ready;
+	struct coro *prev_live, *next_live;   /* every coroutine not yet freed */
 	unsigned queued : 1, suspended : 1;
 };
 
@@ -49,11 +51,15 @@ struct sched {
 	struct coro *head, *tail;     /* coroutines ready to resume */
 	struct event *ready_ev;
 	struct coro *current;         /* the coroutine running now, if any */
+	struct coro *live_head;
 	int live;                     /* coroutines created and not yet freed */
 };
 
 int sched_init(struct engine *e);
 void sched_free(struct engine *e);
+
+/* Cancel every coroutine still alive (engine shutdown), letting each owner free its state. */
+void sched_cancel_all(struct engine *e);
 
 /*
 ** Create a coroutine on generation g (taking a reference on g); push()

@@ -233,7 +233,10 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	if (h->co)
 		coro_cancel(h->co);
 	h->co = NULL;
-	evhttp_request_free(h->req);       /* detached by evhttp: ours to free */
+	/* On a client's EOF evhttp detaches the request and leaves it to us; when the
+	   whole server is being freed it is still attached and evhttp frees it. */
+	if (!evhttp_request_get_connection(h->req))
+		evhttp_request_free(h->req);
 	req_release(h);
 }
 

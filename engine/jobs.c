@@ -175,6 +175,15 @@ static void job_done(struct coro *c, int status)
 	run_finish(r);
 }
 
+/* Engine shutdown while the job waits: its row stays 'running' and is re-queued at the next start. */
+static void job_abandon(struct coro *c)
+{
+	struct job_run *r = c->owner;
+	r->j->running--;
+	free(r->payload);
+	free(r);
+}
+
 /* Push app._run_job, name, payload, {id=, attempt=}. */
 static int push_job(lua_State *L, void *arg)
 {
@@ -234,6 +243,7 @@ static void start_job(struct jobs *j, struct job_run *r)
 		run_finish(r);
 		return;
 	}
+	c->abandon = job_abandon;
 	coro_go(c);
 }
 

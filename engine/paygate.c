@@ -162,6 +162,7 @@ void paygate_free(struct paygate *pg)
 	e->stopping = 1;
 	reload_watch_stop(e);
 	http_free(e);                      /* frees connections; their requests are cancelled via on_close */
+	sched_cancel_all(e);               /* jobs still waiting: re-queued at the next start */
 	if (e->gen) {
 		struct script_gen *g = e->gen;
 		e->gen = NULL;
