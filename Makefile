@@ -77,9 +77,11 @@ fuzz: deps
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
+	@mkdir -p var
 	./$(BUILD)/paygate --config examples/paygate.conf.lua
 
 check: all
+	@mkdir -p var
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----

@@ -59,6 +59,14 @@ void config_free(struct config *cfg)
 	}
 	free(cfg->fetch_ca_file);
 	free(cfg->app_json);
+	struct wxpay_config *w = &cfg->wxpay;
+	char **strs[] = { &w->mchid, &w->appid, &w->merchant_serial, &w->private_key_file, &w->apiv3_key_file,
+	                  &w->app_secret_file, &w->public_key_file, &w->public_key_id, &w->base_url,
+	                  &w->login_base_url, &w->notify_url, &w->refund_notify_url };
+	for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+		free(*strs[i]);
+	for (int i = 0; i < w->n_platform_certs; i++)
+		free(w->platform_cert_files[i]);
 	memset(cfg, 0, sizeof *cfg);
 }
 
@@ -307,6 +315,61 @@ static void read_fields(struct reader *r, struct config *cfg)
 	free(level);
 }
 
+/* wechatpay = { ... }: merchant identity, key files and endpoints. */
+static void read_wxpay(struct reader *r, struct config *cfg)
+{
+	struct wxpay_config *w = &cfg->wxpay;
+	int64_t v = 43200;
+
+	if (push_field(r, "wechatpay", NULL) != LUA_TTABLE) {
+		lua_pop(r->L, 1);
+		return;
+	}
+	lua_pop(r->L, 1);
+	w->enabled = 1;
+	read_str(r, "wechatpay", "mchid", 0, &w->mchid);
+	read_str(r, "wechatpay", "appid", 0, &w->appid);
+	read_str(r, "wechatpay", "merchant_serial", 0, &w->merchant_serial);
+	read_str(r, "wechatpay", "private_key_file", 1, &w->private_key_file);
+	read_str(r, "wechatpay", "apiv3_key_file", 1, &w->apiv3_key_file);
+	read_str(r, "wechatpay", "app_secret_file", 1, &w->app_secret_file);
+	read_str(r, "wechatpay", "public_key_file", 1, &w->public_key_file);
+	read_str(r, "wechatpay", "public_key_id", 0, &w->public_key_id);
+	w->base_url = strdup("https://api.mch.weixin.qq.com");
+	w->login_base_url = strdup("https://api.weixin.qq.com");
+	read_str(r, "wechatpay", "base_url", 0, &w->base_url);
+	read_str(r, "wechatpay", "login_base_url", 0, &w->login_base_url);
+	read_str(r, "wechatpay", "notify_url", 0, &w->notify_url);
+	read_str(r, "wechatpay", "refund_notify_url", 0, &w->refund_notify_url);
+	w->download_certificates = 1;
+	read_bool(r, "wechatpay", "download_certificates", &w->download_certificates);
+	read_int(r, "wechatpay", "cert_refresh_s", 60, 86400, &v);
+	w->cert_refresh_s = (int)v;
+
+	if (push_field(r, "wechatpay", "platform_cert_files") == LUA_TTABLE) {
+		lua_Integer n = (lua_Integer)lua_rawlen(r->L, -1);
+		for (lua_Integer i = 1; i <= n && w->n_platform_certs < 8; i++) {
+			lua_rawgeti(r->L, -1, i);
+			if (lua_type(r->L, -1) == LUA_TSTRING)
+				w->platform_cert_files[w->n_platform_certs++] = resolve_path(r->dir, lua_tostring(r->L, -1));
+			else
+				bad(r, "wechatpay", "platform_cert_files", "a list of file names");
+			lua_pop(r->L, 1);
+		}
+	}
+	lua_pop(r->L, 1);
+	const char *missing = !w->mchid ? "mchid" : !w->appid ? "appid" : !w->merchant_serial ? "merchant_serial"
+	                    : !w->private_key_file ? "private_key_file" : !w->apiv3_key_file ? "apiv3_key_file" : NULL;
+	if (missing && !r->failed) {
+		snprintf(r->err, r->errlen, "config: wechatpay.%s is required", missing);
+		r->failed = 1;
+	}
+	if (!r->failed && (w->public_key_file != NULL) != (w->public_key_id != NULL)) {
+		snprintf(r->err, r->errlen, "config: wechatpay.public_key_file and public_key_id go together");
+		r->failed = 1;
+	}
+}
+
 /* Serialise cfg.app with cjson so every script generation can decode its own copy. */
 static void read_app(struct reader *r, struct config *cfg)
 {
@@ -376,6 +439,7 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	r.err = err;
 	r.errlen = errlen;
 	read_fields(&r, cfg);
+	read_wxpay(&r, cfg);
 	read_app(&r, cfg);
 	rc = r.failed ? -1 : 0;
 done:

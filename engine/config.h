@@ -38,6 +38,24 @@ struct config {
 	enum log_level log_level;
 
 	char *app_json;                /* the `app` table as JSON; scripts see it as `config` */
+
+	struct wxpay_config {
+		int enabled;                   /* a `wechatpay` table was given */
+		char *mchid, *appid;
+		char *merchant_serial;         /* serial of the merchant API certificate */
+		char *private_key_file;        /* apiclient_key.pem */
+		char *apiv3_key_file;          /* the 32-byte APIv3 key */
+		char *app_secret_file;         /* mini-program AppSecret, for jscode2session */
+		char *platform_cert_files[8];  /* certificate mode: known platform certificates */
+		int n_platform_certs;
+		char *public_key_file;         /* public-key mode: the WeChat Pay public key ... */
+		char *public_key_id;           /* ... and its id, PUB_KEY_ID_... */
+		char *base_url;                /* https://api.mch.weixin.qq.com, or the sandbox */
+		char *login_base_url;          /* https://api.weixin.qq.com, or the sandbox */
+		char *notify_url, *refund_notify_url;
+		int download_certificates;     /* certificate mode: fetch /v3/certificates */
+		int cert_refresh_s;
+	} wxpay;
 };
 
 /* Fill `cfg` with the built-in defaults (all strings owned by cfg). */

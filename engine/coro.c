@@ -38,6 +38,9 @@ struct start_args {
 ** empty after lua_settop), so each generation keeps a few for reuse: creating
 ** and collecting a thread per request is most of the per-request cost.
 */
+/* The extra space of a pooled thread: not an engine coroutine, but not the script's either. */
+static char pooled_marker;
+
 static int take_pooled(struct script_gen *g, struct coro *c)
 {
 	if (g->npool == 0)
@@ -53,7 +56,7 @@ static void give_back(struct coro *c)
 	struct script_gen *g = c->gen;
 	if (lua_status(c->co) == LUA_OK && !c->budget.killed && g->npool < SCRIPT_POOL_MAX) {
 		lua_settop(c->co, 0);
-		*(struct coro **)lua_getextraspace(c->co) = NULL;
+		*(void **)lua_getextraspace(c->co) = &pooled_marker;
 		g->pool[g->npool].co = c->co;
 		g->pool[g->npool].ref = c->ref;
 		g->npool++;
@@ -113,6 +116,7 @@ struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn pus
 		c->next_live->prev_live = c;
 	e->sched.live_head = c;
 	c->budget.left = e->cfg.script_max_instructions;
+	c->budget.thread = c->co;
 	return c;
 }
 
@@ -137,6 +141,12 @@ static void coro_run(struct coro *c, int nargs)
 
 	if (status == LUA_YIELD && c->suspended)
 		return;                          /* waiting in an engine primitive */
+	if (status == LUA_OK && c->budget.killed) {
+		/* Stopped, but the script caught it and finished anyway: it still failed. */
+		lua_settop(c->co, 0);
+		lua_pushliteral(c->co, "script exceeded its instruction budget (a runaway loop?)");
+		status = LUA_ERRRUN;
+	}
 	if (status == LUA_YIELD) {
 		/* A bare coroutine.yield() at the top of a handler: nobody would ever resume it. */
 		lua_settop(c->co, 0);
@@ -231,7 +241,8 @@ void sched_free(struct engine *e)
 
 struct coro *coro_of(lua_State *L)
 {
-	return *(struct coro **)lua_getextraspace(L);
+	void *p = *(void **)lua_getextraspace(L);
+	return p == &pooled_marker ? NULL : p;
 }
 
 void coro_check_suspend(lua_State *L, const char *what)
@@ -334,6 +345,15 @@ const char *coro_error_text(struct coro *c, int status, char *buf, size_t len)
 
 	if (status == LUA_ERRMEM) {
 		snprintf(buf, len, "out of memory (script memory limit reached)");
+		return buf;
+	}
+	if (lua_gettop(c->co) > 0 && lua_istable(c->co, -1)) {
+		/* app.fail(status, code, message) outside a request: say code and message. */
+		lua_getfield(c->co, -1, "error");
+		lua_getfield(c->co, -2, "message");
+		const char *code = lua_tostring(c->co, -2), *m = lua_tostring(c->co, -1);
+		snprintf(buf, len, "%s: %s", code ? code : "error", m ? m : "(no message)");
+		lua_pop(c->co, 2);
 		return buf;
 	}
 	if (lua_gettop(c->co) > 0)

@@ -7,6 +7,7 @@
 #include <sys/random.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <lauxlib.h>
@@ -29,6 +30,8 @@ struct http_req {
 	struct evhttp_connection *evcon;
 	struct coro *co;
 	struct http_req **box;             /* the Lua userdata's pointer to us, cleared at the end */
+	struct event *peer_closed;         /* EV_CLOSED on the socket while the handler runs */
+	int counted;                       /* counted in http_inflight (script requests) */
 	struct timeval start;
 	char id[72];
 };
@@ -90,11 +93,20 @@ static const char *reason_phrase(int status)
 
 /* ---- finishing ---- */
 
+static void stop_watching(struct http_req *h)
+{
+	if (h->peer_closed)
+		event_free(h->peer_closed);
+	h->peer_closed = NULL;
+}
+
 static void req_release(struct http_req *h)
 {
+	stop_watching(h);
 	if (h->box)
 		*h->box = NULL;
-	h->eng->http_inflight--;
+	if (h->counted)
+		h->eng->http_inflight--;
 	free(h);
 }
 
@@ -106,6 +118,7 @@ static void send_answer(struct http_req *h, int status, const char *ctype, struc
 	struct timeval now;
 
 	evhttp_connection_set_closecb(h->evcon, NULL, NULL);
+	stop_watching(h);                  /* evhttp reads the next request from here on */
 	evhttp_add_header(out, "X-Request-Id", h->id);
 	if (ctype && !evhttp_find_header(out, "Content-Type"))
 		evhttp_add_header(out, "Content-Type", ctype);
@@ -223,7 +236,10 @@ static void req_done(struct coro *c, int status)
 	coro_free(c);
 }
 
-/* The client went away while its handler was waiting: cancel and free everything. */
+/*
+** The connection is going away (evhttp saw EOF or a timeout, or we free it
+** below): cancel the handler and free everything it held.
+*/
 static void on_close(struct evhttp_connection *evcon, void *arg)
 {
 	struct http_req *h = arg;
@@ -240,6 +256,33 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	req_release(h);
 }
 
+/*
+** evhttp (2.1) stops reading a connection while its request is handled, so
+** it would only notice a client that hung up when the answer is written.
+** An EV_CLOSED event (EPOLLRDHUP) on the socket sees the hang-up without
+** reading anything, so pipelined requests stay in the socket for evhttp.
+** Freeing the connection runs on_close, which cancels the handler.
+*/
+static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_req *h = arg;
+	(void)fd;
+	(void)what;
+	stop_watching(h);
+	evhttp_connection_free(h->evcon);
+}
+
+static void watch_peer(struct http_req *h)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(h->evcon);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	if (fd < 0 || !(event_base_get_features(h->eng->base) & EV_FEATURE_EARLY_CLOSE))
+		return;                        /* no early-close support: noticed when answering */
+	h->peer_closed = event_new(h->eng->base, fd, EV_CLOSED, on_peer_closed, h);
+	if (h->peer_closed && event_add(h->peer_closed, NULL) < 0)
+		stop_watching(h);
+}
+
 /* ---- the request object scripts see ---- */
 
 static struct http_req *check_req(lua_State *L)
@@ -248,6 +291,12 @@ static struct http_req *check_req(lua_State *L)
 	if (!*box)
 		luaL_error(L, "this request has finished; do not keep request objects after the handler returns");
 	return *box;
+}
+
+struct evhttp_request *http_request_of(lua_State *L, int idx)
+{
+	struct http_req **box = luaL_testudata(L, idx, REQ_MT);
+	return box && *box ? (*box)->req : NULL;
 }
 
 static int l_req_header(lua_State *L)
@@ -481,7 +530,6 @@ static void on_request(struct evhttp_request *req, void *arg)
 	h->req = req;
 	h->evcon = evhttp_request_get_connection(req);
 	gettimeofday(&h->start, NULL);
-	e->http_inflight++;
 	const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
 	if (rid && good_request_id(rid))
 		snprintf(h->id, sizeof h->id, "%s", rid);
@@ -508,7 +556,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	h->co = c;
+	h->counted = 1;
+	e->http_inflight++;
 	evhttp_connection_set_closecb(h->evcon, on_close, h);
+	watch_peer(h);
 	coro_go(c);
 }
 

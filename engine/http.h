@@ -6,6 +6,8 @@
 
 #include <lua.h>
 
+struct evhttp_request;
+
 struct engine;
 
 /* Create the evhttp server on e->base with the configured limits (not yet bound). */
@@ -18,6 +20,9 @@ int http_listen(struct engine *e, const char *host, int port, char *err, size_t 
 void http_stop_accepting(struct engine *e);
 
 void http_free(struct engine *e);
+
+/* The evhttp request behind the request object at idx, or NULL if it is not one (or finished). */
+struct evhttp_request *http_request_of(lua_State *L, int idx);
 
 /* Register the request userdata's metatable in a generation. [-0, +0, e] */
 void http_register_lua(lua_State *L);

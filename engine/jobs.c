@@ -42,7 +42,7 @@ struct job_run {
 
 static const char *const JOBS_DDL =
 	"CREATE TABLE IF NOT EXISTS _paygate_jobs ("
-	" id INTEGER PRIMARY KEY, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
+	" id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
 	" run_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
 	" max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
 	" last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"

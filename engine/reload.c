@@ -85,6 +85,7 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 		goto fail;
 	}
 	/* The swap: a pointer assignment, nothing in between can yield or fail. */
+	g->id = ++e->next_gen_id;
 	struct script_gen *old = e->gen;
 	e->gen = g;
 	if (old) {

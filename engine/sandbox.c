@@ -57,6 +57,8 @@ static void sbx_hook(lua_State *L, lua_Debug *ar)
 		b->killed = 1;
 	}
 	lua_sethook(L, sbx_hook, LUA_MASKCOUNT, 1);
+	if (b->thread && b->thread != L)          /* stopped inside a coroutine the script made */
+		lua_sethook(b->thread, sbx_hook, LUA_MASKCOUNT, 1);
 	luaL_error(L, "script exceeded its instruction budget (a runaway loop?)");
 }
 
@@ -140,6 +142,20 @@ void sbx_set_readonly(lua_State *L, int env_index, const char *name)
 void sbx_set_global(lua_State *L, int env_index, const char *name)
 {
 	env_index = lua_absindex(L, env_index);
+	/* An env made by sbx_push_env keeps its names in the table behind __index. */
+	if (lua_getmetatable(L, env_index)) {
+		lua_getfield(L, -1, "__index");
+		lua_remove(L, -2);
+		if (lua_istable(L, -1)) {
+			lua_insert(L, -2);
+			lua_pushstring(L, name);
+			lua_insert(L, -2);
+			lua_rawset(L, -3);
+			lua_pop(L, 1);
+			return;
+		}
+		lua_pop(L, 1);
+	}
 	lua_pushstring(L, name);
 	lua_insert(L, -2);
 	lua_rawset(L, env_index);
@@ -187,6 +203,101 @@ static int safe_collectgarbage(lua_State *L)
 		return 1;
 	}
 	return luaL_error(L, "collectgarbage('%s') is not allowed in scripts", opt);
+}
+
+/* setmetatable without __gc: finalizers run with hooks off, beyond any budget. */
+static int safe_setmetatable(lua_State *L)
+{
+	if (lua_istable(L, 2) && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+		return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+	lua_settop(L, 2);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, 2, 1);
+	return 1;
+}
+
+/*
+** Pattern matching runs in C, out of reach of the instruction hook, and
+** patterns like ".-.-.-b" backtrack in time n^k. Refuse a call whose worst
+** case (subject length to the power of the number of repetition items) is
+** beyond SBX_PATTERN_BUDGET; plain finds and simple patterns are unaffected.
+*/
+#define SBX_PATTERN_BUDGET 1e9
+
+static int pattern_items(const char *p, size_t n)
+{
+	int k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '%') {
+			i++;
+		} else if (p[i] == '[') {
+			for (i++; i < n && p[i] != ']'; i++)
+				if (p[i] == '%')
+					i++;
+		} else if (p[i] == '*' || p[i] == '+' || p[i] == '-') {
+			k++;
+		}
+	}
+	return k;
+}
+
+static int guarded_pattern(lua_State *L)
+{
+	size_t n, plen;
+	const char *s = luaL_checklstring(L, 1, &n);
+	const char *p = luaL_checklstring(L, 2, &plen);
+	int plain = lua_tointeger(L, lua_upvalueindex(2)) && lua_toboolean(L, 4);   /* find(s, p, init, plain) */
+	(void)s;
+	if (!plain) {
+		double cost = 1;
+		for (int k = pattern_items(p, plen); k > 0 && cost <= SBX_PATTERN_BUDGET; k--)
+			cost *= (double)n + 1;
+		if (cost > SBX_PATTERN_BUDGET)
+			return luaL_error(L, "pattern '%s' is too costly for a subject of %d bytes "
+			                     "(it could backtrack for a very long time)", p, (int)n);
+	}
+	int nargs = lua_gettop(L);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, nargs, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+/* Wrap string.find/match/gmatch/gsub of the copy at the top of the stack. */
+static void guard_string_lib(lua_State *L)
+{
+	static const char *const fns[] = { "find", "match", "gmatch", "gsub", NULL };
+	for (const char *const *f = fns; *f; f++) {
+		lua_getfield(L, -1, *f);
+		lua_pushinteger(L, strcmp(*f, "find") == 0);
+		lua_pushcclosure(L, guarded_pattern, 2);
+		lua_setfield(L, -2, *f);
+	}
+}
+
+/* coroutine.resume/close on a request's own coroutine would steal or kill it. */
+static int guarded_coroutine(lua_State *L)
+{
+	lua_State *co = lua_tothread(L, 1);
+	if (co && *(void **)lua_getextraspace(co) != NULL)
+		return luaL_error(L, "coroutine: a request's or job's own coroutine cannot be resumed or closed "
+		                     "by a script");
+	int nargs = lua_gettop(L);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, nargs, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+static void guard_coroutine_lib(lua_State *L)
+{
+	static const char *const fns[] = { "resume", "close", NULL };
+	for (const char *const *f = fns; *f; f++) {
+		lua_getfield(L, -1, *f);
+		lua_pushcclosure(L, guarded_coroutine, 1);
+		lua_setfield(L, -2, *f);
+	}
 }
 
 static const char *const base_allowed[] = {
@@ -241,6 +352,13 @@ static void open_libs(lua_State *L)
 	}
 }
 
+/*
+** The globals scripts see are two tables: `env`, always empty, whose
+** metatable forwards reads to `real` (the allowed names) and refuses every
+** write; and `real`, whose own metatable raises on names that do not exist.
+** So no request can add, replace or delete a global for the requests after
+** it, and a typo is an error instead of a nil.
+*/
 void sbx_push_env(lua_State *L)
 {
 	open_libs(L);
@@ -248,40 +366,62 @@ void sbx_push_env(lua_State *L)
 	int g = lua_gettop(L);
 
 	copy_fields(L, g, base_allowed);
+	int real = lua_gettop(L);
+	lua_newtable(L);
 	int env = lua_gettop(L);
+
 	lua_pushvalue(L, env);
 	lua_pushcclosure(L, safe_load, 1);
-	lua_setfield(L, env, "load");
+	lua_setfield(L, real, "load");
 	lua_pushcfunction(L, safe_collectgarbage);
-	lua_setfield(L, env, "collectgarbage");
+	lua_setfield(L, real, "collectgarbage");
+	lua_getfield(L, g, "setmetatable");
+	lua_pushcclosure(L, safe_setmetatable, 1);
+	lua_setfield(L, real, "setmetatable");
 
 	for (const char *const *lib = libs_allowed; *lib; lib++) {
 		lua_getfield(L, g, *lib);
 		copy_table(L, lua_gettop(L), strcmp(*lib, "string") == 0 ? "dump" : NULL);
 		lua_remove(L, -2);
-		sbx_set_readonly(L, env, *lib);
+		if (strcmp(*lib, "string") == 0)
+			guard_string_lib(L);
+		else if (strcmp(*lib, "coroutine") == 0)
+			guard_coroutine_lib(L);
+		sbx_set_readonly(L, real, *lib);
 	}
 	lua_getfield(L, g, "os");
 	copy_fields(L, lua_gettop(L), os_allowed);
 	lua_remove(L, -2);
-	sbx_set_readonly(L, env, "os");
+	sbx_set_readonly(L, real, "os");
 
-	/* String methods (s:upper()) keep working, but the metatable is hidden. */
+	/* s:upper() keeps working through the filtered copy; the metatable itself is hidden. */
 	lua_pushliteral(L, "");
 	lua_getmetatable(L, -1);
+	lua_getfield(L, real, "string");
+	lua_getmetatable(L, -1);
+	lua_getfield(L, -1, "__index");           /* the copy behind the read-only proxy */
+	lua_setfield(L, -4, "__index");
+	lua_pop(L, 2);
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_pop(L, 2);
 
 	lua_pushvalue(L, env);
-	lua_setfield(L, env, "_G");
-	lua_createtable(L, 0, 3);
+	lua_setfield(L, real, "_G");
+	lua_createtable(L, 0, 2);                 /* real: unknown names raise */
 	lua_pushcfunction(L, strict_index);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, real);
+	lua_createtable(L, 0, 3);                 /* env: reads go to real, writes fail */
+	lua_pushvalue(L, real);
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, strict_newindex);
 	lua_setfield(L, -2, "__newindex");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, env);
+	lua_remove(L, real);
 	lua_remove(L, g);
 }

@@ -14,6 +14,7 @@
 struct sbx_budget {
 	int64_t left;
 	int killed;
+	lua_State *thread;           /* the engine coroutine it belongs to, if any */
 };
 
 /* One per Lua VM (script generation); it is the allocator's userdata. */

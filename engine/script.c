@@ -307,7 +307,6 @@ struct script_gen *script_gen_load(struct engine *e, char *err, size_t errlen)
 		free(g);
 		return NULL;
 	}
-	g->id = ++e->next_gen_id;
 	gettimeofday(&g->loaded_at, NULL);
 	return g;
 }

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <lauxlib.h>
 
@@ -19,6 +20,7 @@ struct store {
 	struct engine *eng;
 	sqlite3 *db;
 	int tx_depth;                      /* 0: autocommit; n: n nested db.tx() */
+	int engine_sql;                    /* the engine's own statement: no restrictions */
 	struct cached_stmt cache[STMT_CACHE];
 };
 
@@ -33,12 +35,49 @@ static unsigned hash_sql(const char *s)
 static int exec_simple(struct store *st, const char *sql, char *err, size_t errlen)
 {
 	char *msg = NULL;
-	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+	st->engine_sql++;
+	int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+	st->engine_sql--;
+	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(st->db));
 		sqlite3_free(msg);
 		return -1;
 	}
 	return 0;
+}
+
+/*
+** What scripts may not do in SQL: control transactions (db.tx does that, and
+** a BEGIN left open would outlive the handler), attach other database files
+** (a way around "no files"), or change settings such as synchronous.
+*/
+static int authorize(void *arg, int action, const char *a, const char *b, const char *c, const char *d)
+{
+	struct store *st = arg;
+	(void)a;
+	(void)c;
+	(void)d;
+	if (st->engine_sql)
+		return SQLITE_OK;
+	switch (action) {
+	case SQLITE_TRANSACTION:
+	case SQLITE_SAVEPOINT:
+	case SQLITE_ATTACH:
+	case SQLITE_DETACH:
+		return SQLITE_DENY;
+	case SQLITE_PRAGMA:
+		return b ? SQLITE_DENY : SQLITE_OK;   /* reading a pragma is fine, setting one is not */
+	default:
+		return SQLITE_OK;
+	}
+}
+
+/* VACUUM (INTO 'file') has no authorizer action; refuse it by its first word. */
+static int is_vacuum(const char *sql)
+{
+	while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+		sql++;
+	return strncasecmp(sql, "vacuum", 6) == 0;
 }
 
 struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen)
@@ -56,6 +95,7 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 		goto fail;
 	}
 	sqlite3_extended_result_codes(st->db, 1);
+	sqlite3_set_authorizer(st->db, authorize, st);
 	sqlite3_busy_timeout(st->db, e->cfg.db_busy_timeout_ms);
 	char e2[256];
 	if (exec_simple(st, "PRAGMA journal_mode=WAL", e2, sizeof e2) < 0 ||
@@ -103,6 +143,10 @@ sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t
 		sqlite3_reset(slot->stmt);
 		sqlite3_clear_bindings(slot->stmt);
 		return slot->stmt;
+	}
+	if (is_vacuum(sql)) {
+		snprintf(err, errlen, "VACUUM is not allowed from scripts");
+		return NULL;
 	}
 	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK) {
 		snprintf(err, errlen, "%s", sqlite3_errmsg(st->db));

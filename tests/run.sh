@@ -47,7 +47,7 @@ if [ -x "$BUILD"/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
 	run "fuzz-replay:notify" "$BUILD"/tests/fuzz_notify tests/fuzz/corpus/notify/*
 fi
 if [ -x tests/conformance/run.sh ]; then
-	WXP_TOOL="$BUILD"/tests/wxp_tool run "conformance:wechatpay-node" tests/conformance/run.sh
+	run "conformance:wechatpay-node" env WXP_TOOL="$PWD/$BUILD/tests/wxp_tool" tests/conformance/run.sh
 fi
 for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
