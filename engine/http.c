@@ -32,6 +32,7 @@ struct http_req {
 	struct http_req **box;             /* the Lua userdata's pointer to us, cleared at the end */
 	struct event *peer_closed;         /* EV_CLOSED on the socket while the handler runs */
 	int counted;                       /* counted in http_inflight (script requests) */
+	int *finished;                     /* set to 1 when h is released (see on_request) */
 	struct timeval start;
 	char id[72];
 };
@@ -103,6 +104,8 @@ static void stop_watching(struct http_req *h)
 static void req_release(struct http_req *h)
 {
 	stop_watching(h);
+	if (h->finished)
+		*h->finished = 1;
 	if (h->box)
 		*h->box = NULL;
 	if (h->counted)
@@ -414,17 +417,20 @@ void http_register_lua(lua_State *L)
 	lua_pop(L, 1);
 }
 
-/* Push app._dispatch and the request userdata. */
+/* Push app._dispatch, the request userdata, its method and path (the router needs both at once). */
 static int push_dispatch(lua_State *L, void *arg)
 {
 	struct http_req *h = arg;
 	struct script_gen *g = sbx_of(L)->owner;
+	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(h->req));
 	lua_rawgeti(L, LUA_REGISTRYINDEX, g->dispatch_ref);
 	struct http_req **box = lua_newuserdatauv(L, sizeof *box, 1);
 	*box = h;
 	h->box = box;
 	luaL_setmetatable(L, REQ_MT);
-	return 1;
+	lua_pushstring(L, method_name(h->req));
+	lua_pushstring(L, path && *path ? path : "/");
+	return 3;
 }
 
 /* ---- built-in routes (they work even when no script generation loaded) ---- */
@@ -559,8 +565,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 	h->counted = 1;
 	e->http_inflight++;
 	evhttp_connection_set_closecb(h->evcon, on_close, h);
-	watch_peer(h);
+	int finished = 0;
+	h->finished = &finished;
 	coro_go(c);
+	if (!finished) {
+		/* The handler is waiting: from now on a hang-up must cancel it. Handlers
+		   that answer at once never pay for the watch. */
+		h->finished = NULL;
+		watch_peer(h);
+	}
 }
 
 /* ---- server set-up ---- */

@@ -10,7 +10,7 @@ end
 
 -- Run app._dispatch and catch app.fail's error table like the engine does.
 function fake.call(app, req)
-  local ok, status, resbody, headers = pcall(app._dispatch, req)
+  local ok, status, resbody, headers = pcall(app._dispatch, req, req.method, req.path)
   if not ok then
     local e = status
     assert(type(e) == "table", "handler raised a non-HTTP error: " .. tostring(e))

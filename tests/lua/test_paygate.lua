@@ -32,9 +32,9 @@ return {
     local app = require "paygate"
     app.get("/t", function() return 201, { a = 1 }, { X = "y" } end)
     app.get("/s", function() return 200, "raw" end)
-    local st, body, headers = app._dispatch(fake.request("GET", "/t"))
+    local st, body, headers = app._dispatch(fake.request("GET", "/t"), "GET", "/t")
     assert(st == 201 and body == '{"a":1}' and headers.X == "y")
-    st, body = app._dispatch(fake.request("GET", "/s"))
+    st, body = app._dispatch(fake.request("GET", "/s"), "GET", "/s")
     assert(st == 200 and body == "raw")
   end },
 
