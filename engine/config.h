@@ -38,6 +38,7 @@ struct config {
 	enum log_level log_level;
 
 	char *app_json;                /* the `app` table as JSON; scripts see it as `config` */
+	int wechatpay_sandbox;         /* offer `wechatpay.sandbox` to scripts (the local stand-in only) */
 
 	struct wxpay_config {
 		int enabled;                   /* a `wechatpay` table was given */

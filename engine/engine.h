@@ -17,6 +17,7 @@ struct store;
 struct fetch;
 struct jobs;
 struct watch;
+struct wxclient;
 struct script_gen;
 
 /*
@@ -38,6 +39,7 @@ struct engine {
 	struct fetch *fetch;
 	struct jobs *jobs;
 	struct watch *watch;
+	struct wxclient *wxc;             /* NULL when wechatpay is not configured */
 
 	struct script_gen *gen;           /* current generation (holds one reference) */
 	uint64_t next_gen_id;

@@ -13,6 +13,7 @@
 #include "reload.h"
 #include "script.h"
 #include "store.h"
+#include "wxclient.h"
 
 int64_t engine_now_ms(void)
 {
@@ -61,6 +62,8 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
 	if (!(e->store = store_open(e, check_only ? ":memory:" : e->cfg.db_path, err, errlen)))
 		goto fail;
 	if (!(e->jobs = jobs_new(e, err, errlen)))
+		goto fail;
+	if (!(e->wxc = wxc_new(e, err, errlen)) && err[0])
 		goto fail;
 	if (http_init(e, err, errlen) < 0)
 		goto fail;
@@ -170,6 +173,7 @@ void paygate_free(struct paygate *pg)
 	}
 	fetch_free(e->fetch);
 	jobs_free(e->jobs);
+	wxc_free(e->wxc);
 	store_close(e->store);
 	sched_free(e);
 	metrics_free(&e->metrics);

@@ -14,6 +14,8 @@
 #include "jobs.h"
 #include "json.h"
 #include "store.h"
+#include "wxclient.h"
+#include "wxsandbox.h"
 
 #define MAX_SCRIPT_BYTES (4u << 20)
 
@@ -251,9 +253,19 @@ static int load_protected(lua_State *L)
 	int env = lua_gettop(L);
 	register_modules(L, e, env);
 
+	lua_newtable(L);                      /* loaded modules, with the engine's own preloaded */
+	int loaded = lua_gettop(L);
+	lua_getfield(L, env, "json");
+	lua_getfield(L, env, "http");
+	wxc_push_lua(L, e);
+	lua_setfield(L, loaded, "wechatpay.core");
+	if (e->cfg.wechatpay_sandbox) {
+		wxs_push_lua(L, e);
+		lua_setfield(L, loaded, "wechatpay.sandbox");
+	}
 	lua_pushlightuserdata(L, e);
 	lua_pushvalue(L, env);
-	lua_newtable(L);                      /* loaded modules */
+	lua_pushvalue(L, loaded);
 	lua_pushcclosure(L, l_require, 3);
 	lua_pushvalue(L, -1);
 	sbx_set_global(L, env, "require");

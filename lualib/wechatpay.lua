@@ -1,0 +1,89 @@
+-- wechatpay: the WeChat Pay APIv3 calls a shop needs, on top of the engine's C client.
+--
+--   local wechatpay = require "wechatpay"
+--   local res, why, msg = wechatpay.jsapi_prepay{ out_trade_no = no, description = "2 cups",
+--                                                 amount = 1200, openid = user.openid,
+--                                                 time_expire = "2026-11-28T16:00:00+08:00" }
+--
+-- Every call returns either a result table {status=, body=, code=, message=, raw=, request_id=}
+-- (any HTTP status: check res.status) or nil, reason, message when no genuine answer came:
+-- reason "network" (timeout, refused: the outcome is unknown, ask again), a verification
+-- failure of a 2xx answer ("bad_signature", "stale_timestamp", "unknown_serial",
+-- "signature_probe", ...: treat like "network"), or "invalid" (refused before sending).
+-- Signing, verification and decryption happen in C; keys never reach Lua.
+
+local core = require "wechatpay.core"
+
+local M = {
+  notification = core.notification,   -- (req) -> resource, envelope | nil, reason, message
+  pay_params = core.pay_params,       -- (prepay_id) -> {appId, timeStamp, nonceStr, package, signType, paySign}
+  login = core.login,                 -- (code) -> {openid, unionid?} | nil, reason, message
+  refresh_certificates = core.refresh_certificates,
+  settings = core.settings,
+  configured = core.configured,
+  request = core.request,             -- (method, path [, body]) -> result | nil, reason, message
+}
+
+-- "|" is legal in out_trade_no but not in a URL path: send it escaped (and sign what is sent).
+local function segment(s)
+  return (s:gsub("[^%w%-_%*%.~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+local function mchid() return core.settings().mchid end
+
+--- JSAPI (mini-program) prepay. o: out_trade_no, description, amount (fen), openid,
+--- time_expire (RFC 3339), attach?, notify_url? (defaults to the configured one).
+function M.jsapi_prepay(o)
+  local ok, err = core.check_order(o)
+  if not ok then return nil, "invalid", err end
+  if type(o.openid) ~= "string" or o.openid == "" then return nil, "invalid", "openid is required" end
+  local s = core.settings()
+  local notify_url = o.notify_url or s.notify_url
+  if not notify_url then return nil, "invalid", "no notify_url (configure wechatpay.notify_url)" end
+  local body = json.encode({
+    appid = s.appid, mchid = s.mchid, description = o.description, out_trade_no = o.out_trade_no,
+    time_expire = o.time_expire, attach = o.attach, notify_url = notify_url,
+    amount = { total = o.amount, currency = "CNY" }, payer = { openid = o.openid },
+  })
+  return core.request("POST", "/v3/pay/transactions/jsapi", body)
+end
+
+--- Query an order by our out_trade_no (the only way before it is paid).
+function M.query(out_trade_no)
+  return core.request("GET", "/v3/pay/transactions/out-trade-no/" .. segment(out_trade_no) .. "?mchid=" .. mchid())
+end
+
+--- Query an order by WeChat's transaction_id.
+function M.query_by_id(transaction_id)
+  return core.request("GET", "/v3/pay/transactions/id/" .. segment(transaction_id) .. "?mchid=" .. mchid())
+end
+
+--- Close an unpaid order (204 on success).
+function M.close(out_trade_no)
+  return core.request("POST", "/v3/pay/transactions/out-trade-no/" .. segment(out_trade_no) .. "/close",
+    json.encode({ mchid = mchid() }))
+end
+
+--- Refund. o: out_trade_no or transaction_id, out_refund_no (reuse it when retrying),
+--- refund and total (fen), reason?, notify_url? (defaults to the configured refund one).
+function M.refund(o)
+  if type(o.out_refund_no) ~= "string" or not o.out_refund_no:match("^[%w_%-|%*@]+$") or #o.out_refund_no > 64 then
+    return nil, "invalid", "out_refund_no must be 1-64 of [0-9A-Za-z_-|*@]"
+  end
+  if math.type(o.refund) ~= "integer" or math.type(o.total) ~= "integer" or o.refund <= 0 or o.refund > o.total then
+    return nil, "invalid", "refund and total must be integers with 0 < refund <= total"
+  end
+  local s = core.settings()
+  return core.request("POST", "/v3/refund/domestic/refunds", json.encode({
+    out_trade_no = o.out_trade_no, transaction_id = o.transaction_id, out_refund_no = o.out_refund_no,
+    reason = o.reason, notify_url = o.notify_url or s.refund_notify_url,
+    amount = { refund = o.refund, total = o.total, currency = "CNY" },
+  }))
+end
+
+--- Query a refund by our out_refund_no.
+function M.query_refund(out_refund_no)
+  return core.request("GET", "/v3/refund/domestic/refunds/" .. segment(out_refund_no))
+end
+
+return M
