@@ -58,6 +58,7 @@ void config_free(struct config *cfg)
 		free(cfg->admin_token);
 	}
 	free(cfg->fetch_ca_file);
+	free(cfg->session_secret_file);
 	free(cfg->app_json);
 	struct wxpay_config *w = &cfg->wxpay;
 	char **strs[] = { &w->mchid, &w->appid, &w->merchant_serial, &w->private_key_file, &w->apiv3_key_file,
@@ -285,6 +286,7 @@ static void read_fields(struct reader *r, struct config *cfg)
 	read_secret_file(r, "admin", "token_file", &cfg->admin_token);
 	read_bool(r, "watch", NULL, &cfg->watch);
 	read_bool(r, "wechatpay_sandbox", NULL, &cfg->wechatpay_sandbox);
+	read_str(r, "session_secret_file", NULL, 1, &cfg->session_secret_file);
 	v = cfg->watch_debounce_ms;
 	read_int(r, "watch_debounce_ms", NULL, 10, 10000, &v);
 	cfg->watch_debounce_ms = (int)v;

@@ -40,6 +40,8 @@ struct engine {
 	struct jobs *jobs;
 	struct watch *watch;
 	struct wxclient *wxc;             /* NULL when wechatpay is not configured */
+	unsigned char *secret;            /* session-token key (see secure.c) */
+	size_t secret_len;
 
 	struct script_gen *gen;           /* current generation (holds one reference) */
 	uint64_t next_gen_id;

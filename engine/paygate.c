@@ -12,6 +12,7 @@
 #include "jobs.h"
 #include "reload.h"
 #include "script.h"
+#include "secure.h"
 #include "store.h"
 #include "wxclient.h"
 
@@ -64,6 +65,8 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
 	if (!(e->jobs = jobs_new(e, err, errlen)))
 		goto fail;
 	if (!(e->wxc = wxc_new(e, err, errlen)) && err[0])
+		goto fail;
+	if (secure_init(e, err, errlen) < 0)
 		goto fail;
 	if (http_init(e, err, errlen) < 0)
 		goto fail;
@@ -174,6 +177,7 @@ void paygate_free(struct paygate *pg)
 	fetch_free(e->fetch);
 	jobs_free(e->jobs);
 	wxc_free(e->wxc);
+	secure_free(e);
 	store_close(e->store);
 	sched_free(e);
 	metrics_free(&e->metrics);

@@ -13,6 +13,7 @@
 #include "http.h"
 #include "jobs.h"
 #include "json.h"
+#include "secure.h"
 #include "store.h"
 #include "wxclient.h"
 #include "wxsandbox.h"
@@ -212,6 +213,8 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	sbx_set_readonly(L, env, "jobs");
 	metrics_push_lua(L, e);
 	sbx_set_readonly(L, env, "metrics");
+	secure_push_lua(L, e);
+	sbx_set_readonly(L, env, "secure");
 
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
