@@ -86,4 +86,27 @@ function M.query_refund(out_refund_no)
   return core.request("GET", "/v3/refund/domestic/refunds/" .. segment(out_refund_no))
 end
 
+-- Certificate mode: download WeChat Pay's platform certificates at start and every
+-- cert_refresh_s (they rotate), and at once when a notification names an unknown serial.
+if core.configured() and core.settings().download_certificates then
+  local app = require "paygate"
+  local every_ms = core.settings().cert_refresh_s * 1000
+  app.job("wechatpay_certificates", function()
+    local n, why, msg = core.refresh_certificates()
+    jobs.schedule("wechatpay_certificates", {},
+                  { delay_ms = every_ms, key = "wechatpay:certificates:" .. clock.now() // every_ms })
+    if not n then error("certificate download failed: " .. why .. ": " .. tostring(msg), 0) end
+    log.info("platform certificates refreshed", { count = n })
+  end)
+  jobs.schedule("wechatpay_certificates", {}, { key = "wechatpay:certificates" })
+
+  function M.notification(req)
+    local resource, envelope, msg = core.notification(req)
+    if not resource and envelope == "unknown_serial" then
+      jobs.schedule("wechatpay_certificates", {}, { key = "wechatpay:certificates:now" })
+    end
+    return resource, envelope, msg
+  end
+end
+
 return M

@@ -1,0 +1,20 @@
+-- auth: who is calling. Mini-program users carry a session token from POST /api/login.
+local app = require "paygate"
+
+local M = {}
+
+M.SESSION_TTL = 7 * 24 * 3600
+
+--- The caller's openid, or a 401 answer.
+function M.user(req)
+  local h = req:header("Authorization")
+  local token = h and h:match("^Bearer%s+(%S+)$")
+  if not token then app.fail(401, "unauthorized", "send Authorization: Bearer <token from POST /api/login>") end
+  local openid, why = secure.verify_token(token)
+  if not openid then
+    app.fail(401, "unauthorized", why == "expired" and "the session expired; log in again" or "the token is not valid")
+  end
+  return openid
+end
+
+return M

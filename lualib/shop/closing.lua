@@ -1,0 +1,30 @@
+-- closing: ending an unpaid order safely. Stock is released only once WeChat confirms the
+-- order can no longer be paid; if WeChat says it was paid, the order becomes PAID instead.
+local orders = require "shop.orders"
+local payments = require "shop.payments"
+local wechatpay = require "wechatpay"
+
+local M = {}
+
+--- Close `order` (CREATED or PAYING) for `reason`. Returns "closed", "paid" (WeChat had
+--- it paid), "already" (someone else finished it first) or "unknown", why (nothing changed:
+--- try again later).
+function M.close(order, reason)
+  local res, why, msg = wechatpay.close(order.order_no)
+  if not res then return "unknown", why .. ": " .. tostring(msg) end
+  local confirmed = res.status == 204 or res.status == 200
+      or res.status == 404                                  -- never prepaid: nothing to pay
+      or res.code == "ORDER_NOT_EXIST" or res.code == "ORDERNOTEXIST" or res.code == "ORDER_CLOSED"
+  if res.code == "ORDERPAID" or res.code == "ORDER_PAID" then
+    local outcome, qwhy = payments.query_and_apply(order.order_no)
+    if outcome == "paid" or outcome == "duplicate" then return "paid" end
+    return "unknown", "WeChat says paid but the query gave " .. tostring(outcome or qwhy)
+  end
+  if not confirmed then
+    return "unknown", "close answered " .. res.status .. " " .. tostring(res.code) .. " " .. tostring(res.message)
+  end
+  local closed = db.tx(function() return orders.close(orders.load(order.order_no), reason) end)
+  return closed and "closed" or "already"
+end
+
+return M

@@ -1,0 +1,152 @@
+-- orders: the order state machine and the stock moves that go with each transition.
+--
+--   CREATED ──pay──► PAYING ──paid──► PAID ──refund──► REFUNDING ──► REFUNDED
+--      │                │                                   │
+--      └──expire/cancel─┴──► CLOSED ◄─ (WeChat confirmed the order is closed)
+--
+-- Units of a product are always in exactly one place: products.stock (available),
+-- products.reserved (held by CREATED/PAYING orders) or products.sold (paid orders),
+-- so stock + reserved + sold only changes when an operator restocks.
+-- Every function here runs inside db.tx (the caller's), and every transition is one
+-- conditional UPDATE: it happens at most once, whatever arrives twice.
+
+local timefmt = require "timefmt"
+
+local M = {}
+
+M.OPEN = { CREATED = true, PAYING = true }
+
+function M.load(order_no)
+  return db.one("SELECT * FROM orders WHERE order_no = ?", order_no)
+end
+
+--- The order of `openid`, or nil: another user's order does not exist for them.
+function M.load_owned(order_no, openid)
+  if type(order_no) ~= "string" or #order_no > 64 then return nil end
+  return db.one("SELECT * FROM orders WHERE order_no = ? AND openid = ?", order_no, openid)
+end
+
+function M.items(order_no)
+  return db.query("SELECT product_id, name, qty, price FROM order_items WHERE order_no = ? ORDER BY product_id", order_no)
+end
+
+--- The order as the API shows it.
+function M.view(o)
+  local v = {
+    order_no = o.order_no, status = o.status, amount = o.amount,
+    items = M.items(o.order_no),
+    created_at = timefmt.rfc3339(o.created_at), expires_at = timefmt.rfc3339(o.expires_at),
+  }
+  if o.paid_at then v.paid_at = timefmt.rfc3339(o.paid_at) end
+  if o.transaction_id then v.transaction_id = o.transaction_id end
+  if o.refunded and o.refunded > 0 then v.refunded = o.refunded end
+  if o.closed_reason then v.closed_reason = o.closed_reason end
+  return v
+end
+
+-- Move qty units of each item between two product columns; returns the first item
+-- that did not fit (nil when all moved). from/to: "stock", "reserved", "sold".
+local MOVES = {}
+for _, from in ipairs({ "stock", "reserved", "sold" }) do
+  for _, to in ipairs({ "stock", "reserved", "sold" }) do
+    if from ~= to then
+      MOVES[from .. ">" .. to] = string.format(
+        "UPDATE products SET %s = %s - ?, %s = %s + ? WHERE id = ? AND %s >= ?", from, from, to, to, from)
+    end
+  end
+end
+
+function M.move(items, from, to)
+  local sql = assert(MOVES[from .. ">" .. to], "no such stock move")
+  for _, it in ipairs(items) do
+    local changed = db.exec(sql, it.qty, it.qty, it.product_id, it.qty)
+    if changed ~= 1 then return it end
+  end
+  return nil
+end
+
+--- CREATED|PAYING → PAID: stock reserved → sold, fulfillment queued, expiry no longer needed.
+--- Returns true when this call made the transition.
+function M.mark_paid(order, transaction_id, paid_at)
+  local changed = db.exec([[UPDATE orders SET status = 'PAID', transaction_id = ?, paid_at = ?, updated_at = ?
+                            WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
+                          transaction_id, paid_at, clock.now(), order.order_no)
+  if changed ~= 1 then return false end
+  local short = M.move(M.items(order.order_no), "reserved", "sold")
+  assert(not short, "reserved stock missing for a paid order")   -- an invariant, never expected
+  M.queue_fulfillment(order.order_no)
+  jobs.cancel("expire:" .. order.order_no)
+  metrics.inc("paygate_orders_total", { status = "PAID" })
+  return true
+end
+
+--- CREATED|PAYING → CLOSED: reserved stock back on sale. Only once WeChat confirmed.
+function M.close(order, reason)
+  local changed = db.exec([[UPDATE orders SET status = 'CLOSED', closed_reason = ?, updated_at = ?
+                            WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
+                          reason, clock.now(), order.order_no)
+  if changed ~= 1 then return false end
+  local short = M.move(M.items(order.order_no), "reserved", "stock")
+  assert(not short, "reserved stock missing for a closed order")
+  jobs.cancel("expire:" .. order.order_no)
+  metrics.inc("paygate_orders_total", { status = "CLOSED" })
+  return true
+end
+
+--- A payment for a CLOSED order: sell the goods again if stock allows (→ PAID), else
+--- refund the whole amount (→ REFUNDING). Never lost either way.
+function M.paid_after_close(order, transaction_id, paid_at)
+  local items = M.items(order.order_no)
+  local ok = pcall(db.tx, function()
+    local short = M.move(items, "stock", "sold")
+    if short then error("out of stock", 0) end
+  end)
+  local status = ok and "PAID" or "REFUNDING"
+  db.exec([[UPDATE orders SET status = ?, transaction_id = ?, paid_at = ?, closed_reason = NULL, updated_at = ?
+            WHERE order_no = ? AND status = 'CLOSED']], status, transaction_id, paid_at, clock.now(), order.order_no)
+  if ok then
+    M.queue_fulfillment(order.order_no)
+    log.warn("payment arrived after close; goods re-reserved", { order = order.order_no })
+  else
+    M.start_refund(order.order_no, order.amount, "paid after the order closed; out of stock")
+    log.warn("payment arrived after close; out of stock, refunding", { order = order.order_no })
+  end
+  return status
+end
+
+--- Record a refund to send (the submit_refund job sends it) and mark the order REFUNDING.
+function M.start_refund(order_no, amount, reason)
+  local out_refund_no = "RF" .. secure.random_id(12)
+  db.exec([[INSERT INTO refunds(out_refund_no, order_no, amount, reason, status, created_at, updated_at)
+            VALUES (?, ?, ?, ?, 'PENDING', ?, ?)]], out_refund_no, order_no, amount, reason, clock.now(), clock.now())
+  db.exec("UPDATE orders SET status = 'REFUNDING', updated_at = ? WHERE order_no = ?", clock.now(), order_no)
+  jobs.schedule("submit_refund", { out_refund_no = out_refund_no }, { key = "refund:" .. out_refund_no })
+  return out_refund_no
+end
+
+--- After a refund settles: REFUNDED if money went back, PAID if every refund failed.
+function M.settle_refunds(order_no)
+  local pending = db.one([[SELECT count(*) AS n FROM refunds WHERE order_no = ?
+                           AND status IN ('PENDING', 'PROCESSING', 'ABNORMAL')]], order_no).n
+  local done = db.one("SELECT coalesce(sum(amount), 0) AS s FROM refunds WHERE order_no = ? AND status = 'SUCCESS'",
+                      order_no).s
+  local status = pending > 0 and "REFUNDING" or (done > 0 and "REFUNDED" or "PAID")
+  db.exec("UPDATE orders SET status = ?, refunded = ?, updated_at = ? WHERE order_no = ?",
+          status, done, clock.now(), order_no)
+  return status
+end
+
+--- What may still be refunded: paid amount minus refunds that succeeded or are under way.
+function M.refundable(order)
+  local used = db.one([[SELECT coalesce(sum(amount), 0) AS s FROM refunds WHERE order_no = ?
+                        AND status IN ('PENDING', 'PROCESSING', 'ABNORMAL', 'SUCCESS')]], order.order_no).s
+  return order.amount - used
+end
+
+function M.queue_fulfillment(order_no)
+  db.exec([[INSERT INTO fulfillments(order_no, status, attempts, created_at) VALUES (?, 'PENDING', 0, ?)
+            ON CONFLICT(order_no) DO NOTHING]], order_no, clock.now())
+  jobs.schedule("fulfill", { order_no = order_no }, { key = "fulfill:" .. order_no, max_attempts = 1000 })
+end
+
+return M
