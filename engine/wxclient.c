@@ -500,23 +500,30 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 	lua_getfield(L, 1, "status");
 	if (lua_tointeger(L, -1) != 200)
 		return refuse(L, "refused", "GET /v3/certificates did not answer 200");
+	/* Nothing below raises a Lua error while `next` is held (it would leak). */
 	wxp_keyset *next = wxp_keyset_new();
 	if (!next)
 		return luaL_error(L, "out of memory");
 	lua_getfield(L, 1, "body");
 	decode_json(L, -1);
-	lua_getfield(L, -1, "data");
+	if (lua_istable(L, -1))
+		lua_getfield(L, -1, "data");
+	else
+		lua_pushnil(L);
 	int data = lua_gettop(L);
 	lua_Integer n = lua_istable(L, data) ? (lua_Integer)lua_rawlen(L, data) : 0;
 	const char *why = n == 0 ? "bad_json" : NULL;
+	if (why)
+		snprintf(err, sizeof err, "the certificate list is not {\"data\": [...]} with entries");
 	for (lua_Integer i = 1; !why && i <= n; i++) {
 		int top = lua_gettop(L);
-		lua_rawgeti(L, data, i);
-		if (lua_getfield(L, -1, "encrypt_certificate") != LUA_TTABLE)
+		if (lua_rawgeti(L, data, i) != LUA_TTABLE || lua_getfield(L, -1, "encrypt_certificate") != LUA_TTABLE) {
 			why = "bad_json";
-		else if (!(why = decrypt_resource(L, w, lua_gettop(L), err, sizeof err)) &&
-		         wxp_keyset_add_cert(next, lua_tostring(L, -1), lua_rawlen(L, -1), NULL, err, sizeof err) < 0)
+			snprintf(err, sizeof err, "certificate entry %lld has no encrypt_certificate object", (long long)i);
+		} else if (!(why = decrypt_resource(L, w, lua_gettop(L), err, sizeof err)) &&
+		           wxp_keyset_add_cert(next, lua_tostring(L, -1), lua_rawlen(L, -1), NULL, err, sizeof err) < 0) {
 			why = "bad_certificate";
+		}
 		lua_settop(L, top);
 	}
 	if (!why) {
@@ -581,12 +588,14 @@ static int l_check_order(lua_State *L)
 	lua_getfield(L, 1, "out_trade_no");
 	lua_getfield(L, 1, "description");
 	lua_getfield(L, 1, "amount");
-	lua_Integer amount = lua_tointegerx(L, -1, &isint);
-	const char *no = lua_tostring(L, -3), *desc = lua_tostring(L, -2);
+	/* Types exactly: the string "1200" or the number 20261128001 would be sent as given. */
+	lua_Integer amount = lua_isinteger(L, -1) ? lua_tointegerx(L, -1, &isint) : 0;
+	const char *no = lua_type(L, -3) == LUA_TSTRING ? lua_tostring(L, -3) : NULL;
+	const char *desc = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
 	if (!no || wxp_check_out_trade_no(no, err, sizeof err) < 0) {
-		if (!no) snprintf(err, sizeof err, "out_trade_no is missing");
+		if (!no) snprintf(err, sizeof err, "out_trade_no must be a string");
 	} else if (!desc || wxp_check_description(desc, err, sizeof err) < 0) {
-		if (!desc) snprintf(err, sizeof err, "description is missing");
+		if (!desc) snprintf(err, sizeof err, "description must be a string");
 	} else if (!isint || wxp_check_amount(amount, err, sizeof err) < 0) {
 		if (!isint) snprintf(err, sizeof err, "amount must be an integer number of fen");
 	} else {

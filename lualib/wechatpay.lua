@@ -24,9 +24,17 @@ local M = {
   request = core.request,             -- (method, path [, body]) -> result | nil, reason, message
 }
 
--- "|" is legal in out_trade_no but not in a URL path: send it escaped (and sign what is sent).
-local function segment(s)
-  return (s:gsub("[^%w%-_%*%.~]", function(c) return string.format("%%%02X", c:byte()) end))
+-- A path segment of our own ids: only the characters WeChat allows ("|" is sent escaped,
+-- and the signature covers exactly what is sent). Anything else is refused before sending.
+local function segment(s, extra)
+  if type(s) ~= "string" or #s == 0 or #s > 64 or s:find("[^%w_%-|%*" .. (extra or "") .. "]") then
+    return nil
+  end
+  return (s:gsub("|", "%%7C"))
+end
+
+local function invalid(what)
+  return nil, "invalid", what .. " has characters WeChat does not allow"
 end
 
 local function mchid() return core.settings().mchid end
@@ -50,17 +58,23 @@ end
 
 --- Query an order by our out_trade_no (the only way before it is paid).
 function M.query(out_trade_no)
-  return core.request("GET", "/v3/pay/transactions/out-trade-no/" .. segment(out_trade_no) .. "?mchid=" .. mchid())
+  local seg = segment(out_trade_no)
+  if not seg then return invalid("out_trade_no") end
+  return core.request("GET", "/v3/pay/transactions/out-trade-no/" .. seg .. "?mchid=" .. mchid())
 end
 
 --- Query an order by WeChat's transaction_id.
 function M.query_by_id(transaction_id)
-  return core.request("GET", "/v3/pay/transactions/id/" .. segment(transaction_id) .. "?mchid=" .. mchid())
+  local seg = segment(transaction_id)
+  if not seg then return invalid("transaction_id") end
+  return core.request("GET", "/v3/pay/transactions/id/" .. seg .. "?mchid=" .. mchid())
 end
 
 --- Close an unpaid order (204 on success).
 function M.close(out_trade_no)
-  return core.request("POST", "/v3/pay/transactions/out-trade-no/" .. segment(out_trade_no) .. "/close",
+  local seg = segment(out_trade_no)
+  if not seg then return invalid("out_trade_no") end
+  return core.request("POST", "/v3/pay/transactions/out-trade-no/" .. seg .. "/close",
     json.encode({ mchid = mchid() }))
 end
 
@@ -83,7 +97,9 @@ end
 
 --- Query a refund by our out_refund_no.
 function M.query_refund(out_refund_no)
-  return core.request("GET", "/v3/refund/domestic/refunds/" .. segment(out_refund_no))
+  local seg = segment(out_refund_no, "@")
+  if not seg then return invalid("out_refund_no") end
+  return core.request("GET", "/v3/refund/domestic/refunds/" .. seg)
 end
 
 -- Certificate mode: download WeChat Pay's platform certificates at start and every

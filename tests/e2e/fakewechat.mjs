@@ -217,7 +217,8 @@ export async function startFakeWechat(m) {
       data: d.certs.map((c) => ({
         serial_no: c.serial, effective_time: '2026-01-01T00:00:00+08:00', expire_time: '2031-01-01T00:00:00+08:00',
         encrypt_certificate: { algorithm: 'AEAD_AES_256_GCM', original_type: 'certificate',
-          ...encryptResource(m.apiv3Key, c.certPem, { aad: d.aad ?? 'certificate' }) },
+          ...encryptResource(m.apiv3Key, c.certPem, { aad: d.aad ?? 'certificate' }),
+          ...(d.envelopeAad !== undefined ? { associated_data: d.envelopeAad } : {}) },
       })),
     });
   }
@@ -230,6 +231,8 @@ export async function startFakeWechat(m) {
     const p = u.pathname;
     if (req.method === 'POST' && p === '/v3/pay/transactions/jsapi') {
       if (!json || json.mchid !== MCHID) return sendJson(res, 400, { code: 'PARAM_ERROR', message: 'http header中的mchid与post payload中的mchid不匹配' });
+      if (typeof json.out_trade_no !== 'string' || !Number.isInteger(json.amount?.total))
+        return sendJson(res, 400, { code: 'PARAM_ERROR', message: '输入源"/body/out_trade_no"或"/body/amount/total"映射到值字段类型错误' });
       return answer(res, 200, { prepay_id: 'wx' + json.out_trade_no.replace(/[^0-9A-Za-z]/g, '') + 'PREPAY' });
     }
     let mm;
@@ -259,7 +262,8 @@ export async function startFakeWechat(m) {
     if (req.method === 'GET' && p === '/v3/certificates' && fake.certDownload) {
       const d = fake.certDownload;
       const b = certificatesBody();
-      const h = signHeaders(d.signedBody ?? b, d.signer);
+      const h = signHeaders(d.signedBody ?? b, d.signer, { ts: Math.floor(Date.now() / 1000) + (d.skew || 0) });
+      if (d.probe) h['Wechatpay-Signature'] = PROBE + h['Wechatpay-Signature'];
       res.writeHead(d.status || 200, { ...h, 'Content-Type': 'application/json', 'Request-ID': 'REQ-' + randomAlnum(12) });
       return res.end(b);
     }
