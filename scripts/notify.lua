@@ -26,7 +26,10 @@ app.post("/wechat/notify/pay", function(req)
     local first = db.exec([[INSERT INTO processed_notifications(id, kind, order_no, outcome, received_at)
                             VALUES (?, 'pay', ?, 'applied', ?) ON CONFLICT(id) DO NOTHING]],
                           envelope.id, order.order_no, clock.now())
-    if first == 0 then return "duplicate" end
+    if first == 0 then                              -- this very notification was applied before
+      payments.log("pay", envelope.id, order.order_no, "duplicate", nil)
+      return "duplicate"
+    end
     local result = payments.apply(order, tx)
     payments.log("pay", envelope.id, order.order_no, result, nil)
     return result

@@ -8,7 +8,7 @@ local wechatpay = require "wechatpay"
 
 local PREPAY_LIFE_MS = 110 * 60 * 1000     -- WeChat keeps a prepay_id 2 hours; renew a little before
 local RECONCILE_AFTER_MS = (config.reconcile_after_s or 60) * 1000
-local MIN_TIME_LEFT_MS = 60 * 1000         -- WeChat refuses time_expire less than a minute away
+local MIN_TIME_LEFT_MS = (config.min_pay_window_s or 60) * 1000   -- WeChat wants time_expire a minute away
 
 app.post("/api/orders/{order_no}/pay", function(req)
   local openid = auth.user(req)

@@ -1,0 +1,532 @@
+// The shop flow end to end: the real gateway (scripts/) against the WeChat Pay sandbox
+// (examples/sandbox/), both real paygate processes on 127.0.0.1, spoken to over HTTP.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, cpSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import { ROOT, startGateway, request, eventually, sleep } from './harness.mjs';
+
+const MCHID = '1900007291';
+const APPID = 'wxd678efh567hg6787';
+let keys, sandbox, gw, shortGw, hooksDir;
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+const k = (name) => join(keys, name);
+
+// The gateway's scripts plus one test-only module: routes that reach into the state the
+// way an operator (or a crash) could, to stage the rare cases.
+const TEST_HOOKS = `
+local app = require "paygate"
+local orders = require "shop.orders"
+app.post("/test/force-close/{no}", function(req)
+  local ok = db.tx(function() return orders.close(orders.load(req.params.no), "test") end)
+  return 200, { closed = ok }
+end)
+app.get("/test/products/{id}", function(req)
+  return 200, db.one("SELECT * FROM products WHERE id = ?", math.tointeger(tonumber(req.params.id)))
+end)
+app.get("/test/fulfillments/{no}", function(req)
+  return 200, db.one("SELECT * FROM fulfillments WHERE order_no = ?", req.params.no) or json.null
+end)
+app.get("/test/refunds/{no}", function(req)
+  return 200, { refunds = db.query("SELECT * FROM refunds WHERE order_no = ? ORDER BY created_at", req.params.no) }
+end)
+app.get("/test/notification_log/{no}", function(req)
+  return 200, { log = db.query("SELECT * FROM notification_log WHERE order_no = ? ORDER BY id", req.params.no) }
+end)
+app.get("/test/refused", function(req)
+  return 200, { log = db.query("SELECT * FROM notification_log WHERE outcome = 'refused' ORDER BY id") }
+end)
+`;
+
+async function startShop(port, app) {
+  return startGateway({
+    config: {
+      listen: `127.0.0.1:${port}`, scripts: hooksDir, watch: false, log_level: 'info',
+      wechatpay: {
+        mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
+        private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
+        platform_cert_files: [k('platform_cert.pem')], download_certificates: false,
+        base_url: `http://127.0.0.1:${sandbox.port}`, login_base_url: `http://127.0.0.1:${sandbox.port}`,
+        notify_url: `http://127.0.0.1:${port}/wechat/notify/pay`,
+        refund_notify_url: `http://127.0.0.1:${port}/wechat/notify/refund`,
+      },
+      app: { test_mode: true, status_query_after_s: 0, status_query_every_s: 0, min_pay_window_s: 0, ...app },
+    },
+  });
+}
+
+before(async () => {
+  keys = mkdtempSync(join(tmpdir(), 'paygate-shop-keys-'));
+  execFileSync(join(ROOT, 'examples/sandbox/keys.sh'), [keys]);
+  hooksDir = mkdtempSync(join(tmpdir(), 'paygate-shop-scripts-'));
+  cpSync(join(ROOT, 'scripts'), hooksDir, { recursive: true });
+  writeFileSync(join(hooksDir, 'test_hooks.lua'), TEST_HOOKS);
+  writeFileSync(join(hooksDir, 'init.lua'), readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\n');
+  sandbox = await startGateway({
+    config: {
+      scripts: join(ROOT, 'examples/sandbox/scripts'), wechatpay_sandbox: true, watch: false, log_level: 'info',
+      app: {
+        mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
+        refund_settle_s: 1, latency_ms: 0,
+        keys: {
+          platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
+          merchant_cert_file: k('merchant_cert.pem'), apiv3_key_file: k('apiv3_key'),
+          public_key_file: k('pubkey_key.pem'), public_key_id_file: k('pubkey_id'), app_secret_file: k('app_secret'),
+        },
+      },
+    },
+  });
+  gw = await startShop(await freePort(), { order_ttl_s: 600, reconcile_after_s: 1 });
+  shortGw = await startShop(await freePort(), { order_ttl_s: 2, reconcile_after_s: 3600 });   // only expiry finds out
+  for (const g of [gw, shortGw]) {
+    for (const [id, name, price, stock] of [[1, 'Tea', 3800, 1000], [2, 'Cup', 1200, 10], [3, 'Pot', 9900, 5]]) {
+      const r = await g.put(`/admin/products/${id}`, { name, price, stock });
+      assert.equal(r.status, 200, r.body);
+    }
+  }
+});
+
+after(async () => {
+  for (const g of [gw, shortGw, sandbox]) if (g) await g.stop();
+  rmSync(keys, { recursive: true, force: true });
+  rmSync(hooksDir, { recursive: true, force: true });
+});
+
+// ---- helpers: a user, an order, a payment ----
+
+async function login(g = gw, openid = 'o' + crypto.randomBytes(10).toString('hex')) {
+  const code = (await sandbox.post('/sandbox/login-code', { openid })).json.code;
+  const r = await g.post('/api/login', { code });
+  assert.equal(r.status, 200, r.body);
+  return { openid, auth: { Authorization: 'Bearer ' + r.json.token } };
+}
+
+async function order(user, items, g = gw, headers = {}) {
+  return g.post('/api/orders', { items }, { headers: { ...user.auth, ...headers } });
+}
+
+async function pay(user, no, g = gw) {
+  const r = await g.post(`/api/orders/${no}/pay`, undefined, { headers: user.auth });
+  assert.equal(r.status, 200, r.body);
+  return r.json;
+}
+
+// The user confirms in WeChat: the sandbox checks our paySign like the WeChat client would.
+async function userPays(user, params, result = 'SUCCESS') {
+  const prepay_id = params.package.replace('prepay_id=', '');
+  const r = await sandbox.post('/sandbox/pay', { prepay_id, openid: user.openid, result, pay_params: params });
+  assert.equal(r.status, 200, r.body);
+  return r.json;
+}
+
+const get = (user, no, g = gw) => g.get(`/api/orders/${no}`, { headers: user.auth });
+const product = async (id, g = gw) => (await g.get(`/test/products/${id}`)).json;
+const faults = (spec) => sandbox.post('/sandbox/faults', spec);
+
+async function paidOrder(user, items = [{ product_id: 1, qty: 1 }], g = gw) {
+  const o = (await order(user, items, g)).json;
+  await userPays(user, await pay(user, o.order_no, g));
+  await eventually(async () => (await get(user, o.order_no, g)).json.status === 'PAID', 5000);
+  return o;
+}
+
+// ---- the purchase ----
+
+test('the whole purchase: login, order, pay, the user pays, the notification makes it PAID, delivered once', async () => {
+  const user = await login();
+  const before = await product(1);
+  const created = await order(user, [{ product_id: 1, qty: 2 }, { product_id: 2, qty: 1 }]);
+  assert.equal(created.status, 201, created.body);
+  const o = created.json;
+  assert.equal(o.status, 'CREATED');
+  assert.equal(o.amount, 2 * 3800 + 1200);
+  assert.match(o.order_no, /^PG[0-9a-f]{24}$/);
+  assert.deepEqual(o.items.map((i) => [i.product_id, i.qty, i.price]), [[1, 2, 3800], [2, 1, 1200]]);
+  assert.equal((await product(1)).reserved, before.reserved + 2);
+
+  const params = await pay(user, o.order_no);
+  assert.equal(params.signType, 'RSA');
+  assert.match(params.package, /^prepay_id=/);
+  assert.equal((await get(user, o.order_no)).json.status, 'PAYING');
+  const again = await pay(user, o.order_no);
+  assert.equal(again.package, params.package, 'asking twice reuses the prepay_id');
+
+  const paid = await userPays(user, params);
+  assert.equal(paid.errMsg, 'requestPayment:ok');
+  const final = await eventually(async () => {
+    const r = (await get(user, o.order_no)).json;
+    return r.status === 'PAID' && r;
+  }, 5000);
+  assert.equal(final.transaction_id, paid.transaction_id);
+  const p1 = await product(1);
+  assert.equal(p1.sold, before.sold + 2);
+  assert.equal(p1.reserved, before.reserved);
+  assert.equal(p1.stock + p1.reserved + p1.sold, before.stock + before.reserved + before.sold, 'units conserved');
+  const f = await eventually(async () => { const x = (await gw.get(`/test/fulfillments/${o.order_no}`)).json; return x && x.status === 'DONE' && x; });
+  assert.equal(f.attempts, 1);
+  const adm = await gw.get('/admin/orders?status=PAID&limit=500');
+  assert.ok(adm.json.orders.some((x) => x.order_no === o.order_no && x.fulfillment.status === 'DONE'));
+});
+
+test('products are listed with price and stock', async () => {
+  const r = await gw.get('/api/products');
+  assert.equal(r.status, 200);
+  assert.deepEqual(Object.keys(r.json.products[0]).sort(), ['id', 'name', 'price', 'stock']);
+});
+
+test('ordering more than is left is 409 out_of_stock naming the product, and reserves nothing', async () => {
+  const user = await login();
+  const before = await product(3);
+  const r = await order(user, [{ product_id: 1, qty: 1 }, { product_id: 3, qty: before.stock + 1 }]);
+  assert.equal(r.status, 409);
+  assert.equal(r.json.error, 'out_of_stock');
+  assert.match(r.json.message, /Pot \(product 3\)/);
+  assert.deepEqual(await product(3), before);
+});
+
+test('200 concurrent buyers of 10 units: exactly 10 orders, stock 0, never negative', async () => {
+  await gw.put('/admin/products/4', { name: 'Limited', price: 100, stock: 10 });
+  const users = await Promise.all(Array.from({ length: 200 }, () => login()));
+  const results = await Promise.all(users.map((u) => order(u, [{ product_id: 4, qty: 1 }])));
+  const ok = results.filter((r) => r.status === 201).length;
+  const sold = results.filter((r) => r.status === 409 && r.json.error === 'out_of_stock').length;
+  assert.equal(ok, 10);
+  assert.equal(sold, 190);
+  const p = await product(4);
+  assert.equal(p.stock, 0);
+  assert.equal(p.reserved, 10);
+});
+
+test('another user\'s order is a 404 for reading, paying and cancelling', async () => {
+  const alice = await login(), mallory = await login();
+  const o = (await order(alice, [{ product_id: 1, qty: 1 }])).json;
+  for (const r of [await get(mallory, o.order_no),
+    await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: mallory.auth }),
+    await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: mallory.auth })]) {
+    assert.equal(r.status, 404);
+    assert.equal(r.json.error, 'not_found');
+  }
+  assert.equal((await get(alice, o.order_no)).status, 200);
+  assert.equal((await gw.get(`/api/orders/${o.order_no}`)).status, 401, 'no token: 401');
+  assert.equal((await gw.get(`/api/orders/${o.order_no}`, { headers: { Authorization: 'Bearer 1.x.' + 'a'.repeat(64) } })).status, 401);
+});
+
+test('quantities 0, -1, 1.5, "1", 2^53, null, huge arrays and duplicates are 400', async () => {
+  const user = await login();
+  const before = await product(1);
+  for (const qty of ['0', '-1', '1.5', '"1"', '9007199254740992', 'null', '1e3', '100']) {
+    const r = await gw.post('/api/orders', `{"items":[{"product_id":1,"qty":${qty}}]}`, { headers: user.auth });
+    assert.equal(r.status, 400, `qty ${qty}: ${r.body}`);
+    assert.equal(r.json.error, 'invalid_request');
+  }
+  const huge = JSON.stringify({ items: Array.from({ length: 21 }, (_, i) => ({ product_id: i + 1, qty: 1 })) });
+  assert.equal((await gw.post('/api/orders', huge, { headers: user.auth })).status, 400);
+  const bigger = JSON.stringify({ items: Array.from({ length: 5000 }, () => ({ product_id: 1, qty: 1 })) });
+  assert.ok([400, 413].includes((await gw.post('/api/orders', bigger, { headers: user.auth })).status));
+  for (const items of ['[]', '{}', '"x"', '[{"product_id":1,"qty":1},{"product_id":1,"qty":1}]', '[{"product_id":99,"qty":1}]',
+    '[{"product_id":"1","qty":1}]', '[{"qty":1}]', '[1]']) {
+    const r = await gw.post('/api/orders', `{"items":${items}}`, { headers: user.auth });
+    assert.equal(r.status, 400, `items ${items}: ${r.body}`);
+  }
+  assert.deepEqual(await product(1), before, 'nothing reserved by refused orders');
+});
+
+test('an Idempotency-Key replays the first answer, refuses another body (422), and makes one order', async () => {
+  const user = await login();
+  const key = { 'Idempotency-Key': 'k-' + crypto.randomUUID() };
+  const a = await order(user, [{ product_id: 1, qty: 1 }], gw, key);
+  const b = await order(user, [{ product_id: 1, qty: 1 }], gw, key);
+  assert.equal(a.status, 201);
+  assert.equal(b.status, 201);
+  assert.equal(b.json.order_no, a.json.order_no);
+  assert.equal(b.headers['idempotent-replayed'], 'true');
+  const c = await order(user, [{ product_id: 1, qty: 2 }], gw, key);
+  assert.equal(c.status, 422);
+  assert.equal(c.json.error, 'idempotency_mismatch');
+  const other = await login();   // keys are per user
+  const d = await order(other, [{ product_id: 1, qty: 1 }], gw, key);
+  assert.equal(d.status, 201);
+  assert.notEqual(d.json.order_no, a.json.order_no);
+});
+
+// ---- notifications ----
+
+test('a notification delivered twice at once by WeChat makes one PAID and one fulfillment', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await faults({ notify_duplicate: { count: 1, concurrent: true } });
+  await userPays(user, await pay(user, o.order_no));
+  await eventually(async () => (await get(user, o.order_no)).json.status === 'PAID', 5000);
+  await eventually(async () => (await gw.get(`/test/fulfillments/${o.order_no}`)).json.status === 'DONE');
+  await eventually(async () => (await gw.get(`/test/notification_log/${o.order_no}`)).json.log.filter((l) => l.kind === 'pay').length >= 2);
+  const log = (await gw.get(`/test/notification_log/${o.order_no}`)).json.log.filter((l) => l.kind === 'pay');
+  assert.equal(log.filter((l) => l.outcome === 'paid').length, 1, JSON.stringify(log));
+  assert.equal((await gw.get(`/test/fulfillments/${o.order_no}`)).json.attempts, 1);
+});
+
+test('the same notification 20 times at once: one PAID, one fulfillment, every copy answered 204', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  const n = signedNotification(transaction({ ...o, openid: user.openid }));
+  const answers = await Promise.all(Array.from({ length: 20 }, () => gw.post('/wechat/notify/pay', n.body, { headers: n.headers })));
+  assert.deepEqual(answers.map((a) => a.status), Array(20).fill(204));
+  assert.equal((await get(user, o.order_no)).json.status, 'PAID');
+  const log = (await gw.get(`/test/notification_log/${o.order_no}`)).json.log;
+  assert.equal(log.filter((l) => l.outcome === 'paid').length, 1);
+  await eventually(async () => (await gw.get(`/test/fulfillments/${o.order_no}`)).json.status === 'DONE');
+  await sleep(300);
+  assert.equal((await gw.get(`/test/fulfillments/${o.order_no}`)).json.attempts, 1);
+});
+
+// A notification built by the test with the sandbox's own keys: as genuine as WeChat's.
+function signedNotification(tx, { ts = Math.floor(Date.now() / 1000), id = crypto.randomUUID() } = {}) {
+  const apiv3 = readFileSync(k('apiv3_key'));
+  const nonce = crypto.randomBytes(6).toString('hex');
+  const c = crypto.createCipheriv('aes-256-gcm', apiv3, Buffer.from(nonce));
+  c.setAAD(Buffer.from('transaction'));
+  const ct = Buffer.concat([c.update(JSON.stringify(tx)), c.final(), c.getAuthTag()]).toString('base64');
+  const body = JSON.stringify({
+    id, create_time: '2026-11-28T16:00:00+08:00', resource_type: 'encrypt-resource', event_type: 'TRANSACTION.SUCCESS',
+    summary: '支付成功', resource: { original_type: 'transaction', algorithm: 'AEAD_AES_256_GCM', ciphertext: ct,
+      associated_data: 'transaction', nonce },
+  });
+  const wnonce = crypto.randomBytes(16).toString('hex');
+  const sig = crypto.sign('sha256', Buffer.from(`${ts}\n${wnonce}\n${body}\n`), readFileSync(k('platform_key.pem'))).toString('base64');
+  return { body, headers: { 'Wechatpay-Timestamp': String(ts), 'Wechatpay-Nonce': wnonce, 'Wechatpay-Signature': sig,
+    'Wechatpay-Serial': readFileSync(k('platform_serial'), 'utf8').trim(), 'Content-Type': 'application/json' } };
+}
+
+function transaction(o, over = {}) {
+  return { appid: APPID, mchid: MCHID, out_trade_no: o.order_no, transaction_id: '42000000' + crypto.randomInt(1e9, 1e10 - 1) + '0000000000',
+    trade_type: 'JSAPI', trade_state: 'SUCCESS', trade_state_desc: '支付成功', bank_type: 'OTHERS',
+    success_time: '2026-11-28T16:00:00+08:00', payer: { openid: o.openid || 'x' },
+    amount: { total: o.amount, payer_total: o.amount, currency: 'CNY', payer_currency: 'CNY' }, ...over };
+}
+
+test('tampered amount, wrong mchid or appid, unknown order, bad signature, a 6-minute-old replay: refused, order unchanged', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  const cases = [
+    ['amount', transaction(o, { amount: { total: 1, payer_total: 1, currency: 'CNY', payer_currency: 'CNY' } }), {}, 400],
+    ['mchid', transaction(o, { mchid: '1230000109' }), {}, 400],
+    ['appid', transaction(o, { appid: 'wx0000000000000000' }), {}, 400],
+    ['currency', transaction(o, { amount: { total: o.amount, payer_total: o.amount, currency: 'USD', payer_currency: 'USD' } }), {}, 400],
+    ['unknown order', transaction({ ...o, order_no: 'PG' + 'f'.repeat(24) }), {}, 400],
+    ['state', transaction(o, { trade_state: 'NOTPAY' }), {}, 400],
+    ['replay after 6 minutes', transaction(o), { ts: Math.floor(Date.now() / 1000) - 360 }, 401],
+  ];
+  for (const [name, tx, opts, status] of cases) {
+    const n = signedNotification(tx, opts);
+    const r = await gw.post('/wechat/notify/pay', n.body, { headers: n.headers });
+    assert.equal(r.status, status, `${name}: ${r.body}`);
+    assert.equal(r.json.code, 'FAIL', name);
+  }
+  const bad = signedNotification(transaction(o));
+  const tampered = bad.body.replace('"summary":"支付成功"', '"summary":"支付成功 "');
+  assert.equal((await gw.post('/wechat/notify/pay', tampered, { headers: bad.headers })).status, 401, 'body changed after signing');
+  const probe = signedNotification(transaction(o));
+  probe.headers['Wechatpay-Signature'] = 'WECHATPAY/SIGNTEST/' + probe.headers['Wechatpay-Signature'].slice(19);
+  assert.equal((await gw.post('/wechat/notify/pay', probe.body, { headers: probe.headers })).status, 401, 'probe');
+  const now = (await get(user, o.order_no)).json;
+  assert.equal(now.status, 'PAYING');
+  assert.equal(now.transaction_id, undefined);
+  const refused = (await gw.get('/test/refused')).json.log.map((l) => l.reason);
+  for (const reason of ['amount_mismatch', 'mchid_mismatch', 'appid_mismatch', 'currency_mismatch', 'unknown_order', 'stale_timestamp', 'bad_signature', 'signature_probe']) {
+    assert.ok(refused.includes(reason), `refusal recorded: ${reason} in ${refused}`);
+  }
+});
+
+test('a genuine notification replayed after it was applied changes nothing (same id, then same transaction)', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  const tx = transaction({ ...o, openid: user.openid });
+  const n = signedNotification(tx);
+  assert.equal((await gw.post('/wechat/notify/pay', n.body, { headers: n.headers })).status, 204);
+  assert.equal((await gw.post('/wechat/notify/pay', n.body, { headers: n.headers })).status, 204, 'same id again: 204, nothing new');
+  const n2 = signedNotification(tx);   // another id, same transaction
+  assert.equal((await gw.post('/wechat/notify/pay', n2.body, { headers: n2.headers })).status, 204);
+  const applied = (await gw.get(`/test/notification_log/${o.order_no}`)).json.log;
+  assert.equal(applied.filter((l) => l.outcome === 'paid').length, 1);
+  assert.equal(applied.filter((l) => l.outcome === 'duplicate').length, 2, 'both repeats recorded as duplicates');
+  await eventually(async () => (await gw.get(`/test/fulfillments/${o.order_no}`)).json.status === 'DONE');
+  await sleep(200);
+  assert.equal((await gw.get(`/test/fulfillments/${o.order_no}`)).json.attempts, 1);
+});
+
+test('a notification that never comes: reconciliation asks WeChat and marks the order PAID', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await faults({ notify_drop: { count: 1 } });
+  await userPays(user, await pay(user, o.order_no));
+  // nobody reads the order: only the reconcile job (1 s in this config) can find out
+  const admin = async () => (await gw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
+  await eventually(async () => (await admin()).status === 'PAID', 8000, 100);
+  const log = (await gw.get(`/test/notification_log/${o.order_no}`)).json.log;
+  assert.ok(log.some((l) => l.kind === 'query' && l.outcome === 'paid'));
+});
+
+test('reading a PAYING order asks WeChat, so the mini program learns the payment at once', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await faults({ notify_drop: { count: 1 } });
+  await userPays(user, await pay(user, o.order_no));
+  assert.equal((await get(user, o.order_no)).json.status, 'PAID');
+});
+
+// ---- expiry and cancel ----
+
+test('an unpaid order expires: closed at WeChat, then its stock is back', async () => {
+  const user = await login(shortGw);
+  const before = await product(3, shortGw);
+  const o = (await order(user, [{ product_id: 3, qty: 2 }], shortGw)).json;
+  await pay(user, o.order_no, shortGw);
+  assert.equal((await product(3, shortGw)).stock, before.stock - 2);
+  const closed = await eventually(async () => { const r = (await get(user, o.order_no, shortGw)).json; return r.status === 'CLOSED' && r; }, 10000, 100);
+  assert.equal(closed.closed_reason, 'expired');
+  assert.deepEqual(await product(3, shortGw), before);
+  const at = (await sandbox.get(`/sandbox/orders/${o.order_no}`)).json;
+  assert.equal((at.order || at).trade_state, 'CLOSED', 'closed at WeChat first');
+  assert.equal((await shortGw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 409);
+});
+
+test('expiry racing a late payment: WeChat says paid, the order is PAID and keeps its stock', async () => {
+  const user = await login(shortGw);
+  const before = await product(1, shortGw);
+  const o = (await order(user, [{ product_id: 1, qty: 1 }], shortGw)).json;
+  await faults({ notify_delay: { count: 1, ms: 60000 } });
+  await userPays(user, await pay(user, o.order_no, shortGw));
+  // no status reads and no reconciler here: only the expiry job can find out, when its close meets ORDERPAID
+  const admin = async () => (await shortGw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
+  await eventually(async () => (await admin()).status === 'PAID', 10000, 100);
+  await sleep(500);
+  assert.equal((await admin()).status, 'PAID');
+  const log = (await shortGw.get(`/test/notification_log/${o.order_no}`)).json.log;
+  assert.ok(log.some((l) => l.kind === 'query' && l.outcome === 'paid'), 'found by the expiry job asking WeChat');
+  const p = await product(1, shortGw);
+  assert.equal(p.sold, before.sold + 1);
+  assert.equal(p.stock, before.stock - 1);
+});
+
+test('cancel closes at WeChat and gives the stock back; a paid order cannot be cancelled', async () => {
+  const user = await login();
+  const before = await product(2);
+  const o = (await order(user, [{ product_id: 2, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  const c = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
+  assert.equal(c.status, 200, c.body);
+  assert.equal(c.json.status, 'CLOSED');
+  assert.deepEqual(await product(2), before);
+  const p = await paidOrder(user, [{ product_id: 1, qty: 1 }]);
+  const c2 = await gw.post(`/api/orders/${p.order_no}/cancel`, undefined, { headers: user.auth });
+  assert.equal(c2.status, 409);
+  assert.equal(c2.json.error, 'not_cancellable');
+});
+
+test('WeChat unreachable during pay: 502 upstream_error, the order is kept and payable again', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await faults({ system_error: { count: 1 } });
+  const r = await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth });
+  assert.equal(r.status, 502);
+  assert.equal(r.json.error, 'upstream_error');
+  assert.equal((await get(user, o.order_no)).json.status, 'CREATED');
+  await faults({ bad_signature: { count: 1 } });
+  assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 502, 'an unverifiable answer is not trusted');
+  assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 200);
+});
+
+test('a payment for an order already closed is kept: re-sold when stock allows', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await faults({ notify_delay: { count: 1, ms: 1500 } });
+  await userPays(user, await pay(user, o.order_no));
+  assert.equal((await gw.post(`/test/force-close/${o.order_no}`)).json.closed, true);
+  const r = await eventually(async () => { const x = (await get(user, o.order_no)).json; return x.status === 'PAID' && x; }, 8000, 100);
+  assert.ok(r.transaction_id);
+});
+
+test('a payment for an order already closed, with the stock gone, is refunded automatically', async () => {
+  await gw.put('/admin/products/5', { name: 'Last one', price: 500, stock: 1 });
+  const user = await login();
+  const o = (await order(user, [{ product_id: 5, qty: 1 }])).json;
+  await faults({ notify_delay: { count: 1, ms: 1500 } });
+  await userPays(user, await pay(user, o.order_no));
+  await gw.post(`/test/force-close/${o.order_no}`);
+  const other = await login();
+  assert.equal((await order(other, [{ product_id: 5, qty: 1 }])).status, 201, 'the unit went to someone else');
+  const r = await eventually(async () => { const x = (await get(user, o.order_no)).json; return x.status === 'REFUNDED' && x; }, 10000, 100);
+  assert.equal(r.refunded, o.amount);
+  const refunds = (await gw.get(`/test/refunds/${o.order_no}`)).json.refunds;
+  assert.equal(refunds.length, 1);
+  assert.equal(refunds[0].amount, o.amount);
+  assert.equal(refunds[0].status, 'SUCCESS');
+});
+
+// ---- refunds ----
+
+test('partial refunds add up to the paid amount and no further', async () => {
+  const user = await login();
+  const o = await paidOrder(user, [{ product_id: 1, qty: 2 }]);   // 7600
+  const r1 = await gw.post(`/admin/orders/${o.order_no}/refund`, { amount: 3000, reason: 'one broke' });
+  assert.equal(r1.status, 202, r1.body);
+  const r2 = await gw.post(`/admin/orders/${o.order_no}/refund`, { amount: 4000 });
+  assert.equal(r2.status, 202);
+  const r3 = await gw.post(`/admin/orders/${o.order_no}/refund`, { amount: 601 });
+  assert.equal(r3.status, 409);
+  assert.equal(r3.json.error, 'refund_exceeds_paid');
+  const r4 = await gw.post(`/admin/orders/${o.order_no}/refund`, {});   // the rest: 600
+  assert.equal(r4.status, 202);
+  assert.equal(r4.json.amount, 600);
+  assert.equal((await gw.post(`/admin/orders/${o.order_no}/refund`, { amount: 1 })).status, 409);
+  const done = await eventually(async () => { const x = (await get(user, o.order_no)).json; return x.status === 'REFUNDED' && x.refunded === 7600 && x; }, 10000, 100);
+  assert.equal(done.refunded, 7600);
+  const at = (await sandbox.get(`/sandbox/orders/${o.order_no}`)).json;
+  const refunded = (at.refunds || []).reduce((s, r) => s + r.refund, 0);
+  assert.equal(refunded, 7600, 'WeChat refunded the same total');
+  assert.equal((await gw.post('/admin/orders/PGnope/refund', {})).status, 404);
+});
+
+test('a refund of an unpaid order is refused', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  const r = await gw.post(`/admin/orders/${o.order_no}/refund`, {});
+  assert.equal(r.status, 409);
+  assert.equal(r.json.error, 'not_refundable');
+});
+
+// ---- reload ----
+
+test('a script reload in the middle of a purchase: the purchase completes', async () => {
+  const user = await login();
+  const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  const params = await pay(user, o.order_no);
+  const r = await gw.reload();
+  assert.equal(r.status, 200, r.body);
+  await userPays(user, params);
+  await eventually(async () => (await get(user, o.order_no)).json.status === 'PAID', 5000);
+  await eventually(async () => (await gw.get(`/test/fulfillments/${o.order_no}`)).json.status === 'DONE');
+});
+
+test('login errors map to the API: a used or unknown code is 400 invalid_code', async () => {
+  const code = (await sandbox.post('/sandbox/login-code', { openid: 'oUser1' })).json.code;
+  assert.equal((await gw.post('/api/login', { code })).status, 200);
+  const again = await gw.post('/api/login', { code });
+  assert.equal(again.status, 400);
+  assert.equal(again.json.error, 'invalid_code');
+  assert.equal((await gw.post('/api/login', { code: 'not a code!' })).status, 400);
+  assert.equal((await gw.post('/api/login', {})).status, 400);
+});
