@@ -2,93 +2,19 @@
 // (examples/sandbox/), both real paygate processes on 127.0.0.1, spoken to over HTTP.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, cpSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import net from 'node:net';
+import { readFileSync } from 'node:fs';
 import crypto from 'node:crypto';
-import { ROOT, startGateway, request, eventually, sleep } from './harness.mjs';
+import { eventually, sleep } from './harness.mjs';
+import { startWorld, MCHID, APPID } from './shopenv.mjs';
 
-const MCHID = '1900007291';
-const APPID = 'wxd678efh567hg6787';
-let keys, sandbox, gw, shortGw, hooksDir;
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-const k = (name) => join(keys, name);
-
-// The gateway's scripts plus one test-only module: routes that reach into the state the
-// way an operator (or a crash) could, to stage the rare cases.
-const TEST_HOOKS = `
-local app = require "paygate"
-local orders = require "shop.orders"
-app.post("/test/force-close/{no}", function(req)
-  local ok = db.tx(function() return orders.close(orders.load(req.params.no), "test") end)
-  return 200, { closed = ok }
-end)
-app.get("/test/products/{id}", function(req)
-  return 200, db.one("SELECT * FROM products WHERE id = ?", math.tointeger(tonumber(req.params.id)))
-end)
-app.get("/test/fulfillments/{no}", function(req)
-  return 200, db.one("SELECT * FROM fulfillments WHERE order_no = ?", req.params.no) or json.null
-end)
-app.get("/test/refunds/{no}", function(req)
-  return 200, { refunds = db.query("SELECT * FROM refunds WHERE order_no = ? ORDER BY created_at", req.params.no) }
-end)
-app.get("/test/notification_log/{no}", function(req)
-  return 200, { log = db.query("SELECT * FROM notification_log WHERE order_no = ? ORDER BY id", req.params.no) }
-end)
-app.get("/test/refused", function(req)
-  return 200, { log = db.query("SELECT * FROM notification_log WHERE outcome = 'refused' ORDER BY id") }
-end)
-`;
-
-async function startShop(port, app) {
-  return startGateway({
-    config: {
-      listen: `127.0.0.1:${port}`, scripts: hooksDir, watch: false, log_level: 'info',
-      wechatpay: {
-        mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
-        private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
-        platform_cert_files: [k('platform_cert.pem')], download_certificates: false,
-        base_url: `http://127.0.0.1:${sandbox.port}`, login_base_url: `http://127.0.0.1:${sandbox.port}`,
-        notify_url: `http://127.0.0.1:${port}/wechat/notify/pay`,
-        refund_notify_url: `http://127.0.0.1:${port}/wechat/notify/refund`,
-      },
-      app: { test_mode: true, status_query_after_s: 0, status_query_every_s: 0, min_pay_window_s: 0, ...app },
-    },
-  });
-}
+let world, keys, sandbox, gw, shortGw;
+const k = (name) => world.k(name);
 
 before(async () => {
-  keys = mkdtempSync(join(tmpdir(), 'paygate-shop-keys-'));
-  execFileSync(join(ROOT, 'examples/sandbox/keys.sh'), [keys]);
-  hooksDir = mkdtempSync(join(tmpdir(), 'paygate-shop-scripts-'));
-  cpSync(join(ROOT, 'scripts'), hooksDir, { recursive: true });
-  writeFileSync(join(hooksDir, 'test_hooks.lua'), TEST_HOOKS);
-  writeFileSync(join(hooksDir, 'init.lua'), readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\n');
-  sandbox = await startGateway({
-    config: {
-      scripts: join(ROOT, 'examples/sandbox/scripts'), wechatpay_sandbox: true, watch: false, log_level: 'info',
-      app: {
-        mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
-        refund_settle_s: 1, latency_ms: 0,
-        keys: {
-          platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
-          merchant_cert_file: k('merchant_cert.pem'), apiv3_key_file: k('apiv3_key'),
-          public_key_file: k('pubkey_key.pem'), public_key_id_file: k('pubkey_id'), app_secret_file: k('app_secret'),
-        },
-      },
-    },
-  });
-  gw = await startShop(await freePort(), { order_ttl_s: 600, reconcile_after_s: 1 });
-  shortGw = await startShop(await freePort(), { order_ttl_s: 2, reconcile_after_s: 3600 });   // only expiry finds out
+  world = await startWorld();
+  ({ keys, sandbox } = world);
+  gw = await world.startShop({ order_ttl_s: 600, reconcile_after_s: 1 });
+  shortGw = await world.startShop({ order_ttl_s: 2, reconcile_after_s: 3600 });   // only expiry finds out
   for (const g of [gw, shortGw]) {
     for (const [id, name, price, stock] of [[1, 'Tea', 3800, 1000], [2, 'Cup', 1200, 10], [3, 'Pot', 9900, 5]]) {
       const r = await g.put(`/admin/products/${id}`, { name, price, stock });
@@ -97,20 +23,11 @@ before(async () => {
   }
 });
 
-after(async () => {
-  for (const g of [gw, shortGw, sandbox]) if (g) await g.stop();
-  rmSync(keys, { recursive: true, force: true });
-  rmSync(hooksDir, { recursive: true, force: true });
-});
+after(async () => { if (world) await world.stop(); });
 
 // ---- helpers: a user, an order, a payment ----
 
-async function login(g = gw, openid = 'o' + crypto.randomBytes(10).toString('hex')) {
-  const code = (await sandbox.post('/sandbox/login-code', { openid })).json.code;
-  const r = await g.post('/api/login', { code });
-  assert.equal(r.status, 200, r.body);
-  return { openid, auth: { Authorization: 'Bearer ' + r.json.token } };
-}
+const login = (g = gw) => world.login(g);
 
 async function order(user, items, g = gw, headers = {}) {
   return g.post('/api/orders', { items }, { headers: { ...user.auth, ...headers } });
@@ -122,13 +39,7 @@ async function pay(user, no, g = gw) {
   return r.json;
 }
 
-// The user confirms in WeChat: the sandbox checks our paySign like the WeChat client would.
-async function userPays(user, params, result = 'SUCCESS') {
-  const prepay_id = params.package.replace('prepay_id=', '');
-  const r = await sandbox.post('/sandbox/pay', { prepay_id, openid: user.openid, result, pay_params: params });
-  assert.equal(r.status, 200, r.body);
-  return r.json;
-}
+const userPays = (user, params, result) => world.userPays(user, params, result);
 
 const get = (user, no, g = gw) => g.get(`/api/orders/${no}`, { headers: user.auth });
 const product = async (id, g = gw) => (await g.get(`/test/products/${id}`)).json;

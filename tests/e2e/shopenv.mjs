@@ -1,0 +1,112 @@
+// shopenv.mjs — the shop's world for tests: keys, the WeChat Pay sandbox and shop gateways,
+// all real paygate processes on 127.0.0.1, plus a few test-only routes into the shop's state.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, cpSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
+import assert from 'node:assert/strict';
+import { ROOT, startGateway } from './harness.mjs';
+
+export const MCHID = '1900007291';
+export const APPID = 'wxd678efh567hg6787';
+
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+// Routes that reach into the state the way an operator (or a crash) could, to stage rare cases.
+const TEST_HOOKS = `
+local app = require "paygate"
+local orders = require "shop.orders"
+app.post("/test/force-close/{no}", function(req)
+  local ok = db.tx(function() return orders.close(orders.load(req.params.no), "test") end)
+  return 200, { closed = ok }
+end)
+app.get("/test/products/{id}", function(req)
+  return 200, db.one("SELECT * FROM products WHERE id = ?", math.tointeger(tonumber(req.params.id)))
+end)
+app.get("/test/fulfillments/{no}", function(req)
+  return 200, db.one("SELECT * FROM fulfillments WHERE order_no = ?", req.params.no) or json.null
+end)
+app.get("/test/refunds/{no}", function(req)
+  return 200, { refunds = db.query("SELECT * FROM refunds WHERE order_no = ? ORDER BY created_at", req.params.no) }
+end)
+app.get("/test/notification_log/{no}", function(req)
+  return 200, { log = db.query("SELECT * FROM notification_log WHERE order_no = ? ORDER BY id", req.params.no) }
+end)
+app.get("/test/refused", function(req)
+  return 200, { log = db.query("SELECT * FROM notification_log WHERE outcome = 'refused' ORDER BY id") }
+end)
+`;
+
+/** Keys (made by the sandbox's keys.sh), the shop scripts plus the test hooks, a running sandbox. */
+export async function startWorld() {
+  const keys = mkdtempSync(join(tmpdir(), 'paygate-shop-keys-'));
+  execFileSync(join(ROOT, 'examples/sandbox/keys.sh'), [keys]);
+  const k = (name) => join(keys, name);
+  const scripts = mkdtempSync(join(tmpdir(), 'paygate-shop-scripts-'));
+  cpSync(join(ROOT, 'scripts'), scripts, { recursive: true });
+  writeFileSync(join(scripts, 'test_hooks.lua'), TEST_HOOKS);
+  writeFileSync(join(scripts, 'init.lua'), readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\n');
+  const sandbox = await startGateway({
+    config: {
+      scripts: join(ROOT, 'examples/sandbox/scripts'), wechatpay_sandbox: true, watch: false, log_level: 'info',
+      app: {
+        mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
+        refund_settle_s: 1, latency_ms: 0,
+        keys: {
+          platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
+          merchant_cert_file: k('merchant_cert.pem'), apiv3_key_file: k('apiv3_key'),
+          public_key_file: k('pubkey_key.pem'), public_key_id_file: k('pubkey_id'), app_secret_file: k('app_secret'),
+        },
+      },
+    },
+  });
+  const world = {
+    keys, k, sandbox, gateways: [],
+    /** A shop gateway wired to the sandbox; `app` adds to its app settings. */
+    async startShop(app = {}) {
+      const port = await freePort();
+      const gw = await startGateway({
+        config: {
+          listen: `127.0.0.1:${port}`, scripts, watch: false, log_level: 'info',
+          wechatpay: {
+            mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
+            private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
+            platform_cert_files: [k('platform_cert.pem')], download_certificates: false,
+            base_url: `http://127.0.0.1:${sandbox.port}`, login_base_url: `http://127.0.0.1:${sandbox.port}`,
+            notify_url: `http://127.0.0.1:${port}/wechat/notify/pay`,
+            refund_notify_url: `http://127.0.0.1:${port}/wechat/notify/refund`,
+          },
+          app: { test_mode: true, status_query_after_s: 0, status_query_every_s: 0, min_pay_window_s: 0, ...app },
+        },
+      });
+      this.gateways.push(gw);
+      return gw;
+    },
+    /** A mini-program user of gateway gw: a wx.login code from the sandbox, then POST /api/login. */
+    async login(gw, openid = 'o' + Math.random().toString(16).slice(2) + Date.now().toString(16)) {
+      const code = (await sandbox.post('/sandbox/login-code', { openid })).json.code;
+      const r = await gw.post('/api/login', { code });
+      assert.equal(r.status, 200, r.body);
+      return { openid, auth: { Authorization: 'Bearer ' + r.json.token } };
+    },
+    /** The user confirms in WeChat; the sandbox checks our paySign as the WeChat client would. */
+    async userPays(user, params, result = 'SUCCESS') {
+      const prepay_id = params.package.replace('prepay_id=', '');
+      const r = await sandbox.post('/sandbox/pay', { prepay_id, openid: user.openid, result, pay_params: params });
+      assert.equal(r.status, 200, r.body);
+      return r.json;
+    },
+    async stop() {
+      for (const g of [...this.gateways, sandbox]) await g.stop();
+      rmSync(keys, { recursive: true, force: true });
+      rmSync(scripts, { recursive: true, force: true });
+    },
+  };
+  return world;
+}
