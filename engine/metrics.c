@@ -173,7 +173,8 @@ void metrics_render(struct engine *e, struct evbuffer *b)
 	counter(b, "paygate_reloads_ok_total", "Script reloads that went live.", m->reloads_ok);
 	counter(b, "paygate_reloads_failed_total", "Script reloads refused (old code kept serving).", m->reloads_failed);
 	counter(b, "paygate_upstream_requests_total", "Outbound HTTP requests that got an answer.", m->fetch_ok);
-	counter(b, "paygate_upstream_errors_total", "Outbound HTTP requests that failed (timeout, connect, TLS).", m->fetch_failed);
+	counter(b, "paygate_upstream_errors_total", "Outbound HTTP requests that failed (timeout, connect, "
+		"TLS).", m->fetch_failed);
 	counter(b, "paygate_jobs_ok_total", "Jobs that ran to completion.", m->jobs_ok);
 	counter(b, "paygate_jobs_failed_total", "Job runs that failed and will be retried.", m->jobs_failed);
 	counter(b, "paygate_jobs_dead_total", "Jobs given up after their last attempt.", m->jobs_dead);

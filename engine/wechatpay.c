@@ -255,7 +255,8 @@ static int auth_pair(wxp_auth *a, char **pp, char *err, size_t errlen)
         p++;
     slot = auth_slot(a, name, (size_t)(p - name));
     if (slot == NULL || p[0] != '=' || p[1] != '"') {
-        seterr(err, errlen, "Authorization: expected one of mchid, nonce_str, timestamp, serial_no, signature as key=\"value\"");
+        seterr(err, errlen, "Authorization: expected one of mchid, nonce_str, timestamp, serial_no, signature "
+            "as key=\"value\"");
         return -1;
     }
     if (*slot != NULL) {
@@ -572,7 +573,8 @@ static wxp_verify_result headers_present(const wxp_headers *h, char *err, size_t
         return WXP_VERIFY_BAD_SIGNATURE_TYPE;
     }
     if (strncmp(h->signature, WXP_PROBE_PREFIX, strlen(WXP_PROBE_PREFIX)) == 0) {
-        seterr(err, errlen, "signature probe " WXP_PROBE_PREFIX " from WeChat Pay: reject it, a correctly signed copy follows");
+        seterr(err, errlen, "signature probe " WXP_PROBE_PREFIX " from WeChat Pay: reject it, a correctly "
+            "signed copy follows");
         return WXP_VERIFY_PROBE;
     }
     return WXP_VERIFY_OK;
@@ -619,7 +621,8 @@ static wxp_verify_result check_time(const wxp_headers *h, int64_t now, char *err
     }
     skew = ts >= now ? (uint64_t)ts - (uint64_t)now : (uint64_t)now - (uint64_t)ts;
     if (skew >= WXP_MAX_SKEW) {
-        seterr(err, errlen, "Wechatpay-Timestamp is %" PRIu64 " s away from now (limit %d s): replayed message or wrong clock",
+        seterr(err, errlen, "Wechatpay-Timestamp is %" PRIu64 " s away from now (limit %d s): replayed message "
+            "or wrong clock",
                skew, WXP_MAX_SKEW);
         return WXP_VERIFY_STALE;
     }
@@ -639,7 +642,8 @@ wxp_verify_result wxp_verify(const wxp_keyset *ks, const wxp_headers *h, const v
         (r = check_time(h, now, err, errlen)) != WXP_VERIFY_OK)
         return r;
     if ((key = wxp_keyset_lookup(ks, h->serial)) == NULL) {
-        seterr(err, errlen, "no platform certificate or public key for Wechatpay-Serial %.64s: refresh certificates or configure the public key",
+        seterr(err, errlen, "no platform certificate or public key for Wechatpay-Serial %.64s: refresh "
+            "certificates or configure the public key",
                h->serial);
         return WXP_VERIFY_UNKNOWN_SERIAL;
     }
@@ -678,7 +682,8 @@ const char *wxp_decrypt_result_name(wxp_decrypt_result r)
 static int apiv3_key_ok(size_t keylen, char *err, size_t errlen)
 {
     if (keylen != 32 && keylen != 16) {
-        seterr(err, errlen, "APIv3 key must be the 32-character key set in the merchant console (got %zu bytes)", keylen);
+        seterr(err, errlen, "APIv3 key must be the 32-character key set in the merchant console (got %zu "
+            "bytes)", keylen);
         return 0;
     }
     return 1;
@@ -971,7 +976,8 @@ int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char
     out->len = 0;
     if (!header_safe(appid) || !header_safe(nonce) || !header_safe(prepay_id) || timestamp < 0 ||
         strlen(prepay_id) >= sizeof package - strlen(WXP_PACKAGE_PREFIX)) {
-        seterr(err, errlen, "appid, nonce and prepay_id must be printable ASCII (prepay_id up to 140), timestamp non-negative");
+        seterr(err, errlen, "appid, nonce and prepay_id must be printable ASCII (prepay_id up to 140), "
+            "timestamp non-negative");
         return -1;
     }
     snprintf(ts, sizeof ts, "%" PRId64, timestamp);
@@ -1138,7 +1144,8 @@ int wxp_check_description(const char *s, char *err, size_t errlen)
     }
     for (end = p + n; p < end; p += k)
         if ((k = utf8_len(p, end)) == 0 || *p < 0x20) {
-            seterr(err, errlen, "description is not valid UTF-8 text (byte %zu)", (size_t)(p - (const unsigned char *)s));
+            seterr(err, errlen, "description is not valid UTF-8 text (byte "
+                "%zu)", (size_t)(p - (const unsigned char *)s));
             return -1;
         }
     return 0;

@@ -1,4 +1,4 @@
-/* wxclient.c — the WeChat Pay merchant client: keys from config, signed calls, verified answers, notifications, login. */
+/* wxclient.c — the WeChat Pay merchant client: keys from config, signed calls, verified answers, notifications. */
 #include "wxclient.h"
 
 #include <ctype.h>

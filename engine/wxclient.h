@@ -1,4 +1,4 @@
-/* wxclient.h — the WeChat Pay merchant client: keys from config, signed calls, verified answers, notifications, login. */
+/* wxclient.h — the WeChat Pay merchant client: keys from config, signed calls, verified answers, notifications. */
 #ifndef PAYGATE_WXCLIENT_H
 #define PAYGATE_WXCLIENT_H
 

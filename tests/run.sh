@@ -43,6 +43,7 @@ for t in "$BUILD"/tests/test_*; do
 	[ -x "$t" ] && run "c:$(basename "$t")" "$t"
 done
 run "lua:lualib" lua5.4 tests/lua/run.lua .
+run "style" tests/style.sh
 if [ -x "$BUILD"/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
 	run "fuzz-replay:notify" "$BUILD"/tests/fuzz_notify tests/fuzz/corpus/notify/*
 fi
