@@ -22,7 +22,9 @@
 ** Errors and buffers
 ** ================================================================ */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+#define seterr crypto_seterr
+
+void crypto_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 

@@ -37,6 +37,9 @@ typedef struct crypto_buf {
 /* Frees b->data (wiping it first: it may hold plaintext) and empties b. NULL-safe. */
 void crypto_buf_free(crypto_buf *b);
 
+/* printf into (err, errlen) when err is non-NULL: the error convention of crypto and wechatpay. */
+void crypto_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* ---- encodings ---- */
 
 /* Standard Base64 with padding, no line breaks. Fails only when memory runs out. */

@@ -15,16 +15,7 @@
 ** Helpers
 ** ================================================================ */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#define seterr crypto_seterr
 
 /* Non-empty printable ASCII without '"' or '\\': safe inside key="value" and on one line. */
 static int header_safe(const char *s)
