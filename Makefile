@@ -1,6 +1,7 @@
 # paygate — build, run, test.  `make run` and `make test` each do the whole set-up.
 
 PREFIX   ?= /usr/local
+DESTDIR  ?=
 BUILD    := build
 PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3
 # Debian package that provides each pkg-config name above, in the same order.
@@ -21,9 +22,9 @@ ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench fuzz clean sanitize
+.PHONY: all deps run test check bench fuzz clean sanitize install uninstall
 
-all: deps $(BUILD)/paygate
+all: deps $(BUILD)/paygate $(BUILD)/libpaygate.so
 
 # ---- dependencies: install what is missing (root) or say exactly what to run ----
 deps: $(BUILD)/.deps-ok
@@ -48,6 +49,27 @@ $(BUILD)/obj/%.o: engine/%.c $(wildcard engine/*.h) | $(BUILD)/.deps-ok
 
 $(BUILD)/libpaygate.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
+
+# ---- the embedding library: libpaygate.so exports paygate_* only (engine/libpaygate.map);
+# the installed libpaygate.a is one relinked object whose other symbols are made local,
+# so a host program's own log_init or config_load never meets ours. (build/libpaygate.a keeps
+# every symbol: the unit tests link to the internals.) ----
+VERSION := $(shell sed -n 's/^\#define PAYGATE_VERSION "\(.*\)"/\1/p' engine/paygate.h)
+SONAME  := libpaygate.so.0
+
+# Debian's liblua5.4-cjson.a is not position-independent: the shared library links its .so.
+$(BUILD)/$(SONAME): $(ENGINE_OBJ) engine/libpaygate.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=engine/libpaygate.map -Wl,--no-undefined \
+	  $(CFLAGS) $(ENGINE_OBJ) -llua5.4-cjson $(filter-out -Wl%,$(filter-out -llua5.4-cjson,$(DEPLIBS))) -o $@
+
+$(BUILD)/libpaygate.so: $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(BUILD)/embed/libpaygate.a: $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	ld -r -o $(BUILD)/embed/paygate.o $(ENGINE_OBJ)
+	objcopy --wildcard --keep-global-symbol='paygate_*' $(BUILD)/embed/paygate.o
+	rm -f $@ && ar rcs $@ $(BUILD)/embed/paygate.o
 
 $(BUILD)/paygate: engine/main.c $(BUILD)/libpaygate.a
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
@@ -77,11 +99,12 @@ fuzz: deps
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
-	@mkdir -p var
-	./$(BUILD)/paygate --config examples/paygate.conf.lua
+	@command -v openssl >/dev/null && command -v curl >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq openssl curl >/dev/null; }
+	@PAYGATE_BIN=$(CURDIR)/$(BUILD)/paygate examples/run-demo.sh
 
 check: all
-	@mkdir -p var
+	@examples/sandbox/keys.sh var/sandbox >/dev/null
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
@@ -102,6 +125,34 @@ bench: all $(BUILD)/bench/bare_evhttp
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+# ---- install: PREFIX (default /usr/local) and DESTDIR (staging) as usual ----
+BINDIR     = $(PREFIX)/bin
+LIBDIR     = $(PREFIX)/lib
+INCLUDEDIR = $(PREFIX)/include
+DATADIR    = $(PREFIX)/share/paygate
+MAN1DIR    = $(PREFIX)/share/man/man1
+
+install: all $(BUILD)/embed/libpaygate.a
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) \
+	  $(DESTDIR)$(DATADIR) $(DESTDIR)$(MAN1DIR)
+	install -m 755 $(BUILD)/paygate $(DESTDIR)$(BINDIR)/paygate
+	install -m 644 $(BUILD)/embed/libpaygate.a $(DESTDIR)$(LIBDIR)/libpaygate.a
+	install -m 755 $(BUILD)/$(SONAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libpaygate.so
+	install -m 644 engine/paygate.h $(DESTDIR)$(INCLUDEDIR)/paygate.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' paygate.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/paygate.pc
+	rm -rf $(DESTDIR)$(DATADIR)/lualib $(DESTDIR)$(DATADIR)/scripts
+	cp -R lualib $(DESTDIR)$(DATADIR)/lualib
+	cp -R scripts $(DESTDIR)$(DATADIR)/scripts
+	chmod -R u=rwX,go=rX $(DESTDIR)$(DATADIR)
+	install -m 644 man/paygate.1 $(DESTDIR)$(MAN1DIR)/paygate.1
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/paygate $(DESTDIR)$(LIBDIR)/libpaygate.a $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	  $(DESTDIR)$(LIBDIR)/libpaygate.so $(DESTDIR)$(INCLUDEDIR)/paygate.h \
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/paygate.pc $(DESTDIR)$(MAN1DIR)/paygate.1
+	rm -rf $(DESTDIR)$(DATADIR)
 
 clean:
 	rm -rf build build-asan

@@ -61,7 +61,8 @@ void config_free(struct config *cfg)
 	free(cfg->session_secret_file);
 	free(cfg->app_json);
 	struct wxpay_config *w = &cfg->wxpay;
-	char **strs[] = { &w->mchid, &w->appid, &w->merchant_serial, &w->private_key_file, &w->apiv3_key_file,
+	char **strs[] = { &w->mchid, &w->appid, &w->merchant_serial, &w->merchant_cert_file, &w->private_key_file,
+	                  &w->apiv3_key_file,
 	                  &w->app_secret_file, &w->public_key_file, &w->public_key_id, &w->base_url,
 	                  &w->login_base_url, &w->notify_url, &w->refund_notify_url };
 	for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
@@ -333,6 +334,7 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 	read_str(r, "wechatpay", "mchid", 0, &w->mchid);
 	read_str(r, "wechatpay", "appid", 0, &w->appid);
 	read_str(r, "wechatpay", "merchant_serial", 0, &w->merchant_serial);
+	read_str(r, "wechatpay", "merchant_cert_file", 1, &w->merchant_cert_file);
 	read_str(r, "wechatpay", "private_key_file", 1, &w->private_key_file);
 	read_str(r, "wechatpay", "apiv3_key_file", 1, &w->apiv3_key_file);
 	read_str(r, "wechatpay", "app_secret_file", 1, &w->app_secret_file);
@@ -361,7 +363,8 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 		}
 	}
 	lua_pop(r->L, 1);
-	const char *missing = !w->mchid ? "mchid" : !w->appid ? "appid" : !w->merchant_serial ? "merchant_serial"
+	const char *missing = !w->mchid ? "mchid" : !w->appid ? "appid"
+	                    : !w->merchant_serial && !w->merchant_cert_file ? "merchant_serial (or merchant_cert_file)"
 	                    : !w->private_key_file ? "private_key_file" : !w->apiv3_key_file ? "apiv3_key_file" : NULL;
 	if (missing && !r->failed) {
 		snprintf(r->err, r->errlen, "config: wechatpay.%s is required", missing);

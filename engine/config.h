@@ -44,7 +44,8 @@ struct config {
 	struct wxpay_config {
 		int enabled;                   /* a `wechatpay` table was given */
 		char *mchid, *appid;
-		char *merchant_serial;         /* serial of the merchant API certificate */
+		char *merchant_serial;         /* serial of the merchant API certificate ... */
+		char *merchant_cert_file;      /* ... or the certificate itself (apiclient_cert.pem) */
 		char *private_key_file;        /* apiclient_key.pem */
 		char *apiv3_key_file;          /* the 32-byte APIv3 key */
 		char *app_secret_file;         /* mini-program AppSecret, for jscode2session */

@@ -29,6 +29,7 @@
 struct wxclient {
 	struct engine *eng;
 	const struct wxpay_config *cfg;
+	char serial[CRYPTO_SERIAL_MAX];  /* the merchant certificate's serial (sent as serial_no) */
 	EVP_PKEY *merchant_key;
 	unsigned char apiv3_key[32];
 	char *app_secret;                /* NULL: login not configured */
@@ -119,6 +120,15 @@ struct wxclient *wxc_new(struct engine *e, char *err, size_t errlen)
 	}
 	if (load_verifying_keys(w, err, errlen) < 0)
 		goto fail;
+	if (c->merchant_serial) {
+		snprintf(w->serial, sizeof w->serial, "%s", c->merchant_serial);
+	} else {
+		crypto_cert cert;
+		if (crypto_cert_from_file(c->merchant_cert_file, &cert, err, errlen) < 0)
+			goto fail;
+		snprintf(w->serial, sizeof w->serial, "%s", cert.serial);
+		crypto_cert_clear(&cert);
+	}
 	return w;
 fail:
 	crypto_buf_free(&key);
@@ -286,7 +296,7 @@ static int l_request(lua_State *L)
 	luaL_argcheck(L, path[0] == '/', 2, "path must start with / (e.g. /v3/pay/transactions/jsapi)");
 	lua_settop(L, 3);
 	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
-	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->cfg->merchant_serial, method, path,
+	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, method, path,
 	                            now_s(), nonce, body ? body : "", blen, &auth, err, sizeof err) < 0)
 		return luaL_error(L, "wechatpay.request: cannot sign the request: %s", err);
 
@@ -559,7 +569,7 @@ static int l_refresh_certificates(lua_State *L)
 	const char *path = "/v3/certificates?algorithm_type=RSA";
 
 	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
-	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->cfg->merchant_serial, "GET", path,
+	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, "GET", path,
 	                            now_s(), nonce, "", 0, &auth, err, sizeof err) < 0)
 		return luaL_error(L, "wechatpay.refresh_certificates: %s", err);
 	lua_settop(L, 0);

@@ -479,13 +479,14 @@ static int l_info(lua_State *L)
 static int l_uuid(lua_State *L)
 {
 	unsigned char b[16];
-	char err[CRYPTO_ERRLEN], hex[33];
+	char err[CRYPTO_ERRLEN], hex[33], out[37];
 	if (crypto_random_bytes(b, sizeof b, err, sizeof err) < 0)
 		return fail(L, "uuid", err);
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
 	crypto_hex_encode(b, sizeof b, 0, hex, sizeof hex);
-	lua_pushfstring(L, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+	snprintf(out, sizeof out, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+	lua_pushstring(L, out);
 	return 1;
 }
 

@@ -1,4 +1,6 @@
--- paygate configuration (Lua table syntax). Paths are relative to this file.
+-- paygate configuration for `make run`: the demo shop against the local WeChat Pay sandbox.
+-- Lua table syntax; relative paths are relative to this file. Keys are the sandbox's TEST keys
+-- (examples/sandbox/keys.sh puts them in var/sandbox/); for the real WeChat Pay see the README.
 listen   = "127.0.0.1:8080"
 scripts  = "../scripts"
 lualib   = "../lualib"
@@ -11,6 +13,22 @@ watch  = true                      -- reload when a .lua file under scripts/ or 
 log_level = "info"
 -- admin = { token_file = "/etc/paygate/admin.token" }  -- required if admin endpoints face a network
 
+wechatpay = {
+  mchid = "1900007291",
+  appid = "wxd678efh567hg6787",
+  merchant_cert_file = "../var/sandbox/merchant_cert.pem",   -- its serial is sent as serial_no
+  private_key_file = "../var/sandbox/merchant_key.pem",
+  apiv3_key_file = "../var/sandbox/apiv3_key",
+  app_secret_file = "../var/sandbox/app_secret",
+  platform_cert_files = { "../var/sandbox/platform_cert.pem" },
+  download_certificates = false,
+  base_url = "http://127.0.0.1:8090",                         -- the sandbox, not api.mch.weixin.qq.com
+  login_base_url = "http://127.0.0.1:8090",
+  notify_url = "http://127.0.0.1:8080/wechat/notify/pay",
+  refund_notify_url = "http://127.0.0.1:8080/wechat/notify/refund",
+}
+
 app = {                            -- visible to scripts as `config`
-  shop_name = "paygate demo shop",
+  demo_products = true,
+  order_ttl_s = 900,
 }

@@ -14,12 +14,12 @@ FAIL=0
 # summarize NAME LOGFILE EXIT_CODE: add the suite's counts (a suite that printed none counts as one failure)
 summarize() {
 	local name=$1 log=$2 rc=$3 p f
-	if grep -qE '^# pass [0-9]+' "$log"; then                       # node --test (TAP)
-		p=$(grep -E '^# pass [0-9]+' "$log" | tail -1 | awk '{print $3}')
-		f=$(grep -E '^# fail [0-9]+' "$log" | tail -1 | awk '{print $3}')
-	elif grep -qE '^[0-9]+ passed, [0-9]+ failed' "$log"; then       # our C and Lua runners
-		p=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 | awk '{print $1}')
-		f=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 | awk '{print $3}')
+	if grep -aqE '^# pass [0-9]+' "$log"; then                       # node --test (TAP)
+		p=$(grep -aE '^# pass [0-9]+' "$log" | tail -1 | awk '{print $3}')
+		f=$(grep -aE '^# fail [0-9]+' "$log" | tail -1 | awk '{print $3}')
+	elif grep -aqE '^[0-9]+ passed, [0-9]+ failed' "$log"; then       # our C and Lua runners
+		p=$(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 | awk '{print $1}')
+		f=$(grep -aE '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 | awk '{print $3}')
 	else
 		p=0; f=1
 	fi
@@ -27,7 +27,7 @@ summarize() {
 	PASS=$((PASS + p)); FAIL=$((FAIL + f))
 	printf '%-28s %4d passed, %d failed\n' "$name" "$p" "$f"
 	if [ "$f" -ne 0 ]; then
-		grep -E '^(not ok|#   |# Subtest|\s+(error|expected|actual):)' "$log" | head -40 | sed 's/^/    /'
+		grep -aE '^(not ok|#   |# Subtest|\s+(error|expected|actual):)' "$log" | head -40 | sed 's/^/    /'
 		echo "    (full output: $log)"
 	fi
 }

@@ -1,5 +1,5 @@
 #!/bin/sh
-# run.sh — installs wechatpay-node-v3 into tests/conformance/node_modules and runs the conformance test.
+# run.sh — installs wechatpay-node-v3 into tests/conformance/node_modules and runs the conformance tests.
 #
 # Usage: tests/conformance/run.sh            (from anywhere)
 #   WXP_TOOL=path/to/wxp_tool  use an already built tool; otherwise it is built here
@@ -38,4 +38,8 @@ if [ -z "${WXP_TOOL:-}" ]; then
 fi
 export WXP_TOOL
 
-node --test conformance.test.js
+# sandbox.test.js starts the WeChat Pay sandbox (examples/sandbox) with PAYGATE_BIN
+# (default build/paygate, so run `make` first) and drives it with the SDK's own client.
+PAYGATE_BIN=${PAYGATE_BIN:-$root/build/paygate}
+export PAYGATE_BIN
+node --test conformance.test.js sandbox.test.js

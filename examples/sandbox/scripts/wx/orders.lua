@@ -1,0 +1,339 @@
+-- wx/orders.lua — WeChat Pay's order and refund state machine.
+--
+--   NOTPAY ──pay──▶ SUCCESS ──refund──▶ REFUND
+--     │
+--     └──close / time_expire passed──▶ CLOSED
+--
+-- A prepay_id is valid 2 hours; placing the same out_trade_no again with the same parameters
+-- gives the current prepay_id (or a new one once it expired), with other parameters
+-- "201 商户订单号重复". Refunds never add up to more than the order's total.
+
+local app = require "paygate"
+local sandbox = require "wechatpay.sandbox"
+local state = require "wx.state"
+local protocol = require "wx.protocol"
+local notify = require "wx.notify"
+
+local orders = {}
+
+local PREPAY_TTL_MS = 2 * 3600 * 1000
+local DEFAULT_EXPIRE_MS = 7 * 24 * 3600 * 1000
+local MIN_EXPIRE_MS = 60 * 1000
+local MAX_EXPIRE_MS = 90 * 24 * 3600 * 1000
+
+local DESC = {
+  NOTPAY = "订单未支付", SUCCESS = "支付成功", CLOSED = "订单已关闭", REFUND = "订单发生过退款",
+}
+
+-- ---- ids ----
+
+local function compact_time(ms)   -- yyyyMMddHHmmss in Beijing time
+  return (sandbox.beijing_time(ms // 1000):gsub("[^%d]", ""):sub(1, 14))
+end
+
+-- 28 digits like 4200000000002104083200000488
+local function new_transaction_id()
+  return "420000" .. compact_time(state.now_ms()):sub(1, 8) .. sandbox.random_digits(14)
+end
+
+-- like wx201410272009395522657a690389285100
+local function new_prepay_id()
+  return "wx" .. compact_time(state.now_ms()) .. sandbox.random_hex(20)
+end
+
+local function new_refund_id()
+  return "503000" .. compact_time(state.now_ms()):sub(1, 8) .. sandbox.random_digits(15)
+end
+
+-- ---- time ----
+
+-- Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+--- RFC 3339 → Unix ms, or nil when malformed.
+function orders.parse_time(s)
+  local y, mo, d, h, mi, se, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(.*)$")
+  if not y then return nil end
+  rest = rest:gsub("^%.%d+", "")
+  local offset
+  if rest == "Z" then
+    offset = 0
+  else
+    local sign, oh, om = rest:match("^([+-])(%d%d):(%d%d)$")
+    if not sign then return nil end
+    offset = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
+  end
+  mo, d, h, mi, se = tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(se)
+  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or se > 60 then return nil end
+  local secs = days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + se - offset
+  return secs * 1000
+end
+
+-- ---- reading ----
+
+--- The order, with an unpaid order past its time_expire turned CLOSED; nil if unknown.
+function orders.get(out_trade_no)
+  local o = db.one("SELECT * FROM orders WHERE out_trade_no = ?", out_trade_no)
+  if o and o.trade_state == "NOTPAY" and state.now_ms() >= o.expire_at then
+    db.exec("UPDATE orders SET trade_state = 'CLOSED', updated_at = ? WHERE out_trade_no = ?",
+      state.now_ms(), out_trade_no)
+    o.trade_state = "CLOSED"
+  end
+  return o
+end
+
+function orders.get_by_transaction_id(id)
+  local o = db.one("SELECT out_trade_no FROM orders WHERE transaction_id = ?", id)
+  return o and orders.get(o.out_trade_no)
+end
+
+--- The transaction object: the query answer and the TRANSACTION.SUCCESS resource.
+function orders.transaction(o)
+  local t = {
+    appid = o.appid, mchid = o.mchid, out_trade_no = o.out_trade_no,
+    trade_state = o.trade_state, trade_state_desc = DESC[o.trade_state],
+    amount = { total = o.total, currency = o.currency, payer_currency = o.currency },
+    promotion_detail = json.array(),
+  }
+  if o.transaction_id then
+    t.transaction_id = o.transaction_id
+    t.trade_type = "JSAPI"
+    t.bank_type = "OTHERS"
+    t.attach = o.attach or ""
+    t.success_time = o.success_time
+    t.payer = { openid = o.openid }
+    t.amount.payer_total = o.total
+  end
+  return t
+end
+
+-- ---- placing ----
+
+local function fingerprint(b)
+  return json.encode({ b.appid, b.mchid, b.description, b.attach or "", b.notify_url, b.amount.total,
+    b.amount.currency or "CNY", b.payer.openid, b.time_expire or "", b.goods_tag or "" })
+end
+
+--- Field checks of the prepay body, in the order of its fields.
+function orders.check_prepay(b)
+  local S = protocol.check_string
+  S(b.appid, { path = "appid", label = "应用ID", required = true, max = 32 })
+  S(b.mchid, { path = "mchid", label = "直连商户号", required = true, max = 32 })
+  S(b.description, { path = "description", label = "商品描述", required = true, max = 127 })
+  S(b.out_trade_no, { path = "out_trade_no", label = "商户订单号", required = true, min = 6, max = 32,
+    check = protocol.is_trade_no, regex = "^[0-9a-zA-Z_\\-\\|\\*]+$" })
+  if S(b.time_expire, { path = "time_expire", label = "支付结束时间", max = 64 }) and not orders.parse_time(b.time_expire) then
+    protocol.fail(400, "PARAM_ERROR", "输入源“/body/time_expire”映射到值字段“支付结束时间”时间规则校验失败，必须是RFC3339格式",
+      { location = "body", value = b.time_expire })
+  end
+  S(b.attach, { path = "attach", label = "附加数据", max = 128 })
+  S(b.notify_url, { path = "notify_url", label = "通知地址", required = true, max = 255, check = protocol.is_notify_url,
+    regex = "^https?://([^\\s/?#\\[\\]\\@]+\\@)?([^\\s/?#\\@:]+)(?::\\d{2,5})?([^\\s?#\\[\\]]*)$" })
+  S(b.goods_tag, { path = "goods_tag", label = "订单优惠标记", max = 32 })
+  local amount = protocol.check_object(b.amount, { path = "amount", label = "订单金额", required = true })
+  protocol.check_integer(amount.total, { path = "amount/total", label = "总金额", required = true, min = 1 })
+  S(amount.currency, { path = "amount/currency", label = "货币类型", max = 16,
+    check = function(c) return c == "CNY" end, regex = "^CNY$" })
+  local payer = protocol.check_object(b.payer, { path = "payer", label = "支付者", required = true })
+  S(payer.openid, { path = "payer/openid", label = "用户标识", required = true, min = 1, max = 128 })
+end
+
+local function issue_prepay(out_trade_no)
+  local id = new_prepay_id()
+  db.exec("INSERT INTO prepays(prepay_id, out_trade_no, expires_at) VALUES (?, ?, ?)",
+    id, out_trade_no, state.now_ms() + PREPAY_TTL_MS)
+  return id
+end
+
+-- time_expire: absent → 7 days; earlier than now + 1 min → now + 1 min; beyond 90 days → day 90.
+local function expire_at(time_expire, now)
+  if not time_expire then return now + DEFAULT_EXPIRE_MS end
+  local t = orders.parse_time(time_expire)
+  return math.max(now + MIN_EXPIRE_MS, math.min(t, now + MAX_EXPIRE_MS))
+end
+
+--- Place (or re-place) a JSAPI order; returns the prepay_id or stops with WeChat Pay's error.
+function orders.place(b)
+  if b.appid ~= state.appid then protocol.fail(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配") end
+  local fp = fingerprint(b)
+  return db.tx(function()
+    local o = orders.get(b.out_trade_no)
+    if o then
+      if o.fingerprint ~= fp then protocol.fail(400, "INVALID_REQUEST", "201 商户订单号重复") end
+      if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then
+        protocol.fail(400, "ORDERPAID", "该订单已支付")
+      end
+      if o.trade_state == "CLOSED" then protocol.fail(400, "ORDER_CLOSED", "该订单已关闭") end
+      local p = db.one("SELECT prepay_id FROM prepays WHERE out_trade_no = ? AND expires_at > ? ORDER BY expires_at DESC",
+        b.out_trade_no, state.now_ms())
+      return p and p.prepay_id or issue_prepay(b.out_trade_no)
+    end
+    local now = state.now_ms()
+    db.exec([[INSERT INTO orders(out_trade_no, mchid, appid, description, attach, notify_url, total, currency,
+                openid, time_expire, expire_at, fingerprint, trade_state, created_at, updated_at)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'NOTPAY', ?, ?)]],
+      b.out_trade_no, b.mchid, b.appid, b.description, b.attach, b.notify_url, b.amount.total,
+      b.amount.currency or "CNY", b.payer.openid, b.time_expire, expire_at(b.time_expire, now), fp, now, now)
+    return issue_prepay(b.out_trade_no)
+  end)
+end
+
+--- Close an unpaid order (closing a closed one again is fine).
+function orders.close(out_trade_no)
+  local o = orders.get(out_trade_no)
+  if not o then protocol.fail(404, "ORDER_NOT_EXIST", "订单不存在") end
+  if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then
+    protocol.fail(400, "ORDERPAID", "订单已支付，不能发起关单")
+  end
+  db.exec("UPDATE orders SET trade_state = 'CLOSED', updated_at = ? WHERE out_trade_no = ?", state.now_ms(), out_trade_no)
+end
+
+-- ---- the user paying (wx.requestPayment) ----
+
+local function user_fail(status, msg) return status, { errMsg = "requestPayment:fail " .. msg } end
+
+-- paySign as wx.requestPayment checks it: signed by the merchant key over appId, timeStamp, nonceStr, package.
+local function pay_params_ok(o, prepay_id, pp)
+  if type(pp) ~= "table" then return true end
+  local fields = { pp.appId, pp.timeStamp, pp.nonceStr, pp.package, pp.paySign }
+  for i = 1, 5 do if type(fields[i]) ~= "string" then return false end end
+  return pp.appId == o.appid and pp.package == "prepay_id=" .. prepay_id and pp.signType == "RSA"
+    and protocol.keys:verify_pay_sign(pp.appId, pp.timeStamp, pp.nonceStr, pp.package, pp.paySign)
+end
+
+--- Play wx.requestPayment for prepay_id as user openid; result SUCCESS | FAIL | CANCEL.
+--- pay_params (optional): the object the merchant gave the mini program; its paySign is checked.
+function orders.pay(prepay_id, openid, result, pay_params)
+  local pp = db.one("SELECT * FROM prepays WHERE prepay_id = ?", prepay_id)
+  if not pp then return user_fail(404, "prepay_id不存在") end
+  local o = orders.get(pp.out_trade_no)
+  if not pay_params_ok(o, prepay_id, pay_params) then return user_fail(409, "支付验证签名失败") end
+  if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then return user_fail(409, "该订单已支付") end
+  if o.trade_state == "CLOSED" then return user_fail(409, "该订单已关闭") end
+  if state.now_ms() >= pp.expires_at then return user_fail(409, "prepay_id已失效，请重新下单") end
+  if openid ~= o.openid then return user_fail(409, "当前用户与下单用户不一致") end
+  if result == "CANCEL" then return 200, { errMsg = "requestPayment:fail cancel" } end
+  if result == "FAIL" then return 200, { errMsg = "requestPayment:fail 支付失败" } end
+  local tid = new_transaction_id()
+  db.tx(function()
+    db.exec([[UPDATE orders SET trade_state = 'SUCCESS', transaction_id = ?, success_time = ?, updated_at = ?
+              WHERE out_trade_no = ?]], tid, sandbox.beijing_time(state.now_s()), state.now_ms(), o.out_trade_no)
+    local paid = orders.get(o.out_trade_no)
+    notify.create("TRANSACTION.SUCCESS", "transaction", o.out_trade_no, o.notify_url, orders.transaction(paid))
+  end)
+  return 200, { errMsg = "requestPayment:ok", transaction_id = tid, out_trade_no = o.out_trade_no }
+end
+
+-- ---- refunds ----
+
+--- The refund object (answer of apply and query).
+function orders.refund_object(r)
+  return {
+    refund_id = r.refund_id, out_refund_no = r.out_refund_no, transaction_id = r.transaction_id,
+    out_trade_no = r.out_trade_no, channel = "ORIGINAL", user_received_account = "支付用户零钱",
+    success_time = r.success_time, create_time = r.create_time, status = r.status, funds_account = "AVAILABLE",
+    amount = {
+      total = r.total, refund = r.refund, from = json.array(), payer_total = r.total, payer_refund = r.refund,
+      settlement_refund = r.refund, settlement_total = r.total, discount_refund = 0, currency = "CNY", refund_fee = 0,
+    },
+    promotion_detail = json.array(),
+  }
+end
+
+function orders.check_refund(b)
+  local S = protocol.check_string
+  S(b.transaction_id, { path = "transaction_id", label = "微信支付订单号", max = 32 })
+  S(b.out_trade_no, { path = "out_trade_no", label = "商户订单号", max = 32 })
+  if not b.transaction_id and not b.out_trade_no then
+    protocol.fail(400, "PARAM_ERROR", "transaction_id和out_trade_no必须二选一", { location = "body" })
+  end
+  S(b.out_refund_no, { path = "out_refund_no", label = "商户退款单号", required = true, min = 1, max = 64,
+    check = protocol.is_refund_no, regex = "^[0-9a-zA-Z_\\-\\|\\*@]+$" })
+  S(b.reason, { path = "reason", label = "退款原因", max = 80 })
+  S(b.notify_url, { path = "notify_url", label = "退款结果回调url", max = 256, check = protocol.is_notify_url,
+    regex = "^https?://([^\\s/?#\\[\\]\\@]+\\@)?([^\\s/?#\\@:]+)(?::\\d{2,5})?([^\\s?#\\[\\]]*)$" })
+  local amount = protocol.check_object(b.amount, { path = "amount", label = "金额信息", required = true })
+  protocol.check_integer(amount.refund, { path = "amount/refund", label = "退款金额", required = true, min = 1 })
+  protocol.check_integer(amount.total, { path = "amount/total", label = "原订单金额", required = true, min = 1 })
+  S(amount.currency, { path = "amount/currency", label = "退款币种", required = true, max = 16,
+    check = function(c) return c == "CNY" end, regex = "^CNY$" })
+end
+
+local function refund_fingerprint(b, o)
+  return json.encode({ o.out_trade_no, b.amount.refund, b.amount.total, b.reason or "", b.notify_url or "" })
+end
+
+--- Accept a refund (status PROCESSING; it settles to SUCCESS after refund_settle_s, scaled).
+function orders.refund(b)
+  local o = b.transaction_id and orders.get_by_transaction_id(b.transaction_id) or orders.get(b.out_trade_no or "")
+  if not o or (b.out_trade_no and o.out_trade_no ~= b.out_trade_no) then
+    protocol.fail(404, "RESOURCE_NOT_EXISTS", "订单不存在")
+  end
+  if o.trade_state ~= "SUCCESS" and o.trade_state ~= "REFUND" then
+    protocol.fail(400, "INVALID_REQUEST", "订单未支付，不能发起退款")
+  end
+  local fp = refund_fingerprint(b, o)
+  return db.tx(function()
+    local old = db.one("SELECT * FROM refunds WHERE out_refund_no = ?", b.out_refund_no)
+    if old then
+      if old.fingerprint ~= fp then
+        protocol.fail(400, "INVALID_REQUEST", "订单金额或退款金额与之前请求不一致，请核实后再试")
+      end
+      return old
+    end
+    if b.amount.total ~= o.total then
+      protocol.fail(400, "INVALID_REQUEST", "退款请求中的订单金额与原订单金额不一致")
+    end
+    if o.refunded + b.amount.refund > o.total then
+      protocol.fail(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
+    end
+    if db.one("SELECT count(*) AS n FROM refunds WHERE out_trade_no = ?", o.out_trade_no).n >= 50 then
+      protocol.fail(400, "INVALID_REQUEST", "退款次数超过限制，一笔订单最多退款50次")
+    end
+    local r = {
+      out_refund_no = b.out_refund_no, refund_id = new_refund_id(), out_trade_no = o.out_trade_no,
+      transaction_id = o.transaction_id, refund = b.amount.refund, total = o.total, reason = b.reason,
+      notify_url = b.notify_url or state.setting("refund_notify_url"), status = "PROCESSING", fingerprint = fp,
+      create_time = sandbox.beijing_time(state.now_s()), created_at = state.now_ms(),
+    }
+    db.exec([[INSERT INTO refunds(out_refund_no, refund_id, out_trade_no, transaction_id, refund, total, reason,
+                notify_url, status, fingerprint, create_time, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)]],
+      r.out_refund_no, r.refund_id, r.out_trade_no, r.transaction_id, r.refund, r.total, r.reason,
+      r.notify_url, r.status, r.fingerprint, r.create_time, r.created_at)
+    db.exec("UPDATE orders SET refunded = refunded + ?, trade_state = 'REFUND', updated_at = ? WHERE out_trade_no = ?",
+      r.refund, state.now_ms(), o.out_trade_no)
+    jobs.schedule("wx_refund_settle", { out_refund_no = r.out_refund_no },
+      { delay_ms = state.scaled(state.setting("refund_settle_s", 5)), key = "wx_refund_settle:" .. r.out_refund_no })
+    return r
+  end)
+end
+
+function orders.get_refund(out_refund_no)
+  return db.one("SELECT * FROM refunds WHERE out_refund_no = ?", out_refund_no)
+end
+
+app.job("wx_refund_settle", function(p)
+  db.tx(function()
+    local r = orders.get_refund(p.out_refund_no)
+    if not r or r.status ~= "PROCESSING" then return end
+    local when = sandbox.beijing_time(state.now_s())
+    db.exec("UPDATE refunds SET status = 'SUCCESS', success_time = ? WHERE out_refund_no = ?", when, r.out_refund_no)
+    if r.notify_url then
+      notify.create("REFUND.SUCCESS", "refund", r.out_refund_no, r.notify_url, {
+        mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
+        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = "SUCCESS",
+        success_time = when, user_received_account = "支付用户零钱",
+        amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
+      })
+    end
+  end)
+end)
+
+return orders
