@@ -347,6 +347,40 @@ test('cancel closes at WeChat and gives the stock back; a paid order cannot be c
   assert.equal(c2.json.error, 'not_cancellable');
 });
 
+test('stock is never released on an unknown outcome: a failed close keeps the reservation until WeChat confirms', async () => {
+  const user = await login();
+  const before = await product(2);
+  const o = (await order(user, [{ product_id: 2, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  await faults({ system_error: { count: 1 } });
+  const c = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
+  assert.equal(c.status, 502, c.body);
+  assert.equal((await get(user, o.order_no)).json.status, 'PAYING');
+  assert.equal((await product(2)).reserved, before.reserved + 1, 'still reserved');
+  await faults({ timeout: { count: 1, ms: 4000 } });      // WeChat closes it; the answer comes too late
+  const t = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
+  assert.equal(t.status, 502, 'a timeout is an unknown outcome too');
+  assert.equal((await product(2)).reserved, before.reserved + 1, 'still reserved');
+  const ok = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
+  assert.equal(ok.status, 200, ok.body);
+  assert.deepEqual(await product(2), before);
+});
+
+test('an expiry that cannot reach WeChat is retried, and only then releases the stock', async () => {
+  const user = await login(shortGw);
+  const before = await product(3, shortGw);
+  const o = (await order(user, [{ product_id: 3, qty: 1 }], shortGw)).json;
+  await pay(user, o.order_no, shortGw);
+  await faults({ system_error: { count: 1 } });
+  await sleep(2300);                                   // expired; the first close fails
+  const mid = (await shortGw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
+  assert.equal(mid.status, 'PAYING');
+  assert.equal((await product(3, shortGw)).reserved, before.reserved + 1);
+  await eventually(async () => (await shortGw.get('/admin/orders?limit=500')).json.orders
+    .find((x) => x.order_no === o.order_no).status === 'CLOSED', 8000, 100);   // the job's retry (about 1 s)
+  assert.deepEqual(await product(3, shortGw), before);
+});
+
 test('WeChat unreachable during pay: 502 upstream_error, the order is kept and payable again', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;

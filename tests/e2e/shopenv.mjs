@@ -73,7 +73,7 @@ export async function startWorld() {
       const port = await freePort();
       const gw = await startGateway({
         config: {
-          listen: `127.0.0.1:${port}`, scripts, watch: false, log_level: 'info',
+          listen: `127.0.0.1:${port}`, scripts, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
           wechatpay: {
             mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
             private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
