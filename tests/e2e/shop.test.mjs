@@ -176,7 +176,7 @@ test('an Idempotency-Key replays the first answer, refuses another body (422), a
 test('a notification delivered twice at once by WeChat makes one PAID and one fulfillment', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ notify_duplicate: { count: 1, concurrent: true } });
+  await faults({ notify_duplicate: { count: 1, concurrent: true, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no));
   await eventually(async () => (await get(user, o.order_no)).json.status === 'PAID', 5000);
   await eventually(async () => (await gw.get(`/test/fulfillments/${o.order_no}`)).json.status === 'DONE');
@@ -281,7 +281,7 @@ test('a genuine notification replayed after it was applied changes nothing (same
 test('a notification that never comes: reconciliation asks WeChat and marks the order PAID', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ notify_drop: { count: 1 } });
+  await faults({ notify_drop: { count: 1, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no));
   // nobody reads the order: only the reconcile job (1 s in this config) can find out
   const admin = async () => (await gw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
@@ -293,7 +293,7 @@ test('a notification that never comes: reconciliation asks WeChat and marks the 
 test('reading a PAYING order asks WeChat, so the mini program learns the payment at once', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ notify_drop: { count: 1 } });
+  await faults({ notify_drop: { count: 1, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no));
   assert.equal((await get(user, o.order_no)).json.status, 'PAID');
 });
@@ -318,7 +318,7 @@ test('expiry racing a late payment: WeChat says paid, the order is PAID and keep
   const user = await login(shortGw);
   const before = await product(1, shortGw);
   const o = (await order(user, [{ product_id: 1, qty: 1 }], shortGw)).json;
-  await faults({ notify_delay: { count: 1, ms: 60000 } });
+  await faults({ notify_delay: { count: 1, ms: 60000, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no, shortGw));
   // no status reads and no reconciler here: only the expiry job can find out, when its close meets ORDERPAID
   const admin = async () => (await shortGw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
@@ -352,12 +352,12 @@ test('stock is never released on an unknown outcome: a failed close keeps the re
   const before = await product(2);
   const o = (await order(user, [{ product_id: 2, qty: 1 }])).json;
   await pay(user, o.order_no);
-  await faults({ system_error: { count: 1 } });
+  await faults({ system_error: { count: 1, match: o.order_no } });
   const c = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
   assert.equal(c.status, 502, c.body);
   assert.equal((await get(user, o.order_no)).json.status, 'PAYING');
   assert.equal((await product(2)).reserved, before.reserved + 1, 'still reserved');
-  await faults({ timeout: { count: 1, ms: 4000 } });      // WeChat closes it; the answer comes too late
+  await faults({ timeout: { count: 1, ms: 4000, match: o.order_no } });      // WeChat closes it; the answer comes too late
   const t = await gw.post(`/api/orders/${o.order_no}/cancel`, undefined, { headers: user.auth });
   assert.equal(t.status, 502, 'a timeout is an unknown outcome too');
   assert.equal((await product(2)).reserved, before.reserved + 1, 'still reserved');
@@ -371,7 +371,7 @@ test('an expiry that cannot reach WeChat is retried, and only then releases the 
   const before = await product(3, shortGw);
   const o = (await order(user, [{ product_id: 3, qty: 1 }], shortGw)).json;
   await pay(user, o.order_no, shortGw);
-  await faults({ system_error: { count: 1 } });
+  await faults({ system_error: { count: 1, match: o.order_no } });
   await sleep(2300);                                   // expired; the first close fails
   const mid = (await shortGw.get('/admin/orders?limit=500')).json.orders.find((x) => x.order_no === o.order_no);
   assert.equal(mid.status, 'PAYING');
@@ -384,12 +384,12 @@ test('an expiry that cannot reach WeChat is retried, and only then releases the 
 test('WeChat unreachable during pay: 502 upstream_error, the order is kept and payable again', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ system_error: { count: 1 } });
+  await faults({ system_error: { count: 1, match: '/jsapi' } });     // the prepay call's path
   const r = await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth });
   assert.equal(r.status, 502);
   assert.equal(r.json.error, 'upstream_error');
   assert.equal((await get(user, o.order_no)).json.status, 'CREATED');
-  await faults({ bad_signature: { count: 1 } });
+  await faults({ bad_signature: { count: 1, match: '/jsapi' } });
   assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 502, 'an unverifiable answer is not trusted');
   assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 200);
 });
@@ -397,7 +397,7 @@ test('WeChat unreachable during pay: 502 upstream_error, the order is kept and p
 test('a payment for an order already closed is kept: re-sold when stock allows', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ notify_delay: { count: 1, ms: 1500 } });
+  await faults({ notify_delay: { count: 1, ms: 1500, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no));
   assert.equal((await gw.post(`/test/force-close/${o.order_no}`)).json.closed, true);
   const r = await eventually(async () => { const x = (await get(user, o.order_no)).json; return x.status === 'PAID' && x; }, 8000, 100);
@@ -408,7 +408,7 @@ test('a payment for an order already closed, with the stock gone, is refunded au
   await gw.put('/admin/products/5', { name: 'Last one', price: 500, stock: 1 });
   const user = await login();
   const o = (await order(user, [{ product_id: 5, qty: 1 }])).json;
-  await faults({ notify_delay: { count: 1, ms: 1500 } });
+  await faults({ notify_delay: { count: 1, ms: 1500, match: o.order_no } });
   await userPays(user, await pay(user, o.order_no));
   await gw.post(`/test/force-close/${o.order_no}`);
   const other = await login();

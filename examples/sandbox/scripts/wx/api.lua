@@ -20,9 +20,9 @@ end
 
 -- Run the handler body: faults that act before handling, authentication, the endpoint.
 local function handle(req, handler, ctx)
-  local slow = faults.fire("slow")
+  local slow = faults.fire("slow", req.path)
   if slow then clock.sleep(slow.ms or 3000) end
-  local err = faults.fire("system_error")
+  local err = faults.fire("system_error", req.path)
   if err then system_error(err) end
   ctx.raw = req:body()
   ctx.auth = protocol.authenticate(req, ctx.raw)
@@ -41,11 +41,11 @@ local function endpoint(method, path, handler)
       log.error("sandbox endpoint failed", { path = req.path, error = tostring(status) })
       return protocol.error_answer({ status = 500, code = "SYSTEM_ERROR", message = "系统错误" })
     end
-    local timeout = faults.fire("timeout")
+    local timeout = faults.fire("timeout", req.path)
     local sig = {
       public_key = protocol.use_public_key(ctx.serial),
-      probe = faults.fire("probe") ~= nil,
-      bad = faults.fire("bad_signature") ~= nil,
+      probe = faults.fire("probe", req.path) ~= nil,
+      bad = faults.fire("bad_signature", req.path) ~= nil,
     }
     local s, b, h = protocol.ok(status, body, sig)
     if timeout then clock.sleep(timeout.ms or 30000) end   -- handled, but the answer comes too late

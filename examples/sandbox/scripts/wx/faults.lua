@@ -1,7 +1,8 @@
 -- wx/faults.lua — failures on demand, so a merchant can be tested against WeChat Pay's bad days.
 --
--- A fault is {rate = 0..1, count = N, ms = M, ...}: it fires for the next `count` calls
--- (then stops), otherwise with probability `rate`. Switches set through POST /sandbox/faults
+-- A fault is {rate = 0..1, count = N, ms = M, match = "text", ...}: it fires for the next
+-- `count` calls (then stops), otherwise with probability `rate`; with `match`, only for calls
+-- whose path (or notification's out_trade_no) contains that text. Switches set through POST /sandbox/faults
 -- are stored (they survive a restart and count down exactly); the config's app.faults table
 -- gives rate-based defaults for switches never set.
 --
@@ -42,8 +43,11 @@ local function from_config(name)
 end
 
 --- The fault's spec if it fires for this call, else nil (a count is used up when it fires).
-function faults.fire(name)
+--- subject: the request path (API faults) or the out_trade_no (notifications); a fault set
+--- with {match = "..."} fires only for subjects containing that text.
+function faults.fire(name, subject)
   local spec = stored(name)
+  if spec and spec.match and not (subject and subject:find(spec.match, 1, true)) then return nil end
   if spec then
     if math.type(spec.count) == "integer" and spec.count > 0 then
       spec.remaining = spec.count

@@ -41,7 +41,7 @@ function notify.create(event_type, original_type, ref, url, resource)
     id = id, create_time = sandbox.beijing_time(state.now_s()), resource_type = "encrypt-resource",
     event_type = event_type, summary = SUMMARY[event_type] or event_type, resource = encrypted,
   })
-  local dropped = faults.fire("notify_drop") ~= nil
+  local dropped = faults.fire("notify_drop", ref) ~= nil
   db.exec([[INSERT INTO notifications(id, event_type, ref, url, body, state, created_at)
             VALUES (?, ?, ?, ?, ?, ?, ?)]], id, event_type, ref, url, body,
     dropped and "dropped" or "pending", clock.now())
@@ -50,11 +50,11 @@ function notify.create(event_type, original_type, ref, url, resource)
     return nil
   end
   local delay = 0
-  local d = faults.fire("notify_delay")
+  local d = faults.fire("notify_delay", ref)
   if d then delay = delay + (d.ms or 1000) end
-  local r = faults.fire("notify_reorder")
+  local r = faults.fire("notify_reorder", ref)
   if r then delay = delay + r.remaining * (r.ms or 500) end
-  local dup = faults.fire("notify_duplicate")
+  local dup = faults.fire("notify_duplicate", ref)
   schedule_attempt(id, 1, delay, { dup_later = dup and not dup.concurrent or nil })
   if dup and dup.concurrent then schedule_attempt(id, 1, delay, { duplicate = true }) end
   return id
@@ -70,8 +70,8 @@ end
 local function deliver(n)
   local sig = {
     public_key = notification_public_key(),
-    probe = faults.fire("notify_probe") ~= nil,
-    bad = faults.fire("notify_bad_signature") ~= nil,
+    probe = faults.fire("notify_probe", n.ref) ~= nil,
+    bad = faults.fire("notify_bad_signature", n.ref) ~= nil,
   }
   local headers = protocol.keys:sign_response(n.body, sig)
   headers["Content-Type"] = "application/json"
