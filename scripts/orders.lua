@@ -53,7 +53,8 @@ app.post("/api/orders", function(req)
         db.exec("INSERT INTO order_items(order_no, product_id, name, qty, price) VALUES (?, ?, ?, ?, ?)",
                 no, l.product_id, l.product.name, l.qty, l.product.price)
       end
-      jobs.schedule("expire_order", { order_no = no }, { run_at = now + TTL_S * 1000, key = "expire:" .. no })
+      jobs.schedule("expire_order", { order_no = no }, { run_at = now + TTL_S * 1000, key = "expire:" .. no,
+                                                                   max_attempts = 1000 })   -- until WeChat answers
       metrics.inc("paygate_orders_total", { status = "CREATED" })
       return orders.load(no)
     end)

@@ -55,7 +55,7 @@ app.job("submit_refund", function(p)
     end
   end)
   jobs.schedule("query_refund", { out_refund_no = row.out_refund_no },
-                { delay_ms = 60000, key = "query_refund:" .. row.out_refund_no })
+                { delay_ms = 60000, key = "query_refund:" .. row.out_refund_no, max_attempts = 1000 })
 end)
 
 -- A refund still PROCESSING after a minute: ask WeChat until it is final.

@@ -120,7 +120,8 @@ function M.start_refund(order_no, amount, reason)
   db.exec([[INSERT INTO refunds(out_refund_no, order_no, amount, reason, status, created_at, updated_at)
             VALUES (?, ?, ?, ?, 'PENDING', ?, ?)]], out_refund_no, order_no, amount, reason, clock.now(), clock.now())
   db.exec("UPDATE orders SET status = 'REFUNDING', updated_at = ? WHERE order_no = ?", clock.now(), order_no)
-  jobs.schedule("submit_refund", { out_refund_no = out_refund_no }, { key = "refund:" .. out_refund_no })
+  jobs.schedule("submit_refund", { out_refund_no = out_refund_no }, { key = "refund:" .. out_refund_no,
+                                                                    max_attempts = 1000 })
   return out_refund_no
 end
 
