@@ -19,6 +19,7 @@ struct jobs;
 struct watch;
 struct wxclient;
 struct script_gen;
+struct host;
 
 /*
 ** All per-worker state lives here so that N workers sharing one listener is
@@ -40,6 +41,7 @@ struct engine {
 	struct jobs *jobs;
 	struct watch *watch;
 	struct wxclient *wxc;             /* NULL when wechatpay is not configured */
+	struct host *host;                /* host functions and host calls (embedding, host.c) */
 	unsigned char *secret;            /* session-token key (see secure.c) */
 	size_t secret_len;
 
@@ -53,6 +55,7 @@ struct engine {
 	struct timeval last_reload_at;
 
 	struct timeval started;
+	uint64_t reqid_state;             /* request-id generator (http.c); per engine, like all state */
 	int http_inflight;                /* requests received and not yet finished */
 	int stopping;
 };

@@ -37,18 +37,17 @@ struct http_req {
 	char id[72];
 };
 
-static uint64_t rng_state;
-
-/* Request ids need to be unique, not secret: xorshift64 seeded once from the kernel. */
-static void new_request_id(char *out, size_t n)
+/* Request ids need to be unique, not secret: xorshift64 per engine, seeded once from the kernel. */
+static void new_request_id(struct engine *e, char *out, size_t n)
 {
-	if (rng_state == 0 && (getrandom(&rng_state, sizeof rng_state, 0) != sizeof rng_state || rng_state == 0))
-		rng_state = 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
+	uint64_t v = e->reqid_state;
+	if (v == 0 && (getrandom(&v, sizeof v, 0) != sizeof v || v == 0))
+		v = 0x9e3779b97f4a7c15ULL ^ (uint64_t)time(NULL);
+	v ^= v << 13;
+	v ^= v >> 7;
+	v ^= v << 17;
+	e->reqid_state = v;
 	static const char hex[] = "0123456789abcdef";
-	uint64_t v = rng_state;
 	for (int i = 15; i >= 0; i--, v >>= 4)
 		out[i] = hex[v & 15];
 	out[16] = '\0';
@@ -226,6 +225,18 @@ static void answer_error(struct http_req *h, struct coro *c, int status)
 	log_error(&e->log, h->id, "handler failed: %s", coro_error_text(c, status, buf, sizeof buf));
 	send_error(h, 500, "internal_error", status == LUA_ERRMEM
 	           ? "the handler ran out of memory" : "the handler failed; the log has the details under this request id");
+}
+
+/*
+** The engine is freed while the handler waits and the connection is not
+** ours (a request handed over by the host's evhttp, which outlives the
+** engine): answer 503 so the host's connection is left clean.
+*/
+static void req_abandon(struct coro *c)
+{
+	struct http_req *h = c->owner;
+	h->co = NULL;
+	send_error(h, 503, "shutting_down", "the gateway stopped before the handler finished; try again");
 }
 
 static void req_done(struct coro *c, int status)
@@ -540,7 +551,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	if (rid && good_request_id(rid))
 		snprintf(h->id, sizeof h->id, "%s", rid);
 	else
-		new_request_id(h->id, sizeof h->id);
+		new_request_id(e, h->id, sizeof h->id);
 
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
@@ -562,6 +573,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	h->co = c;
+	c->abandon = req_abandon;
 	h->counted = 1;
 	e->http_inflight++;
 	evhttp_connection_set_closecb(h->evcon, on_close, h);
@@ -574,6 +586,11 @@ static void on_request(struct evhttp_request *req, void *arg)
 		h->finished = NULL;
 		watch_peer(h);
 	}
+}
+
+void http_handle_request(struct engine *e, struct evhttp_request *req)
+{
+	on_request(req, e);
 }
 
 /* ---- server set-up ---- */

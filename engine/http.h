@@ -16,6 +16,12 @@ int http_init(struct engine *e, char *err, size_t errlen);
 /* Bind host:port (port 0 picks a free one, stored in e->port). */
 int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen);
 
+/*
+** Serve a request received by another evhttp (the embedding host's): the
+** same path as paygate's own server; the request is answered exactly once.
+*/
+void http_handle_request(struct engine *e, struct evhttp_request *req);
+
 /* Stop accepting; requests in flight continue. */
 void http_stop_accepting(struct engine *e);
 

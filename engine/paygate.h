@@ -1,8 +1,50 @@
-/* paygate.h — the public API: run the paygate engine on your own libevent loop. */
+/* paygate.h — the public API: run the paygate engine inside your own libevent program. */
 #ifndef PAYGATE_H
 #define PAYGATE_H
 
+/**
+ * @file paygate.h
+ *
+ * libpaygate runs the WeChat Pay gateway (HTTP routes, outbound HTTPS,
+ * WeChat Pay signing, SQLite, durable jobs, hot-reloadable Lua scripts) on
+ * an event_base that belongs to the host program: a game server, a shop
+ * server, or the paygate daemon itself (engine/main.c).
+ *
+ * The contract with the host:
+ *
+ *   - Everything runs on the host's event_base, from the host's
+ *     event_base_dispatch(). paygate starts no threads, installs no signal
+ *     handlers, never calls exit() and never blocks the loop.
+ *   - An engine (struct paygate) owns all of its state: configuration, Lua
+ *     VMs, database connection, curl handle, jobs, logger. Several engines
+ *     may live in one process (two merchants, two apps) without sharing
+ *     anything; engines on different event_bases may run on different
+ *     threads, but one engine must only be used from the thread that runs
+ *     its event_base.
+ *   - Process-wide libraries: libcurl's global init is reference counted
+ *     and thread-safe since 7.84.0 (paygate calls curl_global_init and
+ *     curl_global_cleanup once per engine); OpenSSL 3 and SQLite initialise
+ *     themselves; lua-cjson keeps its settings in each Lua VM. The host
+ *     should ignore SIGPIPE (paygate writes to sockets that peers may close).
+ *   - Errors are reported through return values and an `err` buffer that
+ *     receives a message for a person; no function prints to stdout.
+ *
+ * A minimal host:
+ *
+ * @code
+ *   struct event_base *base = event_base_new();
+ *   struct paygate_options o = { .config_path = "paygate.conf.lua" };
+ *   char err[1024];
+ *   struct paygate *pg = paygate_new(base, &o, err, sizeof err);
+ *   if (!pg || paygate_listen(pg, err, sizeof err) < 0) { fprintf(stderr, "%s\n", err); ... }
+ *   event_base_dispatch(base);
+ *   paygate_free(pg);
+ *   event_base_free(base);
+ * @endcode
+ */
+
 #include <stddef.h>
+#include <stdio.h>
 
 #include <event2/event.h>
 
@@ -11,34 +53,99 @@ extern "C" {
 #endif
 
 #define PAYGATE_VERSION "0.1.0"
+/** The version as a number: 0xMMmmpp. */
+#define PAYGATE_VERSION_NUM 0x000100
+
+struct evbuffer;
+struct evhttp_request;
 
 /** An engine: one script generation at a time, its database, jobs and HTTP server. */
 struct paygate;
 
 /**
- * Create an engine on the host's event loop.
+ * A C function of the host that scripts call as `host.<name>(table)`.
  *
- * @param base the event_base that will run everything; paygate starts no
- *        threads and installs no signal handlers.
- * @param config_path a config file (see README), or NULL for the defaults.
- * @param err, errlen receive a message when NULL is returned.
- * @return the engine with its first script generation loaded and migrated,
- *         or NULL (nothing is left allocated).
+ * @param arg the pointer given at registration.
+ * @param json_args the script's argument encoded as JSON (an object for a
+ *        table, "null" when the script passed nothing). Valid during the call.
+ * @param reply an empty buffer owned by paygate: append the JSON result (or
+ *        nothing, which scripts see as nil). On failure append a message
+ *        for a person instead.
+ * @return 0 on success; any other value raises a Lua error in the script
+ *         with the text of `reply` (a fulfillment job then retries later).
+ *
+ * The call is synchronous and runs inside the script's coroutine: keep it
+ * short and never wait in it. From inside it the host may call
+ * paygate_call, paygate_emit, paygate_register and paygate_reload on the
+ * same engine, but never paygate_free or paygate_shutdown.
  */
-struct paygate *paygate_new(struct event_base *base, const char *config_path, char *err, size_t errlen);
+typedef int (*paygate_host_fn)(void *arg, const char *json_args, struct evbuffer *reply);
+
+/** One entry of paygate_options.functions. */
+struct paygate_function {
+	const char *name;               /**< [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes */
+	paygate_host_fn fn;
+	void *arg;
+};
 
 /**
- * Same as paygate_new with the database and listen address overridden
- * (either may be NULL) and without applying anything to a real database
- * when `check_only` is set: scripts are loaded and migrated on an in-memory
- * database, which is what `paygate --check` does.
+ * How to create an engine. Zero-initialise it and set what you need; every
+ * field is optional and every string is copied by paygate_new.
+ */
+struct paygate_options {
+	/** A config file (Lua table syntax, see README); NULL: the built-in defaults. */
+	const char *config_path;
+	/** "host:port" overriding `listen` of the config (port 0 picks a free port). */
+	const char *listen;
+	/** Overrides `database` of the config; ":memory:" keeps nothing. */
+	const char *database;
+	/** Overrides `scripts` of the config (relative paths: to the working directory). */
+	const char *scripts_dir;
+	/** Overrides `lualib` of the config; pkg-config gives the installed one:
+	    `pkg-config --variable=lualibdir paygate`. */
+	const char *lualib_dir;
+	/** Non-zero: do not watch the script directories (reload with paygate_reload only). */
+	int no_watch;
+	/** Non-zero: load and migrate the scripts on an in-memory database and
+	    start no jobs (what `paygate --check` does). */
+	int check_only;
+	/** Where log lines go (logfmt, one per line); NULL: stderr. Not closed by paygate. */
+	FILE *log_file;
+	/** Alternatively, each log line (without its newline) is handed to this
+	    function, from the event loop; it wins over log_file. */
+	void (*log_fn)(void *arg, const char *line);
+	void *log_arg;
+	/** Host functions available to the very first generation (and every later
+	    one), ended by an entry whose name is NULL; the array need not outlive
+	    the call. See also paygate_register. */
+	const struct paygate_function *functions;
+};
+
+/**
+ * Create an engine on the host's event loop: read the configuration, open
+ * the database, load and migrate the scripts (the first generation) and
+ * start the durable jobs. Nothing listens yet: call paygate_listen, or hand
+ * requests over with paygate_handle_request.
+ *
+ * @param base the event_base that will run everything.
+ * @param opts the options, or NULL for all defaults.
+ * @param err, errlen receive a message when NULL is returned.
+ * @return the engine, or NULL (nothing is left allocated, nothing is running).
+ */
+struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts,
+                            char *err, size_t errlen);
+
+/**
+ * paygate_new with only config_path, listen and check_only set (the
+ * daemon's call).
  */
 struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen,
                                int check_only, char *err, size_t errlen);
 
 /**
- * Start serving HTTP on the configured address.
- * @return 0, or -1 with err filled (address in use, ...).
+ * Serve HTTP on the configured address with paygate's own evhttp (limits
+ * from the config file: header and body size, timeouts).
+ * @return 0, or -1 with err filled (address in use, ...); nothing changed then.
  */
 int paygate_listen(struct paygate *pg, char *err, size_t errlen);
 
@@ -49,21 +156,132 @@ const char *paygate_host(const struct paygate *pg);
 int paygate_port(const struct paygate *pg);
 
 /**
- * Load the scripts again now. On failure the running generation keeps
- * serving and err says why.
- * @return the new generation id, or -1.
+ * Serve one request that arrived on the host's own evhttp: paygate's
+ * routes (the scripts' routes, /healthz, /metrics, /admin/...) on the host's
+ * port. Call it from the host's generic callback (evhttp_set_gencb) for
+ * the paths the host does not answer itself; libevent 2.1 has no prefix
+ * callbacks, so which paths go to paygate is the host's decision:
+ *
+ * @code
+ *   static void on_http(struct evhttp_request *req, void *arg)
+ *   {
+ *       const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+ *       if (path && strncmp(path, "/game/", 6) == 0)
+ *           answer_game_route(req);
+ *       else
+ *           paygate_handle_request(arg, req);
+ *   }
+ * @endcode
+ *
+ * paygate takes the request over: it always answers it exactly once (maybe
+ * later, when the handler waits for WeChat), and while it waits it owns
+ * the connection's close callback (evhttp_connection_set_closecb) to notice
+ * a client that hangs up. Scripts see the path unchanged. The size limits
+ * and timeouts are those of the host's evhttp: set them
+ * (evhttp_set_max_body_size, evhttp_set_timeout ...), evhttp's defaults are
+ * unbounded. A request still waiting when the engine is freed is answered
+ * 503. While shutting down, new requests are answered 503.
+ */
+void paygate_handle_request(struct paygate *pg, struct evhttp_request *req);
+
+/**
+ * Load the scripts again now (build a new generation aside, migrate, swap).
+ * Work in flight finishes on the generation it started on.
+ * @return the new generation id, or -1 with err filled: the running
+ *         generation then keeps serving.
  */
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen);
 
+/** The id of the generation serving now (1 after paygate_new, +1 per reload that went live). */
+long long paygate_generation(const struct paygate *pg);
+
 /**
- * Stop accepting connections and let requests in flight finish, for at most
- * grace_ms; then `done(arg)` is called from the event loop. Free the engine
- * afterwards with paygate_free.
+ * Make `fn` callable by scripts as `host.<name>(table)`, which returns the
+ * decoded reply (or raises the host's error text). Registering a name again
+ * replaces it; fn NULL removes it. Every generation, current and future,
+ * sees the change at once: scripts look the name up when they call.
+ * @return 0, or -1 when the name is not [A-Za-z_][A-Za-z0-9_]* of at most
+ *         63 bytes or memory ran out.
+ */
+int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, void *arg);
+
+/**
+ * The result of paygate_call.
+ *
+ * @param arg the pointer given to paygate_call.
+ * @param status 200 when the function returned; otherwise an HTTP-like
+ *        status: the one of `app.fail(status, code, message)` in the
+ *        script, 400 (json_args is not JSON), 404 (no such exported
+ *        function), 500 (the script failed or ran too long; the log has the
+ *        traceback), 503 (the engine is shutting down or was freed, or no
+ *        script generation is loaded).
+ * @param json_result on 200 the function's return value as JSON ("null"
+ *        for nil); otherwise {"error": code, "message": text}. Valid only
+ *        during the callback.
+ */
+typedef void (*paygate_call_cb)(void *arg, int status, const char *json_result);
+
+/**
+ * Run the function the scripts exported as `name` (app.export(name, fn))
+ * with the decoded `json_args` (NULL means {}), in a coroutine of its own:
+ * it may wait for WeChat Pay or http.request without blocking anything.
+ *
+ * `cb` is called exactly once, later, from the event loop — never from
+ * inside paygate_call — also for every error. The one exception to "from
+ * the event loop": calls still pending when the engine is freed get their
+ * result (503 when unfinished) from inside paygate_free, and must not use
+ * the engine then.
+ *
+ * @return 0 when the call is queued; -1 only when cb is NULL, memory ran
+ *         out or the engine is being freed: cb will then never be called.
+ */
+int paygate_call(struct paygate *pg, const char *name, const char *json_args, paygate_call_cb cb, void *arg);
+
+/**
+ * Deliver an event to the scripts' handlers (app.on(event, fn)), each
+ * called with the decoded `json` (NULL means {}) in turn, in one coroutine
+ * started from the event loop. Nothing comes back: an error in a handler
+ * is logged and the next handler still runs. An event nobody handles is
+ * dropped.
+ * @return 0 when queued; -1 when memory ran out, the event name is empty,
+ *         or the engine is shutting down.
+ */
+int paygate_emit(struct paygate *pg, const char *event, const char *json);
+
+/**
+ * Stop accepting work and let work in flight finish, for at most grace_ms:
+ * requests, paygate_call and paygate_emit coroutines and running jobs.
+ * Meanwhile paygate's own listener accepts no connection, requests handed
+ * over with paygate_handle_request and new calls are answered 503, new
+ * events are refused and no job starts. Then `done(arg)` is
+ * called from the event loop (or at once, when memory ran out). Free the
+ * engine afterwards with paygate_free; freeing it earlier is allowed and
+ * done is then never called.
  */
 void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg);
 
-/** Free everything: work still in flight is cancelled (jobs run again at next start). */
+/**
+ * Free everything the engine holds. Work still in flight is cancelled:
+ * requests waiting on the host's evhttp are answered 503, pending
+ * paygate_call callbacks get 503, jobs run again at the next start.
+ * Never call it from inside a host function. pg may be NULL.
+ */
 void paygate_free(struct paygate *pg);
+
+/* ---- JSON helpers for host functions (no JSON library needed for flat objects) ---- */
+
+/**
+ * Copy the value of the top-level member `key` of the JSON object `json`
+ * into out: strings unescaped (UTF-8, without quotes), anything else as
+ * its JSON text (42, true, null, {...}, [...]).
+ * @return the length written (excluding the NUL), or -1 when json is not a
+ *         well-formed object, has no such member, or the value does not fit
+ *         in outlen bytes with its NUL.
+ */
+int paygate_json_get(const char *json, const char *key, char *out, size_t outlen);
+
+/** Append s to out as a JSON string literal (quotes and escapes). @return 0, or -1 when memory ran out. */
+int paygate_json_add_string(struct evbuffer *out, const char *s);
 
 #ifdef __cplusplus
 }

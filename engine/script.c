@@ -10,6 +10,7 @@
 
 #include "engine.h"
 #include "fetch.h"
+#include "host.h"
 #include "http.h"
 #include "jobs.h"
 #include "json.h"
@@ -215,6 +216,9 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	sbx_set_readonly(L, env, "metrics");
 	secure_push_lua(L, e);
 	sbx_set_readonly(L, env, "secure");
+	lua_pushvalue(L, json);
+	host_push_lua(L, e);                  /* consumes json: replies are decoded with it */
+	sbx_set_readonly(L, env, "host");
 
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);

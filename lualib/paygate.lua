@@ -11,6 +11,8 @@ local app = {}
 local exact = {}      -- path -> method -> handler
 local patterns = {}   -- { method=, pattern=, names=, handler=, source= }
 local job_handlers = {}
+local exports = {}    -- name -> fn, called by the host program (paygate_call)
+local listeners = {}  -- event -> { fn, ... }, events of the host program (paygate_emit)
 app._migrations = {}
 
 local METHODS = { GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, OPTIONS = true }
@@ -65,6 +67,28 @@ function app.migration(version, name, change)
   local list = app._migrations
   assert(#list == 0 or list[#list].version < version, "migration: versions must be declared in increasing order")
   list[#list + 1] = m
+end
+
+--- Offer fn to the program paygate is embedded in (paygate_call in C): fn(args) gets the
+--- host's JSON arguments decoded and returns what the host gets back as JSON. It may wait
+--- (http.request, wechatpay ...); app.fail(status, code, message) answers the host with
+--- that status and {"error": code, "message": message}.
+function app.export(name, fn)
+  assert(type(name) == "string" and name ~= "", "export: name must be a non-empty string")
+  assert(type(fn) == "function", "export: fn must be a function")
+  assert(not exports[name], "export: " .. name .. " is exported twice")
+  exports[name] = fn
+end
+
+--- Handle an event of the program paygate is embedded in (paygate_emit in C): fn(payload)
+--- with the event's JSON decoded. Handlers of one event run in turn, in their own
+--- coroutine; one that fails is logged and the next still runs.
+function app.on(event, fn)
+  assert(type(event) == "string" and event ~= "", "on: event must be a non-empty string")
+  assert(type(fn) == "function", "on: handler must be a function")
+  local list = listeners[event] or {}
+  list[#list + 1] = fn
+  listeners[event] = list
 end
 
 --- The request body as a JSON object (a table); 400 when it is not one.
@@ -137,6 +161,33 @@ function app._run_job(name, payload, info)
     error("no handler for job '" .. name .. "' in the current scripts", 0)
   end
   fn(json.decode(payload), info)
+end
+
+-- Called by the engine for paygate_call: the function's result as JSON text.
+function app._call(name, args)
+  local fn = exports[name]
+  if not fn then app.fail(404, "no_such_function", "the scripts export no function '" .. name .. "'") end
+  local ok, value = pcall(json.decode, args)
+  if not ok then app.fail(400, "invalid_arguments", "the arguments are not valid JSON") end
+  local result = fn(value)
+  if result == nil then return "null" end
+  return json.encode(result)
+end
+
+local function describe(err)
+  if type(err) == "table" then return tostring(err.error) .. ": " .. tostring(err.message) end
+  return tostring(err)
+end
+
+-- Called by the engine for paygate_emit.
+function app._emit(event, payload)
+  local list = listeners[event]
+  if not list then return end
+  local value = json.decode(payload)
+  for i = 1, #list do
+    local ok, err = pcall(list[i], value)
+    if not ok then log.error("event handler failed", { event = event, error = describe(err) }) end
+  end
 end
 
 return app

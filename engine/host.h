@@ -1,0 +1,40 @@
+/* host.h — the embedding host and the scripts calling each other: host functions, host calls, host events. */
+#ifndef PAYGATE_HOST_H
+#define PAYGATE_HOST_H
+
+#include <lua.h>
+
+#include "paygate.h"
+
+struct engine;
+
+/* Create the engine's (empty) registry of host functions and calls: 0, or -1 out of memory. */
+int host_init(struct engine *e);
+
+/*
+** Finish every call still pending: a finished one gets its result, an
+** unfinished one 503 (their coroutines must have been cancelled already,
+** see sched_cancel_all); then free the registry. Callbacks run from here.
+*/
+void host_free(struct engine *e);
+
+/* Register, replace (same name) or remove (fn NULL) a host function: 0, or -1 bad name / no memory. */
+int host_register(struct engine *e, const char *name, paygate_host_fn fn, void *arg);
+
+/* Queue app._call(name, json) for the next loop turn; cb gets the result exactly once. 0, or -1. */
+int host_call(struct engine *e, const char *name, const char *json, paygate_call_cb cb, void *arg);
+
+/* Queue app._emit(event, json) for the next loop turn. 0, or -1. */
+int host_emit(struct engine *e, const char *event, const char *json);
+
+/* Calls and events not yet finished (for a graceful shutdown). */
+int host_inflight(const struct engine *e);
+
+/*
+** Push the `host` table scripts see: host.<name>(value) calls the host
+** function registered under name now. Expects the `json` table at the top
+** of the stack and consumes it. [-1, +1, e]
+*/
+void host_push_lua(lua_State *L, struct engine *e);
+
+#endif

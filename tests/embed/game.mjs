@@ -1,0 +1,327 @@
+// game.mjs — the game-server example (examples/game-server) end to end, as a player and WeChat see it.
+//
+//   node tests/embed/game.mjs            (env: GAME, PAYGATE, LUALIB, KEYS, WORK; set by tests/embed/run.sh)
+//
+// Starts the WeChat Pay sandbox (the installed paygate with examples/sandbox/scripts) and the
+// game built from the installed library; talks the game's line protocol; plays the paying user
+// at the sandbox; checks what the game delivered. Then the same purchase once more with the game
+// under valgrind: create → purchase → reload → free must leak nothing. Everything is on
+// 127.0.0.1; every process is stopped by its PID. Prints "ok - ..." lines.
+import { spawn } from 'node:child_process';
+import { writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import http from 'node:http';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { GAME, PAYGATE, LUALIB, KEYS, WORK } = process.env;
+const MCHID = '1900007291';
+const APPID = 'wxd678efh567hg6787';
+const children = new Set();
+let passed = 0, failed = 0;
+
+function report(ok, name, detail) {
+  console.log(`${ok ? 'ok' : 'not ok'} - ${name}`);
+  if (!ok && detail !== undefined) console.log('#   ' + String(detail).split('\n').join('\n#   '));
+  ok ? passed++ : failed++;
+}
+
+async function spec(name, fn) {
+  try { await fn(); report(true, name); } catch (e) { report(false, name, e.stack || e); }
+}
+
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function eventually(fn, ms, what) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await sleep(100);
+  }
+  throw new Error(`not in ${ms} ms: ${what}`);
+}
+
+function freePort() {
+  return new Promise((r) => { const s = net.createServer().listen(0, '127.0.0.1', () => {
+    const p = s.address().port; s.close(() => r(p)); }); });
+}
+
+function httpJson(port, method, path, body) {
+  return new Promise((res, rej) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: 30000,
+      headers: data ? { 'Content-Type': 'application/json' } : {} }, (r) => {
+      let text = '';
+      r.on('data', (c) => { text += c; });
+      r.on('end', () => { let json; try { json = JSON.parse(text); } catch {} res({ status: r.statusCode, json, text }); });
+    });
+    req.on('timeout', () => req.destroy(new Error(`timeout ${method} ${path}`)));
+    req.on('error', rej);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+// Start a process; resolves once `ready` matches its stdout, with the match.
+function start(cmd, args, ready, log, timeoutMs) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  child.exited = new Promise((r) => child.on('exit', (code, signal) => {
+    children.delete(child);
+    writeFileSync(log, `--- stdout\n${out}\n--- stderr\n${err}`);
+    r({ code, signal });
+  }));
+  child.output = () => out;
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => rej(new Error(`${cmd} did not start in ${timeoutMs} ms:\n${err.slice(-3000)}`)), timeoutMs);
+    const look = () => { const m = out.match(ready); if (m) { clearTimeout(t); res({ child, m }); } };
+    child.stdout.on('data', look);
+    child.exited.then(({ code }) => { clearTimeout(t); rej(new Error(`${cmd} exited (${code}):\n${err.slice(-3000)}`)); });
+  });
+}
+
+function lua(v) {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return '{' + v.map(lua).join(', ') + '}';
+  return '{' + Object.entries(v).map(([k, x]) => `[${JSON.stringify(k)}] = ${lua(x)}`).join(', ') + '}';
+}
+
+function writeConfig(path, config) {
+  writeFileSync(path, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');
+}
+
+// ---- the game's line protocol ----
+
+function connect(port) {
+  return new Promise((res, rej) => {
+    const sock = net.connect(port, '127.0.0.1');
+    const lines = [], waiters = [];
+    let buf = '';
+    sock.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i); buf = buf.slice(i + 1);
+        waiters.length ? waiters.shift()(line) : lines.push(line);
+      }
+    });
+    sock.on('error', rej);
+    sock.on('connect', () => res({
+      // one command → its answer: {ok, status, json}
+      send(cmd, timeoutMs = 30000) {
+        sock.write(cmd + '\n');
+        return new Promise((r, j) => {
+          const t = setTimeout(() => j(new Error(`no answer to ${cmd}`)), timeoutMs);
+          const take = (line) => {
+            clearTimeout(t);
+            const m = line.match(/^(OK|ERR (\d+)) (.*)$/);
+            r({ ok: m && m[1] === 'OK', status: m ? (m[2] ? Number(m[2]) : 200) : 0, json: m && JSON.parse(m[3]), line });
+          };
+          lines.length ? take(lines.shift()) : waiters.push(take);
+        });
+      },
+      close() { sock.destroy(); },
+    }));
+  });
+}
+
+// ---- the world: sandbox, game config ----
+
+let sandboxPort;
+
+async function startSandbox() {
+  const conf = join(WORK, 'sandbox.conf.lua');
+  writeConfig(conf, {
+    listen: '127.0.0.1:0', scripts: join(ROOT, 'examples', 'sandbox', 'scripts'), lualib: LUALIB,
+    database: join(WORK, 'sandbox.db'), wechatpay_sandbox: true, watch: false, log_level: 'info',
+    app: { mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
+      keys: { platform_key_file: join(KEYS, 'platform_key.pem'), platform_cert_file: join(KEYS, 'platform_cert.pem'),
+        merchant_cert_file: join(KEYS, 'merchant_cert.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
+        public_key_file: join(KEYS, 'pubkey_key.pem'), public_key_id_file: join(KEYS, 'pubkey_id'),
+        app_secret_file: join(KEYS, 'app_secret') } },
+  });
+  const { m } = await start(PAYGATE, ['--config', conf], /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+    join(WORK, 'sandbox.log'), 15000);
+  sandboxPort = Number(m[1]);
+}
+
+async function gameConfig(name, httpPort) {
+  const conf = join(WORK, `${name}.conf.lua`);
+  const base = `http://127.0.0.1:${sandboxPort}`;
+  writeConfig(conf, {
+    scripts: join(ROOT, 'examples', 'game-server', 'scripts'), database: join(WORK, `${name}.db`),
+    watch: false, log_level: 'info',
+    wechatpay: { mchid: MCHID, appid: APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
+      private_key_file: join(KEYS, 'merchant_key.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
+      app_secret_file: join(KEYS, 'app_secret'), platform_cert_files: [join(KEYS, 'platform_cert.pem')],
+      download_certificates: false, base_url: base, login_base_url: base,
+      notify_url: `http://127.0.0.1:${httpPort}/wechat/notify/pay` },
+    app: { order_ttl_s: 900 },
+  });
+  return conf;
+}
+
+async function startGame(name, { valgrind = false } = {}) {
+  const httpPort = await freePort();
+  const conf = await gameConfig(name, httpPort);
+  const args = ['--config', conf, '--port', '0', '--http', String(httpPort)];
+  const vlog = join(WORK, `${name}.valgrind.log`);
+  const [cmd, argv] = valgrind
+    ? ['valgrind', ['--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--error-exitcode=99',
+        `--log-file=${vlog}`, GAME, ...args]]
+    : [GAME, args];
+  const { child, m } = await start(cmd, argv, /game listening on 127\.0\.0\.1:(\d+), http 127\.0\.0\.1:(\d+)/,
+    join(WORK, `${name}.log`), valgrind ? 120000 : 15000);
+  return { child, port: Number(m[1]), httpPort: Number(m[2]), vlog };
+}
+
+// A WeChat user: a login code from the sandbox, then LOGIN on the game.
+async function login(c, player, openid) {
+  const code = await httpJson(sandboxPort, 'POST', '/sandbox/login-code', { openid });
+  assert(code.status === 200, 'sandbox login-code: ' + code.text);
+  return c.send(`LOGIN ${player} ${code.json.code}`);
+}
+
+// The user pays at the sandbox (wx.requestPayment with the game's pay parameters).
+async function pay(buy, openid) {
+  const prepay = buy.json.pay.package.replace(/^prepay_id=/, '');
+  const r = await httpJson(sandboxPort, 'POST', '/sandbox/pay', { prepay_id: prepay, openid, pay_params: buy.json.pay });
+  assert(r.status === 200 && /requestPayment:ok/.test(r.text), 'sandbox pay: ' + r.text);
+}
+
+async function inventory(c, player) {
+  const r = await c.send(`INV ${player}`);
+  return r.json;
+}
+
+// ---- the specifications ----
+
+async function mainRun() {
+  const game = await startGame('game');
+  const c = await connect(game.port);
+  const OPENID = 'oGamePlayer42xxxxxxxxxxxxxxx';
+  let buy;
+
+  await spec('a player logs in with a wx.login code (the game calls the exported "login")', async () => {
+    const r = await login(c, 42, OPENID);
+    assert(r.ok && r.json.openid === OPENID && r.json.player === 42, r.line);
+  });
+  await spec('BUY answers the order and the parameters for wx.requestPayment', async () => {
+    buy = await c.send('BUY 42 7');
+    assert(buy.ok && /^GM/.test(buy.json.order_no) && buy.json.amount === 1800 && buy.json.item === 7, buy.line);
+    assert(/^prepay_id=/.test(buy.json.pay.package) && buy.json.pay.signType === 'RSA' && buy.json.pay.paySign, buy.line);
+  });
+  await spec('the user pays at the sandbox; the notification reaches the game\'s evhttp and host.deliver gives the item', async () => {
+    await pay(buy, OPENID);
+    const inv = await eventually(async () => { const i = await inventory(c, 42); return i['7'] === 1 && i; }, 20000,
+      'item 7 delivered to player 42');
+    assert(JSON.stringify(inv) === '{"7":1}', JSON.stringify(inv));
+    assert(game.child.output().includes(`delivered item 7 x1 to player 42 (order ${buy.json.order_no})`), 'delivery line');
+  });
+  await spec('the game\'s own route and paygate\'s routes share the game\'s HTTP port', async () => {
+    const own = await httpJson(game.httpPort, 'GET', '/game/status');
+    const health = await httpJson(game.httpPort, 'GET', '/healthz');
+    assert(own.status === 200 && own.json.shop_generation === 1, own.text);
+    assert(health.status === 200 && health.json.status === 'ok', health.text);
+  });
+  await spec('errors come back with their status: unknown item, unknown player, bad command', async () => {
+    const item = await c.send('BUY 42 999');
+    const player = await c.send('BUY 77 7');
+    const bad = await c.send('DANCE');
+    assert(item.status === 404 && item.json.error === 'unknown_item', item.line);
+    assert(player.status === 404 && player.json.error === 'unknown_player', player.line);
+    assert(bad.status === 400, bad.line);
+  });
+  await spec('a price event from the game (paygate_emit) changes the next order', async () => {
+    const r = await c.send('PRICE 7 2500');
+    assert(r.ok, r.line);
+    await eventually(async () => (await c.send('BUY 42 7')).json.amount === 2500, 10000, 'amount 2500');
+  });
+  await spec('RELOAD makes a new generation; buying and delivering still work, the inventory is kept', async () => {
+    const r = await c.send('RELOAD');
+    assert(r.ok && r.json.generation === 2, r.line);
+    const b = await c.send('BUY 42 1');
+    assert(b.ok && b.json.amount === 600, b.line);
+    await pay(b, OPENID);
+    await eventually(async () => { const i = await inventory(c, 42); return i['1'] === 1 && i['7'] === 1; }, 20000,
+      'item 1 delivered after the reload');
+  });
+  await spec('QUIT shuts the shop down gracefully and the game exits 0', async () => {
+    const r = await c.send('QUIT');
+    assert(r.ok, r.line);
+    const { code } = await Promise.race([game.child.exited, sleep(15000).then(() => ({ code: 'timeout' }))]);
+    assert(code === 0, 'exit code ' + code);
+  });
+  c.close();
+}
+
+async function valgrindRun() {
+  const OPENID = 'oGamePlayer7xxxxxxxxxxxxxxxx';
+  let game;
+  await spec('under valgrind: create → login → buy → pay → delivery → reload → quit', async () => {
+    game = await startGame('game-valgrind', { valgrind: true });
+    const c = await connect(game.port);
+    const l = await login(c, 7, OPENID);
+    assert(l.ok, l.line);
+    const b = await c.send('BUY 7 9', 60000);
+    assert(b.ok, b.line);
+    await pay(b, OPENID);
+    await eventually(async () => (await inventory(c, 7))['9'] === 1, 90000, 'delivery under valgrind');
+    const r = await c.send('RELOAD', 60000);
+    assert(r.ok && r.json.generation === 2, r.line);
+    const q = await c.send('QUIT');
+    assert(q.ok, q.line);
+    c.close();
+    const { code } = await Promise.race([game.child.exited, sleep(60000).then(() => ({ code: 'timeout' }))]);
+    assert(code === 0, `exit code ${code} (99: valgrind found errors or leaks; see ${game.vlog})`);
+  });
+  await spec('valgrind: no leaks (definitely and indirectly lost: 0) and no memory errors', async () => {
+    const log = readFileSync(game.vlog, 'utf8');
+    const summary = (log.match(/ERROR SUMMARY: .*/) || ['(none)'])[0];
+    const definite = (log.match(/definitely lost: .*/) || ['definitely lost: 0 bytes in 0 blocks'])[0];
+    const indirect = (log.match(/indirectly lost: .*/) || ['indirectly lost: 0 bytes in 0 blocks'])[0];
+    console.log(`# valgrind: ${summary}; ${definite}; ${indirect}`);
+    assert(/ERROR SUMMARY: 0 errors/.test(summary), summary);
+    assert(/ 0 bytes in 0 blocks/.test(definite) && / 0 bytes in 0 blocks/.test(indirect), definite + '; ' + indirect);
+  });
+}
+
+async function main() {
+  mkdirSync(WORK, { recursive: true });
+  const watchdog = setTimeout(() => { console.log('not ok - the game suite finished in time'); stopAll(); process.exit(1); },
+    170000);
+  try {
+    await startSandbox();
+    report(true, 'the WeChat Pay sandbox starts from the installed paygate');
+    await mainRun();
+    if (process.env.SKIP_VALGRIND !== '1') await valgrindRun();
+  } catch (e) {
+    report(false, 'the game suite ran to its end', e.stack || e);
+  } finally {
+    clearTimeout(watchdog);
+    await stopAll();
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+async function stopAll() {
+  for (const child of children) {
+    try { process.kill(child.pid, 'SIGTERM'); } catch {}
+  }
+  await Promise.race([Promise.all([...children].map((c) => c.exited)), sleep(5000)]);
+  for (const child of children) {
+    try { process.kill(child.pid, 'SIGKILL'); } catch {}
+  }
+}
+
+main();
