@@ -411,6 +411,16 @@ static int l_req_newindex(lua_State *L)
 	return 0;
 }
 
+/* The request object was collected (it can be, once the handler no longer holds it): forget it. */
+static int l_req_gc(lua_State *L)
+{
+	struct http_req **box = lua_touserdata(L, 1);
+	if (*box)
+		(*box)->box = NULL;
+	*box = NULL;
+	return 0;
+}
+
 void http_register_lua(lua_State *L)
 {
 	static const luaL_Reg methods[] = {
@@ -421,6 +431,8 @@ void http_register_lua(lua_State *L)
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, l_req_newindex);
 	lua_setfield(L, -2, "__newindex");
+	lua_pushcfunction(L, l_req_gc);
+	lua_setfield(L, -2, "__gc");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	luaL_newlib(L, methods);

@@ -94,6 +94,12 @@ export async function startGateway(opts = {}) {
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });
   const exited = new Promise((r) => child.on('exit', (code, signal) => r({ code, signal })));
+  let stopping = false;
+  exited.then(({ code, signal }) => {
+    // A gateway that dies under a test is a finding: show why (a crash, a sanitizer report).
+    if (!stopping) console.error(`# paygate ${child.pid} exited by itself (code ${code}, signal ${signal}):\n` +
+      stderr.split('\n').slice(-60).map((l) => '#   ' + l).join('\n'));
+  });
 
   const port = await new Promise((resolveP, reject) => {
     const t = setTimeout(() => reject(new Error('gateway did not start:\n' + stderr)), 10000);
@@ -122,6 +128,7 @@ export async function startGateway(opts = {}) {
     exited,
     /** Stop by PID (SIGTERM, then SIGKILL after 5 s); keeps the directory unless clean is set. */
     async stop({ clean = !opts.dir, signal = 'SIGTERM' } = {}) {
+      stopping = true;
       if (child.exitCode === null && child.signalCode === null) {
         process.kill(child.pid, signal);
         const t = setTimeout(() => { try { process.kill(child.pid, 'SIGKILL'); } catch {} }, 5000);
