@@ -332,6 +332,26 @@ void coro_free(struct coro *c)
 	free(c);
 }
 
+int coro_fail_answer(struct coro *c, int status, int *http_status, const char **code, const char **message)
+{
+	lua_State *co = c->co;
+	if (status != LUA_ERRRUN || !lua_istable(co, -1) || !lua_checkstack(co, 3))
+		return 0;
+	int t = lua_gettop(co), isint = 0;
+	lua_getfield(co, t, "status");
+	lua_getfield(co, t, "error");
+	lua_getfield(co, t, "message");
+	lua_Integer st = lua_tointegerx(co, t + 1, &isint);
+	*code = lua_type(co, t + 2) == LUA_TSTRING ? lua_tostring(co, t + 2) : NULL;
+	*message = lua_type(co, t + 3) == LUA_TSTRING ? lua_tostring(co, t + 3) : *code;
+	if (!isint || st < 400 || st > 599 || !*code) {
+		lua_settop(co, t);
+		return 0;
+	}
+	*http_status = (int)st;
+	return 1;                          /* the strings stay on co's stack until coro_free */
+}
+
 /* [-2, +1]: traceback of the coroutine (arg 1) with message (arg 2). */
 static int traceback_protected(lua_State *L)
 {

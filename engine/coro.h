@@ -100,6 +100,12 @@ void coro_cancel(struct coro *c);
 /* Release a finished coroutine (called by done() owners once they have read the results). */
 void coro_free(struct coro *c);
 
+/*
+** Did the coroutine end with app.fail(status, code, message)? Then fill the three (the strings
+** live until coro_free) and return 1; anything else (a crash, a budget stop) returns 0.
+*/
+int coro_fail_answer(struct coro *c, int status, int *http_status, const char **code, const char **message);
+
 /* Message for an error status: the error object as text, with a traceback when it was a runtime error. */
 const char *coro_error_text(struct coro *c, int status, char *buf, size_t len);
 

@@ -212,22 +212,13 @@ static void finish(struct host_call *k)
 static void error_result(struct host_call *k, struct coro *c, int status)
 {
 	struct engine *e = k->h->eng;
-	lua_State *co = c->co;
 	char buf[4096];
+	const char *code, *msg;
+	int st;
 
-	if (status == LUA_ERRRUN && lua_istable(co, -1)) {
-		lua_getfield(co, -1, "status");
-		lua_getfield(co, -2, "error");
-		lua_getfield(co, -3, "message");
-		int isint = 0;
-		lua_Integer st = lua_tointegerx(co, -3, &isint);
-		const char *code = lua_tostring(co, -2), *msg = lua_tostring(co, -1);
-		if (isint && st >= 400 && st <= 599 && code) {
-			set_error(k, (int)st, code, msg ? msg : code);
-			lua_pop(co, 3);
-			return;
-		}
-		lua_pop(co, 3);
+	if (coro_fail_answer(c, status, &st, &code, &msg)) {
+		set_error(k, st, code, msg);
+		return;
 	}
 	e->metrics.script_errors++;
 	if (c->budget.killed) {

@@ -198,22 +198,14 @@ static void answer_results(struct http_req *h, lua_State *co)
 /* The handler raised: a {status=, error=, message=} table is an answer, anything else a 500. */
 static void answer_error(struct http_req *h, struct coro *c, int status)
 {
-	lua_State *co = c->co;
 	struct engine *e = h->eng;
 	char buf[4096];
+	const char *code, *msg;
+	int st;
 
-	if (status == LUA_ERRRUN && lua_istable(co, -1)) {
-		lua_getfield(co, -1, "status");
-		lua_getfield(co, -2, "error");
-		lua_getfield(co, -3, "message");
-		int isint = 0;
-		lua_Integer st = lua_tointegerx(co, -3, &isint);
-		const char *code = lua_tostring(co, -2), *msg = lua_tostring(co, -1);
-		if (isint && st >= 400 && st <= 599 && code) {
-			send_error(h, (int)st, code, msg ? msg : code);
-			return;
-		}
-		lua_pop(co, 3);
+	if (coro_fail_answer(c, status, &st, &code, &msg)) {
+		send_error(h, st, code, msg);
+		return;
 	}
 	e->metrics.script_errors++;
 	if (c->budget.killed) {

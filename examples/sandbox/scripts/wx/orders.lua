@@ -10,6 +10,7 @@
 
 local app = require "paygate"
 local sandbox = require "wechatpay.sandbox"
+local timefmt = require "timefmt"
 local state = require "wx.state"
 local protocol = require "wx.protocol"
 local notify = require "wx.notify"
@@ -48,33 +49,8 @@ end
 -- ---- time ----
 
 -- Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
 --- RFC 3339 → Unix ms, or nil when malformed.
-function orders.parse_time(s)
-  local y, mo, d, h, mi, se, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  rest = rest:gsub("^%.%d+", "")
-  local offset
-  if rest == "Z" then
-    offset = 0
-  else
-    local sign, oh, om = rest:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil end
-    offset = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
-  end
-  mo, d, h, mi, se = tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(se)
-  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or se > 60 then return nil end
-  local secs = days_from_civil(tonumber(y), mo, d) * 86400 + h * 3600 + mi * 60 + se - offset
-  return secs * 1000
-end
+orders.parse_time = timefmt.parse
 
 -- ---- reading ----
 
