@@ -91,6 +91,8 @@ static const char *reason_phrase(int status)
 	}
 }
 
+static const char *method_name(struct evhttp_request *r);
+
 /* ---- finishing ---- */
 
 static void stop_watching(struct http_req *h)
@@ -124,12 +126,15 @@ static void send_answer(struct http_req *h, int status, const char *ctype, struc
 	evhttp_add_header(out, "X-Request-Id", h->id);
 	if (ctype && !evhttp_find_header(out, "Content-Type"))
 		evhttp_add_header(out, "Content-Type", ctype);
-	evhttp_send_reply(h->req, status, reason_phrase(status), body);
+	gettimeofday(&now, NULL);
+	double seconds = (double)(now.tv_sec - h->start.tv_sec) + (double)(now.tv_usec - h->start.tv_usec) / 1e6;
+	metrics_observe_request(&e->metrics, status, seconds);
+	if (e->log.level <= LOG_DEBUG)     /* the access log: one line per answer, at debug level */
+		log_debug(&e->log, h->id, "%s %s -> %d in %.1f ms", method_name(h->req),
+		          evhttp_request_get_uri(h->req), status, seconds * 1e3);
+	evhttp_send_reply(h->req, status, reason_phrase(status), body);   /* may free h->req */
 	if (body)
 		evbuffer_free(body);
-	gettimeofday(&now, NULL);
-	metrics_observe_request(&e->metrics, status, (double)(now.tv_sec - h->start.tv_sec) +
-	                                             (double)(now.tv_usec - h->start.tv_usec) / 1e6);
 	req_release(h);
 }
 
