@@ -169,6 +169,17 @@ test('an Idempotency-Key replays the first answer, refuses another body (422), a
   const d = await order(other, [{ product_id: 1, qty: 1 }], gw, key);
   assert.equal(d.status, 201);
   assert.notEqual(d.json.order_no, a.json.order_no);
+  // a refused order is an answer too: the same key gets the same 409, even once stock is back
+  const key2 = { 'Idempotency-Key': 'k-' + crypto.randomUUID() };
+  const stock3 = (await product(3)).stock;
+  const e1 = await order(user, [{ product_id: 3, qty: stock3 + 1 }], gw, key2);
+  assert.equal(e1.status, 409);
+  await gw.put('/admin/products/3', { stock: stock3 + 5 });
+  const e2 = await order(user, [{ product_id: 3, qty: stock3 + 1 }], gw, key2);
+  assert.equal(e2.status, 409);
+  assert.equal(e2.json.error, 'out_of_stock');
+  assert.equal(e2.headers['idempotent-replayed'], 'true');
+  await gw.put('/admin/products/3', { stock: stock3 });
 });
 
 // ---- notifications ----
