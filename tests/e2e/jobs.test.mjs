@@ -41,8 +41,9 @@ end)
 
 app.post("/schedule", function(req)
   local b = app.read_json(req)
+  local now = clock.now()          -- before: scheduling writes (and fsyncs) the row, which takes time
   local id, created = jobs.schedule(b.name, b.payload, b.opts)
-  return 200, { id = id, created = created, now = clock.now() }
+  return 200, { id = id, created = created, now = now }
 end)
 app.post("/cancel", function(req)
   return 200, { removed = jobs.cancel(app.read_json(req).key) }
