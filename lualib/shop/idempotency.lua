@@ -1,14 +1,14 @@
 -- idempotency: the Idempotency-Key semantics of the API (IETF draft, as Stripe does it).
 --   same key, same body      → the first answer again (header Idempotent-Replayed: true)
 --   same key, another body   → 422 idempotency_mismatch
---   same key, first running  → 409 idempotency_in_progress
 -- Keys are scoped to the caller and kept 24 hours; a 5xx or a crash is not remembered, so
 -- a retry is safe.
 --
 -- run() claims the key, runs fn and records its answer in ONE transaction, so no crash can
--- leave an order without its key or a key without its order. fn must therefore not wait
--- (no http.request inside); a handler that must wait would record "running" first and the
--- 409 answer would then be the one a concurrent retry sees.
+-- leave an order without its key or a key without its order. fn must not wait (no
+-- http.request inside): then a request with the same key can never find the first one still
+-- running (the draft's 409 case) — it runs after the first has committed, and is answered
+-- from the record.
 local app = require "paygate"
 
 local M = {}
@@ -18,9 +18,6 @@ M.RETENTION_MS = 24 * 3600 * 1000
 local function replay(row, fingerprint)
   if row.fingerprint ~= fingerprint then
     app.fail(422, "idempotency_mismatch", "this Idempotency-Key was used with a different request")
-  end
-  if row.state == "running" then
-    app.fail(409, "idempotency_in_progress", "the first request with this Idempotency-Key is still running")
   end
   return row.status, row.body, { ["Idempotent-Replayed"] = "true" }
 end
