@@ -93,6 +93,13 @@ static const char *reason_phrase(int status)
 
 static const char *method_name(struct evhttp_request *r);
 
+/* The request's path as sent (not decoded); "/" when it has none. */
+static const char *request_path(struct evhttp_request *r)
+{
+	const char *p = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(r));
+	return p && *p ? p : "/";
+}
+
 /* ---- finishing ---- */
 
 static void stop_watching(struct http_req *h)
@@ -371,8 +378,7 @@ static int l_req_index(lua_State *L)
 	if (strcmp(k, "method") == 0) {
 		lua_pushstring(L, method_name(h->req));
 	} else if (strcmp(k, "path") == 0) {
-		const char *p = evhttp_uri_get_path(u);
-		lua_pushstring(L, p && *p ? p : "/");
+		lua_pushstring(L, request_path(h->req));
 	} else if (strcmp(k, "query") == 0) {
 		const char *q = evhttp_uri_get_query(u);
 		lua_pushstring(L, q ? q : "");
@@ -442,14 +448,13 @@ static int push_dispatch(lua_State *L, void *arg)
 {
 	struct http_req *h = arg;
 	struct script_gen *g = sbx_of(L)->owner;
-	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(h->req));
 	lua_rawgeti(L, LUA_REGISTRYINDEX, g->dispatch_ref);
 	struct http_req **box = lua_newuserdatauv(L, sizeof *box, 1);
 	*box = h;
 	h->box = box;
 	luaL_setmetatable(L, REQ_MT);
 	lua_pushstring(L, method_name(h->req));
-	lua_pushstring(L, path && *path ? path : "/");
+	lua_pushstring(L, request_path(h->req));
 	return 3;
 }
 
@@ -563,9 +568,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		new_request_id(e, h->id, sizeof h->id);
 
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-	if (!path || !*path)
-		path = "/";
+	const char *path = request_path(req);
 	if (cmd == EVHTTP_REQ_TRACE || cmd == EVHTTP_REQ_CONNECT) {
 		send_error(h, 405, "method_not_allowed", "this method is not allowed");
 		return;

@@ -283,23 +283,24 @@ static void set_header(lua_State *L, const char *name, const char *value)
 	lua_setfield(L, -2, name);
 }
 
-static int l_request(lua_State *L)
+/*
+** Sign METHOD PATH BODY (body at stack index body_idx, 0 for none) with the merchant key and
+** push http.request (upvalue 2) and its options, ready for lua_callk. The body string on
+** the stack is the one sent, so the signature covers exactly the bytes that go out.
+** Raises "<what>: cannot sign the request" on failure. [-0, +2, e]
+*/
+static void push_signed_call(lua_State *L, struct wxclient *w, const char *what, const char *method,
+                             const char *path, int body_idx, int announce_pubkey)
 {
-	struct wxclient *w = client(L);
-	const char *method = luaL_checkstring(L, 1);
-	const char *path = luaL_checkstring(L, 2);
 	size_t blen = 0;
-	const char *body = luaL_optlstring(L, 3, NULL, &blen);
+	const char *body = body_idx ? lua_tolstring(L, body_idx, &blen) : NULL;
 	char nonce[33], err[CRYPTO_ERRLEN];
 	crypto_buf auth = { 0 };
 
-	luaL_argcheck(L, path[0] == '/', 2, "path must start with / (e.g. /v3/pay/transactions/jsapi)");
-	lua_settop(L, 3);
 	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
 	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, method, path,
 	                            now_s(), nonce, body ? body : "", blen, &auth, err, sizeof err) < 0)
-		return luaL_error(L, "wechatpay.request: cannot sign the request: %s", err);
-
+		luaL_error(L, "%s: cannot sign the request: %s", what, err);
 	lua_pushvalue(L, lua_upvalueindex(2));          /* http.request */
 	lua_createtable(L, 0, 4);
 	lua_pushstring(L, method);
@@ -307,7 +308,7 @@ static int l_request(lua_State *L)
 	lua_pushfstring(L, "%s%s", w->cfg->base_url, path);
 	lua_setfield(L, -2, "url");
 	if (body) {
-		lua_pushvalue(L, 3);
+		lua_pushvalue(L, body_idx);
 		lua_setfield(L, -2, "body");
 	}
 	lua_createtable(L, 0, 5);
@@ -317,9 +318,21 @@ static int l_request(lua_State *L)
 	set_header(L, "User-Agent", USER_AGENT);
 	if (body)
 		set_header(L, "Content-Type", "application/json");
-	if (w->cfg->public_key_id)
+	if (announce_pubkey && w->cfg->public_key_id)
 		set_header(L, "Wechatpay-Serial", w->cfg->public_key_id);
 	lua_setfield(L, -2, "headers");
+}
+
+static int l_request(lua_State *L)
+{
+	struct wxclient *w = client(L);
+	const char *method = luaL_checkstring(L, 1);
+	const char *path = luaL_checkstring(L, 2);
+
+	luaL_optstring(L, 3, NULL);
+	luaL_argcheck(L, path[0] == '/', 2, "path must start with / (e.g. /v3/pay/transactions/jsapi)");
+	lua_settop(L, 3);
+	push_signed_call(L, w, "wechatpay.request", method, path, lua_isnil(L, 3) ? 0 : 3, 1);
 	lua_callk(L, 1, 2, 0, request_k);
 	return request_k(L, LUA_OK, 0);
 }
@@ -564,25 +577,9 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 static int l_refresh_certificates(lua_State *L)
 {
 	struct wxclient *w = client(L);
-	char nonce[33], err[CRYPTO_ERRLEN];
-	crypto_buf auth = { 0 };
-	const char *path = "/v3/certificates?algorithm_type=RSA";
 
-	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
-	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, "GET", path,
-	                            now_s(), nonce, "", 0, &auth, err, sizeof err) < 0)
-		return luaL_error(L, "wechatpay.refresh_certificates: %s", err);
 	lua_settop(L, 0);
-	lua_pushvalue(L, lua_upvalueindex(2));
-	lua_createtable(L, 0, 2);
-	lua_pushfstring(L, "%s%s", w->cfg->base_url, path);
-	lua_setfield(L, -2, "url");
-	lua_createtable(L, 0, 3);
-	set_header(L, "Authorization", (const char *)auth.data);
-	crypto_buf_free(&auth);
-	set_header(L, "Accept", "application/json");
-	set_header(L, "User-Agent", USER_AGENT);
-	lua_setfield(L, -2, "headers");
+	push_signed_call(L, w, "wechatpay.refresh_certificates", "GET", "/v3/certificates?algorithm_type=RSA", 0, 0);
 	lua_callk(L, 1, 2, 0, certs_k);
 	return certs_k(L, LUA_OK, 0);
 }

@@ -7,11 +7,8 @@ local payments = require "shop.payments"
 -- At expires_at: close at WeChat first; stock comes back only when WeChat confirms.
 -- An unknown outcome (network, 5xx) raises, so the job runs again later with backoff.
 app.job("expire_order", function(p)
-  local order = orders.load(p.order_no)
-  if not order or not orders.OPEN[order.status] then return end
-  local result, why = closing.close(order, "expired")
-  if result == "unknown" then error("cannot confirm the close yet: " .. tostring(why), 0) end
-  log.info("order expired", { order = order.order_no, result = result })
+  local result = closing.expire(p.order_no)
+  if result then log.info("order expired", { order = p.order_no, result = result }) end
 end)
 
 -- A PAYING order whose notification has not come: ask WeChat, first after about a

@@ -27,4 +27,15 @@ function M.close(order, reason)
   return closed and "closed" or "already"
 end
 
+--- The expiry job's work for order_no: close it if it is still open. Raises while WeChat
+--- cannot confirm (so the job runs again later, with backoff); returns the close result, or
+--- nil when the order was no longer open.
+function M.expire(order_no)
+  local order = orders.load(order_no)
+  if not order or not orders.OPEN[order.status] then return nil end
+  local result, why = M.close(order, "expired")
+  if result == "unknown" then error("cannot confirm the close yet: " .. tostring(why), 0) end
+  return result
+end
+
 return M
