@@ -17,14 +17,18 @@ DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   = -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
             $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 2>/dev/null) -lm
 
-ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
+# The library is every engine file but the daemon (daemon.c, main.c), which the binaries add.
+ENGINE_SRC := $(filter-out engine/main.c engine/daemon.c,$(wildcard engine/*.c))
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
+# WeChat Pay's side of the protocol (examples/sandbox/): only in paygate-sandbox and the tests.
+SANDBOX_SRC := $(wildcard examples/sandbox/*.c)
+SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out examples/sandbox/main.c,$(SANDBOX_SRC)))
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps run test check bench fuzz clean sanitize install uninstall
 
-all: deps $(BUILD)/paygate $(BUILD)/libpaygate.so
+all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
 # ---- dependencies: install what is missing (root) or say exactly what to run ----
 deps: $(BUILD)/.deps-ok
@@ -50,6 +54,13 @@ $(BUILD)/obj/%.o: engine/%.c $(wildcard engine/*.h) | $(BUILD)/.deps-ok
 $(BUILD)/libpaygate.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
+$(BUILD)/sandbox/%.o: examples/sandbox/%.c $(wildcard examples/sandbox/*.h) $(wildcard engine/*.h) | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) -c $< -o $@
+
+$(BUILD)/libwxsandbox.a: $(SANDBOX_OBJ)
+	ar rcs $@ $^
+
 # ---- the embedding library: libpaygate.so exports paygate_* only (engine/libpaygate.map);
 # the installed libpaygate.a is one relinked object whose other symbols are made local,
 # so a host program's own log_init or config_load never meets ours. (build/libpaygate.a keeps
@@ -71,21 +82,27 @@ $(BUILD)/embed/libpaygate.a: $(ENGINE_OBJ)
 	objcopy --wildcard --keep-global-symbol='paygate_*' $(BUILD)/embed/paygate.o
 	rm -f $@ && ar rcs $@ $(BUILD)/embed/paygate.o
 
-$(BUILD)/paygate: engine/main.c $(BUILD)/libpaygate.a
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+$(BUILD)/paygate: engine/main.c $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $^ $(DEPLIBS) -o $@
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libpaygate.a tests/unit/unit.h
-	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+# The local WeChat Pay sandbox: the same daemon plus WeChat Pay's side (TEST ONLY).
+$(BUILD)/paygate-sandbox: $(BUILD)/sandbox/main.o $(BUILD)/obj/daemon.o $(BUILD)/libwxsandbox.a $(BUILD)/libpaygate.a
+	$(CC) $(CFLAGS) $^ $(DEPLIBS) -o $@
 
-$(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(BUILD)/libpaygate.a
+TEST_LIBS = $(BUILD)/libwxsandbox.a $(BUILD)/libpaygate.a
+
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_LIBS) tests/unit/unit.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+	$(CC) $(CPPFLAGS) -Iexamples/sandbox -Itests/unit $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
+
+$(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
-$(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(BUILD)/libpaygate.a
+$(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
 # ---- fuzz: libFuzzer + ASan/UBSan on the notification path, bounded time ----
 FUZZ_SECONDS ?= 60
@@ -93,8 +110,8 @@ fuzz: deps
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; }
 	@mkdir -p $(BUILD)/fuzz-corpus
 	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
-	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c $$(pkg-config --libs libcrypto)
+	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
+	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c examples/sandbox/wxserver.c $$(pkg-config --libs libcrypto)
 	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus tests/fuzz/corpus/notify
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----

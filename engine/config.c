@@ -286,7 +286,6 @@ static void read_fields(struct reader *r, struct config *cfg)
 
 	read_secret_file(r, "admin", "token_file", &cfg->admin_token);
 	read_bool(r, "watch", NULL, &cfg->watch);
-	read_bool(r, "wechatpay_sandbox", NULL, &cfg->wechatpay_sandbox);
 	read_str(r, "session_secret_file", NULL, 1, &cfg->session_secret_file);
 	v = cfg->watch_debounce_ms;
 	read_int(r, "watch_debounce_ms", NULL, 10, 10000, &v);

@@ -39,7 +39,6 @@ struct config {
 
 	char *app_json;                /* the `app` table as JSON; scripts see it as `config` */
 	char *session_secret_file;     /* key for session tokens; default: generated, kept in the db */
-	int wechatpay_sandbox;         /* offer `wechatpay.sandbox` to scripts (the local stand-in only) */
 
 	struct wxpay_config {
 		int enabled;                   /* a `wechatpay` table was given */

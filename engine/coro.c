@@ -1,6 +1,7 @@
 /* coro.c — the coroutine scheduler: every request and job is a Lua coroutine; one function resumes them. */
 #include "coro.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +9,7 @@
 #include <lauxlib.h>
 
 #include "engine.h"
-#include "script.h"
-#include "store.h"
+#include "gen.h"
 
 /*
 ** The life of a coroutine:
@@ -33,35 +33,12 @@ struct start_args {
 	void *arg;
 };
 
-/*
-** A thread whose function returned normally is as good as new (its stack is
-** empty after lua_settop), so each generation keeps a few for reuse: creating
-** and collecting a thread per request is most of the per-request cost.
-*/
-/* The extra space of a pooled thread: not an engine coroutine, but not the script's either. */
-static char pooled_marker;
-
-static int take_pooled(struct script_gen *g, struct coro *c)
-{
-	if (g->npool == 0)
-		return 0;
-	g->npool--;
-	c->co = g->pool[g->npool].co;
-	c->ref = g->pool[g->npool].ref;
-	return 1;
-}
-
+/* A thread that ended cleanly goes back to its generation's pool; any other is released. */
 static void give_back(struct coro *c)
 {
-	struct script_gen *g = c->gen;
-	if (lua_status(c->co) == LUA_OK && !c->budget.killed && g->npool < SCRIPT_POOL_MAX) {
-		lua_settop(c->co, 0);
-		*(void **)lua_getextraspace(c->co) = &pooled_marker;
-		g->pool[g->npool].co = c->co;
-		g->pool[g->npool].ref = c->ref;
-		g->npool++;
+	struct gen *g = c->gen;
+	if (lua_status(c->co) == LUA_OK && !c->budget.killed && gen_park_thread(g, c->co, c->ref))
 		return;
-	}
 	luaL_unref(g->L, LUA_REGISTRYINDEX, c->ref);
 }
 
@@ -69,7 +46,7 @@ static void give_back(struct coro *c)
 static int start_protected(lua_State *L)
 {
 	struct start_args *a = lua_touserdata(L, 1);
-	if (!take_pooled(a->c->gen, a->c)) {
+	if (!gen_take_thread(a->c->gen, &a->c->co, &a->c->ref)) {
 		lua_State *co = lua_newthread(L);
 		a->c->co = co;
 		a->c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -84,7 +61,7 @@ static int start_protected(lua_State *L)
 	return 0;
 }
 
-struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn push, void *arg,
+struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg,
                         coro_done_fn done, void *owner, const char *reqid)
 {
 	struct coro *c = calloc(1, sizeof *c);
@@ -109,12 +86,12 @@ struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn pus
 		free(c);
 		return NULL;
 	}
-	script_gen_ref(g);
-	e->sched.live++;
-	c->next_live = e->sched.live_head;
+	gen_ref(g);
+	e->sched->live++;
+	c->next_live = e->sched->live_head;
 	if (c->next_live)
 		c->next_live->prev_live = c;
-	e->sched.live_head = c;
+	e->sched->live_head = c;
 	c->budget.left = e->cfg.script_max_instructions;
 	c->budget.thread = c->co;
 	return c;
@@ -127,16 +104,24 @@ void coro_go(struct coro *c)
 
 /* ---- the one place that resumes ---- */
 
+/* The coroutine ended: its owner hears of it exactly once (and may free it). */
+static void finish(struct coro *c, int status)
+{
+	assert(!c->finished);
+	c->finished = 1;
+	c->done(c, status);
+}
+
 static void coro_run(struct coro *c, int nargs)
 {
-	struct sched *s = &c->eng->sched;
+	struct sched *s = c->eng->sched;
 	lua_State *L = c->gen->L;
 	int nres, status;
 
 	s->current = c;
-	sbx_budget(L, &c->budget, 0);
+	jail_budget(L, &c->budget, 0);
 	status = lua_resume(c->co, NULL, nargs, &nres);
-	sbx_unbudget(L);
+	jail_unbudget(L);
 	s->current = NULL;
 
 	if (status == LUA_YIELD && c->suspended)
@@ -153,7 +138,7 @@ static void coro_run(struct coro *c, int nargs)
 		lua_pushliteral(c->co, "coroutine.yield() outside a coroutine created by the script");
 		status = LUA_ERRRUN;
 	}
-	c->done(c, status);
+	finish(c, status);
 }
 
 /* [-1 (lightuserdata), +n]: build the results of the finished operation on the main state. */
@@ -181,7 +166,7 @@ static void coro_resume_ready(struct coro *c)
 	if (status != LUA_OK || !lua_checkstack(c->co, lua_gettop(L) - top + 1)) {
 		/* No memory to hand over the results: end the coroutine with that error. */
 		lua_settop(L, top);
-		c->done(c, LUA_ERRMEM);
+		finish(c, LUA_ERRMEM);
 		return;
 	}
 	n = lua_gettop(L) - top;
@@ -192,7 +177,7 @@ static void coro_resume_ready(struct coro *c)
 static void sched_drain(evutil_socket_t fd, short what, void *arg)
 {
 	struct engine *e = arg;
-	struct sched *s = &e->sched;
+	struct sched *s = e->sched;
 	struct coro *last = s->tail;
 
 	(void)fd;
@@ -215,15 +200,16 @@ static void sched_drain(evutil_socket_t fd, short what, void *arg)
 
 int sched_init(struct engine *e)
 {
-	memset(&e->sched, 0, sizeof e->sched);
-	e->sched.ready_ev = event_new(e->base, -1, 0, sched_drain, e);
-	return e->sched.ready_ev ? 0 : -1;
+	if (!(e->sched = calloc(1, sizeof *e->sched)))
+		return -1;
+	e->sched->ready_ev = event_new(e->base, -1, 0, sched_drain, e);
+	return e->sched->ready_ev ? 0 : -1;
 }
 
 void sched_cancel_all(struct engine *e)
 {
-	while (e->sched.live_head) {
-		struct coro *c = e->sched.live_head;
+	while (e->sched && e->sched->live_head) {
+		struct coro *c = e->sched->live_head;
 		if (c->abandon)
 			c->abandon(c);
 		coro_cancel(c);
@@ -232,17 +218,43 @@ void sched_cancel_all(struct engine *e)
 
 void sched_free(struct engine *e)
 {
-	if (e->sched.ready_ev)
-		event_free(e->sched.ready_ev);
-	e->sched.ready_ev = NULL;
+	struct sched *s = e->sched;
+	if (!s)
+		return;
+	assert(s->live == 0 && !s->head);
+	if (s->ready_ev)
+		event_free(s->ready_ev);
+	free(s);
+	e->sched = NULL;
+}
+
+void sched_forbid_waits(struct engine *e, const char *why)
+{
+	if (e->sched->forbid_waits++ == 0)
+		e->sched->forbid_why = why;
+}
+
+void sched_allow_waits(struct engine *e)
+{
+	assert(e->sched->forbid_waits > 0);
+	e->sched->forbid_waits--;
 }
 
 /* ---- suspension ---- */
 
+const char *coro_reqid(lua_State *L)
+{
+	struct coro *c = coro_of(L);
+	if (!c) {                             /* a coroutine the script made: ask who runs */
+		struct gen *g = jail_of(L)->owner;
+		c = g->eng->sched->current;
+	}
+	return c ? c->reqid : NULL;
+}
+
 struct coro *coro_of(lua_State *L)
 {
-	void *p = *(void **)lua_getextraspace(L);
-	return p == &pooled_marker ? NULL : p;
+	return gen_is_parked(L) ? NULL : *(struct coro **)lua_getextraspace(L);
 }
 
 void coro_check_suspend(lua_State *L, const char *what)
@@ -252,9 +264,8 @@ void coro_check_suspend(lua_State *L, const char *what)
 	if (!c || c->co != L)
 		luaL_error(L, "%s can only wait in a request handler or a job, "
 		              "not in a coroutine the script created", what);
-	else if (store_in_tx(c->eng->store))
-		luaL_error(L, "%s cannot wait inside db.tx(): finish the transaction first "
-		                     "(a transaction never stays open across a wait)", what);
+	else if (c->eng->sched->forbid_waits)
+		luaL_error(L, "%s cannot wait %s", what, c->eng->sched->forbid_why);
 	else if (!lua_isyieldable(L))
 		luaL_error(L, "%s cannot wait here (inside a metamethod, iterator or C call)", what);
 }
@@ -265,6 +276,7 @@ int coro_suspend(lua_State *L, const char *what, void *wait,
 	struct coro *c = coro_of(L);
 
 	coro_check_suspend(L, what);
+	assert(!c->suspended && !c->cleanup);   /* one wait at a time */
 	c->waiting_for = what;
 	c->wait = wait;
 	c->cleanup = cleanup;
@@ -275,7 +287,7 @@ int coro_suspend(lua_State *L, const char *what, void *wait,
 
 void coro_wake(struct coro *c)
 {
-	struct sched *s = &c->eng->sched;
+	struct sched *s = c->eng->sched;
 
 	if (c->queued)
 		return;
@@ -290,7 +302,7 @@ void coro_wake(struct coro *c)
 
 static void unqueue(struct coro *c)
 {
-	struct sched *s = &c->eng->sched;
+	struct sched *s = c->eng->sched;
 	struct coro **pp = &s->head, *prev = NULL;
 
 	while (*pp && *pp != c) {
@@ -320,13 +332,16 @@ void coro_free(struct coro *c)
 {
 	struct engine *e = c->eng;
 
+	assert(!c->queued && !c->cleanup);     /* never freed while queued or holding a wait */
+	assert(e->sched->current != c);
+	assert(e->sched->live > 0);
 	give_back(c);
-	script_gen_unref(c->gen);
-	e->sched.live--;
+	gen_unref(c->gen);
+	e->sched->live--;
 	if (c->prev_live)
 		c->prev_live->next_live = c->next_live;
 	else
-		e->sched.live_head = c->next_live;
+		e->sched->live_head = c->next_live;
 	if (c->next_live)
 		c->next_live->prev_live = c->prev_live;
 	free(c);

@@ -4,10 +4,10 @@
 
 #include <lua.h>
 
-#include "sandbox.h"
+#include "jail.h"
 
 struct engine;
-struct script_gen;
+struct gen;
 struct coro;
 
 /*
@@ -25,10 +25,10 @@ typedef int (*coro_push_fn)(lua_State *L, void *arg);
 
 struct coro {
 	struct engine *eng;
-	struct script_gen *gen;       /* pinned (referenced) until the coroutine is freed */
+	struct gen *gen;       /* pinned (referenced) until the coroutine is freed */
 	lua_State *co;
 	int ref;                      /* anchors co in gen's registry */
-	struct sbx_budget budget;
+	struct jail_budget budget;
 
 	/* Set by coro_suspend while the coroutine waits for something. */
 	coro_cleanup_fn cleanup;
@@ -43,7 +43,7 @@ struct coro {
 
 	struct coro *next_ready;
 	struct coro *prev_live, *next_live;   /* every coroutine not yet freed */
-	unsigned queued : 1, suspended : 1;
+	unsigned queued : 1, suspended : 1, finished : 1;
 };
 
 /* The per-engine scheduler state. */
@@ -53,10 +53,21 @@ struct sched {
 	struct coro *current;         /* the coroutine running now, if any */
 	struct coro *live_head;
 	int live;                     /* coroutines created and not yet freed */
+	int forbid_waits;             /* > 0: no coroutine may suspend now (sched_forbid_waits) */
+	const char *forbid_why;
 };
 
+/* Allocate e->sched: 0, or -1 out of memory. sched_free takes NULL too. */
 int sched_init(struct engine *e);
 void sched_free(struct engine *e);
+
+/*
+** While a synchronous section runs that must not be left half-way (a
+** db.tx transaction), no coroutine may suspend: a primitive that tries
+** raises "<what> cannot wait <why>". Calls nest; the first why is kept.
+*/
+void sched_forbid_waits(struct engine *e, const char *why);
+void sched_allow_waits(struct engine *e);
 
 /* Cancel every coroutine still alive (engine shutdown), letting each owner free its state. */
 void sched_cancel_all(struct engine *e);
@@ -66,7 +77,7 @@ void sched_cancel_all(struct engine *e);
 ** supplies the function and its arguments. Nothing runs until coro_go.
 ** Returns NULL when the generation is out of memory (nothing is left behind).
 */
-struct coro *coro_start(struct engine *e, struct script_gen *g, coro_push_fn push, void *arg,
+struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg,
                         coro_done_fn done, void *owner, const char *reqid);
 
 /*
@@ -87,6 +98,9 @@ int coro_suspend(lua_State *L, const char *what, void *wait,
 
 /* Raise the error coro_suspend would raise, before the caller allocates anything to wait on. */
 void coro_check_suspend(lua_State *L, const char *what);
+
+/* The request id of the engine coroutine running on L (or running now, for a script-made one), or NULL. */
+const char *coro_reqid(lua_State *L);
 
 /* The engine coroutine behind L, or NULL (main state, script-made coroutine). */
 struct coro *coro_of(lua_State *L);

@@ -212,11 +212,6 @@ int crypto_sha256(const void *in, size_t len, unsigned char out[CRYPTO_SHA256_LE
     return digest(EVP_sha256(), in, len, out);
 }
 
-int crypto_md5(const void *in, size_t len, unsigned char out[CRYPTO_MD5_LEN])
-{
-    return digest(EVP_md5(), in, len, out);
-}
-
 /* HMAC-SHA256 through the EVP_MAC interface (HMAC() is fine too, but EVP_MAC is the 3.0 API). */
 int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t len,
                        unsigned char out[CRYPTO_SHA256_LEN])

@@ -24,7 +24,6 @@
 
 #define CRYPTO_ERRLEN 256
 #define CRYPTO_SHA256_LEN 32
-#define CRYPTO_MD5_LEN 16
 #define CRYPTO_GCM_TAG_LEN 16
 #define CRYPTO_EAUTH (-2)          /* AES-GCM: tag did not authenticate */
 #define CRYPTO_SERIAL_MAX 130      /* hex digits of a 64-byte serial, sign and NUL */
@@ -57,8 +56,6 @@ int crypto_hex_encode(const void *in, size_t len, int upper, char *out, size_t o
 /* ---- digests and MACs (fail only if OpenSSL fails) ---- */
 
 int crypto_sha256(const void *in, size_t len, unsigned char out[CRYPTO_SHA256_LEN]);
-/* MD5 exists for APIv2 signatures only; do not use it for anything else. */
-int crypto_md5(const void *in, size_t len, unsigned char out[CRYPTO_MD5_LEN]);
 int crypto_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t len,
                        unsigned char out[CRYPTO_SHA256_LEN]);
 

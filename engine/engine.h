@@ -9,7 +9,6 @@
 #include <event2/http.h>
 
 #include "config.h"
-#include "coro.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -18,8 +17,18 @@ struct fetch;
 struct jobs;
 struct watch;
 struct wxclient;
-struct script_gen;
+struct gen;
 struct host;
+struct http_req;
+struct sched;
+struct lua_State;
+
+/* A Lua module in C added by the host (paygate_options.lua_modules), opened in every generation. */
+struct lua_module {
+	char *name;
+	int (*open)(struct lua_State *L, void *arg);
+	void *arg;
+};
 
 /*
 ** All per-worker state lives here so that N workers sharing one listener is
@@ -30,9 +39,11 @@ struct engine {
 	struct config cfg;
 	struct log log;
 	struct metrics metrics;
-	struct sched sched;
+	struct sched *sched;              /* coroutines (coro.c) */
 
 	struct evhttp *http;              /* the inbound server */
+	/* The engine's own routes, tried before the scripts' (see http.h: http_front_fn). */
+	int (*http_front)(struct http_req *h, const char *path, enum evhttp_cmd_type cmd);
 	struct evhttp_bound_socket *listener;
 	int port;                         /* the port actually bound */
 
@@ -42,10 +53,12 @@ struct engine {
 	struct watch *watch;
 	struct wxclient *wxc;             /* NULL when wechatpay is not configured */
 	struct host *host;                /* host functions and host calls (embedding, host.c) */
+	struct lua_module *modules;       /* the host's Lua modules in C */
+	int nmodules;
 	unsigned char *secret;            /* session-token key (see secure.c) */
 	size_t secret_len;
 
-	struct script_gen *gen;           /* current generation (holds one reference) */
+	struct gen *gen;                  /* current generation (holds one reference) */
 	uint64_t next_gen_id;
 	int draining;                     /* retired generations still in use */
 
@@ -59,8 +72,5 @@ struct engine {
 	int http_inflight;                /* requests received and not yet finished */
 	int stopping;
 };
-
-/* Milliseconds since the epoch (wall clock), the time scripts and jobs see. */
-int64_t engine_now_ms(void);
 
 #endif

@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "coro.h"
 #include "engine.h"
 
 /*

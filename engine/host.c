@@ -8,9 +8,11 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "coro.h"
 #include "engine.h"
+#include "gen.h"
+#include "jail.h"
 #include "json.h"
-#include "script.h"
 
 /*
 ** Two directions, both per engine (nothing here is process-wide):
@@ -35,7 +37,7 @@
 
 struct host_fn {
 	char name[HOST_NAME_MAX_LEN + 1];
-	paygate_host_fn fn;
+	host_fn fn;
 	void *arg;
 	struct host_fn *next;
 };
@@ -47,7 +49,7 @@ struct host_call {
 	char *name;                   /* exported function, or the event for an emit */
 	char *json;                   /* its argument */
 	int is_event;
-	paygate_call_cb cb;           /* NULL for an event */
+	host_call_cb cb;           /* NULL for an event */
 	void *arg;
 	struct event *ev;             /* starts the call, later delivers its result */
 	struct coro *co;              /* while running */
@@ -99,7 +101,7 @@ int host_init(struct engine *e)
 	return 0;
 }
 
-int host_register(struct engine *e, const char *name, paygate_host_fn fn, void *arg)
+int host_register(struct engine *e, const char *name, host_fn fn, void *arg)
 {
 	struct host *h = e->host;
 	if (!good_name(name))
@@ -161,7 +163,7 @@ static void free_call(struct host_call *k)
 */
 static void deliver(struct host_call *k)
 {
-	paygate_call_cb cb = k->cb;
+	host_call_cb cb = k->cb;
 	void *arg = k->arg;
 	int status = k->status;
 	char *result = k->result;
@@ -184,9 +186,9 @@ static void set_error(struct host_call *k, int status, const char *code, const c
 	if (!b)
 		return;
 	evbuffer_add_printf(b, "{\"error\":");
-	paygate_json_add_string(b, code);
+	json_add_string(b, code);
 	evbuffer_add_printf(b, ",\"message\":");
-	paygate_json_add_string(b, message);
+	json_add_string(b, message);
 	evbuffer_add(b, "}", 2);                 /* with the NUL */
 	k->result = strdup((const char *)evbuffer_pullup(b, -1));
 	evbuffer_free(b);
@@ -260,7 +262,7 @@ static void call_abandon(struct coro *c)
 static int push_call(lua_State *L, void *arg)
 {
 	struct host_call *k = arg;
-	script_gen_push_app_field(sbx_of(L)->owner, k->is_event ? "_emit" : "_call");
+	gen_push_app_field(jail_of(L)->owner, k->is_event ? "_emit" : "_call");
 	lua_pushstring(L, k->name);
 	lua_pushstring(L, k->json);
 	return 2;
@@ -269,14 +271,14 @@ static int push_call(lua_State *L, void *arg)
 static void call_start(struct host_call *k)
 {
 	struct engine *e = k->h->eng;
-	struct script_gen *g = e->gen;
+	struct gen *g = e->gen;
 
 	if (!g) {
 		set_error(k, 503, "no_scripts", "no script generation is loaded");
 		finish(k);
 		return;
 	}
-	script_gen_push_app_field(g, k->is_event ? "_emit" : "_call");
+	gen_push_app_field(g, k->is_event ? "_emit" : "_call");
 	int ok = lua_isfunction(g->L, -1);
 	lua_pop(g->L, 1);
 	if (!ok) {
@@ -331,7 +333,7 @@ static struct host_call *new_call(struct host *h, const char *name, const char *
 	return k;
 }
 
-int host_call(struct engine *e, const char *name, const char *json, paygate_call_cb cb, void *arg)
+int host_call(struct engine *e, const char *name, const char *json, host_call_cb cb, void *arg)
 {
 	struct host *h = e->host;
 	if (h->freeing || !cb)

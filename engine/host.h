@@ -4,9 +4,15 @@
 
 #include <lua.h>
 
-#include "paygate.h"
-
 struct engine;
+struct evbuffer;
+
+/*
+** The same types as paygate_host_fn and paygate_call_cb in paygate.h (the
+** public header stays above the engine; paygate.c passes them through).
+*/
+typedef int (*host_fn)(void *arg, const char *json_args, struct evbuffer *reply);
+typedef void (*host_call_cb)(void *arg, int status, const char *json_result);
 
 /* Create the engine's (empty) registry of host functions and calls: 0, or -1 out of memory. */
 int host_init(struct engine *e);
@@ -19,10 +25,10 @@ int host_init(struct engine *e);
 void host_free(struct engine *e);
 
 /* Register, replace (same name) or remove (fn NULL) a host function: 0, or -1 bad name / no memory. */
-int host_register(struct engine *e, const char *name, paygate_host_fn fn, void *arg);
+int host_register(struct engine *e, const char *name, host_fn fn, void *arg);
 
 /* Queue app._call(name, json) for the next loop turn; cb gets the result exactly once. 0, or -1. */
-int host_call(struct engine *e, const char *name, const char *json, paygate_call_cb cb, void *arg);
+int host_call(struct engine *e, const char *name, const char *json, host_call_cb cb, void *arg);
 
 /* Queue app._emit(event, json) for the next loop turn. 0, or -1. */
 int host_emit(struct engine *e, const char *event, const char *json);

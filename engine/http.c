@@ -12,9 +12,11 @@
 #include <event2/keyvalq_struct.h>
 #include <lauxlib.h>
 
+#include "coro.h"
 #include "engine.h"
-#include "reload.h"
-#include "script.h"
+#include "gen.h"
+#include "jail.h"
+#include "json.h"
 
 #define REQ_MT "paygate.request"
 
@@ -122,7 +124,7 @@ static void req_release(struct http_req *h)
 }
 
 /* Send the answer (takes ownership of body) and free h. The one place a reply leaves. */
-static void send_answer(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
+void http_answer(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
 {
 	struct engine *e = h->eng;
 	struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
@@ -145,31 +147,15 @@ static void send_answer(struct http_req *h, int status, const char *ctype, struc
 	req_release(h);
 }
 
-/* JSON-escape a message into buf (messages are ours or scripts'; keep them valid JSON). */
-static void add_json_string(struct evbuffer *b, const char *s)
-{
-	evbuffer_add(b, "\"", 1);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			evbuffer_add_printf(b, "\\%c", c);
-		else if (c < 0x20)
-			evbuffer_add_printf(b, "\\u%04x", c);
-		else
-			evbuffer_add(b, s, 1);
-	}
-	evbuffer_add(b, "\"", 1);
-}
-
-static void send_error(struct http_req *h, int status, const char *code, const char *message)
+void http_answer_error(struct http_req *h, int status, const char *code, const char *message)
 {
 	struct evbuffer *b = evbuffer_new();
 	evbuffer_add_printf(b, "{\"error\":");
-	add_json_string(b, code);
+	json_add_string(b, code);
 	evbuffer_add_printf(b, ",\"message\":");
-	add_json_string(b, message);
+	json_add_string(b, message);
 	evbuffer_add_printf(b, "}");
-	send_answer(h, status, "application/json; charset=utf-8", b);
+	http_answer(h, status, "application/json; charset=utf-8", b);
 }
 
 /* Copy the handler's headers table (index idx of co) into the reply; bad ones are logged and skipped. */
@@ -195,7 +181,7 @@ static void answer_results(struct http_req *h, lua_State *co)
 	lua_Integer status = lua_tointegerx(co, 1, &isint);
 	if (!isint || status < 100 || status > 599) {
 		log_error(&h->eng->log, h->id, "handler returned no valid HTTP status");
-		send_error(h, 500, "internal_error", "the handler returned no valid HTTP status");
+		http_answer_error(h, 500, "internal_error", "the handler returned no valid HTTP status");
 		return;
 	}
 	size_t len = 0;
@@ -204,7 +190,7 @@ static void answer_results(struct http_req *h, lua_State *co)
 		evbuffer_add(evhttp_request_get_output_buffer(h->req), body, len);
 	if (lua_istable(co, 3))
 		copy_headers(h, co, 3);
-	send_answer(h, (int)status, body ? "application/json; charset=utf-8" : NULL, NULL);
+	http_answer(h, (int)status, body ? "application/json; charset=utf-8" : NULL, NULL);
 }
 
 /* The handler raised: a {status=, error=, message=} table is an answer, anything else a 500. */
@@ -216,18 +202,18 @@ static void answer_error(struct http_req *h, struct coro *c, int status)
 	int st;
 
 	if (coro_fail_answer(c, status, &st, &code, &msg)) {
-		send_error(h, st, code, msg);
+		http_answer_error(h, st, code, msg);
 		return;
 	}
 	e->metrics.script_errors++;
 	if (c->budget.killed) {
 		e->metrics.script_kills++;
 		log_error(&e->log, h->id, "handler stopped: it exceeded its instruction budget");
-		send_error(h, 500, "script_timeout", "the handler ran too long and was stopped");
+		http_answer_error(h, 500, "script_timeout", "the handler ran too long and was stopped");
 		return;
 	}
 	log_error(&e->log, h->id, "handler failed: %s", coro_error_text(c, status, buf, sizeof buf));
-	send_error(h, 500, "internal_error", status == LUA_ERRMEM
+	http_answer_error(h, 500, "internal_error", status == LUA_ERRMEM
 	           ? "the handler ran out of memory" : "the handler failed; the log has the details under this request id");
 }
 
@@ -240,7 +226,7 @@ static void req_abandon(struct coro *c)
 {
 	struct http_req *h = c->owner;
 	h->co = NULL;
-	send_error(h, 503, "shutting_down", "the gateway stopped before the handler finished; try again");
+	http_answer_error(h, 503, "shutting_down", "the gateway stopped before the handler finished; try again");
 }
 
 static void req_done(struct coro *c, int status)
@@ -447,7 +433,7 @@ void http_register_lua(lua_State *L)
 static int push_dispatch(lua_State *L, void *arg)
 {
 	struct http_req *h = arg;
-	struct script_gen *g = sbx_of(L)->owner;
+	struct gen *g = jail_of(L)->owner;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, g->dispatch_ref);
 	struct http_req **box = lua_newuserdatauv(L, sizeof *box, 1);
 	*box = h;
@@ -456,97 +442,6 @@ static int push_dispatch(lua_State *L, void *arg)
 	lua_pushstring(L, method_name(h->req));
 	lua_pushstring(L, request_path(h->req));
 	return 3;
-}
-
-/* ---- built-in routes (they work even when no script generation loaded) ---- */
-
-static int is_loopback(const char *addr)
-{
-	return addr && (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
-	                strncmp(addr, "::ffff:127.", 11) == 0);
-}
-
-/* Admin paths: a configured token is required from anywhere; without one, loopback only. */
-static int admin_allowed(struct http_req *h)
-{
-	struct engine *e = h->eng;
-	if (e->cfg.admin_token) {
-		const char *auth = evhttp_find_header(evhttp_request_get_input_headers(h->req), "Authorization");
-		size_t tl = strlen(e->cfg.admin_token);
-		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
-			return 0;
-		unsigned diff = 0;                  /* constant time */
-		for (size_t i = 0; i < tl; i++)
-			diff |= (unsigned char)auth[7 + i] ^ (unsigned char)e->cfg.admin_token[i];
-		return diff == 0;
-	}
-	char *addr = NULL;
-	ev_uint16_t port = 0;
-	evhttp_connection_get_peer(h->evcon, &addr, &port);
-	return is_loopback(addr);
-}
-
-static void send_health(struct http_req *h)
-{
-	struct engine *e = h->eng;
-	struct evbuffer *b = evbuffer_new();
-	struct timeval now;
-	gettimeofday(&now, NULL);
-	evbuffer_add_printf(b, "{\"status\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"draining\":%d,"
-	                       "\"inflight\":%d,\"last_reload\":{\"ok\":%s,\"at\":%lld",
-	                    e->gen ? (e->last_reload_ok ? "ok" : "degraded") : "no_scripts",
-	                    e->gen ? (unsigned long long)e->gen->id : 0ULL,
-	                    (long long)(now.tv_sec - e->started.tv_sec), e->draining, e->http_inflight,
-	                    e->last_reload_ok ? "true" : "false", (long long)e->last_reload_at.tv_sec);
-	if (!e->last_reload_ok) {
-		evbuffer_add_printf(b, ",\"error\":");
-		add_json_string(b, e->last_reload_error);
-	}
-	evbuffer_add_printf(b, "}}");
-	send_answer(h, e->gen ? 200 : 503, "application/json; charset=utf-8", b);
-}
-
-static void send_reload(struct http_req *h)
-{
-	char err[1024];
-	struct engine *e = h->eng;
-	if (reload_run(e, "admin", err, sizeof err) < 0) {
-		send_error(h, 422, "reload_failed", err);
-		return;
-	}
-	struct evbuffer *b = evbuffer_new();
-	evbuffer_add_printf(b, "{\"ok\":true,\"generation\":%llu}", (unsigned long long)e->gen->id);
-	send_answer(h, 200, "application/json; charset=utf-8", b);
-}
-
-/* Answer the engine's own routes; returns 0 when path is not one of them. */
-static int builtin(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
-{
-	if (strcmp(path, "/healthz") == 0) {
-		send_health(h);
-		return 1;
-	}
-	int admin = strncmp(path, "/admin/", 7) == 0 || strcmp(path, "/metrics") == 0;
-	if (admin && !admin_allowed(h)) {
-		send_error(h, h->eng->cfg.admin_token ? 401 : 403, "forbidden",
-		           h->eng->cfg.admin_token ? "admin endpoints need Authorization: Bearer <admin token>"
-		                                   : "admin endpoints answer on loopback only (or configure admin.token_file)");
-		return 1;
-	}
-	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
-		struct evbuffer *b = evbuffer_new();
-		metrics_render(h->eng, b);
-		send_answer(h, 200, "text/plain; version=0.0.4", b);
-		return 1;
-	}
-	if (strcmp(path, "/admin/reload") == 0) {
-		if (cmd != EVHTTP_REQ_POST)
-			send_error(h, 405, "method_not_allowed", "use POST /admin/reload");
-		else
-			send_reload(h);
-		return 1;
-	}
-	return 0;
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -570,18 +465,18 @@ static void on_request(struct evhttp_request *req, void *arg)
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	const char *path = request_path(req);
 	if (cmd == EVHTTP_REQ_TRACE || cmd == EVHTTP_REQ_CONNECT) {
-		send_error(h, 405, "method_not_allowed", "this method is not allowed");
+		http_answer_error(h, 405, "method_not_allowed", "this method is not allowed");
 		return;
 	}
-	if (builtin(h, path, cmd))
+	if (e->http_front && e->http_front(h, path, cmd))
 		return;
 	if (!e->gen) {
-		send_error(h, 503, "no_scripts", "no script generation is loaded; see /healthz");
+		http_answer_error(h, 503, "no_scripts", "no script generation is loaded; see /healthz");
 		return;
 	}
 	struct coro *c = coro_start(e, e->gen, push_dispatch, h, req_done, h, h->id);
 	if (!c) {
-		send_error(h, 503, "out_of_memory", "the script memory limit is reached; try again");
+		http_answer_error(h, 503, "out_of_memory", "the script memory limit is reached; try again");
 		return;
 	}
 	h->co = c;
@@ -605,10 +500,21 @@ void http_handle_request(struct engine *e, struct evhttp_request *req)
 	on_request(req, e);
 }
 
+struct engine *http_engine(const struct http_req *h)
+{
+	return h->eng;
+}
+
+struct evhttp_request *http_evreq(const struct http_req *h)
+{
+	return h->req;
+}
+
 /* ---- server set-up ---- */
 
-int http_init(struct engine *e, char *err, size_t errlen)
+int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen)
 {
+	e->http_front = front;
 	e->http = evhttp_new(e->base);
 	if (!e->http) {
 		snprintf(err, errlen, "cannot create the HTTP server");

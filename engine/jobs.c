@@ -1,14 +1,17 @@
 /* jobs.c — durable jobs: a SQLite table and a scheduler that runs due jobs as coroutines. */
 #include "jobs.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "clock.h"
+#include "coro.h"
 #include "engine.h"
-#include "script.h"
+#include "gen.h"
 #include "store.h"
 
 /*
@@ -120,7 +123,7 @@ static void record_outcome(struct job_run *r, const char *error)
 		s = store_prepare(e->store, "UPDATE _paygate_jobs SET state = ?, run_at = ?, last_error = ?,"
 		                            " updated_at = ? WHERE id = ?", err, sizeof err);
 		if (s) {
-			int64_t now = engine_now_ms();
+			int64_t now = clock_now_ms();
 			sqlite3_bind_text(s, 1, dead ? "dead" : "queued", -1, SQLITE_STATIC);
 			sqlite3_bind_int64(s, 2, now + backoff_ms(r->attempts));
 			sqlite3_bind_text(s, 3, error, -1, SQLITE_TRANSIENT);
@@ -153,6 +156,7 @@ static void jobs_soon(struct jobs *j)
 static void run_finish(struct job_run *r)
 {
 	struct jobs *j = r->j;
+	assert(j->running > 0);
 	j->running--;
 	free(r->payload);
 	free(r);
@@ -179,6 +183,7 @@ static void job_done(struct coro *c, int status)
 static void job_abandon(struct coro *c)
 {
 	struct job_run *r = c->owner;
+	assert(r->j->running > 0);
 	r->j->running--;
 	free(r->payload);
 	free(r);
@@ -188,7 +193,7 @@ static void job_abandon(struct coro *c)
 static int push_job(lua_State *L, void *arg)
 {
 	struct job_run *r = arg;
-	struct script_gen *g = sbx_of(L)->owner;
+	struct gen *g = jail_of(L)->owner;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, g->run_job_ref);
 	lua_pushstring(L, r->name);
 	lua_pushstring(L, r->payload);
@@ -229,7 +234,7 @@ static void start_job(struct jobs *j, struct job_run *r)
 		return;
 	}
 	sqlite3_bind_int(claim, 1, r->attempts);
-	sqlite3_bind_int64(claim, 2, engine_now_ms());
+	sqlite3_bind_int64(claim, 2, clock_now_ms());
 	sqlite3_bind_int64(claim, 3, r->id);
 	int rc = sqlite3_step(claim);
 	sqlite3_reset(claim);
@@ -255,7 +260,7 @@ static void arm(struct jobs *j)
 	sqlite3_stmt *s = store_prepare(j->eng->store,
 	                                "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", err, sizeof err);
 	if (s && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-		int64_t d = sqlite3_column_int64(s, 0) - engine_now_ms();
+		int64_t d = sqlite3_column_int64(s, 0) - clock_now_ms();
 		delay = d < 0 ? 0 : (d < delay ? d : delay);
 	}
 	if (s)
@@ -280,7 +285,7 @@ void jobs_kick(struct jobs *j)
 			" WHERE state = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1", err, sizeof err);
 		if (!due)
 			break;
-		sqlite3_bind_int64(due, 1, engine_now_ms());
+		sqlite3_bind_int64(due, 1, clock_now_ms());
 		if (sqlite3_step(due) != SQLITE_ROW) {
 			sqlite3_reset(due);
 			break;
@@ -302,7 +307,7 @@ static int l_schedule(lua_State *L)
 	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
 	const char *name = luaL_checkstring(L, 1);
 	char err[256];
-	int64_t now = engine_now_ms(), run_at = now;
+	int64_t now = clock_now_ms(), run_at = now;
 	lua_Integer max_attempts = 25;
 	const char *key = NULL;
 

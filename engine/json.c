@@ -1,9 +1,11 @@
-/* json.c — JSON for scripts: lua-cjson decoding made integer-exact, and an encoder that writes into Lua memory. */
+/* json.c — the one JSON module: for scripts (integer-exact decoding, an encoder into Lua memory) and for C. */
 #include "json.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <lauxlib.h>
 #include <lua-cjson.h>
 
@@ -67,33 +69,50 @@ static void jb_add(struct jbuf *jb, const char *s, size_t n)
 
 static void enc(lua_State *L, struct jbuf *b, int idx, int depth);
 
-static void enc_string(struct jbuf *b, const char *s, size_t n)
+/*
+** The one JSON string escaper: "..." with quotes, backslashes and control
+** bytes (and DEL) escaped, everything else copied in runs. put() appends
+** n bytes to its sink.
+*/
+typedef void (*json_put_fn)(void *sink, const char *p, size_t n);
+
+static void escape_string(const char *s, size_t n, json_put_fn put, void *sink)
 {
 	static const char hex[] = "0123456789abcdef";
-	jb_char(b, '"');
+	put(sink, "\"", 1);
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		switch (c) {
-		case '"': jb_str(b, "\\\""); break;
-		case '\\': jb_str(b, "\\\\"); break;
-		case '\n': jb_str(b, "\\n"); break;
-		case '\r': jb_str(b, "\\r"); break;
-		case '\t': jb_str(b, "\\t"); break;
+		case '"': put(sink, "\\\"", 2); break;
+		case '\\': put(sink, "\\\\", 2); break;
+		case '\n': put(sink, "\\n", 2); break;
+		case '\r': put(sink, "\\r", 2); break;
+		case '\t': put(sink, "\\t", 2); break;
 		default:
 			if (c < 0x20 || c == 0x7f) {
 				char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-				jb_add(b, u, 6);
+				put(sink, u, 6);
 			} else {
 				size_t j = i;           /* copy a run of plain bytes at once */
 				while (j < n && s[j] != '"' && s[j] != '\\' && (unsigned char)s[j] >= 0x20 &&
 				       (unsigned char)s[j] != 0x7f)
 					j++;
-				jb_add(b, s + i, j - i);
+				put(sink, s + i, j - i);
 				i = j - 1;
 			}
 		}
 	}
-	jb_char(b, '"');
+	put(sink, "\"", 1);
+}
+
+static void jb_put(void *sink, const char *p, size_t n)
+{
+	jb_add(sink, p, n);
+}
+
+static void enc_string(struct jbuf *b, const char *s, size_t n)
+{
+	escape_string(s, n, jb_put, b);
 }
 
 static void enc_number(lua_State *L, struct jbuf *b, int idx)
@@ -338,4 +357,263 @@ void json_push_lua(lua_State *L)
 	lua_pushcfunction(L, l_array);
 	lua_setfield(L, -2, "array");
 	lua_remove(L, cj);
+}
+
+/* ---- JSON for C callers: a string into an evbuffer, one field out of an object ---- */
+
+struct evsink {
+	struct evbuffer *b;
+	int failed;
+};
+
+static void ev_put(void *sink, const char *p, size_t n)
+{
+	struct evsink *k = sink;
+	if (!k->failed && evbuffer_add(k->b, p, n) < 0)
+		k->failed = 1;
+}
+
+int json_add_string(struct evbuffer *b, const char *s)
+{
+	struct evsink k = { b, 0 };
+	escape_string(s, strlen(s), ev_put, &k);
+	return k.failed ? -1 : 0;
+}
+
+static const char *skip_ws(const char *p)
+{
+	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		p++;
+	return p;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+	unsigned v = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		int d = c >= '0' && c <= '9' ? c - '0'
+		      : c >= 'a' && c <= 'f' ? c - 'a' + 10
+		      : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		if (d < 0)
+			return -1;
+		v = v * 16 + (unsigned)d;
+	}
+	*out = v;
+	return 0;
+}
+
+/* Encode code point cp as UTF-8 into out (4 bytes room); returns the length. */
+static size_t put_utf8(unsigned cp, char *out)
+{
+	if (cp < 0x80) {
+		out[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		out[0] = (char)(0xC0 | (cp >> 6));
+		out[1] = (char)(0x80 | (cp & 0x3F));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		out[0] = (char)(0xE0 | (cp >> 12));
+		out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+		out[2] = (char)(0x80 | (cp & 0x3F));
+		return 3;
+	}
+	out[0] = (char)(0xF0 | (cp >> 18));
+	out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+	out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+	out[3] = (char)(0x80 | (cp & 0x3F));
+	return 4;
+}
+
+/* The code point of the \u escape at p (just after "\u"), surrogate pairs joined; advances *pp. 0 on error. */
+static unsigned read_u_escape(const char **pp)
+{
+	const char *p = *pp;
+	unsigned cp, lo;
+	if (hex4(p, &cp) < 0)
+		return 0;
+	p += 4;
+	if (cp >= 0xD800 && cp <= 0xDBFF) {
+		if (p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
+			return 0;
+		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+		p += 6;
+	} else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+		return 0;
+	}
+	*pp = p;
+	return cp;                         /* \u0000 is refused too: out is a C string */
+}
+
+/*
+** Scan the JSON string at p (on its opening quote), decoding it into out
+** (capacity cap) when out is non-NULL; *len gets the decoded length.
+** Returns the byte after the closing quote, or NULL when malformed or
+** when it does not fit.
+*/
+static const char *scan_string(const char *p, char *out, size_t cap, size_t *len)
+{
+	size_t n = 0;
+	if (*p++ != '"')
+		return NULL;
+	for (;;) {
+		unsigned char c = (unsigned char)*p++;
+		char enc[4];
+		size_t k = 1;
+		if (c == '"')
+			break;
+		if (c < 0x20)
+			return NULL;               /* the end of the text, or a raw control byte */
+		enc[0] = (char)c;
+		if (c == '\\') {
+			c = (unsigned char)*p++;
+			switch (c) {
+			case '"': case '\\': case '/': enc[0] = (char)c; break;
+			case 'b': enc[0] = '\b'; break;
+			case 'f': enc[0] = '\f'; break;
+			case 'n': enc[0] = '\n'; break;
+			case 'r': enc[0] = '\r'; break;
+			case 't': enc[0] = '\t'; break;
+			case 'u': {
+				unsigned cp = read_u_escape(&p);
+				if (!cp)
+					return NULL;
+				k = put_utf8(cp, enc);
+				break;
+			}
+			default: return NULL;
+			}
+		}
+		if (out) {
+			if (n + k >= cap)
+				return NULL;
+			memcpy(out + n, enc, k);
+		}
+		n += k;
+	}
+	if (out)
+		out[n] = '\0';
+	if (len)
+		*len = n;
+	return p;
+}
+
+static const char *skip_number(const char *p)
+{
+	if (*p == '-')
+		p++;
+	if (*p < '0' || *p > '9')
+		return NULL;
+	while (*p >= '0' && *p <= '9')
+		p++;
+	if (*p == '.') {
+		if (*++p < '0' || *p > '9')
+			return NULL;
+		while (*p >= '0' && *p <= '9')
+			p++;
+	}
+	if (*p == 'e' || *p == 'E') {
+		p++;
+		if (*p == '+' || *p == '-')
+			p++;
+		if (*p < '0' || *p > '9')
+			return NULL;
+		while (*p >= '0' && *p <= '9')
+			p++;
+	}
+	return p;
+}
+
+/* The byte after the JSON value at p (after blanks), or NULL when malformed or nested too deep. */
+static const char *skip_value(const char *p, int depth)
+{
+	p = skip_ws(p);
+	if (depth > 64)
+		return NULL;
+	if (*p == '"')
+		return scan_string(p, NULL, 0, NULL);
+	if (*p == '{' || *p == '[') {
+		int obj = *p == '{';
+		char close = obj ? '}' : ']';
+		p = skip_ws(p + 1);
+		if (*p == close)
+			return p + 1;
+		for (;;) {
+			if (obj) {
+				if (!(p = scan_string(skip_ws(p), NULL, 0, NULL)))
+					return NULL;
+				p = skip_ws(p);
+				if (*p++ != ':')
+					return NULL;
+			}
+			if (!(p = skip_value(p, depth + 1)))
+				return NULL;
+			p = skip_ws(p);
+			if (*p == close)
+				return p + 1;
+			if (*p++ != ',')
+				return NULL;
+		}
+	}
+	if (strncmp(p, "true", 4) == 0 || strncmp(p, "null", 4) == 0)
+		return p + 4;
+	if (strncmp(p, "false", 5) == 0)
+		return p + 5;
+	return skip_number(p);
+}
+
+/* Copy the value at p..end into out: a string decoded, anything else as its text. */
+static int copy_value(const char *p, const char *end, char *out, size_t outlen)
+{
+	size_t n;
+	if (*p == '"')
+		return scan_string(p, out, outlen, &n) ? (int)n : -1;
+	n = (size_t)(end - p);
+	if (n >= outlen)
+		return -1;
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return (int)n;
+}
+
+int json_get_field(const char *json, const char *key, char *out, size_t outlen)
+{
+	const char *p;
+	int found = -1;
+
+	if (!json || !key || !out || outlen == 0 || outlen > INT_MAX)
+		return -1;
+	p = skip_ws(json);
+	if (*p++ != '{')
+		return -1;
+	p = skip_ws(p);
+	if (*p == '}')
+		return -1;
+	for (;;) {
+		char name[256];
+		size_t nlen = 0;
+		const char *after = scan_string(p, name, sizeof name, &nlen);
+		int match = after && nlen == strlen(key) && strcmp(name, key) == 0;
+		if (!after && !(after = scan_string(p, NULL, 0, NULL)))   /* a long name: not ours */
+			return -1;
+		p = skip_ws(after);
+		if (*p++ != ':')
+			return -1;
+		p = skip_ws(p);
+		const char *end = skip_value(p, 0);
+		if (!end)
+			return -1;
+		if (match && found < 0 && (found = copy_value(p, end, out, outlen)) < 0)
+			return -1;
+		p = skip_ws(end);
+		if (*p == '}')
+			break;
+		if (*p++ != ',')
+			return -1;
+		p = skip_ws(p);
+	}
+	return *skip_ws(p + 1) == '\0' ? found : -1;
 }

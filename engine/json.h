@@ -1,8 +1,12 @@
-/* json.h — JSON for scripts: lua-cjson decoding made integer-exact, and an encoder that writes into Lua memory. */
+/* json.h — the one JSON module: for scripts (integer-exact decoding, an encoder into Lua memory) and for C. */
 #ifndef PAYGATE_JSON_H
 #define PAYGATE_JSON_H
 
+#include <stddef.h>
+
 #include <lua.h>
+
+struct evbuffer;
 
 #define JSON_MAX_DEPTH 32
 
@@ -19,5 +23,16 @@ void json_push_lua(lua_State *L);
 ** strings nor integers. [-0, +1, e]
 */
 void json_encode_value(lua_State *L, int idx);
+
+/* Append s as a JSON string (quoted, escaped) to b: 0, or -1 when memory ran out. */
+int json_add_string(struct evbuffer *b, const char *s);
+
+/*
+** Copy the value of `key` in the JSON object `json` into out (a string
+** decoded, anything else as its text): its length, or -1 when json is not
+** one well-formed object, the key is absent, or the value does not fit.
+** Same contract as paygate_json_get (paygate.h).
+*/
+int json_get_field(const char *json, const char *key, char *out, size_t outlen);
 
 #endif

@@ -7,8 +7,6 @@
 #include <event2/buffer.h>
 #include <lauxlib.h>
 
-#include "engine.h"
-#include "script.h"
 
 static const double bucket_le[METRICS_BUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5
@@ -154,22 +152,18 @@ static void render_series(struct metrics *m, struct evbuffer *b)
 	}
 }
 
-void metrics_render(struct engine *e, struct evbuffer *b)
+void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct evbuffer *b)
 {
-	struct metrics *m = &e->metrics;
-	struct timeval now;
-
-	gettimeofday(&now, NULL);
 	render_http(m, b);
-	gauge(b, "paygate_http_inflight", "Requests being handled now.", e->http_inflight);
+	gauge(b, "paygate_http_inflight", "Requests being handled now.", g->http_inflight);
 	counter(b, "paygate_http_client_aborts_total", "Clients gone before their answer.", m->client_aborts);
 	counter(b, "paygate_script_errors_total", "Handlers and jobs that raised an error.", m->script_errors);
 	counter(b, "paygate_script_kills_total", "Handlers stopped for exceeding the instruction budget.", m->script_kills);
 	gauge(b, "paygate_script_generation", "Id of the script generation serving now.",
-	      e->gen ? (double)e->gen->id : 0);
+	      (double)g->generation);
 	gauge(b, "paygate_script_memory_bytes", "Lua memory of the current generation.",
-	      e->gen ? (double)e->gen->sbx.used : 0);
-	gauge(b, "paygate_script_generations_draining", "Retired generations still finishing work.", e->draining);
+	      (double)g->script_memory);
+	gauge(b, "paygate_script_generations_draining", "Retired generations still finishing work.", g->draining);
 	counter(b, "paygate_reloads_ok_total", "Script reloads that went live.", m->reloads_ok);
 	counter(b, "paygate_reloads_failed_total", "Script reloads refused (old code kept serving).", m->reloads_failed);
 	counter(b, "paygate_upstream_requests_total", "Outbound HTTP requests that got an answer.", m->fetch_ok);
@@ -180,8 +174,7 @@ void metrics_render(struct engine *e, struct evbuffer *b)
 	counter(b, "paygate_jobs_dead_total", "Jobs given up after their last attempt.", m->jobs_dead);
 	counter(b, "paygate_db_commits_total", "Transactions committed.", m->db_commits);
 	counter(b, "paygate_db_rollbacks_total", "Transactions rolled back.", m->db_rollbacks);
-	gauge(b, "paygate_uptime_seconds", "Seconds since start.",
-	      (double)(now.tv_sec - e->started.tv_sec));
+	gauge(b, "paygate_uptime_seconds", "Seconds since start.", (double)g->uptime_s);
 	render_series(m, b);
 }
 
@@ -216,31 +209,31 @@ static void render_labels(lua_State *L, int idx, char *out, size_t cap)
 
 static int l_metrics_inc(lua_State *L)
 {
-	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	struct metrics *m = lua_touserdata(L, lua_upvalueindex(1));
 	char labels[512];
 	const char *name = luaL_checkstring(L, 1);
 	render_labels(L, 2, labels, sizeof labels);
-	if (metrics_update(&e->metrics, name, labels, luaL_optnumber(L, 3, 1), 0) < 0)
+	if (metrics_update(m, name, labels, luaL_optnumber(L, 3, 1), 0) < 0)
 		return luaL_error(L, "metrics.inc: bad metric name '%s' or too many series", name);
 	return 0;
 }
 
 static int l_metrics_set(lua_State *L)
 {
-	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	struct metrics *m = lua_touserdata(L, lua_upvalueindex(1));
 	char labels[512];
 	const char *name = luaL_checkstring(L, 1);
 	lua_Number v = luaL_checknumber(L, 2);
 	render_labels(L, 3, labels, sizeof labels);
-	if (metrics_update(&e->metrics, name, labels, v, 1) < 0)
+	if (metrics_update(m, name, labels, v, 1) < 0)
 		return luaL_error(L, "metrics.set: bad metric name '%s' or too many series", name);
 	return 0;
 }
 
-void metrics_push_lua(lua_State *L, struct engine *e)
+void metrics_push_lua(lua_State *L, struct metrics *m)
 {
 	static const luaL_Reg fns[] = { { "inc", l_metrics_inc }, { "set", l_metrics_set }, { NULL, NULL } };
 	lua_newtable(L);
-	lua_pushlightuserdata(L, e);
+	lua_pushlightuserdata(L, m);
 	luaL_setfuncs(L, fns, 1);
 }

@@ -8,7 +8,6 @@
 #include <lua.h>
 
 struct evbuffer;
-struct engine;
 
 #define METRICS_BUCKETS 12
 #define METRICS_MAX_SERIES 10000
@@ -49,10 +48,19 @@ void metrics_observe_request(struct metrics *m, int status, double seconds);
 */
 int metrics_update(struct metrics *m, const char *name, const char *labels, double v, int gauge);
 
-/* Render everything the engine knows into buf. */
-void metrics_render(struct engine *e, struct evbuffer *buf);
+/* The engine's state at the moment of a render, read by its owner (routes.c). */
+struct metrics_gauges {
+	int http_inflight;                /* requests being handled now */
+	uint64_t generation;              /* id of the generation serving now, 0 when none */
+	size_t script_memory;             /* Lua bytes of that generation */
+	int draining;                     /* retired generations still finishing work */
+	int64_t uptime_s;
+};
 
-/* Lua: the `metrics` table (inc, set). [-0, +1, e] */
-void metrics_push_lua(lua_State *L, struct engine *e);
+/* Render the counters, the gauges and the scripts' series into buf. */
+void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct evbuffer *buf);
+
+/* Lua: the `metrics` table (inc, set), updating m. [-0, +1, e] */
+void metrics_push_lua(lua_State *L, struct metrics *m);
 
 #endif

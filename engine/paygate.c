@@ -10,23 +10,20 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
+#include "clock.h"
+#include "coro.h"
 #include "engine.h"
 #include "fetch.h"
+#include "gen.h"
 #include "host.h"
 #include "http.h"
 #include "jobs.h"
+#include "json.h"
 #include "reload.h"
-#include "script.h"
+#include "routes.h"
 #include "secure.h"
 #include "store.h"
 #include "wxclient.h"
-
-int64_t engine_now_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 /*
 ** The engine behind the public handle, plus what only an embedding needs:
@@ -125,6 +122,39 @@ static int register_functions(struct engine *e, const struct paygate_function *f
 	return 0;
 }
 
+/* Copy the host's Lua modules (the array need not outlive paygate_new). */
+static int copy_modules(struct engine *e, const struct paygate_lua_module *m, char *err, size_t errlen)
+{
+	int n = 0;
+	while (m && m[n].name)
+		n++;
+	if (n == 0)
+		return 0;
+	if (!(e->modules = calloc((size_t)n, sizeof *e->modules)))
+		goto nomem;
+	for (int i = 0; i < n; i++, e->nmodules++) {
+		if (!m[i].open) {
+			snprintf(err, errlen, "Lua module '%s' has no open function", m[i].name);
+			return -1;
+		}
+		if (!(e->modules[i].name = strdup(m[i].name)))
+			goto nomem;
+		e->modules[i].open = m[i].open;
+		e->modules[i].arg = m[i].arg;
+	}
+	return 0;
+nomem:
+	snprintf(err, errlen, "out of memory");
+	return -1;
+}
+
+static void free_modules(struct engine *e)
+{
+	for (int i = 0; i < e->nmodules; i++)
+		free(e->modules[i].name);
+	free(e->modules);
+}
+
 struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts, char *err, size_t errlen)
 {
 	static const struct paygate_options defaults;
@@ -150,7 +180,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 		goto fail;
 	}
 	log_init(&e->log, e->cfg.log_level, log_out);
-	if (register_functions(e, o->functions, err, errlen) < 0)
+	if (register_functions(e, o->functions, err, errlen) < 0 || copy_modules(e, o->lua_modules, err, errlen) < 0)
 		goto fail;
 	if (!(e->store = store_open(e, e->cfg.db_path, err, errlen)))
 		goto fail;
@@ -160,7 +190,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 		goto fail;
 	if (secure_init(e, err, errlen) < 0)
 		goto fail;
-	if (http_init(e, err, errlen) < 0)
+	if (http_init(e, routes_front, err, errlen) < 0)
 		goto fail;
 	if (reload_run(e, "start", err, errlen) < 0)
 		goto fail;
@@ -271,7 +301,7 @@ static void shutdown_tick(evutil_socket_t fd, short what, void *arg)
 	struct engine *e = &s->pg->e;
 	(void)fd;
 	(void)what;
-	if (busy(e) > 0 && engine_now_ms() < s->deadline)
+	if (busy(e) > 0 && clock_now_ms() < s->deadline)
 		return;                        /* EV_PERSIST: look again in 50 ms */
 	if (busy(e) > 0)
 		log_warn(&e->log, NULL, "shutdown: %d requests, %d host calls and %d jobs still in flight at the deadline",
@@ -302,7 +332,7 @@ void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg),
 		return;
 	}
 	s->pg = pg;
-	s->deadline = engine_now_ms() + grace_ms;
+	s->deadline = clock_now_ms() + grace_ms;
 	s->done = done;
 	s->arg = arg;
 	pg->shutdown = s;
@@ -328,9 +358,9 @@ void paygate_free(struct paygate *pg)
 	                                      jobs still waiting re-queued at the next start */
 	host_free(e);                      /* pending host calls get their result or 503 */
 	if (e->gen) {
-		struct script_gen *g = e->gen;
+		struct gen *g = e->gen;
 		e->gen = NULL;
-		script_gen_unref(g);
+		gen_unref(g);
 	}
 	fetch_free(e->fetch);
 	jobs_free(e->jobs);
@@ -340,6 +370,7 @@ void paygate_free(struct paygate *pg)
 	sched_free(e);
 	metrics_free(&e->metrics);
 	config_free(&e->cfg);
+	free_modules(e);
 	curl_global_cleanup();
 	if (pg->log_stream)
 		fclose(pg->log_stream);
@@ -347,265 +378,14 @@ void paygate_free(struct paygate *pg)
 	free(pg);
 }
 
-/* ---- JSON helpers for host functions ---- */
+/* ---- JSON helpers for host functions (json.c) ---- */
 
 int paygate_json_add_string(struct evbuffer *out, const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
-	int rc = evbuffer_add(out, "\"", 1);
-	while (rc == 0 && *s) {
-		size_t run = strcspn(s, "\"\\\x01\x02\x03\x04\x05\x06\x07\x08\t\n\x0b\x0c\r\x0e\x0f"
-		                        "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f");
-		rc = evbuffer_add(out, s, run);
-		s += run;
-		if (rc == 0 && *s) {
-			unsigned char c = (unsigned char)*s++;
-			char esc[6] = { '\\', (char)c, 0, 0, 0, 0 };
-			if (c == '"' || c == '\\') {
-				rc = evbuffer_add(out, esc, 2);
-			} else {
-				esc[1] = 'u'; esc[2] = '0'; esc[3] = '0'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15];
-				rc = evbuffer_add(out, esc, 6);
-			}
-		}
-	}
-	return rc == 0 ? evbuffer_add(out, "\"", 1) : -1;
-}
-
-static const char *skip_ws(const char *p)
-{
-	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-		p++;
-	return p;
-}
-
-static int hex4(const char *p, unsigned *out)
-{
-	unsigned v = 0;
-	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-		int d = c >= '0' && c <= '9' ? c - '0'
-		      : c >= 'a' && c <= 'f' ? c - 'a' + 10
-		      : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-		if (d < 0)
-			return -1;
-		v = v * 16 + (unsigned)d;
-	}
-	*out = v;
-	return 0;
-}
-
-/* Encode code point cp as UTF-8 into out (4 bytes room); returns the length. */
-static size_t put_utf8(unsigned cp, char *out)
-{
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = (char)(0xC0 | (cp >> 6));
-		out[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		out[0] = (char)(0xE0 | (cp >> 12));
-		out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		out[2] = (char)(0x80 | (cp & 0x3F));
-		return 3;
-	}
-	out[0] = (char)(0xF0 | (cp >> 18));
-	out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-	out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-	out[3] = (char)(0x80 | (cp & 0x3F));
-	return 4;
-}
-
-/* The code point of the \u escape at p (just after "\u"), surrogate pairs joined; advances *pp. 0 on error. */
-static unsigned read_u_escape(const char **pp)
-{
-	const char *p = *pp;
-	unsigned cp, lo;
-	if (hex4(p, &cp) < 0)
-		return 0;
-	p += 4;
-	if (cp >= 0xD800 && cp <= 0xDBFF) {
-		if (p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
-			return 0;
-		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-		p += 6;
-	} else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-		return 0;
-	}
-	*pp = p;
-	return cp;                         /* \u0000 is refused too: out is a C string */
-}
-
-/*
-** Scan the JSON string at p (on its opening quote), decoding it into out
-** (capacity cap) when out is non-NULL; *len gets the decoded length.
-** Returns the byte after the closing quote, or NULL when malformed or
-** when it does not fit.
-*/
-static const char *scan_string(const char *p, char *out, size_t cap, size_t *len)
-{
-	size_t n = 0;
-	if (*p++ != '"')
-		return NULL;
-	for (;;) {
-		unsigned char c = (unsigned char)*p++;
-		char enc[4];
-		size_t k = 1;
-		if (c == '"')
-			break;
-		if (c < 0x20)
-			return NULL;               /* the end of the text, or a raw control byte */
-		enc[0] = (char)c;
-		if (c == '\\') {
-			c = (unsigned char)*p++;
-			switch (c) {
-			case '"': case '\\': case '/': enc[0] = (char)c; break;
-			case 'b': enc[0] = '\b'; break;
-			case 'f': enc[0] = '\f'; break;
-			case 'n': enc[0] = '\n'; break;
-			case 'r': enc[0] = '\r'; break;
-			case 't': enc[0] = '\t'; break;
-			case 'u': {
-				unsigned cp = read_u_escape(&p);
-				if (!cp)
-					return NULL;
-				k = put_utf8(cp, enc);
-				break;
-			}
-			default: return NULL;
-			}
-		}
-		if (out) {
-			if (n + k >= cap)
-				return NULL;
-			memcpy(out + n, enc, k);
-		}
-		n += k;
-	}
-	if (out)
-		out[n] = '\0';
-	if (len)
-		*len = n;
-	return p;
-}
-
-static const char *skip_number(const char *p)
-{
-	if (*p == '-')
-		p++;
-	if (*p < '0' || *p > '9')
-		return NULL;
-	while (*p >= '0' && *p <= '9')
-		p++;
-	if (*p == '.') {
-		if (*++p < '0' || *p > '9')
-			return NULL;
-		while (*p >= '0' && *p <= '9')
-			p++;
-	}
-	if (*p == 'e' || *p == 'E') {
-		p++;
-		if (*p == '+' || *p == '-')
-			p++;
-		if (*p < '0' || *p > '9')
-			return NULL;
-		while (*p >= '0' && *p <= '9')
-			p++;
-	}
-	return p;
-}
-
-/* The byte after the JSON value at p (after blanks), or NULL when malformed or nested too deep. */
-static const char *skip_value(const char *p, int depth)
-{
-	p = skip_ws(p);
-	if (depth > 64)
-		return NULL;
-	if (*p == '"')
-		return scan_string(p, NULL, 0, NULL);
-	if (*p == '{' || *p == '[') {
-		int obj = *p == '{';
-		char close = obj ? '}' : ']';
-		p = skip_ws(p + 1);
-		if (*p == close)
-			return p + 1;
-		for (;;) {
-			if (obj) {
-				if (!(p = scan_string(skip_ws(p), NULL, 0, NULL)))
-					return NULL;
-				p = skip_ws(p);
-				if (*p++ != ':')
-					return NULL;
-			}
-			if (!(p = skip_value(p, depth + 1)))
-				return NULL;
-			p = skip_ws(p);
-			if (*p == close)
-				return p + 1;
-			if (*p++ != ',')
-				return NULL;
-		}
-	}
-	if (strncmp(p, "true", 4) == 0 || strncmp(p, "null", 4) == 0)
-		return p + 4;
-	if (strncmp(p, "false", 5) == 0)
-		return p + 5;
-	return skip_number(p);
-}
-
-/* Copy the value at p..end into out: a string decoded, anything else as its text. */
-static int copy_value(const char *p, const char *end, char *out, size_t outlen)
-{
-	size_t n;
-	if (*p == '"')
-		return scan_string(p, out, outlen, &n) ? (int)n : -1;
-	n = (size_t)(end - p);
-	if (n >= outlen)
-		return -1;
-	memcpy(out, p, n);
-	out[n] = '\0';
-	return (int)n;
+	return json_add_string(out, s);
 }
 
 int paygate_json_get(const char *json, const char *key, char *out, size_t outlen)
 {
-	const char *p;
-	int found = -1;
-
-	if (!json || !key || !out || outlen == 0 || outlen > INT_MAX)
-		return -1;
-	p = skip_ws(json);
-	if (*p++ != '{')
-		return -1;
-	p = skip_ws(p);
-	if (*p == '}')
-		return -1;
-	for (;;) {
-		char name[256];
-		size_t nlen = 0;
-		const char *after = scan_string(p, name, sizeof name, &nlen);
-		int match = after && nlen == strlen(key) && strcmp(name, key) == 0;
-		if (!after && !(after = scan_string(p, NULL, 0, NULL)))   /* a long name: not ours */
-			return -1;
-		p = skip_ws(after);
-		if (*p++ != ':')
-			return -1;
-		p = skip_ws(p);
-		const char *end = skip_value(p, 0);
-		if (!end)
-			return -1;
-		if (match && found < 0 && (found = copy_value(p, end, out, outlen)) < 0)
-			return -1;
-		p = skip_ws(end);
-		if (*p == '}')
-			break;
-		if (*p++ != ',')
-			return -1;
-		p = skip_ws(p);
-	}
-	return *skip_ws(p + 1) == '\0' ? found : -1;
+	return json_get_field(json, key, out, outlen);
 }

@@ -58,6 +58,7 @@ extern "C" {
 
 struct evbuffer;
 struct evhttp_request;
+struct lua_State;
 
 /** An engine: one script generation at a time, its database, jobs and HTTP server. */
 struct paygate;
@@ -80,6 +81,22 @@ struct paygate;
  * same engine, but never paygate_free or paygate_shutdown.
  */
 typedef int (*paygate_host_fn)(void *arg, const char *json_args, struct evbuffer *reply);
+
+/**
+ * A Lua module written in C that scripts load with `require(name)`, in
+ * every generation. `open` runs while a generation is built, in that
+ * generation's Lua state: it pushes the module's value (usually a table of
+ * functions) and returns 1; a Lua error it raises fails the load like a
+ * script error would. The module's functions run inside the script jail's
+ * instruction budget and memory cap, but they are the host's trusted C:
+ * they must never block. (The local WeChat Pay sandbox adds its own
+ * `wechatpay.sandbox` module this way.)
+ */
+struct paygate_lua_module {
+	const char *name;               /**< the require name; not one of the engine's own modules */
+	int (*open)(struct lua_State *L, void *arg);
+	void *arg;                      /**< handed to open */
+};
 
 /** One entry of paygate_options.functions. */
 struct paygate_function {
@@ -119,6 +136,9 @@ struct paygate_options {
 	    one), ended by an entry whose name is NULL; the array need not outlive
 	    the call. See also paygate_register. */
 	const struct paygate_function *functions;
+	/** Lua modules in C for the scripts, ended by an entry whose name is
+	    NULL; the array need not outlive the call. */
+	const struct paygate_lua_module *lua_modules;
 };
 
 /**

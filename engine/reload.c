@@ -11,7 +11,9 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "coro.h"
 #include "engine.h"
+#include "gen.h"
 #include "jobs.h"
 #include "script.h"
 #include "store.h"
@@ -28,8 +30,8 @@ struct migrate_args {
 static int migrate_protected(lua_State *L)
 {
 	struct migrate_args *a = lua_touserdata(L, 1);
-	struct script_gen *g = sbx_of(L)->owner;
-	script_gen_push_app_field(g, "_migrations");
+	struct gen *g = jail_of(L)->owner;
+	gen_push_app_field(g, "_migrations");
 	if (!lua_istable(L, -1))
 		return luaL_error(L, "lualib 'paygate' has no _migrations list");
 	if (store_migrate(a->e->store, L, -1, a->err, a->errlen) < 0)
@@ -37,15 +39,15 @@ static int migrate_protected(lua_State *L)
 	return 0;
 }
 
-static int migrate(struct engine *e, struct script_gen *g, char *err, size_t errlen)
+static int migrate(struct engine *e, struct gen *g, char *err, size_t errlen)
 {
 	struct migrate_args a = { e, err, errlen };
-	struct sbx_budget budget = { 0 };
+	struct jail_budget budget = { 0 };
 	lua_pushcfunction(g->L, migrate_protected);
 	lua_pushlightuserdata(g->L, &a);
-	sbx_budget(g->L, &budget, e->cfg.script_max_instructions * 4);
+	jail_budget(g->L, &budget, e->cfg.script_max_instructions * 4);
 	int rc = lua_pcall(g->L, 1, 0, 0);
-	sbx_unbudget(g->L);
+	jail_unbudget(g->L);
 	if (rc != LUA_OK) {
 		snprintf(err, errlen, "%s", lua_tostring(g->L, -1) ? lua_tostring(g->L, -1) : "migration failed");
 		lua_pop(g->L, 1);
@@ -67,7 +69,7 @@ static void record(struct engine *e, int ok, const char *error)
 
 int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 {
-	struct script_gen *g;
+	struct gen *g;
 
 	if (e->draining >= e->cfg.max_draining) {
 		snprintf(err, errlen, "%d older generations are still finishing work; try again shortly", e->draining);
@@ -77,21 +79,21 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 		snprintf(err, errlen, "a transaction is open; try again");
 		goto fail;
 	}
-	g = script_gen_load(e, err, errlen);
+	g = script_load(e, err, errlen);
 	if (!g)
 		goto fail;
 	if (migrate(e, g, err, errlen) < 0) {
-		script_gen_unref(g);
+		gen_unref(g);
 		goto fail;
 	}
 	/* The swap: a pointer assignment, nothing in between can yield or fail. */
 	g->id = ++e->next_gen_id;
-	struct script_gen *old = e->gen;
+	struct gen *old = e->gen;
 	e->gen = g;
 	if (old) {
 		old->retired = 1;
 		e->draining++;
-		script_gen_unref(old);
+		gen_unref(old);
 	}
 	record(e, 1, NULL);
 	log_info(&e->log, NULL, "script generation %llu live (%s)", (unsigned long long)g->id, trigger);

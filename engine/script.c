@@ -1,4 +1,4 @@
-/* script.c — script generations: a sandboxed Lua VM holding lualib + scripts, shared by reference. */
+/* script.c — loading a script generation: the jailed VM, the engine's modules, lualib and the scripts. */
 #include "script.h"
 
 #include <ctype.h>
@@ -8,8 +8,11 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "clock.h"
+#include "coro.h"
 #include "engine.h"
 #include "fetch.h"
+#include "gen.h"
 #include "host.h"
 #include "http.h"
 #include "jobs.h"
@@ -17,11 +20,10 @@
 #include "secure.h"
 #include "store.h"
 #include "wxclient.h"
-#include "wxsandbox.h"
 
 #define MAX_SCRIPT_BYTES (4u << 20)
 
-/* ---- require: scripts first, then lualib; text only; one shared sandbox env ---- */
+/* ---- require: scripts first, then lualib; text only; one shared jail env ---- */
 
 /* Upvalues: 1 = engine (light), 2 = env, 3 = loaded table. */
 static int find_module(lua_State *L, struct engine *e, const char *name, char *path, size_t cap)
@@ -76,7 +78,7 @@ static int l_require(lua_State *L)
 	if (rc != LUA_OK)
 		return lua_error(L);
 	lua_pushvalue(L, lua_upvalueindex(2));
-	lua_setupvalue(L, -2, 1);                      /* _ENV = the sandbox env */
+	lua_setupvalue(L, -2, 1);                      /* _ENV = the jail env */
 	lua_pushlightuserdata(L, L);                   /* "loading" marker catches loops */
 	lua_setfield(L, lua_upvalueindex(3), name);
 	lua_pushstring(L, name);
@@ -113,7 +115,7 @@ static int log_at(lua_State *L, enum log_level level)
 			lua_pop(L, 1);
 		}
 	}
-	log_emit(&e->log, level, script_reqid(L), msg, fields);
+	log_emit(&e->log, level, coro_reqid(L), msg, fields);
 	return 0;
 }
 
@@ -144,7 +146,7 @@ static int l_print(lua_State *L)
 
 static int l_now(lua_State *L)
 {
-	lua_pushinteger(L, engine_now_ms());
+	lua_pushinteger(L, clock_now_ms());
 	return 1;
 }
 
@@ -181,16 +183,6 @@ static int l_sleep(lua_State *L)
 
 /* ---- building a generation ---- */
 
-const char *script_reqid(lua_State *L)
-{
-	struct coro *c = coro_of(L);
-	if (!c) {                             /* a coroutine the script made: ask who runs */
-		struct script_gen *g = sbx_of(L)->owner;
-		c = g->eng->sched.current;
-	}
-	return c ? c->reqid : NULL;
-}
-
 static void register_modules(lua_State *L, struct engine *e, int env)
 {
 	static const luaL_Reg logf[] = {
@@ -203,41 +195,41 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	json_push_lua(L);
 	int json = lua_gettop(L);
 	lua_pushvalue(L, json);
-	sbx_set_readonly(L, env, "json");
+	jail_set_readonly(L, env, "json");
 
 	store_push_lua(L, e);
-	sbx_set_readonly(L, env, "db");
+	jail_set_readonly(L, env, "db");
 	fetch_push_lua(L, e);
-	sbx_set_readonly(L, env, "http");
+	jail_set_readonly(L, env, "http");
 	lua_pushvalue(L, json);
 	jobs_push_lua(L, e);                  /* consumes json: payloads are encoded with it */
-	sbx_set_readonly(L, env, "jobs");
-	metrics_push_lua(L, e);
-	sbx_set_readonly(L, env, "metrics");
+	jail_set_readonly(L, env, "jobs");
+	metrics_push_lua(L, &e->metrics);
+	jail_set_readonly(L, env, "metrics");
 	secure_push_lua(L, e);
-	sbx_set_readonly(L, env, "secure");
+	jail_set_readonly(L, env, "secure");
 	lua_pushvalue(L, json);
 	host_push_lua(L, e);                  /* consumes json: replies are decoded with it */
-	sbx_set_readonly(L, env, "host");
+	jail_set_readonly(L, env, "host");
 
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
 	luaL_setfuncs(L, logf, 1);
-	sbx_set_readonly(L, env, "log");
+	jail_set_readonly(L, env, "log");
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
 	luaL_setfuncs(L, clockf, 1);
-	sbx_set_readonly(L, env, "clock");
+	jail_set_readonly(L, env, "clock");
 
 	lua_pushlightuserdata(L, e);
 	lua_pushcclosure(L, l_print, 1);
-	sbx_set_global(L, env, "print");
+	jail_set_global(L, env, "print");
 
 	/* config: the `app` table of the config file, decoded afresh for each generation */
 	lua_getfield(L, json, "decode");
 	lua_pushstring(L, e->cfg.app_json);
 	lua_call(L, 1, 1);
-	sbx_set_readonly(L, env, "config");
+	jail_set_readonly(L, env, "config");
 	lua_pop(L, 1);                        /* json */
 }
 
@@ -250,13 +242,25 @@ static int ref_app_function(lua_State *L, int app, const char *name)
 	return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* loaded[m->name] = the value m->open pushes; the engine's own names are not the host's to take. [-0, +0, e] */
+static void open_host_module(lua_State *L, const struct lua_module *m, int loaded)
+{
+	if (lua_getfield(L, loaded, m->name) != LUA_TNIL)
+		luaL_error(L, "Lua module '%s' of the host: the engine has a module of that name", m->name);
+	lua_pop(L, 1);
+	int top = lua_gettop(L);
+	if (m->open(L, m->arg) != 1 || lua_gettop(L) != top + 1)
+		luaL_error(L, "Lua module '%s' of the host: open must push one value and return 1", m->name);
+	lua_setfield(L, loaded, m->name);
+}
+
 /* [-1 (lightuserdata gen), +0]: everything that can raise runs here, under the load budget. */
 static int load_protected(lua_State *L)
 {
-	struct script_gen *g = lua_touserdata(L, 1);
+	struct gen *g = lua_touserdata(L, 1);
 	struct engine *e = g->eng;
 
-	sbx_push_env(L);
+	jail_push_env(L);
 	int env = lua_gettop(L);
 	register_modules(L, e, env);
 
@@ -266,16 +270,14 @@ static int load_protected(lua_State *L)
 	lua_getfield(L, env, "http");
 	wxc_push_lua(L, e);
 	lua_setfield(L, loaded, "wechatpay.core");
-	if (e->cfg.wechatpay_sandbox) {
-		wxs_push_lua(L, e);
-		lua_setfield(L, loaded, "wechatpay.sandbox");
-	}
+	for (int i = 0; i < e->nmodules; i++)
+		open_host_module(L, &e->modules[i], loaded);
 	lua_pushlightuserdata(L, e);
 	lua_pushvalue(L, env);
 	lua_pushvalue(L, loaded);
 	lua_pushcclosure(L, l_require, 3);
 	lua_pushvalue(L, -1);
-	sbx_set_global(L, env, "require");
+	jail_set_global(L, env, "require");
 	int req = lua_gettop(L);
 
 	lua_pushvalue(L, req);
@@ -295,62 +297,28 @@ static int load_protected(lua_State *L)
 	return 0;
 }
 
-struct script_gen *script_gen_load(struct engine *e, char *err, size_t errlen)
+struct gen *script_load(struct engine *e, char *err, size_t errlen)
 {
-	struct script_gen *g = calloc(1, sizeof *g);
-	struct sbx_budget budget = { 0 };
+	struct gen *g = gen_new(e, e->cfg.script_memory_bytes);
+	struct jail_budget budget = { 0 };
 
 	if (!g) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	g->eng = e;
-	g->refs = 1;
-	g->L = sbx_newstate(&g->sbx, e->cfg.script_memory_bytes, g);
-	if (!g->L) {
 		snprintf(err, errlen, "cannot create a Lua state within %zu bytes", e->cfg.script_memory_bytes);
-		free(g);
 		return NULL;
 	}
 	/* Requests make short-lived garbage: the generational collector suits it. */
 	lua_gc(g->L, LUA_GCGEN, 0, 0);
 	lua_pushcfunction(g->L, load_protected);
 	lua_pushlightuserdata(g->L, g);
-	sbx_budget(g->L, &budget, e->cfg.script_max_instructions * 4);
+	jail_budget(g->L, &budget, e->cfg.script_max_instructions * 4);
 	int rc = lua_pcall(g->L, 1, 0, 0);
-	sbx_unbudget(g->L);
+	jail_unbudget(g->L);
 	if (rc != LUA_OK) {
 		const char *msg = rc == LUA_ERRMEM ? "out of memory (script memory limit)" : lua_tostring(g->L, -1);
 		snprintf(err, errlen, "%s", msg ? msg : "unknown error");
-		lua_close(g->L);
-		free(g);
+		gen_unref(g);
 		return NULL;
 	}
 	gettimeofday(&g->loaded_at, NULL);
 	return g;
-}
-
-void script_gen_push_app_field(struct script_gen *g, const char *name)
-{
-	lua_rawgeti(g->L, LUA_REGISTRYINDEX, g->app_ref);
-	lua_getfield(g->L, -1, name);
-	lua_remove(g->L, -2);
-}
-
-void script_gen_ref(struct script_gen *g)
-{
-	g->refs++;
-}
-
-void script_gen_unref(struct script_gen *g)
-{
-	if (--g->refs > 0)
-		return;
-	struct engine *e = g->eng;
-	if (g->retired) {
-		e->draining--;
-		log_info(&e->log, NULL, "script generation %llu drained and freed", (unsigned long long)g->id);
-	}
-	lua_close(g->L);
-	free(g);
 }

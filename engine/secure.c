@@ -6,6 +6,7 @@
 
 #include <lauxlib.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "engine.h"
 #include "store.h"
@@ -139,7 +140,7 @@ static int l_issue_token(lua_State *L)
 
 	luaL_argcheck(L, good_subject(subject, n), 1, "1-128 of [A-Za-z0-9_-]");
 	luaL_argcheck(L, ttl > 0 && ttl <= 30 * 86400, 2, "1 s to 30 days");
-	long long at = (long long)(engine_now_ms() / 1000 + ttl);
+	long long at = (long long)(clock_now_ms() / 1000 + ttl);
 	snprintf(exp, sizeof exp, "%lld", at);
 	if (mac(e, exp, subject, hex) < 0)
 		return luaL_error(L, "secure.issue_token: cannot sign");
@@ -177,7 +178,7 @@ static int l_verify_token(lua_State *L)
 		lua_pushliteral(L, "bad_signature");
 		return 2;
 	}
-	if (at <= engine_now_ms() / 1000) {
+	if (at <= clock_now_ms() / 1000) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "expired");
 		return 2;

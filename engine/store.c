@@ -1,12 +1,14 @@
 /* store.c — SQLite storage: WAL, a prepared-statement cache, transactions, migrations, the `db` Lua API. */
 #include "store.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <lauxlib.h>
 
+#include "coro.h"
 #include "engine.h"
 
 #define STMT_CACHE 256                 /* direct-mapped: slot = hash(sql) */
@@ -183,13 +185,22 @@ int store_begin(struct store *st, char *err, size_t errlen)
 		snprintf(sql, sizeof sql, "SAVEPOINT pg_tx_%d", st->tx_depth);
 	if (exec_simple(st, sql, err, errlen) < 0)
 		return -1;
-	st->tx_depth++;
+	if (st->tx_depth++ == 0)
+		sched_forbid_waits(st->eng, "inside db.tx(): finish the transaction first "
+		                            "(a transaction never stays open across a wait)");
 	return 0;
+}
+
+/* The outermost transaction ended (committed or rolled back): coroutines may wait again. */
+static void tx_ended(struct store *st)
+{
+	sched_allow_waits(st->eng);
 }
 
 int store_commit(struct store *st, char *err, size_t errlen)
 {
 	char sql[64];
+	assert(st->tx_depth > 0);
 	if (st->tx_depth == 1)
 		snprintf(sql, sizeof sql, "COMMIT");
 	else
@@ -197,8 +208,10 @@ int store_commit(struct store *st, char *err, size_t errlen)
 	if (exec_simple(st, sql, err, errlen) < 0)
 		return -1;
 	st->tx_depth--;
-	if (st->tx_depth == 0)
+	if (st->tx_depth == 0) {
 		st->eng->metrics.db_commits++;
+		tx_ended(st);
+	}
 	return 0;
 }
 
@@ -215,8 +228,10 @@ void store_rollback(struct store *st)
 	if (exec_simple(st, sql, err, sizeof err) < 0)
 		log_error(&st->eng->log, NULL, "rollback failed: %s", err);
 	st->tx_depth--;
-	if (st->tx_depth == 0)
+	if (st->tx_depth == 0) {
 		st->eng->metrics.db_rollbacks++;
+		tx_ended(st);
+	}
 }
 
 /* ---- Lua: binding values and reading rows ---- */

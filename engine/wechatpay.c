@@ -1,4 +1,4 @@
-/* wechatpay.c — WeChat Pay APIv3 signing, verification, resource crypto, APIv2 signs (see wechatpay.h). */
+/* wechatpay.c — the merchant's side of WeChat Pay APIv3 as pure functions: no I/O, no Lua. */
 #include "wechatpay.h"
 
 #include <inttypes.h>
@@ -218,108 +218,6 @@ int wxp_build_authorization(EVP_PKEY *key, const char *mchid, const char *serial
 }
 
 /* ================================================================
-** Authorization parsing (for the sandbox)
-** ================================================================ */
-
-/* Where the value of `name` goes in a wxp_auth, or NULL for an unknown name. */
-static const char **auth_slot(wxp_auth *a, const char *name, size_t n)
-{
-    static const char *const names[5] = {"mchid", "nonce_str", "timestamp", "serial_no",
-                                         "signature"};
-    const char **slots[5] = {&a->mchid, &a->nonce_str, &a->timestamp, &a->serial_no,
-                             &a->signature};
-    int i;
-
-    for (i = 0; i < 5; i++)
-        if (strlen(names[i]) == n && memcmp(names[i], name, n) == 0)
-            return slots[i];
-    return NULL;
-}
-
-/* Parses one key="value" at *pp (in place: the closing quote becomes NUL). */
-static int auth_pair(wxp_auth *a, char **pp, char *err, size_t errlen)
-{
-    char *p = *pp, *name = p, *val;
-    const char **slot;
-
-    while (*p == '_' || (*p >= 'a' && *p <= 'z'))
-        p++;
-    slot = auth_slot(a, name, (size_t)(p - name));
-    if (slot == NULL || p[0] != '=' || p[1] != '"') {
-        seterr(err, errlen, "Authorization: expected one of mchid, nonce_str, timestamp, serial_no, signature "
-            "as key=\"value\"");
-        return -1;
-    }
-    if (*slot != NULL) {
-        seterr(err, errlen, "Authorization: duplicate %.*s", (int)(p - name), name);
-        return -1;
-    }
-    val = p + 2;
-    if ((p = strchr(val, '"')) == NULL || p == val) {
-        seterr(err, errlen, "Authorization: empty or unterminated value");
-        return -1;
-    }
-    *p = '\0';
-    *slot = val;
-    *pp = p + 1;
-    return 0;
-}
-
-/* Parses the comma-separated pairs at p into *a; all five keys are required. -1 on any defect. */
-static int auth_pairs(wxp_auth *a, char *p, char *err, size_t errlen)
-{
-    for (;;) {
-        if (auth_pair(a, &p, err, errlen) < 0)
-            return -1;
-        if (*p == '\0')
-            break;
-        if (*p++ != ',') {
-            seterr(err, errlen, "Authorization: pairs must be separated by commas");
-            return -1;
-        }
-        while (*p == ' ')
-            p++;
-    }
-    if (!a->mchid || !a->nonce_str || !a->timestamp || !a->serial_no || !a->signature) {
-        seterr(err, errlen, "Authorization: all of mchid, nonce_str, timestamp, serial_no, signature are required");
-        return -1;
-    }
-    return 0;
-}
-
-int wxp_parse_authorization(const char *header, wxp_auth *out, char *err, size_t errlen)
-{
-    const char *scheme = WXP_AUTH_SCHEME " ";
-    size_t slen = strlen(scheme), rest;
-
-    memset(out, 0, sizeof *out);
-    if (header == NULL || strncmp(header, scheme, slen) != 0) {
-        seterr(err, errlen, "Authorization: scheme must be " WXP_AUTH_SCHEME);
-        return -1;
-    }
-    rest = strlen(header + slen);
-    if ((out->storage.data = malloc(rest + 1)) == NULL) {
-        seterr(err, errlen, "out of memory");
-        return -1;
-    }
-    memcpy(out->storage.data, header + slen, rest + 1);
-    out->storage.len = rest;
-    if (auth_pairs(out, (char *)out->storage.data, err, errlen) < 0) {
-        wxp_auth_free(out);
-        return -1;
-    }
-    return 0;
-}
-
-void wxp_auth_free(wxp_auth *a)
-{
-    if (a == NULL)
-        return;
-    crypto_buf_free(&a->storage);
-    memset(a, 0, sizeof *a);
-}
-
-/* ================================================================
 ** Key set (section 2.4)
 ** ================================================================ */
 
@@ -467,17 +365,6 @@ int wxp_keyset_add_public_key(wxp_keyset *ks, const char *key_id, const char *pe
     return 0;
 }
 
-int wxp_keyset_remove(wxp_keyset *ks, const char *serial)
-{
-    ks_entry *e = ks_find(ks, serial);
-
-    if (e == NULL)
-        return -1;
-    crypto_key_free(e->key);
-    *e = ks->e[--ks->n];
-    return 0;
-}
-
 EVP_PKEY *wxp_keyset_lookup(const wxp_keyset *ks, const char *serial)
 {
     ks_entry *e = ks_find(ks, serial);
@@ -520,26 +407,6 @@ int wxp_response_message(const char *timestamp, const char *nonce, const void *b
     parts[2].data = body;
     parts[2].len = body != NULL ? bodylen : 0;
     return join_lines(parts, 3, out, err, errlen);
-}
-
-int wxp_sign_response(EVP_PKEY *key, int64_t timestamp, const char *nonce, const void *body,
-                      size_t bodylen, crypto_buf *out, char *err, size_t errlen)
-{
-    char ts[24];
-    part parts[3];
-
-    out->data = NULL;
-    out->len = 0;
-    if (timestamp < 0 || !header_safe(nonce)) {
-        seterr(err, errlen, "timestamp must be non-negative and nonce printable ASCII");
-        return -1;
-    }
-    snprintf(ts, sizeof ts, "%" PRId64, timestamp);
-    parts[0] = str_part(ts);
-    parts[1] = str_part(nonce);
-    parts[2].data = body;
-    parts[2].len = body != NULL ? bodylen : 0;
-    return sign_lines(key, parts, 3, out, err, errlen);
 }
 
 static int absent(const char *s)
@@ -725,234 +592,6 @@ wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
     return rc < 0 ? WXP_DECRYPT_INTERNAL : WXP_DECRYPT_OK;
 }
 
-int wxp_encrypt_resource(const void *apiv3_key, size_t keylen, const char *nonce,
-                         const char *associated_data, const void *plaintext, size_t len,
-                         crypto_buf *out, char *err, size_t errlen)
-{
-    const char *aad = associated_data != NULL ? associated_data : "";
-    crypto_buf ct;
-    int rc;
-
-    out->data = NULL;
-    out->len = 0;
-    if (!apiv3_key_ok(keylen, err, errlen))
-        return -1;
-    if (nonce == NULL || nonce[0] == '\0') {
-        seterr(err, errlen, "nonce must not be empty");
-        return -1;
-    }
-    if (crypto_aes_gcm_encrypt(apiv3_key, keylen, nonce, strlen(nonce), aad, strlen(aad),
-                               plaintext, len, &ct, err, errlen) < 0)
-        return -1;
-    rc = crypto_base64_encode(ct.data, ct.len, out, err, errlen);
-    crypto_buf_free(&ct);
-    return rc;
-}
-
-/* ================================================================
-** Strict JSON syntax check
-** ================================================================ */
-
-typedef struct jp {
-    const unsigned char *s, *p, *end;
-    int depth;
-} jp;
-
-static int jp_value(jp *j);
-
-static void jp_ws(jp *j)
-{
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-        j->p++;
-}
-
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid or truncated. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    size_t n, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) { n = 2; cp = p[0] & 0x1f; }
-    else if (p[0] >= 0xe0 && p[0] <= 0xef) { n = 3; cp = p[0] & 0x0f; }
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4) { n = 4; cp = p[0] & 0x07; }
-    else return 0;
-    if ((size_t)(end - p) < n)
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
-static int is_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-static int jp_escape(jp *j)
-{
-    int i;
-
-    if (j->p >= j->end)
-        return -1;
-    if (*j->p != '\0' && strchr("\"\\/bfnrt", *j->p) != NULL) {
-        j->p++;
-        return 0;
-    }
-    if (*j->p++ != 'u' || j->end - j->p < 4)
-        return -1;
-    for (i = 0; i < 4; i++)
-        if (!is_hex(*j->p++))
-            return -1;
-    return 0;
-}
-
-static int jp_string(jp *j)
-{
-    size_t n;
-
-    j->p++; /* opening quote */
-    while (j->p < j->end) {
-        unsigned char c = *j->p;
-        if (c == '"') {
-            j->p++;
-            return 0;
-        }
-        if (c < 0x20)
-            return -1;
-        if (c == '\\') {
-            j->p++;
-            if (jp_escape(j) < 0)
-                return -1;
-            continue;
-        }
-        if ((n = utf8_len(j->p, j->end)) == 0)
-            return -1;
-        j->p += n;
-    }
-    return -1;
-}
-
-static int jp_digits(jp *j)
-{
-    const unsigned char *start = j->p;
-
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-        j->p++;
-    return j->p > start ? 0 : -1;
-}
-
-/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-static int jp_number(jp *j)
-{
-    if (j->p < j->end && *j->p == '-')
-        j->p++;
-    if (j->p < j->end && *j->p == '0')
-        j->p++;
-    else if (jp_digits(j) < 0)
-        return -1;
-    if (j->p < j->end && *j->p == '.') {
-        j->p++;
-        if (jp_digits(j) < 0)
-            return -1;
-    }
-    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-        j->p++;
-        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
-            j->p++;
-        if (jp_digits(j) < 0)
-            return -1;
-    }
-    return 0;
-}
-
-static int jp_literal(jp *j, const char *lit)
-{
-    size_t n = strlen(lit);
-
-    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
-        return -1;
-    j->p += n;
-    return 0;
-}
-
-/* Array or object: `close` is ']' or '}'; members of objects are "key": value. */
-static int jp_container(jp *j, unsigned char close)
-{
-    if (++j->depth > JSON_MAX_DEPTH)
-        return -1;
-    j->p++;
-    jp_ws(j);
-    if (j->p < j->end && *j->p == close) {
-        j->p++;
-        j->depth--;
-        return 0;
-    }
-    for (;;) {
-        jp_ws(j);
-        if (close == '}') {
-            if (j->p >= j->end || *j->p != '"' || jp_string(j) < 0)
-                return -1;
-            jp_ws(j);
-            if (j->p >= j->end || *j->p++ != ':')
-                return -1;
-        }
-        if (jp_value(j) < 0)
-            return -1;
-        jp_ws(j);
-        if (j->p >= j->end)
-            return -1;
-        if (*j->p == close)
-            break;
-        if (*j->p++ != ',')
-            return -1;
-    }
-    j->p++;
-    j->depth--;
-    return 0;
-}
-
-static int jp_value(jp *j)
-{
-    jp_ws(j);
-    if (j->p >= j->end)
-        return -1;
-    switch (*j->p) {
-    case '{': return jp_container(j, '}');
-    case '[': return jp_container(j, ']');
-    case '"': return jp_string(j);
-    case 't': return jp_literal(j, "true");
-    case 'f': return jp_literal(j, "false");
-    case 'n': return jp_literal(j, "null");
-    default: return jp_number(j);
-    }
-}
-
-int wxp_json_valid(const char *s, size_t len, char *err, size_t errlen)
-{
-    jp j;
-
-    j.s = j.p = (const unsigned char *)s;
-    j.end = j.s + len;
-    j.depth = 0;
-    if (s == NULL || jp_value(&j) < 0)
-        goto fail;
-    jp_ws(&j);
-    if (j.p != j.end)
-        goto fail;
-    return 0;
-fail:
-    seterr(err, errlen, "invalid JSON near byte %zu", s != NULL ? (size_t)(j.p - j.s) : (size_t)0);
-    return -1;
-}
-
 /* ================================================================
 ** Mini-program pay parameters (section 4)
 ** ================================================================ */
@@ -981,127 +620,6 @@ int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char
 }
 
 /* ================================================================
-** APIv2 signatures (section 10)
-** ================================================================ */
-
-int wxp_v2_sign_type_parse(const char *s, wxp_v2_sign_type *out)
-{
-    if (s == NULL || s[0] == '\0' || strcmp(s, "MD5") == 0)
-        *out = WXP_V2_MD5;
-    else if (strcmp(s, "HMAC-SHA256") == 0)
-        *out = WXP_V2_HMAC_SHA256;
-    else
-        return -1;
-    return 0;
-}
-
-static int kv_cmp(const void *a, const void *b)
-{
-    const wxp_kv *x = *(const wxp_kv *const *)a, *y = *(const wxp_kv *const *)b;
-
-    return strcmp(x->key, y->key);
-}
-
-/* The pairs that take part in the sign, sorted by key; *m receives their count. */
-static const wxp_kv **v2_sorted(const wxp_kv *pairs, size_t n, size_t *m, char *err, size_t errlen)
-{
-    const wxp_kv **v = malloc((n ? n : 1) * sizeof *v);
-    size_t i, k = 0;
-
-    if (v == NULL) {
-        seterr(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (i = 0; i < n; i++) {
-        const char *key = pairs[i].key;
-        if (key == NULL || key[0] == '\0' || strpbrk(key, "=&") != NULL) {
-            seterr(err, errlen, "APIv2 parameter names must be non-empty without '=' or '&'");
-            goto fail;
-        }
-        if (pairs[i].value != NULL && pairs[i].value[0] != '\0' && strcmp(key, "sign") != 0)
-            v[k++] = &pairs[i];
-    }
-    qsort(v, k, sizeof *v, kv_cmp);
-    for (i = 1; i < k; i++)
-        if (strcmp(v[i - 1]->key, v[i]->key) == 0) {
-            seterr(err, errlen, "APIv2 parameter %.64s appears twice", v[i]->key);
-            goto fail;
-        }
-    *m = k;
-    return v;
-fail:
-    free(v);
-    return NULL;
-}
-
-/* Builds "k=v&…&key=API_KEY" from sorted pairs. The result holds the key: wipe it. */
-static int v2_string(const wxp_kv **v, size_t m, const char *api_key, crypto_buf *out,
-                     char *err, size_t errlen)
-{
-    size_t i, total = strlen("key=") + strlen(api_key) + 1, off = 0;
-
-    for (i = 0; i < m; i++)
-        total += strlen(v[i]->key) + strlen(v[i]->value) + 2;
-    if ((out->data = malloc(total)) == NULL) {
-        seterr(err, errlen, "out of memory");
-        return -1;
-    }
-    for (i = 0; i < m; i++)
-        off += (size_t)snprintf((char *)out->data + off, total - off, "%s=%s&", v[i]->key, v[i]->value);
-    off += (size_t)snprintf((char *)out->data + off, total - off, "key=%s", api_key);
-    out->len = off;
-    return 0;
-}
-
-int wxp_v2_sign(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
-                char out[65], char *err, size_t errlen)
-{
-    unsigned char mac[CRYPTO_SHA256_LEN];
-    const wxp_kv **v;
-    crypto_buf s = {NULL, 0};
-    size_t m = 0;
-    int rc = -1;
-
-    out[0] = '\0';
-    if (api_key == NULL || api_key[0] == '\0') {
-        seterr(err, errlen, "APIv2 key is empty");
-        return -1;
-    }
-    if ((v = v2_sorted(pairs, n, &m, err, errlen)) == NULL)
-        return -1;
-    if (v2_string(v, m, api_key, &s, err, errlen) < 0)
-        goto fail;
-    if (type == WXP_V2_MD5)
-        rc = crypto_md5(s.data, s.len, mac);
-    else
-        rc = crypto_hmac_sha256(api_key, strlen(api_key), s.data, s.len, mac);
-    if (rc < 0)
-        seterr(err, errlen, "digest failed");
-    else
-        crypto_hex_encode(mac, type == WXP_V2_MD5 ? CRYPTO_MD5_LEN : CRYPTO_SHA256_LEN, 1, out, 65);
-fail:
-    crypto_buf_free(&s);
-    free(v);
-    return rc;
-}
-
-int wxp_v2_verify(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
-                  const char *sign, char *err, size_t errlen)
-{
-    char want[65];
-    size_t len;
-
-    if (wxp_v2_sign(pairs, n, api_key, type, want, err, errlen) < 0)
-        return -1;
-    len = strlen(want);
-    if (sign == NULL || strlen(sign) != len || !crypto_ct_equal(sign, want, len)) {
-        seterr(err, errlen, "APIv2 sign does not match (check the key and sign_type)");
-        return -1;
-    }
-    return 0;
-}
-
-/* ================================================================
 ** Field checks (sections 3 and 13)
 ** ================================================================ */
 
@@ -1122,6 +640,31 @@ int wxp_check_out_trade_no(const char *s, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid or truncated. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    size_t n, i;
+    uint32_t cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) { n = 2; cp = p[0] & 0x1f; }
+    else if (p[0] >= 0xe0 && p[0] <= 0xef) { n = 3; cp = p[0] & 0x0f; }
+    else if (p[0] >= 0xf0 && p[0] <= 0xf4) { n = 4; cp = p[0] & 0x07; }
+    else return 0;
+    if ((size_t)(end - p) < n)
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return n;
 }
 
 int wxp_check_description(const char *s, char *err, size_t errlen)

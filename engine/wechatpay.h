@@ -1,4 +1,4 @@
-/* wechatpay.h — WeChat Pay APIv3 protocol (and APIv2 signatures) as pure functions: no I/O, no Lua. */
+/* wechatpay.h — the merchant's side of WeChat Pay APIv3 as pure functions: no I/O, no Lua. */
 #ifndef PAYGATE_WECHATPAY_H
 #define PAYGATE_WECHATPAY_H
 
@@ -51,19 +51,6 @@ int wxp_build_authorization(EVP_PKEY *key, const char *mchid, const char *serial
                             const char *nonce, const void *body, size_t bodylen,
                             crypto_buf *out, char *err, size_t errlen);
 
-/* The five fields of a parsed Authorization header (for the sandbox). Each points into
-** `storage` (one NUL-terminated copy of the header owned by this struct). */
-typedef struct wxp_auth {
-    const char *mchid, *nonce_str, *timestamp, *serial_no, *signature;
-    crypto_buf storage;
-} wxp_auth;
-
-/* Parses an Authorization value: the scheme, then exactly the five key="value" pairs
-** in any order, comma separated (spaces after commas allowed). Fails on an unknown
-** scheme, unknown/duplicate/missing key or bad quoting; *out is then empty. */
-int wxp_parse_authorization(const char *header, wxp_auth *out, char *err, size_t errlen);
-void wxp_auth_free(wxp_auth *a);
-
 /* ---- keys that can verify WeChat Pay signatures, section 2.4 ---- */
 
 /* Platform certificates by serial, plus at most one WeChat Pay public key (PUB_KEY_ID_…).
@@ -83,9 +70,6 @@ int wxp_keyset_add_cert(wxp_keyset *ks, const char *pem, size_t len, char *seria
 ** previous one. The set is unchanged on failure. */
 int wxp_keyset_add_public_key(wxp_keyset *ks, const char *key_id, const char *pem, size_t len,
                               char *err, size_t errlen);
-
-/* Removes the certificate with this serial. Returns 0, or -1 if there was none. */
-int wxp_keyset_remove(wxp_keyset *ks, const char *serial);
 
 /* The key for a Wechatpay-Serial value (borrowed; valid until removed), or NULL. */
 EVP_PKEY *wxp_keyset_lookup(const wxp_keyset *ks, const char *serial);
@@ -135,10 +119,6 @@ int wxp_response_message(const char *timestamp, const char *nonce, const void *b
 wxp_verify_result wxp_verify(const wxp_keyset *ks, const wxp_headers *h, const void *body,
                              size_t bodylen, int64_t now, char *err, size_t errlen);
 
-/* Signs "TIMESTAMP\nNONCE\nBODY\n" (what WeChat Pay does; the sandbox uses it). */
-int wxp_sign_response(EVP_PKEY *key, int64_t timestamp, const char *nonce, const void *body,
-                      size_t bodylen, crypto_buf *out, char *err, size_t errlen);
-
 /* ---- notification and certificate resources, sections 6 and 9 ---- */
 
 /* The `resource` (or `encrypt_certificate`) object of an envelope, already extracted
@@ -167,21 +147,12 @@ const char *wxp_decrypt_result_name(wxp_decrypt_result r);
 ** data as raw bytes, tag = last 16 bytes). The cipher size follows the key length,
 ** as in the Go SDK: 32 bytes = AES-256 (production), 16 = AES-128 (SDK test vectors
 ** only; the config layer should insist on 32). plaintext is empty on failure. The
-** plaintext is not checked to be JSON (certificates decrypt to PEM): use
-** wxp_json_valid for notifications.
+** plaintext is not checked to be JSON (certificates decrypt to PEM): the caller
+** decodes a notification's JSON with its own strict decoder.
 */
 wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
                                         const wxp_resource *r, crypto_buf *plaintext,
                                         char *err, size_t errlen);
-
-/* The reverse, for the sandbox and tests: out = Base64(ciphertext || tag). */
-int wxp_encrypt_resource(const void *apiv3_key, size_t keylen, const char *nonce,
-                         const char *associated_data, const void *plaintext, size_t len,
-                         crypto_buf *out, char *err, size_t errlen);
-
-/* Strict RFC 8259 syntax check (UTF-8 validated, no trailing bytes, nesting at most
-** 32 deep). Returns 0 if s[0..len) is one JSON value, -1 with the offset otherwise. */
-int wxp_json_valid(const char *s, size_t len, char *err, size_t errlen);
 
 /* ---- mini-program payment parameters, section 4 ---- */
 
@@ -191,32 +162,6 @@ int wxp_json_valid(const char *s, size_t len, char *err, size_t errlen);
 ** The caller passes signType "RSA" and package WXP_PACKAGE_PREFIX + prepay_id along. */
 int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce,
                  const char *prepay_id, crypto_buf *out, char *err, size_t errlen);
-
-/* ---- APIv2 signatures, section 10 ---- */
-
-typedef struct wxp_kv {
-    const char *key;
-    const char *value;
-} wxp_kv;
-
-typedef enum wxp_v2_sign_type { WXP_V2_MD5, WXP_V2_HMAC_SHA256 } wxp_v2_sign_type;
-
-/* Parses "MD5" or "HMAC-SHA256"; NULL or "" means MD5 (v2 default). -1 otherwise. */
-int wxp_v2_sign_type_parse(const char *s, wxp_v2_sign_type *out);
-
-/*
-** APIv2 sign: pairs with an empty/NULL value and the pair named "sign" are skipped,
-** the rest sorted by key (byte order) and joined "k=v&…&key=API_KEY"; MD5 or
-** HMAC-SHA256 (keyed with the API key) as uppercase hex into out (65 bytes covers
-** both). Fails on an empty key name, a name with '=' or '&', or a duplicate name.
-*/
-int wxp_v2_sign(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
-                char out[65], char *err, size_t errlen);
-
-/* Recomputes the sign and compares with `sign` in constant time (case-sensitive
-** uppercase, as WeChat sends it). Returns 0 when it matches. */
-int wxp_v2_verify(const wxp_kv *pairs, size_t n, const char *api_key, wxp_v2_sign_type type,
-                  const char *sign, char *err, size_t errlen);
 
 /* ---- field checks for the prepay request, sections 3 and 13 ---- */
 

@@ -10,10 +10,11 @@
 #include <event2/http.h>
 #include <lauxlib.h>
 
+#include "clock.h"
+#include "coro.h"
 #include "crypto.h"
 #include "engine.h"
 #include "http.h"
-#include "script.h"
 #include "wechatpay.h"
 
 /*
@@ -162,7 +163,7 @@ static struct wxclient *client(lua_State *L)
 
 static int64_t now_s(void)
 {
-	return engine_now_ms() / 1000;
+	return clock_now_ms() / 1000;
 }
 
 /* Call json.decode (upvalue 3) on the string at idx; pushes the value or nil. */
@@ -245,7 +246,7 @@ static int request_k(lua_State *L, int status, lua_KContext ctx)
 	if (code >= 200 && code < 300) {
 		const char *why = verify_response(L, w, 4, err, sizeof err);
 		if (why) {
-			log_warn(&e->log, script_reqid(L), "wechatpay %s %s: response refused: %s: %s",
+			log_warn(&e->log, coro_reqid(L), "wechatpay %s %s: response refused: %s: %s",
 			         lua_tostring(L, 1), lua_tostring(L, 2), why, err);
 			count(e, "paygate_wechatpay_calls_total", "unverified");
 			return refuse(L, why, err);
@@ -404,7 +405,7 @@ static int l_notification(lua_State *L)
 	lua_pushvalue(L, env);
 	return 2;
 refused:
-	log_warn(&e->log, script_reqid(L), "wechatpay notification refused: %s: %s", why, err);
+	log_warn(&e->log, coro_reqid(L), "wechatpay notification refused: %s: %s", why, err);
 	count(e, "paygate_wechatpay_notifications_total", why);
 	return refuse(L, why, err);
 }
@@ -564,13 +565,13 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 			w->keys = old;
 		} else {
 			wxp_keyset_free(old);
-			w->certs_at = engine_now_ms();
+			w->certs_at = clock_now_ms();
 			lua_pushinteger(L, n);
 			return 1;
 		}
 	}
 	wxp_keyset_free(next);
-	log_warn(&w->eng->log, script_reqid(L), "certificate download refused: %s: %s", why, err);
+	log_warn(&w->eng->log, coro_reqid(L), "certificate download refused: %s: %s", why, err);
 	return refuse(L, why, err);
 }
 

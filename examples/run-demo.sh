@@ -9,12 +9,13 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 BIN=${PAYGATE_BIN:-$root/build/paygate}
+SANDBOX_BIN=${PAYGATE_SANDBOX_BIN:-$root/build/paygate-sandbox}
 SANDBOX_CONF=examples/sandbox/sandbox.conf.lua
 GATEWAY_CONF=${GATEWAY_CONF:-examples/paygate.conf.lua}
 S=http://127.0.0.1:8090
 G=http://127.0.0.1:8080
 
-[ -x "$BIN" ] || { echo "run-demo: $BIN is missing; run make first" >&2; exit 1; }
+for b in "$BIN" "$SANDBOX_BIN"; do [ -x "$b" ] || { echo "run-demo: $b is missing; run make first" >&2; exit 1; }; done
 command -v curl >/dev/null 2>&1 || { echo "run-demo: curl is not installed (apt-get install -y curl)" >&2; exit 1; }
 examples/sandbox/keys.sh var/sandbox >/dev/null
 mkdir -p var
@@ -45,7 +46,7 @@ wait_up() {
 	done
 }
 
-"$BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
+"$SANDBOX_BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
 sandbox_pid=$!
 wait_up sandbox "$S" "$sandbox_pid"
 "$BIN" --config "$GATEWAY_CONF" >var/gateway.log 2>&1 &

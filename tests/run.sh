@@ -6,6 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 export PAYGATE_BIN="$PWD/$BUILD/paygate"
+export PAYGATE_SANDBOX_BIN="$PWD/$BUILD/paygate-sandbox"
 LOGS=$BUILD/test-logs
 mkdir -p "$LOGS"
 PASS=0
@@ -44,6 +45,7 @@ for t in "$BUILD"/tests/test_*; do
 done
 run "lua:lualib" lua5.4 tests/lua/run.lua .
 run "style" tests/style.sh
+run "layers" env BUILD="$BUILD" tests/layers_test.sh
 if [ -x "$BUILD"/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
 	run "fuzz-replay:notify" "$BUILD"/tests/fuzz_notify tests/fuzz/corpus/notify/*
 fi

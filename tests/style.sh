@@ -18,7 +18,7 @@ check "engine lines are at most 120 columns" \
 	"awk 'length(\$0) > 120 { print FILENAME \":\" FNR }' engine/*.c engine/*.h"
 check "every engine file says what it is on its first line" \
 	"for f in engine/*.c engine/*.h; do head -1 \"\$f\" | grep -qE '^/\\* [a-z_]+\\.[ch] — ' || echo \"\$f\"; done"
-check "no raw malloc of Lua memory outside the sandbox allocator (lua_newstate only in sandbox.c)" \
-	"grep -n 'lua_newstate' engine/*.c | grep -v '^engine/sandbox.c'"
+check "no raw malloc of Lua memory outside the jail allocator (lua_newstate only in jail.c)" \
+	"grep -n 'lua_newstate' engine/*.c | grep -v '^engine/jail.c'"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

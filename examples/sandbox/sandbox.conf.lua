@@ -1,10 +1,9 @@
--- sandbox.conf.lua — the local WeChat Pay sandbox (TEST ONLY). Paths are relative to this file.
+-- sandbox.conf.lua — the local WeChat Pay sandbox (TEST ONLY), run by build/paygate-sandbox. Paths are relative to this file.
 -- Keys: run examples/sandbox/keys.sh first (examples/run-demo.sh does); they land in var/sandbox/.
 listen   = "127.0.0.1:8090"
 scripts  = "scripts"
 lualib   = "../../lualib"
 database = "../../var/sandbox/sandbox.db"
-wechatpay_sandbox = true           -- offers require "wechatpay.sandbox" to the scripts
 watch    = false
 log_level = "info"
 

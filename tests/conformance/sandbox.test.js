@@ -20,7 +20,7 @@ const Pay = require('wechatpay-node-v3');
 const superagent = require('superagent');
 
 const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = process.env.PAYGATE_BIN || path.join(ROOT, 'build', 'paygate');
+const BIN = process.env.PAYGATE_SANDBOX_BIN || path.join(ROOT, 'build', 'paygate-sandbox');
 const REAL_HOST = 'https://api.mch.weixin.qq.com';
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
@@ -79,7 +79,6 @@ listen = "127.0.0.1:0"
 scripts = ${JSON.stringify(path.join(ROOT, 'examples', 'sandbox', 'scripts'))}
 lualib = ${JSON.stringify(path.join(ROOT, 'lualib'))}
 database = ${JSON.stringify(path.join(dir, 'sandbox.db'))}
-wechatpay_sandbox = true
 watch = false
 app = { mchid = "${MCHID}", appid = "${APPID}", mode = "certificate", clock_speed = 1000,
   keys = { platform_key_file = ${k('platform_key.pem')}, platform_cert_file = ${k('platform_cert.pem')},

@@ -16,6 +16,8 @@ import http from 'node:http';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const BIN = process.env.PAYGATE_BIN || join(ROOT, 'build', 'paygate');
+/** The sandbox's binary: the same daemon plus WeChat Pay's side (examples/sandbox/). */
+export const SANDBOX_BIN = process.env.PAYGATE_SANDBOX_BIN || join(ROOT, 'build', 'paygate-sandbox');
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 2048 });
 
@@ -89,7 +91,7 @@ export async function startGateway(opts = {}) {
   const confPath = join(dir, 'paygate.conf.lua');
   writeFileSync(confPath, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');
 
-  const child = spawn(BIN, ['--config', confPath, ...(opts.args || [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(opts.bin || BIN, ['--config', confPath, ...(opts.args || [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });

@@ -1,515 +1,687 @@
-// The script sandbox: the instruction budget, the memory cap, and what a script can (not) reach.
-//
-// Every test asserts what the handler observed (pcall results are sent back as JSON)
-// and that the gateway still answers afterwards.
+// The WeChat Pay sandbox (examples/sandbox, run by build/paygate-sandbox), end to end: a sandbox
+// paygate serves APIv3; a SEPARATE paygate configured as a merchant (`require "wechatpay"`)
+// and node:crypto drive it; a node server on 127.0.0.1 receives its notifications.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, eventually } from './harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import http from 'node:http';
+import crypto from 'node:crypto';
+import { startGateway, request, eventually, sleep, ROOT, SANDBOX_BIN } from './harness.mjs';
 
-let gw;
+const MCHID = '1900007291';
+const APPID = 'wxd678efh567hg6787';
+const OPENID = 'oUpF8uMuAJO_M2pxb1Q9zNjWeS6o';
+const SPEED = 200;                     // the main sandbox's clock_speed: 15 s → 75 ms
+const SCHEDULE = [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
 
-const init = `
-local app = require "paygate"
+let work, keys, sandbox, merchant, target;
+const K = {};                          // key material read back for node:crypto
 
-local function spin() while true do end end
+// ---- the notification target: answers by a plan per tag, records arrivals ----
 
-app.get("/ok", function(req) return 200, { ok = true } end)
-
--- ---- runaway code ----
-app.get("/spin", function(req) spin() end)
-app.get("/spin/pcall", function(req)
-  local ok, err = pcall(spin)
-  return 200, { escaped = true, ok = ok, err = tostring(err) }
-end)
-app.get("/spin/pcall-loop", function(req)
-  while true do pcall(function() while true do end end) end
-end)
-app.get("/spin/xpcall", function(req)
-  local ok, err = xpcall(spin, function(m) return "handled: " .. tostring(m) end)
-  return 200, { escaped = true, ok = ok, err = tostring(err) }
-end)
-app.get("/spin/wrap", function(req)
-  local f = coroutine.wrap(function() while true do end end)
-  local ok, err = pcall(f)
-  return 200, { escaped = true, ok = ok, err = tostring(err) }
-end)
-app.get("/spin/resume-loop", function(req)
-  while true do
-    local co = coroutine.create(function() while true do end end)
-    coroutine.resume(co)
-  end
-end)
-app.get("/recurse", function(req)
-  local function f(n) return f(n + 1) + 1 end
-  return 200, { n = f(1) }
-end)
-app.get("/recurse/c", function(req)
-  local function r(s) return (s:gsub(".", r)) end
-  return 200, { s = r("ab") }
-end)
-
--- ---- memory ----
-app.get("/mem/rep", function(req)
-  local s = string.rep("x", 1 << 30)
-  return 200, { len = #s }
-end)
-app.get("/mem/concat", function(req)
-  local s = "x"
-  while true do s = s .. s end
-end)
-app.get("/mem/table", function(req)
-  local t, i = {}, 0
-  while true do i = i + 1; t[i] = i end
-end)
-app.get("/mem/pcall", function(req)
-  local ok, err = pcall(string.rep, "x", 1 << 30)
-  return 200, { ok = ok, err = tostring(err) }
-end)
-app.get("/mem/used", function(req)
-  collectgarbage("collect")
-  return 200, { kb = collectgarbage("count") }
-end)
-
--- ---- probes: each returns what pcall observed ----
-local probes = {
-  setmetatable_G = function() return setmetatable(_G, nil) end,
-  setmetatable_G_new = function() return setmetatable(_G, {}) end,
-  getmetatable_G = function() return getmetatable(_G) end,
-  getmetatable_string = function() return getmetatable("") end,
-  getmetatable_stringlib = function() return getmetatable(string) end,
-  setmetatable_stringlib = function() return setmetatable(string, nil) end,
-  string_dump = function() return string.dump end,
-  string_dump_method = function() return ("").dump end,
-  load_binary = function() return load("\\27LuaT\\0\\25\\147\\r\\n\\26\\n") end,
-  load_mode_b = function() return load("return 1", "x", "b") end,
-  load_mode_bt = function() return load("return 1", "x", "bt") end,
-  load_reader = function() local done = false; return load(function() if done then return nil end done = true; return "return 1" end) end,
-  load_text = function() return load("return 6 * 7")() end,
-  load_text_sandboxed = function() return load("return io")() end,
-  load_text_global = function() return load("newglobal_from_load = 1")() end,
-  write_string = function() string.upper = function() return "pwned" end end,
-  write_string_new = function() string.newfield = 1 end,
-  write_table = function() table.insert = nil end,
-  write_math = function() math.pi = 3 end,
-  write_os = function() os.execute = print end,
-  write_json = function() json.encode = nil end,
-  write_db = function() db.exec = nil end,
-  table_insert_into_lib = function() table.insert(math, 1) end,
-  string_upper_still = function() return ("abc"):upper() .. string.upper("d") end,
-  assign_global = function() newglobal = 1 end,
-  assign_global_via_G = function() _G.newglobal2 = 1 end,
-  read_global = function() return undefined_thing end,
-  gc_stop = function() return collectgarbage("stop") end,
-  gc_generational = function() return collectgarbage("generational") end,
-  gc_setpause = function() return collectgarbage("setpause", 1000) end,
-  gc_count = function() return collectgarbage("count") end,
-  gc_collect = function() return collectgarbage("collect") end,
-  require_dotdot = function() return require "../x" end,
-  require_abs = function() return require "/etc/passwd" end,
-  require_dots = function() return require "..etc.passwd" end,
-  require_double_dot = function() return require "a..b" end,
-  require_slash = function() return require "a/b" end,
-  require_helper = function() return require("helper").name end,
-  sleep_in_coroutine = function()
-    local co = coroutine.create(function() clock.sleep(10) end)
-    local ok, err = coroutine.resume(co)
-    error(err, 0)
-  end,
-  generator = function()
-    local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
-    return gen() + gen() + gen()
-  end,
+function startTarget() {
+  const arrivals = [];
+  const plans = {};                    // tag -> list of statuses ('hang' = never answer)
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const tag = req.url.split('/').pop();
+      const body = Buffer.concat(chunks).toString('utf8');
+      const a = { tag, at: Date.now(), headers: req.headers, body };
+      try { a.envelope = JSON.parse(body); a.resource = decrypt(a.envelope.resource); } catch {}
+      arrivals.push(a);
+      const step = (plans[tag] || []).shift() ?? 204;
+      if (step === 'hang') return;     // the sandbox's 1 s notify timeout gives up on us
+      res.writeHead(step, { 'Content-Type': 'application/json' });
+      res.end(step >= 300 ? JSON.stringify({ code: 'FAIL', message: '失败' }) : '');
+    });
+  });
+  server.on('connection', (s) => s.setTimeout(5000, () => s.destroy()));
+  return new Promise((r) => server.listen(0, '127.0.0.1', () => r({
+    port: server.address().port, arrivals, plans,
+    url: (tag) => `http://127.0.0.1:${server.address().port}/n/${tag}`,
+    of: (tag) => arrivals.filter((a) => a.tag === tag),
+    close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }),
+  })));
 }
 
-app.get("/probe/{name}", function(req)
-  local f = probes[req.params.name]
-  if not f then app.fail(404, "no_probe", req.params.name) end
-  local ok, v = pcall(f)
-  if ok then return 200, { ok = true, type = type(v), value = tostring(v) } end
-  return 200, { ok = false, err = tostring(v) }
+function decrypt(r) {
+  const raw = Buffer.from(r.ciphertext, 'base64');
+  const d = crypto.createDecipheriv('aes-256-gcm', K.apiv3, Buffer.from(r.nonce));
+  d.setAuthTag(raw.subarray(raw.length - 16));
+  d.setAAD(Buffer.from(r.associated_data));
+  return JSON.parse(Buffer.concat([d.update(raw.subarray(0, raw.length - 16)), d.final()]).toString('utf8'));
+}
+
+// ---- the two gateways ----
+
+const merchantScripts = {
+  'init.lua': `
+local app = require "paygate"
+local wechatpay = require "wechatpay"
+
+app.migration(1, "notes", [[
+  CREATE TABLE notes(id INTEGER PRIMARY KEY, path TEXT, ok INTEGER, reason TEXT, resource TEXT,
+                     envelope_id TEXT, event_type TEXT, at INTEGER)
+]])
+
+local function out(res, why, msg)
+  if not res then return 200, { ok = false, reason = why, message = msg } end
+  return 200, { ok = true, status = res.status, body = res.body, code = res.code, message = res.message }
+end
+
+app.post("/m/prepay", function(req) return out(wechatpay.jsapi_prepay(app.read_json(req))) end)
+app.get("/m/query/{no}", function(req) return out(wechatpay.query(req.params.no)) end)
+app.get("/m/query-id/{id}", function(req) return out(wechatpay.query_by_id(req.params.id)) end)
+app.post("/m/close/{no}", function(req) return out(wechatpay.close(req.params.no)) end)
+app.post("/m/refund", function(req) return out(wechatpay.refund(app.read_json(req))) end)
+app.get("/m/refund/{no}", function(req) return out(wechatpay.query_refund(req.params.no)) end)
+app.post("/m/pay-params", function(req) return 200, wechatpay.pay_params(app.read_json(req).prepay_id) end)
+app.post("/m/login", function(req)
+  local r, why, msg = wechatpay.login(app.read_json(req).code)
+  if not r then return 200, { ok = false, reason = why, message = msg } end
+  return 200, { ok = true, openid = r.openid }
+end)
+app.post("/m/refresh-certs", function(req)
+  local n, why, msg = wechatpay.refresh_certificates()
+  return 200, { n = n, reason = why, message = msg }
 end)
 
--- _G[name]: reading an absent global is an error
-app.get("/global/{name}", function(req)
-  local ok, v = pcall(function() return _G[req.params.name] end)
-  return 200, { ok = ok, type = ok and type(v) or nil, err = not ok and tostring(v) or nil }
+-- WeChat Pay's notifications: verified and decrypted by the C client, recorded, 204.
+app.post("/notify/{tag}", function(req)
+  local resource, env, msg = wechatpay.notification(req)
+  if not resource then
+    db.exec("INSERT INTO notes(path, ok, reason, at) VALUES (?, 0, ?, ?)", req.params.tag, env, clock.now())
+    return 401, { code = "FAIL", message = "verification failed: " .. tostring(env) }
+  end
+  db.exec("INSERT INTO notes(path, ok, resource, envelope_id, event_type, at) VALUES (?, 1, ?, ?, ?, ?)",
+    req.params.tag, json.encode(resource), env.id, env.event_type, clock.now())
+  return 204
 end)
-app.get("/os/{name}", function(req)
-  return 200, { type = type(os[req.params.name]) }
+app.get("/m/notes/{tag}", function(req)
+  return 200, db.query("SELECT * FROM notes WHERE path = ? ORDER BY id", req.params.tag)
 end)
+`,
+};
 
--- ---- waiting in the wrong place ----
-app.get("/yield", function(req) coroutine.yield() return 200, { resumed = true } end)
-app.get("/yield/pcall", function(req) pcall(coroutine.yield) return 200, { resumed = true } end)
-app.get("/sleep-in-wrap", function(req)
-  coroutine.wrap(function() clock.sleep(10) end)()
-  return 200, { slept = true }
-end)
-app.get("/sleep", function(req) clock.sleep(5) return 200, { slept = true } end)
+function keyFiles(dir) {
+  return {
+    platform_key_file: join(dir, 'platform_key.pem'), platform_cert_file: join(dir, 'platform_cert.pem'),
+    merchant_cert_file: join(dir, 'merchant_cert.pem'), apiv3_key_file: join(dir, 'apiv3_key'),
+    public_key_file: join(dir, 'pubkey_key.pem'), public_key_id_file: join(dir, 'pubkey_id'),
+    app_secret_file: join(dir, 'app_secret'),
+  };
+}
 
--- ---- one request reaching into another ----
-local parked = {}
-app.get("/hijack/victim", function(req)
-  parked.co = coroutine.running()
-  clock.sleep(300)
-  return 200, { answered_by = "victim" }
-end)
-app.get("/hijack/thief", function(req)
-  local r = table.pack(pcall(coroutine.resume, parked.co, "from the thief"))
-  local out = {}
-  for i = 1, r.n do out[i] = tostring(r[i]) end
-  return 200, { results = out, victim_status = coroutine.status(parked.co) }
-end)
-
--- ---- globals shared between requests ----
-app.get("/leak/set", function(req)
-  local r = {}
-  r.version = pcall(function() _VERSION = "pwned" end)
-  r.rawlen = pcall(function() _G.rawlen = nil end)
-  r.newkey = pcall(function() _G.leaked = 1 end)
-  return 200, r
-end)
-app.get("/leak/get", function(req)
-  local function look(f) local ok, v = pcall(f) return ok and v or ("error: " .. tostring(v)) end
-  return 200, {
-    version = look(function() return _VERSION end),
-    rawlen = look(function() return type(rawlen) end),
-    leaked = look(function() return leaked end) ~= 1,
-  }
-end)
-`;
-
-const scripts = { 'init.lua': init, 'helper.lua': 'return { name = "helper" }\n' };
+/** A sandbox paygate running examples/sandbox/scripts with the test keys. */
+async function startSandbox({ dir, app = {}, listen } = {}) {
+  return startGateway({
+    dir,
+    bin: SANDBOX_BIN,
+    config: {
+      scripts: join(ROOT, 'examples', 'sandbox', 'scripts'), watch: false,
+      log_level: 'info', ...(listen ? { listen } : {}),
+      app: { mchid: MCHID, appid: APPID, mode: 'mixed', clock_speed: SPEED, notify_timeout_ms: 1000,
+        refund_settle_s: 5, keys: keyFiles(keys), ...app },
+    },
+  });
+}
 
 before(async () => {
-  gw = await startGateway({ scripts, config: { watch: false, script: { memory_mb: 16, max_instructions: 20000000 } } });
-});
-after(async () => { await gw.stop(); });
-
-async function alive() {
-  const r = await gw.get('/ok');
-  assert.equal(r.status, 200, 'the gateway answers the next request');
-  assert.deepEqual(r.json, { ok: true });
-}
-
-async function probe(name) {
-  const r = await gw.get(`/probe/${name}`);
-  assert.equal(r.status, 200, `probe ${name}: ${r.body}`);
-  return r.json;
-}
-
-async function expectTimeout(path) {
-  const before = await gw.metric('paygate_script_kills_total');
-  const errors = await gw.metric('paygate_script_errors_total');
-  const r = await gw.get(path, { timeout: 10000 });
-  assert.equal(r.status, 500, `${path}: ${r.body}`);
-  assert.equal(r.json.error, 'script_timeout', `${path}: ${r.body}`);
-  assert.equal(await gw.metric('paygate_script_kills_total'), before + 1, 'kills metric counts it');
-  assert.equal(await gw.metric('paygate_script_errors_total'), errors + 1, 'errors metric counts it');
-  await alive();
-}
-
-async function expectOutOfMemory(path) {
-  const r = await gw.get(path, { timeout: 10000 });
-  assert.equal(r.status, 500, `${path}: ${r.body}`);
-  assert.equal(r.json.error, 'internal_error', `${path}: ${r.body}`);
-  assert.match(r.json.message, /memory/);
-  await alive();
-  await alive();
-}
-
-// ---- the instruction budget ----
-
-test('a runaway loop is stopped with 500 script_timeout and counted in metrics', async () => {
-  await expectTimeout('/spin');
-});
-
-test('a runaway loop inside pcall is still stopped', async () => {
-  await expectTimeout('/spin/pcall');
-});
-
-test('a loop that keeps catching the stop with pcall is still stopped', async () => {
-  await expectTimeout('/spin/pcall-loop');
-});
-
-test('a runaway loop inside xpcall with a message handler is still stopped', async () => {
-  await expectTimeout('/spin/xpcall');
-});
-
-test('a runaway loop inside a coroutine the script created is still stopped', async () => {
-  await expectTimeout('/spin/wrap');
-});
-
-test('a loop that restarts runaway coroutines with coroutine.resume is still stopped', async () => {
-  await expectTimeout('/spin/resume-loop');
-});
-
-test('a runaway handler does not stop other requests from being answered', async () => {
-  const [spin, ok] = await Promise.all([gw.get('/spin'), gw.get('/ok'), ]);
-  assert.equal(spin.json.error, 'script_timeout');
-  assert.equal(ok.status, 200);
-});
-
-test('deep Lua recursion (stack overflow) is a 500, not a crash', async () => {
-  const r = await gw.get('/recurse');
-  assert.equal(r.status, 500);
-  assert.equal(r.json.error, 'internal_error');
-  await eventually(() => gw.log.includes(`req=${r.headers['x-request-id']}`));
-  await alive();
-});
-
-test('deep recursion through C functions (gsub callbacks) is a 500, not a crash', async () => {
-  const r = await gw.get('/recurse/c');
-  assert.equal(r.status, 500);
-  assert.equal(r.json.error, 'internal_error');
-  await eventually(() => /stack overflow/.test(gw.log));
-  await alive();
-});
-
-// ---- the memory cap ----
-
-test('string.rep of a gigabyte is refused: 500 out of memory, the server lives on', async () => {
-  await expectOutOfMemory('/mem/rep');
-});
-
-test('repeated concatenation past the memory cap is a 500 out of memory', async () => {
-  await expectOutOfMemory('/mem/concat');
-});
-
-test('a table growing past the memory cap is a 500 out of memory', async () => {
-  await expectOutOfMemory('/mem/table');
-});
-
-test('an allocation failure caught with pcall is an ordinary error the handler sees', async () => {
-  const r = await gw.get('/mem/pcall');
-  assert.equal(r.status, 200);
-  assert.equal(r.json.ok, false);
-  assert.match(r.json.err, /memory/);
-});
-
-test('memory of a failed memory bomb is given back', async () => {
-  for (let i = 0; i < 5; i++) await gw.get('/mem/concat');
-  const r = await gw.get('/mem/used');
-  assert.equal(r.status, 200);
-  assert.ok(r.json.kb < 8 * 1024, `after the bombs the VM holds ${r.json.kb} KB of a 16 MB cap`);
-  await alive();
-});
-
-// ---- escape attempts ----
-
-test('the globals table metatable cannot be removed, replaced or read', async () => {
-  let p = await probe('setmetatable_G');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /protected metatable/);
-  p = await probe('setmetatable_G_new');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /protected metatable/);
-  p = await probe('getmetatable_G');
-  assert.deepEqual(p, { ok: true, type: 'boolean', value: 'false' });
-  // strictness still in force
-  p = await probe('read_global');
-  assert.equal(p.ok, false);
-});
-
-test('getmetatable("") does not give the string metatable; string methods still work', async () => {
-  const p = await probe('getmetatable_string');
-  assert.equal(p.ok, true);
-  assert.notEqual(p.type, 'table');
-  assert.deepEqual(await probe('string_upper_still'), { ok: true, type: 'string', value: 'ABCD' });
-});
-
-test('library tables have protected metatables', async () => {
-  const g = await probe('getmetatable_stringlib');
-  assert.notEqual(g.type, 'table');
-  const s = await probe('setmetatable_stringlib');
-  assert.equal(s.ok, false);
-  assert.match(s.err, /protected metatable/);
-});
-
-test('string.dump does not exist', async () => {
-  assert.deepEqual(await probe('string_dump'), { ok: true, type: 'nil', value: 'nil' });
-});
-
-test('string.dump is not reachable through string methods either ("").dump', async () => {
-  assert.deepEqual(await probe('string_dump_method'), { ok: true, type: 'nil', value: 'nil' });
-});
-
-test('load refuses binary chunks and any mode other than text', async () => {
-  let p = await probe('load_binary');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /binary chunks are not allowed/);
-  p = await probe('load_mode_b');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /only text chunks/);
-  p = await probe('load_mode_bt');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /only text chunks/);
-  p = await probe('load_reader');
-  assert.equal(p.ok, false, 'a reader function is not a text chunk');
-});
-
-test('load of text works and the loaded chunk runs in the same sandbox', async () => {
-  assert.deepEqual(await probe('load_text'), { ok: true, type: 'number', value: '42' });
-  let p = await probe('load_text_sandboxed');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /undefined global 'io'/);
-  p = await probe('load_text_global');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /undeclared global 'newglobal_from_load'/);
-});
-
-test('io, debug, package, dofile, loadfile, rawset are absent (reading them is an error)', async () => {
-  for (const name of ['io', 'debug', 'package', 'dofile', 'loadfile', 'rawset', 'module', 'setfenv', 'getfenv', 'newproxy']) {
-    const r = await gw.get(`/global/${name}`);
-    assert.equal(r.json.ok, false, `${name} is reachable: ${r.body}`);
-    assert.match(r.json.err, new RegExp(`undefined global '${name}'`));
-  }
-  for (const name of ['print', 'require', 'db', 'http', 'json', 'jobs', 'log', 'metrics', 'clock', 'config', 'load', 'pcall']) {
-    const r = await gw.get(`/global/${name}`);
-    assert.equal(r.json.ok, true, `${name} should exist: ${r.body}`);
-  }
-});
-
-test('os has time, clock, date and difftime only', async () => {
-  for (const name of ['execute', 'getenv', 'exit', 'remove', 'rename', 'tmpname', 'setlocale']) {
-    assert.equal((await gw.get(`/os/${name}`)).json.type, 'nil', `os.${name}`);
-  }
-  for (const name of ['time', 'clock', 'date', 'difftime']) {
-    assert.equal((await gw.get(`/os/${name}`)).json.type, 'function', `os.${name}`);
-  }
-});
-
-test('writing to string, table, math, os, json and db fields is an error', async () => {
-  for (const name of ['write_string', 'write_string_new', 'write_table', 'write_math', 'write_os', 'write_json', 'write_db', 'table_insert_into_lib']) {
-    const p = await probe(name);
-    assert.equal(p.ok, false, `${name} succeeded`);
-    assert.match(p.err, /read-only/, name);
-  }
-  // and nothing changed
-  assert.deepEqual(await probe('string_upper_still'), { ok: true, type: 'string', value: 'ABCD' });
-  await alive();
-});
-
-test('assigning an undeclared global is an error', async () => {
-  let p = await probe('assign_global');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /assignment to undeclared global 'newglobal'/);
-  p = await probe('assign_global_via_G');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /undeclared global 'newglobal2'/);
-});
-
-test('reading an undefined global is an error', async () => {
-  const p = await probe('read_global');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /undefined global 'undefined_thing'/);
-});
-
-test('collectgarbage("stop") and other tuning are refused; count and collect work', async () => {
-  for (const name of ['gc_stop', 'gc_generational', 'gc_setpause']) {
-    const p = await probe(name);
-    assert.equal(p.ok, false, name);
-    assert.match(p.err, /not allowed/);
-  }
-  const c = await probe('gc_count');
-  assert.equal(c.ok, true);
-  assert.equal(c.type, 'number');
-  assert.equal((await probe('gc_collect')).ok, true);
-});
-
-test('require refuses path-like names: "../x", "/etc/passwd", "..x", "a..b", "a/b"', async () => {
-  for (const name of ['require_dotdot', 'require_abs', 'require_dots', 'require_double_dot', 'require_slash']) {
-    const p = await probe(name);
-    assert.equal(p.ok, false, name);
-    assert.match(p.err, /bad module name/, name);
-  }
-  assert.deepEqual(await probe('require_helper'), { ok: true, type: 'string', value: 'helper' });
-});
-
-test('coroutine.yield() at the top of a handler is a 500, not a hang', async () => {
-  const r = await gw.get('/yield', { timeout: 5000 });
-  assert.equal(r.status, 500);
-  assert.equal(r.json.error, 'internal_error');
-  await eventually(() => gw.log.includes('coroutine.yield() outside a coroutine created by the script'));
-  const p = await gw.get('/yield/pcall', { timeout: 5000 });
-  assert.equal(p.status, 500);
-  await alive();
-});
-
-test('a coroutine the script created can yield to the script', async () => {
-  assert.deepEqual(await probe('generator'), { ok: true, type: 'number', value: '6' });
-});
-
-test('clock.sleep inside a coroutine the script created is a clear error', async () => {
-  const p = await probe('sleep_in_coroutine');
-  assert.equal(p.ok, false);
-  assert.match(p.err, /clock\.sleep can only wait in a request handler or a job, not in a coroutine the script created/);
-  const r = await gw.get('/sleep-in-wrap', { timeout: 5000 });
-  assert.equal(r.status, 500);
-  assert.equal((await gw.get('/sleep')).status, 200, 'sleeping in the handler itself works');
-  await alive();
-});
-
-test('a request cannot resume (steal) the coroutine of another waiting request', async () => {
-  const victim = gw.get('/hijack/victim', { timeout: 5000 });
-  await eventually(async () => (await gw.get('/healthz')).json.inflight >= 1, 1000, 5);   // the victim is parked
-  const thief = await gw.get('/hijack/thief');
-  assert.equal(thief.status, 200, thief.body);
-  const v = await victim;
-  assert.deepEqual({ status: v.status, body: v.json }, { status: 200, body: { answered_by: 'victim' } },
-    `the victim got ${v.status} ${v.body}; the thief saw ${JSON.stringify(thief.json)}`);
-  assert.ok(!thief.json.results.includes('{"answered_by":"victim"}'), 'the thief must not receive the victim\'s answer');
-  await alive();
-});
-
-// Last in the file: when it fails, the shared env is polluted.
-test('changing _G inside one request does not leak into another request', async () => {
-  const set = await gw.get('/leak/set');
-  assert.equal(set.status, 200);
-  assert.equal(set.json.newkey, false, 'a new global is refused');
-  const r = await gw.get('/leak/get');
-  assert.equal(r.status, 200);
-  assert.deepEqual(r.json, { version: 'Lua 5.4', rawlen: 'function', leaked: true },
-    `request 1 could${set.json.version ? ' overwrite _VERSION' : ''}${set.json.rawlen ? ' remove rawlen' : ''}`);
-});
-
-// ---- hangs the instruction hook cannot see: each on its own gateway ----
-
-async function ownGateway(handlerBody, fn) {
-  const own = await startGateway({
-    scripts: { 'init.lua': `local app = require "paygate"
-app.get("/ok", function(req) return 200, { ok = true } end)
-app.get("/evil", function(req)
-${handlerBody}
-end)
-` },
-    config: { watch: false, script: { memory_mb: 16, max_instructions: 1000000 } },
+  work = mkdtempSync(join(tmpdir(), 'paygate-wxsandbox-'));
+  keys = join(work, 'keys');
+  execFileSync(join(ROOT, 'examples', 'sandbox', 'keys.sh'), [keys], { stdio: 'pipe' });
+  const read = (f) => readFileSync(join(keys, f), 'utf8').trim();
+  Object.assign(K, {
+    merchantKey: read('merchant_key.pem'), merchantSerial: read('merchant_serial'),
+    platformCert: read('platform_cert.pem'), platformSerial: read('platform_serial'),
+    pubkey: read('pubkey.pem'), pubkeyId: read('pubkey_id'), apiv3: Buffer.from(read('apiv3_key')),
   });
-  try { await fn(own); } finally { await own.stop({ signal: 'SIGKILL' }); }
-}
-
-async function answersWithin(gwx, path, ms) {
-  try { return await gwx.get(path, { timeout: ms }); } catch (e) { return { status: 0, error: e.message }; }
-}
-
-test('a runaway loop in a __gc finalizer is stopped; the server lives on', async () => {
-  await ownGateway(`
-  setmetatable({}, { __gc = function() while true do end end })
-  collectgarbage("collect")
-  return 200, { collected = true }`, async (own) => {
-    const r = await answersWithin(own, '/evil', 3000);
-    assert.ok(r.status === 500 || r.status === 200, `the request must be answered (got ${r.error || r.status})`);
-    const ok = await answersWithin(own, '/ok', 2000);
-    assert.equal(ok.status, 200, 'the server must still answer');
+  K.otherKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+    .export({ type: 'pkcs8', format: 'pem' });
+  target = await startTarget();
+  sandbox = await startSandbox({ dir: mkdtempSync(join(tmpdir(), 'paygate-e2e-')) });
+  const base = `http://127.0.0.1:${sandbox.port}`;
+  merchant = await startGateway({
+    scripts: merchantScripts,
+    config: {
+      fetch: { timeout_ms: 1000 },
+      wechatpay: {
+        mchid: MCHID, appid: APPID, merchant_serial: K.merchantSerial,
+        private_key_file: join(keys, 'merchant_key.pem'), apiv3_key_file: join(keys, 'apiv3_key'),
+        app_secret_file: join(keys, 'app_secret'), platform_cert_files: [join(keys, 'platform_cert.pem')],
+        public_key_file: join(keys, 'pubkey.pem'), public_key_id: K.pubkeyId,
+        base_url: base, login_base_url: base, notify_url: 'http://127.0.0.1:9/unused',
+      },
+    },
   });
 });
 
-test('a catastrophic string pattern is stopped like a runaway loop', async () => {
-  await ownGateway(`
-  return 200, { found = string.find(string.rep("a", 5000), ".-.-.-.-b") }`, async (own) => {
-    const r = await answersWithin(own, '/evil', 3000);
-    assert.equal(r.status, 500, `the request must be stopped (got ${r.error || r.status})`);
-    const ok = await answersWithin(own, '/ok', 2000);
-    assert.equal(ok.status, 200, 'the server must still answer');
+after(async () => {
+  await merchant?.stop();
+  await sandbox?.stop({ clean: true });
+  await target?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+// ---- helpers ----
+
+let seq = 0;
+const tradeNo = (p = 'T') => `${p}${Date.now()}${String(++seq).padStart(4, '0')}`;
+const merchantNotify = (tag) => `http://127.0.0.1:${merchant.port}/notify/${tag}`;
+
+/** Sign and send an APIv3 request with node:crypto; o overrides any part. */
+async function wx(method, url, body, o = {}) {
+  const port = o.port ?? sandbox.port;
+  const ts = o.ts ?? Math.floor(Date.now() / 1000);
+  const nonce = o.nonce ?? crypto.randomBytes(16).toString('hex').toUpperCase();
+  const text = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
+  const sig = o.signature ?? crypto.createSign('RSA-SHA256')
+    .update(`${method}\n${url}\n${ts}\n${nonce}\n${text}\n`).sign(o.key ?? K.merchantKey, 'base64');
+  const auth = o.authorization ?? `WECHATPAY2-SHA256-RSA2048 mchid="${o.mchid ?? MCHID}",nonce_str="${nonce}",` +
+    `timestamp="${ts}",serial_no="${o.serial ?? K.merchantSerial}",signature="${sig}"`;
+  const headers = { Accept: 'application/json', 'User-Agent': 'wxsandbox-e2e', Authorization: auth, ...o.headers };
+  for (const h of o.drop || []) delete headers[h];
+  return request(port, method, url, { body: text === '' ? undefined : text, headers });
+}
+
+/** Does the response carry a valid WeChat Pay signature (platform cert or public key)? */
+function verified(r, publicKey = false) {
+  const h = r.headers;
+  if (!h['wechatpay-signature']) return false;
+  const key = publicKey ? K.pubkey : K.platformCert;
+  return crypto.createVerify('RSA-SHA256').update(`${h['wechatpay-timestamp']}\n${h['wechatpay-nonce']}\n${r.body}\n`)
+    .verify(key, h['wechatpay-signature'], 'base64');
+}
+
+const prepayBody = (no, over = {}) => ({
+  appid: APPID, mchid: MCHID, description: '2 cups 咖啡', out_trade_no: no,
+  notify_url: target.url(no), amount: { total: 100, currency: 'CNY' }, payer: { openid: OPENID }, ...over,
+});
+
+async function place(no, over = {}, port) {
+  const r = await wx('POST', '/v3/pay/transactions/jsapi', prepayBody(no, over), { port });
+  assert.equal(r.status, 200, r.body);
+  return r.json.prepay_id;
+}
+
+async function pay(prepay_id, openid = OPENID, extra = {}, gw = sandbox) {
+  return gw.post('/sandbox/pay', { prepay_id, openid, ...extra });
+}
+
+const query = (no, o) => wx('GET', `/v3/pay/transactions/out-trade-no/${no}?mchid=${MCHID}`, undefined, o);
+const faults = (spec, gw = sandbox) => gw.post('/sandbox/faults', spec);
+const noWechatpayHeaders = (r) => Object.keys(r.headers).every((h) => !h.startsWith('wechatpay-'));
+
+// ---- the request checks, in WeChat Pay's order ----
+
+test('request checks run in WeChat Pay order: headers, Authorization, timestamp, serial, signature, mchid, fields', async () => {
+  const url = '/v3/pay/transactions/jsapi';
+  const bad = prepayBody('x'.repeat(35), { mchid: '1230000109' });
+  const stale = Math.floor(Date.now() / 1000) - 301;
+  // each request is also wrong in every later respect, so only the first check can answer
+  let r = await wx('POST', url, bad, { drop: ['Accept'], ts: stale, key: K.otherKey, serial: 'ABC' });
+  assert.equal(r.status, 400);
+  assert.deepEqual(r.json, { code: 'INVALID_REQUEST', message: 'Http头缺少Accept或User-Agent' });
+  r = await wx('POST', url, bad, { drop: ['User-Agent'] });
+  assert.equal(r.json.code, 'INVALID_REQUEST');
+
+  r = await wx('POST', url, bad, { drop: ['Authorization'] });
+  assert.equal(r.status, 401);
+  assert.deepEqual(r.json, { code: 'SIGN_ERROR', message: 'Http头Authorization值格式错误，请参考《微信支付商户REST API签名规则》' });
+  r = await wx('POST', url, bad, { authorization: 'WECHATPAY2-SHA256-RSA2048 mchid="1",nonce_str="2"' });
+  assert.equal(r.json.message, 'Http头Authorization值格式错误，请参考《微信支付商户REST API签名规则》');
+  r = await wx('POST', url, bad, { authorization: 'Bearer abc' });
+  assert.deepEqual([r.status, r.json.code, r.json.message], [401, 'SIGN_ERROR', 'HTTP头Authorization认证类型不正确']);
+
+  r = await wx('POST', url, bad, { ts: stale, key: K.otherKey, serial: 'ABC' });
+  assert.deepEqual([r.status, r.json.code, r.json.message],
+    [401, 'SIGN_ERROR', 'Http头Authorization中的timestamp与发起请求的时间不得超过5分钟']);
+  r = await wx('POST', url, bad, { ts: Math.floor(Date.now() / 1000) + 301 });
+  assert.equal(r.json.message, 'Http头Authorization中的timestamp与发起请求的时间不得超过5分钟');
+  r = await wx('POST', url, bad, { ts: Math.floor(Date.now() / 1000) - 290, key: K.otherKey, serial: 'ABC' });
+  assert.equal(r.json.message, '商户证书序列号有误。请使用签名私钥匹配的证书序列号', '290 s of skew is accepted');
+
+  r = await wx('POST', url, bad, { key: K.otherKey });
+  assert.equal(r.status, 401);
+  assert.equal(r.json.code, 'SIGN_ERROR');
+  assert.equal(r.json.message, '错误的签名，验签失败');
+  const info = r.json.detail.sign_information;
+  assert.equal(r.json.detail.detail.issue, 'sign not match');
+  assert.equal(info.method, 'POST');
+  assert.equal(info.url, url);
+  assert.ok(info.sign_message_length > 128 && info.truncated_sign_message.startsWith(`POST\n${url}\n`));
+
+  r = await wx('GET', `/v3/pay/transactions/out-trade-no/NOPE123?mchid=${MCHID}`, undefined, { key: K.otherKey });
+  assert.equal(r.json.detail.sign_information.truncated_sign_message.split('\n').slice(0, 2).join('\n'),
+    `GET\n/v3/pay/transactions/out-trade-no/NOPE123?mchid=${MCHID}`, 'the query string is part of what is signed');
+
+  r = await wx('POST', url, bad);
+  assert.deepEqual([r.status, r.json.code, r.json.message],
+    [400, 'PARAM_ERROR', 'http header中的mchid与post payload中的mchid不匹配']);
+  r = await wx('POST', url, prepayBody('x'.repeat(35)));
+  assert.deepEqual([r.status, r.json.code], [400, 'PARAM_ERROR']);
+  assert.equal(r.json.message, '输入源“/body/out_trade_no”映射到值字段“商户订单号”字符串规则校验失败，字节数 35，大于最大值 32');
+  assert.deepEqual(r.json.detail, { location: 'body', value: 35 });
+  for (const h of [r]) assert.ok(noWechatpayHeaders(h), '4xx answers are not signed');
+});
+
+test('field validation answers PARAM_ERROR with the 输入源 messages', async () => {
+  const url = '/v3/pay/transactions/jsapi';
+  const cases = [
+    [prepayBody('bad no!'), '输入源“/body/out_trade_no”映射到值字段“商户订单号”字符串规则校验失败，字符串必须匹配正则表达式“^[0-9a-zA-Z_\\-\\|\\*]+$”'],
+    [prepayBody('ABC'), '输入源“/body/out_trade_no”映射到值字段“商户订单号”字符串规则校验失败，字节数 3，小于最小值 6'],
+    [prepayBody(tradeNo(), { description: undefined }), '输入源“/body/description”映射到值字段“商品描述”必填性规则校验失败，此字段为必填项'],
+    [prepayBody(tradeNo(), { attach: 'a'.repeat(203) }), '输入源“/body/attach”映射到值字段“附加数据”字符串规则校验失败，字节数 203，大于最大值 128'],
+    [prepayBody(tradeNo(), { notify_url: 'https://shop.example/notify?x=1' }),
+      '输入源“/body/notify_url”映射到值字段“通知地址”字符串规则校验失败，字符串必须匹配正则表达式“^https?://([^\\s/?#\\[\\]\\@]+\\@)?([^\\s/?#\\@:]+)(?::\\d{2,5})?([^\\s?#\\[\\]]*)$”'],
+    [prepayBody(tradeNo(), { amount: { total: 0 } }), '输入源“/body/amount/total”映射到值字段“总金额”数值规则校验失败，值 0，小于最小值 1'],
+    [prepayBody(tradeNo(), { payer: {} }), '输入源“/body/payer/openid”映射到值字段“用户标识”必填性规则校验失败，此字段为必填项'],
+    [prepayBody(tradeNo(), { time_expire: 'tomorrow' }), '输入源“/body/time_expire”映射到值字段“支付结束时间”时间规则校验失败，必须是RFC3339格式'],
+  ];
+  for (const [body, message] of cases) {
+    const r = await wx('POST', url, body);
+    assert.equal(r.status, 400, r.body);
+    assert.equal(r.json.code, 'PARAM_ERROR');
+    assert.equal(r.json.message, message);
+  }
+  let r = await wx('GET', '/v3/pay/transactions/out-trade-no/ABCDEFGH', undefined);
+  assert.equal(r.json.message, '输入源“/query/mchid”映射到值字段“直连商户号”必填性规则校验失败，此字段为必填项');
+  r = await wx('GET', `/v3/pay/transactions/out-trade-no/${'9'.repeat(35)}?mchid=${MCHID}`);
+  assert.equal(r.json.message, '输入源“/uri_template/out_trade_no”映射到值字段“商户订单号”字符串规则校验失败，字节数 35，大于最大值 32');
+  assert.equal(r.json.detail.location, 'uri_template');
+  r = await wx('GET', `/v3/pay/transactions/out-trade-no/ABCDEFGH?mchid=1230000109`);
+  assert.equal(r.json.message, 'http header中的mchid与query中的mchid不匹配');
+  r = await wx('POST', url, prepayBody(tradeNo(), { appid: 'wx0000000000000000' }));
+  assert.deepEqual([r.status, r.json.code], [400, 'APPID_MCHID_NOT_MATCH']);
+});
+
+// ---- signed answers ----
+
+test('2xx answers are signed with the platform certificate, or with the public key when the merchant asks', async () => {
+  const no = tradeNo();
+  let r = await wx('POST', '/v3/pay/transactions/jsapi', prepayBody(no));
+  assert.equal(r.status, 200);
+  assert.match(r.json.prepay_id, /^wx\d{14}[0-9a-f]{20}$/);
+  assert.equal(r.headers['wechatpay-serial'], K.platformSerial);
+  assert.match(r.headers['wechatpay-nonce'], /^[0-9A-F]{32}$/);
+  assert.ok(r.headers['request-id']);
+  assert.ok(verified(r), 'the signature verifies with the platform certificate');
+
+  r = await query(no, { headers: { 'Wechatpay-Serial': K.pubkeyId } });
+  assert.equal(r.headers['wechatpay-serial'], K.pubkeyId);
+  assert.ok(verified(r, true), 'public-key mode: signed with the public key\'s private half');
+  assert.ok(!verified(r, false));
+
+  r = await query('NOSUCHORDER1');
+  assert.deepEqual([r.status, r.json.code, r.json.message], [404, 'ORDER_NOT_EXIST', '订单不存在']);
+  assert.ok(noWechatpayHeaders(r) && r.headers['request-id']);
+});
+
+test('the merchant client places, queries and closes through the sandbox and accepts its signatures', async () => {
+  const no = tradeNo('M');
+  let r = (await merchant.post('/m/prepay', { out_trade_no: no, description: 'tea', amount: 1200, openid: OPENID,
+    notify_url: merchantNotify(no) })).json;
+  assert.equal(r.ok, true, JSON.stringify(r));
+  assert.equal(r.status, 200);
+  assert.match(r.body.prepay_id, /^wx/);
+  r = (await merchant.get(`/m/query/${no}`)).json;
+  assert.deepEqual([r.ok, r.status, r.body.trade_state, r.body.trade_state_desc], [true, 200, 'NOTPAY', '订单未支付']);
+  assert.equal(r.body.amount.total, 1200);
+  r = (await merchant.post(`/m/close/${no}`)).json;
+  assert.deepEqual([r.ok, r.status], [true, 204]);
+  r = (await merchant.get(`/m/query/${no}`)).json;
+  assert.equal(r.body.trade_state, 'CLOSED');
+  r = (await merchant.post('/m/refresh-certs')).json;
+  assert.equal(r.n, 1, 'the certificate download decrypts and verifies: ' + JSON.stringify(r));
+});
+
+// ---- the order state machine ----
+
+test('a purchase: pay params from the merchant, the user pays, the order is SUCCESS with a 28-digit transaction_id', async () => {
+  const no = tradeNo('P');
+  const placed = (await merchant.post('/m/prepay', { out_trade_no: no, description: 'cake', amount: 1500,
+    openid: OPENID, attach: 'cart=7', notify_url: merchantNotify(no) })).json;
+  const prepay = placed.body.prepay_id;
+  const params = (await merchant.post('/m/pay-params', { prepay_id: prepay })).json;
+
+  let r = await pay(prepay, 'oSomeoneElse000000000000000', { pay_params: params });
+  assert.equal(r.status, 409, 'another user cannot pay this order');
+  assert.match(r.json.errMsg, /^requestPayment:fail/);
+  r = await pay(prepay, OPENID, { pay_params: { ...params, paySign: params.paySign.slice(0, -4) + 'AAA=' } });
+  assert.deepEqual([r.status, r.json.errMsg], [409, 'requestPayment:fail 支付验证签名失败']);
+  r = await pay(prepay, OPENID, { pay_params: params, result: 'CANCEL' });
+  assert.deepEqual([r.status, r.json.errMsg], [200, 'requestPayment:fail cancel']);
+  r = await pay(prepay, OPENID, { result: 'FAIL' });
+  assert.equal(r.json.errMsg, 'requestPayment:fail 支付失败');
+  assert.equal((await query(no)).json.trade_state, 'NOTPAY', 'cancel and failure leave the order unpaid');
+
+  r = await pay(prepay, OPENID, { pay_params: params });
+  assert.deepEqual([r.status, r.json.errMsg], [200, 'requestPayment:ok']);
+  const q = (await merchant.get(`/m/query/${no}`)).json.body;
+  assert.equal(q.trade_state, 'SUCCESS');
+  assert.match(q.transaction_id, /^42\d{26}$/);
+  assert.deepEqual(q.payer, { openid: OPENID });
+  assert.equal(q.attach, 'cart=7');
+  assert.match(q.success_time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$/);
+  const byId = (await merchant.get(`/m/query-id/${q.transaction_id}`)).json.body;
+  assert.equal(byId.out_trade_no, no);
+
+  r = await pay(prepay, OPENID);
+  assert.deepEqual([r.status, r.json.errMsg], [409, 'requestPayment:fail 该订单已支付']);
+  r = (await merchant.post(`/m/close/${no}`)).json;
+  assert.deepEqual([r.status, r.code], [400, 'ORDERPAID']);
+  r = (await merchant.post('/m/prepay', { out_trade_no: no, description: 'cake', amount: 1500, openid: OPENID,
+    attach: 'cart=7', notify_url: merchantNotify(no) })).json;
+  assert.deepEqual([r.status, r.code], [400, 'ORDERPAID'], 'the same order placed again once paid');
+
+  // the payment notification, verified and decrypted by the merchant's C client
+  const notes = await eventually(async () => {
+    const n = (await merchant.get(`/m/notes/${no}`)).json;
+    return n.length ? n : null;
   });
+  assert.equal(notes[0].ok, 1);
+  assert.equal(notes[0].event_type, 'TRANSACTION.SUCCESS');
+  const res = JSON.parse(notes[0].resource);
+  assert.deepEqual([res.out_trade_no, res.trade_state, res.amount.total, res.transaction_id, res.mchid, res.appid],
+    [no, 'SUCCESS', 1500, q.transaction_id, MCHID, APPID]);
+});
+
+test('re-placing: same parameters give the current prepay_id (a new one after 2 h), others are 201 商户订单号重复', async () => {
+  const no = tradeNo('R');
+  const first = await place(no);
+  assert.equal(await place(no), first);
+  let r = await wx('POST', '/v3/pay/transactions/jsapi', prepayBody(no, { amount: { total: 101, currency: 'CNY' } }));
+  assert.deepEqual([r.status, r.json.code, r.json.message], [400, 'INVALID_REQUEST', '201 商户订单号重复']);
+  r = await wx('POST', '/v3/pay/transactions/jsapi', prepayBody(no, { payer: { openid: 'oOther' } }));
+  assert.equal(r.json.message, '201 商户订单号重复');
+
+  await sandbox.post('/sandbox/clock', { advance_s: 2 * 3600 + 1 });
+  r = await pay(first);
+  assert.deepEqual([r.status, r.json.errMsg], [409, 'requestPayment:fail prepay_id已失效，请重新下单']);
+  const second = await place(no);
+  assert.notEqual(second, first, 'a prepay_id lives 2 hours');
+  assert.equal((await pay(second)).status, 200);
+});
+
+test('close and time_expire make an order CLOSED; closed orders cannot be paid or placed again', async () => {
+  const no = tradeNo('C');
+  const prepay = await place(no);
+  let r = await wx('POST', `/v3/pay/transactions/out-trade-no/${no}/close`, { mchid: MCHID });
+  assert.equal(r.status, 204);
+  assert.equal(r.body, '');
+  assert.ok(verified(r), 'a 204 is signed over the empty body');
+  assert.equal((await query(no)).json.trade_state, 'CLOSED');
+  assert.equal((await wx('POST', `/v3/pay/transactions/out-trade-no/${no}/close`, { mchid: MCHID })).status, 204);
+  r = await wx('POST', '/v3/pay/transactions/jsapi', prepayBody(no));
+  assert.deepEqual([r.status, r.json.code], [400, 'ORDER_CLOSED']);
+  r = await pay(prepay);
+  assert.deepEqual([r.status, r.json.errMsg], [409, 'requestPayment:fail 该订单已关闭']);
+  r = await wx('POST', '/v3/pay/transactions/out-trade-no/NOSUCH0001/close', { mchid: MCHID });
+  assert.deepEqual([r.status, r.json.code], [404, 'ORDER_NOT_EXIST']);
+
+  const exp = tradeNo('E');
+  const inThreeHours = new Date(Date.now() + 8 * 3600e3 + 120e3 + 3600e3 * 3).toISOString().slice(0, 19) + '+08:00';
+  const p2 = await place(exp, { time_expire: inThreeHours });
+  assert.equal((await query(exp)).json.trade_state, 'NOTPAY');
+  await sandbox.post('/sandbox/clock', { advance_s: 5 * 3600 });
+  assert.equal((await query(exp)).json.trade_state, 'CLOSED', 'unpaid past time_expire');
+  assert.equal((await pay(p2)).status, 409);
+});
+
+test('partial refunds conserve the amount; REFUND.SUCCESS notifications reach the merchant', async () => {
+  const no = tradeNo('F');
+  await pay(await place(no));
+  const refund = (out_refund_no, amount, over = {}) => merchant.post('/m/refund', {
+    out_trade_no: no, out_refund_no, refund: amount, total: 100, reason: 'broken cup',
+    notify_url: merchantNotify(out_refund_no), ...over }).then((r) => r.json);
+  const r1 = await refund(`${no}-r1`, 30);
+  assert.deepEqual([r1.ok, r1.status, r1.body.status, r1.body.amount.refund, r1.body.amount.total], [true, 200, 'PROCESSING', 30, 100]);
+  assert.equal((await refund(`${no}-r1`, 30)).body.refund_id, r1.body.refund_id, 'the same out_refund_no refunds once');
+  let r = await refund(`${no}-r1`, 40);
+  assert.deepEqual([r.status, r.code], [400, 'INVALID_REQUEST']);
+  assert.equal((await refund(`${no}-r2`, 50)).status, 200);
+  r = await refund(`${no}-r3`, 30);
+  assert.deepEqual([r.status, r.code, r.message], [400, 'INVALID_REQUEST', '申请退款金额超过订单可退金额']);
+  assert.equal((await query(no)).json.trade_state, 'REFUND');
+  assert.equal((await refund(`${no}-r4`, 20)).status, 200, 'refunds may add up to exactly the total');
+  r = await refund(`${no}-r5`, 1);
+  assert.equal(r.status, 400);
+  const order = (await sandbox.get(`/sandbox/orders/${no}`)).json;
+  assert.equal(order.refunded, 100);
+  assert.equal(order.refunds.length, 3);
+
+  const settled = await eventually(async () => {
+    const q = (await merchant.get(`/m/refund/${no}-r1`)).json;
+    return q.body.status === 'SUCCESS' ? q : null;
+  });
+  assert.match(settled.body.success_time, /\+08:00$/);
+  const notes = await eventually(async () => {
+    const n = (await merchant.get(`/m/notes/${no}-r1`)).json;
+    return n.length ? n : null;
+  });
+  assert.equal(notes[0].event_type, 'REFUND.SUCCESS');
+  const res = JSON.parse(notes[0].resource);
+  assert.deepEqual([res.refund_status, res.out_refund_no, res.amount.refund, res.amount.total], ['SUCCESS', `${no}-r1`, 30, 100]);
+  r = await wx('GET', '/v3/refund/domestic/refunds/NOSUCHREFUND');
+  assert.deepEqual([r.status, r.json.code], [404, 'RESOURCE_NOT_EXISTS']);
+  r = await refund('x-unpaid', 1, { out_trade_no: tradeNo('U') });
+  assert.deepEqual([r.status, r.code], [404, 'RESOURCE_NOT_EXISTS']);
+});
+
+test('jscode2session: codes issued by the sandbox work once, for 5 minutes; others are 40029', async () => {
+  const issued = (await sandbox.post('/sandbox/login-code', { openid: 'oLoginUser1' })).json;
+  assert.match(issued.code, /^[0-9A-Za-z]{32}$/);
+  let r = (await merchant.post('/m/login', { code: issued.code })).json;
+  assert.deepEqual(r, { ok: true, openid: 'oLoginUser1' });
+  r = (await merchant.post('/m/login', { code: issued.code })).json;
+  assert.equal(r.reason, 'invalid_code', 'a code is single-use');
+  r = (await merchant.post('/m/login', { code: 'NeverIssued123' })).json;
+  assert.equal(r.reason, 'invalid_code');
+  assert.match(r.message, /40029/);
+  const old = (await sandbox.post('/sandbox/login-code', {})).json;
+  assert.match(old.openid, /^o[0-9A-Za-z]{27}$/);
+  await sandbox.post('/sandbox/clock', { advance_s: 301 });
+  r = (await merchant.post('/m/login', { code: old.code })).json;
+  assert.equal(r.reason, 'invalid_code', 'a code expires after 5 minutes');
+  const raw = await sandbox.get(`/sns/jscode2session?appid=${APPID}&secret=wrong&js_code=x&grant_type=authorization_code`);
+  assert.equal(raw.json.errcode, 40125);
+});
+
+// ---- notifications ----
+
+test('a notification is WeChat Pay\'s signed envelope with an AES-256-GCM resource', async () => {
+  const no = tradeNo('N');
+  await pay(await place(no));
+  const [a] = await eventually(() => target.of(no).length && target.of(no));
+  const env = a.envelope;
+  assert.match(env.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.match(env.create_time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$/);
+  assert.deepEqual([env.resource_type, env.event_type, env.summary], ['encrypt-resource', 'TRANSACTION.SUCCESS', '支付成功']);
+  assert.deepEqual([env.resource.original_type, env.resource.algorithm, env.resource.associated_data],
+    ['transaction', 'AEAD_AES_256_GCM', 'transaction']);
+  assert.equal(env.resource.nonce.length, 12);
+  assert.equal(a.resource.out_trade_no, no);
+  assert.equal(a.headers['content-type'], 'application/json');
+  const serial = a.headers['wechatpay-serial'];
+  assert.ok([K.platformSerial, K.pubkeyId].includes(serial), 'mixed mode: either key, named by the serial');
+  assert.ok(verified({ headers: a.headers, body: a.body }, serial === K.pubkeyId));
+});
+
+test('failed deliveries are retried on WeChat Pay\'s schedule (15s, 15s, 30s, 3m, 10m … scaled by clock_speed)', async () => {
+  const no = tradeNo('S');
+  target.plans[no] = [500, 503, 404, 'hang', 500];
+  await pay(await place(no));
+  const arrivals = await eventually(() => target.of(no).length >= 6 && target.of(no), 15000);
+  const gaps = arrivals.slice(1).map((a, i) => a.at - arrivals[i].at);
+  const expected = SCHEDULE.slice(0, 5).map((s) => (s * 1000) / SPEED);
+  expected[3] += 1000;               // the 4th attempt hung: the 1 s notify timeout comes first
+  gaps.forEach((g, i) => {
+    assert.ok(g >= expected[i] - 5 && g <= expected[i] + 500, `gap ${i + 1} was ${g} ms, expected ~${expected[i]} (${gaps})`);
+  });
+  await sleep(300);
+  assert.equal(target.of(no).length, 6, 'a 204 ends the schedule');
+  const n = (await sandbox.get(`/sandbox/notifications?ref=${no}`)).json.notifications[0];
+  assert.equal(n.state, 'delivered');
+  assert.deepEqual(n.deliveries.map((d) => d.status ?? 'timeout'), [500, 503, 404, 'timeout', 500, 204]);
+  assert.match(n.deliveries[3].error, /^timeout/);
+  assert.ok(arrivals.every((a) => a.envelope.id === arrivals[0].envelope.id), 'every retry is the same notification');
+});
+
+test('the delivery schedule survives a sandbox restart', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'paygate-e2e-'));
+  const app = { clock_speed: 100, mode: 'public_key' };
+  let sb = await startSandbox({ dir, app });
+  try {
+    const no = tradeNo('D');
+    target.plans[no] = [500, 500, 500, 500];      // attempts at 0, 150, 300, 600 ms; the 5th at +1800 ms
+    const prepay = await place(no, {}, sb.port);
+    assert.equal((await pay(prepay, OPENID, {}, sb)).status, 200);
+    await eventually(() => target.of(no).length >= 4, 5000, 10);
+    const port = sb.port;
+    await sb.stop();
+    assert.equal(target.of(no).length, 4);
+    sb = await startSandbox({ dir, app, listen: `127.0.0.1:${port}` });
+    const all = await eventually(() => target.of(no).length >= 5 && target.of(no), 8000);
+    const gap = all[4].at - all[3].at;
+    assert.ok(gap >= 1790 && gap < 3500, `the 5th attempt came ${gap} ms after the 4th (due 1800 ms)`);
+    await sleep(500);
+    assert.equal(target.of(no).length, 5, 'no attempt is repeated after the restart');
+    const n = (await sb.get(`/sandbox/notifications?ref=${no}`)).json.notifications[0];
+    assert.deepEqual(n.deliveries.map((d) => [d.attempt, d.status]), [[1, 500], [2, 500], [3, 500], [4, 500], [5, 204]]);
+    assert.ok(all.every((a) => a.headers['wechatpay-serial'] === K.pubkeyId), 'public_key mode signs notifications with the public key');
+    assert.ok(verified({ headers: all[4].headers, body: all[4].body }, true));
+
+    const r = await wx('GET', '/v3/certificates', undefined, { port: sb.port });
+    assert.deepEqual([r.status, r.json.code], [404, 'RESOURCE_NOT_EXISTS']);
+    assert.match(r.json.message, /^无可用的平台证书/);
+    const q = await query(no, { port: sb.port });
+    assert.equal(q.headers['wechatpay-serial'], K.pubkeyId);
+    assert.ok(verified(q, true));
+  } finally {
+    await sb.stop({ clean: true });
+  }
+});
+
+// ---- faults ----
+
+test('faults on API calls: SYSTEM_ERROR, slow, timeout after the effect, bad signatures, probes, latency', async () => {
+  try {
+    await faults({ system_error: { count: 1 } });
+    let r = await query('NOSUCHORDER2');
+    assert.deepEqual([r.status, r.json.code, r.json.message], [500, 'SYSTEM_ERROR', '系统错误']);
+    assert.ok(noWechatpayHeaders(r));
+    assert.equal((await query('NOSUCHORDER2')).status, 404, 'count = 1: only the next call');
+
+    await faults({ slow: { count: 1, ms: 600 } });
+    let t = Date.now();
+    assert.equal((await query('NOSUCHORDER2')).status, 404);
+    assert.ok(Date.now() - t >= 590);
+
+    const no = tradeNo('X');
+    await faults({ timeout: { count: 1, ms: 1500 } });
+    r = (await merchant.post('/m/prepay', { out_trade_no: no, description: 'x', amount: 5, openid: OPENID,
+      notify_url: merchantNotify(no) })).json;
+    assert.deepEqual([r.ok, r.reason], [false, 'network'], JSON.stringify(r));
+    assert.equal((await query(no)).json.trade_state, 'NOTPAY', 'the order was placed although the answer timed out');
+
+    await faults({ bad_signature: { count: 1 } });
+    r = await query(no);
+    assert.equal(r.status, 200);
+    assert.ok(!verified(r) && !verified(r, true));
+    await faults({ bad_signature: { count: 1 } });
+    r = (await merchant.get(`/m/query/${no}`)).json;
+    assert.deepEqual([r.ok, r.reason], [false, 'bad_signature']);
+
+    await faults({ probe: { count: 1 } });
+    r = (await merchant.get(`/m/query/${no}`)).json;
+    assert.deepEqual([r.ok, r.reason], [false, 'signature_probe']);
+    await faults({ probe: { count: 1 } });
+    r = await query(no);
+    assert.match(r.headers['wechatpay-signature'], /^WECHATPAY\/SIGNTEST\//);
+    assert.ok(verified(await query(no)), 'the fault is used up');
+
+    await faults({ latency: { ms: 300 } });
+    t = Date.now();
+    await query(no);
+    await query(no);
+    assert.ok(Date.now() - t >= 600, 'latency applies to every call while set');
+    await faults({ latency: false });
+    const list = (await sandbox.get('/sandbox/faults')).json;
+    assert.deepEqual(list.active, {});
+    assert.equal((await faults({ nonsense: { count: 1 } })).status, 400);
+  } finally {
+    await sandbox.request('DELETE', '/sandbox/faults');
+  }
+});
+
+test('faults on notifications: dropped, delayed, reordered, duplicated (also concurrently), probed', async () => {
+  try {
+    const A = tradeNo('ND');
+    await faults({ notify_drop: { count: 1 } });
+    await pay(await place(A));
+    await sleep(600);
+    assert.equal(target.of(A).length, 0, 'a dropped notification is never sent');
+    assert.equal((await sandbox.get(`/sandbox/notifications?ref=${A}`)).json.notifications[0].state, 'dropped');
+
+    const B = tradeNo('NL');
+    await faults({ notify_delay: { count: 1, ms: 800 } });
+    const t = Date.now();
+    await pay(await place(B));
+    const [b] = await eventually(() => target.of(B).length && target.of(B));
+    assert.ok(b.at - t >= 790, `delayed by ${b.at - t} ms`);
+
+    const C1 = tradeNo('NR'), C2 = tradeNo('NR');
+    const [p1, p2] = [await place(C1), await place(C2)];
+    await faults({ notify_reorder: { count: 2, ms: 400 } });
+    await pay(p1);
+    await pay(p2);
+    await eventually(() => target.of(C1).length && target.of(C2).length, 5000);
+    assert.ok(target.of(C2)[0].at < target.of(C1)[0].at, 'the later event arrived first');
+
+    const D = tradeNo('NU');
+    await faults({ notify_duplicate: { count: 1 } });
+    await pay(await place(D));
+    const dups = await eventually(() => target.of(D).length >= 2 && target.of(D), 5000);
+    assert.equal(dups[0].envelope.id, dups[1].envelope.id);
+    assert.ok(dups[1].at - dups[0].at >= 900, 'a duplicate about a second later');
+
+    const E = tradeNo('NC');
+    await faults({ notify_duplicate: { count: 1, concurrent: true } });
+    await pay(await place(E, { notify_url: merchantNotify(E) }));
+    const notes = await eventually(async () => {
+      const n = (await merchant.get(`/m/notes/${E}`)).json;
+      return n.length >= 2 ? n : null;
+    });
+    assert.ok(Math.abs(notes[1].at - notes[0].at) < 300, 'two deliveries at the same moment');
+    assert.equal(notes[0].envelope_id, notes[1].envelope_id);
+
+    const F = tradeNo('NP');
+    await faults({ notify_probe: { count: 1 } });
+    await pay(await place(F, { notify_url: merchantNotify(F) }));
+    const probed = await eventually(async () => {
+      const n = (await merchant.get(`/m/notes/${F}`)).json;
+      return n.length >= 2 ? n : null;
+    });
+    assert.deepEqual(probed.map((n) => [n.ok, n.reason ?? null]), [[0, 'signature_probe'], [1, null]],
+      'the merchant refuses the probe; the retry is genuine');
+  } finally {
+    await sandbox.request('DELETE', '/sandbox/faults');
+  }
+});
+
+test('faults from the config apply by rate until a switch set through /sandbox/faults overrides them', async () => {
+  const sb = await startSandbox({ app: { faults: { system_error: { rate: 1 } } } });
+  try {
+    const r = await query('NOSUCHORDER3', { port: sb.port });
+    assert.deepEqual([r.status, r.json.code], [500, 'SYSTEM_ERROR']);
+    await faults({ system_error: { rate: 0 } }, sb);
+    assert.equal((await query('NOSUCHORDER3', { port: sb.port })).status, 404);
+  } finally {
+    await sb.stop({ clean: true });
+  }
 });

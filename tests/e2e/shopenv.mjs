@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import assert from 'node:assert/strict';
-import { ROOT, startGateway } from './harness.mjs';
+import { ROOT, SANDBOX_BIN, startGateway } from './harness.mjs';
 
 export const MCHID = '1900007291';
 export const APPID = 'wxd678efh567hg6787';
@@ -53,8 +53,9 @@ export async function startWorld() {
   writeFileSync(join(scripts, 'test_hooks.lua'), TEST_HOOKS);
   writeFileSync(join(scripts, 'init.lua'), readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\n');
   const sandbox = await startGateway({
+    bin: SANDBOX_BIN,
     config: {
-      scripts: join(ROOT, 'examples/sandbox/scripts'), wechatpay_sandbox: true, watch: false, log_level: 'info',
+      scripts: join(ROOT, 'examples/sandbox/scripts'), watch: false, log_level: 'info',
       app: {
         mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
         refund_settle_s: 1, latency_ms: 0,

@@ -287,7 +287,7 @@ static void json_helpers(void)
 	      "paygate_json_get refuses missing members, malformed JSON and values that do not fit");
 	paygate_json_add_string(b, "q\"\\\n\x01z");
 	evbuffer_add(b, "", 1);
-	check(strcmp((const char *)evbuffer_pullup(b, -1), "\"q\\\"\\\\\\u000a\\u0001z\"") == 0,
+	check(strcmp((const char *)evbuffer_pullup(b, -1), "\"q\\\"\\\\\\n\\u0001z\"") == 0,
 	      "paygate_json_add_string escapes quotes, backslashes and control bytes");
 	evbuffer_free(b);
 }

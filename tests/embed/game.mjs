@@ -1,8 +1,8 @@
 // game.mjs — the game-server example (examples/game-server) end to end, as a player and WeChat see it.
 //
-//   node tests/embed/game.mjs            (env: GAME, PAYGATE, LUALIB, KEYS, WORK; set by tests/embed/run.sh)
+//   node tests/embed/game.mjs            (env: GAME, SANDBOX, LUALIB, KEYS, WORK; set by tests/embed/run.sh)
 //
-// Starts the WeChat Pay sandbox (the installed paygate with examples/sandbox/scripts) and the
+// Starts the WeChat Pay sandbox (build/paygate-sandbox with examples/sandbox/scripts) and the
 // game built from the installed library; talks the game's line protocol; plays the paying user
 // at the sandbox; checks what the game delivered. Then the same purchase once more with the game
 // under valgrind: create → purchase → reload → free must leak nothing. Everything is on
@@ -15,7 +15,7 @@ import net from 'node:net';
 import http from 'node:http';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const { GAME, PAYGATE, LUALIB, KEYS, WORK } = process.env;
+const { GAME, SANDBOX, LUALIB, KEYS, WORK } = process.env;
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
 const children = new Set();
@@ -142,14 +142,14 @@ async function startSandbox() {
   const conf = join(WORK, 'sandbox.conf.lua');
   writeConfig(conf, {
     listen: '127.0.0.1:0', scripts: join(ROOT, 'examples', 'sandbox', 'scripts'), lualib: LUALIB,
-    database: join(WORK, 'sandbox.db'), wechatpay_sandbox: true, watch: false, log_level: 'info',
+    database: join(WORK, 'sandbox.db'), watch: false, log_level: 'info',
     app: { mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
       keys: { platform_key_file: join(KEYS, 'platform_key.pem'), platform_cert_file: join(KEYS, 'platform_cert.pem'),
         merchant_cert_file: join(KEYS, 'merchant_cert.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
         public_key_file: join(KEYS, 'pubkey_key.pem'), public_key_id_file: join(KEYS, 'pubkey_id'),
         app_secret_file: join(KEYS, 'app_secret') } },
   });
-  const { m } = await start(PAYGATE, ['--config', conf], /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+  const { m } = await start(SANDBOX, ['--config', conf], /listening on http:\/\/127\.0\.0\.1:(\d+)/,
     join(WORK, 'sandbox.log'), 15000);
   sandboxPort = Number(m[1]);
 }
@@ -301,7 +301,7 @@ async function main() {
     170000);
   try {
     await startSandbox();
-    report(true, 'the WeChat Pay sandbox starts from the installed paygate');
+    report(true, 'the WeChat Pay sandbox starts (paygate-sandbox, built in the tree)');
     await mainRun();
     if (process.env.SKIP_VALGRIND !== '1') await valgrindRun();
   } catch (e) {

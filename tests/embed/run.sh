@@ -53,6 +53,13 @@ spec "the shared library exports paygate_* only" \
 	sh -c "nm -D --defined-only '$PREFIX/lib/libpaygate.so.0' | awk '{print \$3}' | grep -v '^paygate_' | grep -q . && exit 1 || exit 0"
 spec "the installed static library exports paygate_* only" \
 	sh -c "nm -g --defined-only '$PREFIX/lib/libpaygate.a' | awk 'NF==3 {print \$3}' | grep -v '^paygate_' | grep -q . && exit 1 || exit 0"
+# WeChat Pay's side of the protocol (signing as WeChat, encrypting notifications) lives in examples/sandbox/
+# and is linked into build/paygate-sandbox only: the sandbox binary has it, the gateway never does.
+WX_SIDE='wxsrv_sign_response|wxsrv_encrypt_resource|wxsrv_parse_authorization|wxsandbox_open'
+spec "the sandbox binary holds WeChat Pay's side (signing as WeChat, encrypting resources)" \
+	sh -c "test \$(nm '$ROOT/build/paygate-sandbox' | grep -cE '$WX_SIDE') -eq 4"
+spec "the installed paygate, libpaygate.so and libpaygate.a hold none of WeChat Pay's side" \
+	sh -c "! nm '$PREFIX/bin/paygate' '$PREFIX/lib/libpaygate.so.0' '$PREFIX/lib/libpaygate.a' 2>/dev/null | grep -E '$WX_SIDE'"
 cat >"$WORK/header.c" <<'EOF'
 #include <paygate.h>
 static struct paygate *(*create)(struct event_base *, const struct paygate_options *, char *, size_t) = paygate_new;
@@ -100,7 +107,7 @@ fi
 
 if [ -x "$WORK/game" ] && examples/sandbox/keys.sh "$WORK/keys" >/dev/null 2>&1; then
 	command -v valgrind >/dev/null || export SKIP_VALGRIND=1
-	suite "game server" env GAME="$WORK/game" PAYGATE="$PREFIX/bin/paygate" LUALIB="$LUALIB" KEYS="$WORK/keys" \
+	suite "game server" env GAME="$WORK/game" SANDBOX="$ROOT/build/paygate-sandbox" LUALIB="$LUALIB" KEYS="$WORK/keys" \
 		WORK="$WORK/game-run" timeout 175 node tests/embed/game.mjs
 	[ "$FAIL" -eq 0 ] || cp -r "$WORK/game-run" "${BUILD:-build}/test-logs/embed-game-run" 2>/dev/null
 else

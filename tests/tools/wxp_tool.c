@@ -1,5 +1,6 @@
 /* wxp_tool.c — a small CLI over engine/wechatpay.c, used by the Node conformance test and by hand. */
-#include "../../engine/wechatpay.h"
+#include "wechatpay.h"
+#include "wxserver.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -106,7 +107,7 @@ static int cmd_authorization(char **a)
 
 /* Checks a request's Authorization the way the sandbox does: serial, then signature. */
 static int check_authorization(const crypto_cert *c, const char *method, const char *url,
-                               const crypto_buf *body, const wxp_auth *auth)
+                               const crypto_buf *body, const struct wxsrv_auth *auth)
 {
     crypto_buf msg = {NULL, 0};
     int64_t ts;
@@ -134,17 +135,17 @@ static int cmd_verify_authorization(char **a)
 {
     crypto_cert c;
     crypto_buf body = {NULL, 0};
-    wxp_auth auth;
+    struct wxsrv_auth auth;
     int rc;
 
     if (crypto_cert_from_file(a[0], &c, err, sizeof err) < 0)
         return fail("certificate");
     if (crypto_read_file(a[3], &body, err, sizeof err) < 0 ||
-        wxp_parse_authorization(a[4], &auth, err, sizeof err) < 0) {
+        wxsrv_parse_authorization(a[4], &auth, err, sizeof err) < 0) {
         rc = fail("verify-authorization");
     } else {
         rc = check_authorization(&c, a[1], a[2], &body, &auth);
-        wxp_auth_free(&auth);
+        wxsrv_auth_free(&auth);
     }
     crypto_buf_free(&body);
     crypto_cert_clear(&c);
@@ -161,7 +162,7 @@ static int cmd_sign_response(char **a)
     if (key == NULL)
         return fail("key");
     if (parse_int64(a[1], &ts) < 0 || crypto_read_file(a[3], &body, err, sizeof err) < 0 ||
-        wxp_sign_response(key, ts, a[2], body.data, body.len, &sig, err, sizeof err) < 0)
+        wxsrv_sign_response(key, ts, a[2], body.data, body.len, &sig, err, sizeof err) < 0)
         rc = fail("sign-response");
     else
         rc = emit(&sig);
@@ -216,7 +217,7 @@ static int cmd_encrypt_resource(char **a)
     int rc;
 
     if (read_apiv3_key(a[0], &key) < 0 || crypto_read_file(a[3], &pt, err, sizeof err) < 0 ||
-        wxp_encrypt_resource(key.data, key.len, a[1], a[2], pt.data, pt.len, &ct, err, sizeof err) < 0)
+        wxsrv_encrypt_resource(key.data, key.len, a[1], a[2], pt.data, pt.len, &ct, err, sizeof err) < 0)
         rc = fail("encrypt-resource");
     else
         rc = emit(&ct);

@@ -1,22 +1,25 @@
-/* test_engine.c — unit tests of engine pieces that need no event loop: JSON, config, sandbox, metrics. */
+/* test_engine.c — unit tests of engine pieces that need no event loop: JSON, config, jail, metrics, asserts. */
+#include <signal.h>
 #include <stdint.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "config.h"
+#include "gen.h"
+#include "jail.h"
 #include "json.h"
 #include "metrics.h"
-#include "sandbox.h"
 #include "unit.h"
 
-/* Run `code` in a fresh sandboxed state with the json module as a global; return its string result. */
+/* Run `code` in a fresh jailed state with the json module as a global; return its string result. */
 static const char *run_lua(lua_State *L, const char *code)
 {
-	sbx_push_env(L);
+	jail_push_env(L);
 	json_push_lua(L);
-	sbx_set_global(L, -2, "json");
+	jail_set_global(L, -2, "json");
 	if (luaL_loadbufferx(L, code, strlen(code), "=test", "t") != LUA_OK)
 		return lua_tostring(L, -1);
 	lua_pushvalue(L, -2);
@@ -28,8 +31,8 @@ static const char *run_lua(lua_State *L, const char *code)
 
 static void t_json_encode(void)
 {
-	struct sbx s;
-	lua_State *L = sbx_newstate(&s, 16u << 20, NULL);
+	struct jail s;
+	lua_State *L = jail_newstate(&s, 16u << 20, NULL);
 	CHECK_EQ_STR(run_lua(L, "return json.encode({1, 2, 3})"), "[1,2,3]");
 	CHECK_EQ_STR(run_lua(L, "return json.encode(9007199254740993)"), "9007199254740993");
 	CHECK_EQ_STR(run_lua(L, "return json.encode(1.5)"), "1.5");
@@ -43,8 +46,8 @@ static void t_json_encode(void)
 
 static void t_json_encode_refuses(void)
 {
-	struct sbx s;
-	lua_State *L = sbx_newstate(&s, 16u << 20, NULL);
+	struct jail s;
+	lua_State *L = jail_newstate(&s, 16u << 20, NULL);
 	CHECK(strstr(run_lua(L, "local t = {} t.t = t return json.encode(t)"), "deeper than") != NULL);
 	CHECK(strstr(run_lua(L, "return json.encode(0/0)"), "NaN") != NULL);
 	CHECK(strstr(run_lua(L, "return json.encode(1/0)"), "infinity") != NULL);
@@ -55,8 +58,8 @@ static void t_json_encode_refuses(void)
 
 static void t_json_decode_integers(void)
 {
-	struct sbx s;
-	lua_State *L = sbx_newstate(&s, 16u << 20, NULL);
+	struct jail s;
+	lua_State *L = jail_newstate(&s, 16u << 20, NULL);
 	CHECK_EQ_STR(run_lua(L, "local t = json.decode('{\"a\":1,\"b\":[2,2.5],\"c\":1e3}') "
 	                        "return math.type(t.a)..math.type(t.b[1])..math.type(t.b[2])..math.type(t.c)"),
 	             "integerintegerfloatinteger");
@@ -69,10 +72,10 @@ static void t_json_decode_integers(void)
 }
 
 /* The allocator cap turns a memory bomb into an ordinary error and the state stays usable. */
-static void t_sandbox_memory_cap(void)
+static void t_jail_memory_cap(void)
 {
-	struct sbx s;
-	lua_State *L = sbx_newstate(&s, 8u << 20, NULL);
+	struct jail s;
+	lua_State *L = jail_newstate(&s, 8u << 20, NULL);
 	CHECK(strstr(run_lua(L, "local ok, e = pcall(string.rep, 'x', 64 * 1024 * 1024) return tostring(e)"),
 	             "not enough memory") != NULL);
 	CHECK(s.used <= s.limit);
@@ -80,23 +83,23 @@ static void t_sandbox_memory_cap(void)
 	lua_close(L);
 }
 
-static void t_sandbox_budget(void)
+static void t_jail_budget(void)
 {
-	struct sbx s;
-	struct sbx_budget b = { 0 };
-	lua_State *L = sbx_newstate(&s, 16u << 20, NULL);
-	sbx_budget(L, &b, 1000000);
+	struct jail s;
+	struct jail_budget b = { 0 };
+	lua_State *L = jail_newstate(&s, 16u << 20, NULL);
+	jail_budget(L, &b, 1000000);
 	const char *r = run_lua(L, "while true do pcall(function() while true do end end) end");
-	sbx_unbudget(L);
+	jail_unbudget(L);
 	CHECK(strstr(r, "instruction budget") != NULL);
 	CHECK(b.killed);
 	lua_close(L);
 }
 
-static void t_sandbox_env(void)
+static void t_jail_env(void)
 {
-	struct sbx s;
-	lua_State *L = sbx_newstate(&s, 16u << 20, NULL);
+	struct jail s;
+	lua_State *L = jail_newstate(&s, 16u << 20, NULL);
 	CHECK(strstr(run_lua(L, "return tostring(io)"), "undefined global 'io'") != NULL);
 	CHECK(strstr(run_lua(L, "x = 1"), "undeclared global 'x'") != NULL);
 	CHECK(strstr(run_lua(L, "string.upper = nil"), "read-only") != NULL);
@@ -172,16 +175,33 @@ static void t_metrics_series(void)
 	metrics_free(&m);
 }
 
+/* A generation whose references are all gone is taken again: the invariant's assert must stop the process. */
+static void t_asserts_are_live(void)
+{
+	pid_t pid = fork();
+	int status = 0;
+	if (pid == 0) {
+		struct gen g = { 0 };
+		fclose(stderr);                 /* the assertion message is expected; keep the log quiet */
+		gen_ref(&g);
+		_exit(0);
+	}
+	CHECK(pid > 0);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+}
+
 static const unit_test tests[] = {
 	{ "json.encode writes integers exactly, arrays and escapes", t_json_encode },
 	{ "json.encode refuses cycles, NaN, infinity, functions and odd keys", t_json_encode_refuses },
 	{ "json.decode gives integers for integral numbers below 2^53 and limits depth", t_json_decode_integers },
-	{ "a memory bomb is an ordinary error under the allocator cap", t_sandbox_memory_cap },
-	{ "the instruction budget stops a loop even inside pcall", t_sandbox_budget },
-	{ "the sandbox env hides io, is strict, and protects its tables", t_sandbox_env },
+	{ "a memory bomb is an ordinary error under the jail's allocator cap", t_jail_memory_cap },
+	{ "the jail's instruction budget stops a loop even inside pcall", t_jail_budget },
+	{ "the jail env hides io, is strict, and protects its tables", t_jail_env },
 	{ "config: defaults, overrides, relative paths, app table as JSON", t_config_defaults_and_overrides },
 	{ "config: every mistake gets a message naming the field", t_config_errors_are_clear },
 	{ "metrics: series accumulate and bad names are refused", t_metrics_series },
+	{ "assertions are live in this build: taking a dead generation aborts", t_asserts_are_live },
 };
 
 UNIT_MAIN(tests)

@@ -1,6 +1,6 @@
-/* sandbox.h — what a script may touch: capped memory, an instruction budget, allow-listed globals. */
-#ifndef PAYGATE_SANDBOX_H
-#define PAYGATE_SANDBOX_H
+/* jail.h — the script jail: what a script may touch: capped memory, an instruction budget, allow-listed globals. */
+#ifndef PAYGATE_JAIL_H
+#define PAYGATE_JAIL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -8,21 +8,21 @@
 #include <lua.h>
 
 /* Instructions between two budget checks. */
-#define SBX_HOOK_EVERY 1000
+#define JAIL_HOOK_EVERY 1000
 
 /* The instruction budget of one piece of running Lua (a request, a job, a load). */
-struct sbx_budget {
+struct jail_budget {
 	int64_t left;
 	int killed;
 	lua_State *thread;           /* the engine coroutine it belongs to, if any */
 };
 
 /* One per Lua VM (script generation); it is the allocator's userdata. */
-struct sbx {
+struct jail {
 	size_t used;                 /* bytes the VM holds now */
 	size_t peak;
 	size_t limit;                /* allocations past this fail: LUA_ERRMEM */
-	struct sbx_budget *active;   /* whose instructions are being counted */
+	struct jail_budget *active;   /* whose instructions are being counted */
 	void *owner;                 /* back pointer for engine callbacks (the generation) */
 };
 
@@ -31,14 +31,14 @@ struct sbx {
 ** limit bytes) and whose threads all carry the budget hook. Returns NULL when
 ** even the empty state does not fit.
 */
-lua_State *sbx_newstate(struct sbx *s, size_t limit, void *owner);
+lua_State *jail_newstate(struct jail *s, size_t limit, void *owner);
 
-/* The sandbox of a state (the allocator userdata). */
-struct sbx *sbx_of(lua_State *L);
+/* The jail of a state (the allocator userdata). */
+struct jail *jail_of(lua_State *L);
 
-/* Count `b` against the instructions run from now on, until sbx_unbudget. */
-void sbx_budget(lua_State *L, struct sbx_budget *b, int64_t instructions);
-void sbx_unbudget(lua_State *L);
+/* Count `b` against the instructions run from now on, until jail_unbudget. */
+void jail_budget(lua_State *L, struct jail_budget *b, int64_t instructions);
+void jail_unbudget(lua_State *L);
 
 /*
 ** Open the allowed standard libraries and push the protected globals table
@@ -47,15 +47,15 @@ void sbx_unbudget(lua_State *L);
 ** only, and io, debug, package, os.execute, string.dump, dofile, loadfile do
 ** not exist. [-0, +1, e]
 */
-void sbx_push_env(lua_State *L);
+void jail_push_env(lua_State *L);
 
 /*
 ** Set env[name] to a read-only proxy of the table at the top of the stack,
 ** popping it. [-1, +0, e]
 */
-void sbx_set_readonly(lua_State *L, int env_index, const char *name);
+void jail_set_readonly(lua_State *L, int env_index, const char *name);
 
 /* env[name] = the value at the top of the stack, bypassing strictness. [-1, +0, e] */
-void sbx_set_global(lua_State *L, int env_index, const char *name);
+void jail_set_global(lua_State *L, int env_index, const char *name);
 
 #endif

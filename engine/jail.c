@@ -1,5 +1,5 @@
-/* sandbox.c — what a script may touch: capped memory, an instruction budget, allow-listed globals. */
-#include "sandbox.h"
+/* jail.c — the script jail: what a script may touch: capped memory, an instruction budget, allow-listed globals. */
+#include "jail.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +13,9 @@
 ** Lua's allocator contract: nsize == 0 frees; growth may fail (Lua then
 ** collects garbage and retries before raising LUA_ERRMEM); shrinking must not.
 */
-static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+static void *jail_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-	struct sbx *s = ud;
+	struct jail *s = ud;
 	size_t old = ptr ? osize : 0;
 
 	if (nsize == 0) {
@@ -37,71 +37,71 @@ static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 /* ---- the instruction budget ---- */
 
 /*
-** Runs every SBX_HOOK_EVERY instructions. Once the budget is spent the hook
+** Runs every JAIL_HOOK_EVERY instructions. Once the budget is spent the hook
 ** re-arms itself for every instruction, so a script that catches the error
 ** with pcall is stopped again at its very next instruction (Redis does the
 ** same with a line hook).
 */
-static void sbx_hook(lua_State *L, lua_Debug *ar)
+static void jail_hook(lua_State *L, lua_Debug *ar)
 {
-	struct sbx *s = sbx_of(L);
-	struct sbx_budget *b = s->active;
+	struct jail *s = jail_of(L);
+	struct jail_budget *b = s->active;
 
 	(void)ar;
 	if (!b)
 		return;
 	if (!b->killed) {
-		b->left -= SBX_HOOK_EVERY;
+		b->left -= JAIL_HOOK_EVERY;
 		if (b->left > 0)
 			return;
 		b->killed = 1;
 	}
-	lua_sethook(L, sbx_hook, LUA_MASKCOUNT, 1);
+	lua_sethook(L, jail_hook, LUA_MASKCOUNT, 1);
 	if (b->thread && b->thread != L)          /* stopped inside a coroutine the script made */
-		lua_sethook(b->thread, sbx_hook, LUA_MASKCOUNT, 1);
+		lua_sethook(b->thread, jail_hook, LUA_MASKCOUNT, 1);
 	luaL_error(L, "script exceeded its instruction budget (a runaway loop?)");
 }
 
-static int sbx_panic(lua_State *L)
+static int jail_panic(lua_State *L)
 {
 	const char *msg = lua_tostring(L, -1);
 	fprintf(stderr, "paygate: unprotected Lua error: %s\n", msg ? msg : "?");
 	abort();
 }
 
-lua_State *sbx_newstate(struct sbx *s, size_t limit, void *owner)
+lua_State *jail_newstate(struct jail *s, size_t limit, void *owner)
 {
 	memset(s, 0, sizeof *s);
 	s->limit = limit;
 	s->owner = owner;
-	lua_State *L = lua_newstate(sbx_alloc, s);
+	lua_State *L = lua_newstate(jail_alloc, s);
 	if (!L)
 		return NULL;
-	lua_atpanic(L, sbx_panic);
+	lua_atpanic(L, jail_panic);
 	*(void **)lua_getextraspace(L) = NULL;   /* threads copy it: "not an engine coroutine" */
-	lua_sethook(L, sbx_hook, LUA_MASKCOUNT, SBX_HOOK_EVERY);
+	lua_sethook(L, jail_hook, LUA_MASKCOUNT, JAIL_HOOK_EVERY);
 	return L;
 }
 
-struct sbx *sbx_of(lua_State *L)
+struct jail *jail_of(lua_State *L)
 {
 	void *ud;
 	lua_getallocf(L, &ud);
 	return ud;
 }
 
-void sbx_budget(lua_State *L, struct sbx_budget *b, int64_t instructions)
+void jail_budget(lua_State *L, struct jail_budget *b, int64_t instructions)
 {
 	if (instructions > 0) {
 		b->left = instructions;
 		b->killed = 0;
 	}
-	sbx_of(L)->active = b;
+	jail_of(L)->active = b;
 }
 
-void sbx_unbudget(lua_State *L)
+void jail_unbudget(lua_State *L)
 {
-	sbx_of(L)->active = NULL;
+	jail_of(L)->active = NULL;
 }
 
 /* ---- the environment ---- */
@@ -123,7 +123,7 @@ static int readonly_newindex(lua_State *L)
 	                  luaL_optstring(L, 2, "?"));
 }
 
-void sbx_set_readonly(lua_State *L, int env_index, const char *name)
+void jail_set_readonly(lua_State *L, int env_index, const char *name)
 {
 	env_index = lua_absindex(L, env_index);
 	lua_newtable(L);                      /* proxy */
@@ -135,14 +135,14 @@ void sbx_set_readonly(lua_State *L, int env_index, const char *name)
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, -2);
-	sbx_set_global(L, env_index, name);   /* env[name] = proxy */
+	jail_set_global(L, env_index, name);   /* env[name] = proxy */
 	lua_pop(L, 1);                        /* the real table */
 }
 
-void sbx_set_global(lua_State *L, int env_index, const char *name)
+void jail_set_global(lua_State *L, int env_index, const char *name)
 {
 	env_index = lua_absindex(L, env_index);
-	/* An env made by sbx_push_env keeps its names in the table behind __index. */
+	/* An env made by jail_push_env keeps its names in the table behind __index. */
 	if (lua_getmetatable(L, env_index)) {
 		lua_getfield(L, -1, "__index");
 		lua_remove(L, -2);
@@ -221,9 +221,9 @@ static int safe_setmetatable(lua_State *L)
 ** Pattern matching runs in C, out of reach of the instruction hook, and
 ** patterns like ".-.-.-b" backtrack in time n^k. Refuse a call whose worst
 ** case (subject length to the power of the number of repetition items) is
-** beyond SBX_PATTERN_BUDGET; plain finds and simple patterns are unaffected.
+** beyond JAIL_PATTERN_BUDGET; plain finds and simple patterns are unaffected.
 */
-#define SBX_PATTERN_BUDGET 1e9
+#define JAIL_PATTERN_BUDGET 1e9
 
 static int pattern_items(const char *p, size_t n)
 {
@@ -251,9 +251,9 @@ static int guarded_pattern(lua_State *L)
 	(void)s;
 	if (!plain) {
 		double cost = 1;
-		for (int k = pattern_items(p, plen); k > 0 && cost <= SBX_PATTERN_BUDGET; k--)
+		for (int k = pattern_items(p, plen); k > 0 && cost <= JAIL_PATTERN_BUDGET; k--)
 			cost *= (double)n + 1;
-		if (cost > SBX_PATTERN_BUDGET)
+		if (cost > JAIL_PATTERN_BUDGET)
 			return luaL_error(L, "pattern '%s' is too costly for a subject of %d bytes "
 			                     "(it could backtrack for a very long time)", p, (int)n);
 	}
@@ -359,7 +359,7 @@ static void open_libs(lua_State *L)
 ** So no request can add, replace or delete a global for the requests after
 ** it, and a typo is an error instead of a nil.
 */
-void sbx_push_env(lua_State *L)
+void jail_push_env(lua_State *L)
 {
 	open_libs(L);
 	lua_pushglobaltable(L);
@@ -387,12 +387,12 @@ void sbx_push_env(lua_State *L)
 			guard_string_lib(L);
 		else if (strcmp(*lib, "coroutine") == 0)
 			guard_coroutine_lib(L);
-		sbx_set_readonly(L, real, *lib);
+		jail_set_readonly(L, real, *lib);
 	}
 	lua_getfield(L, g, "os");
 	copy_fields(L, lua_gettop(L), os_allowed);
 	lua_remove(L, -2);
-	sbx_set_readonly(L, real, "os");
+	jail_set_readonly(L, real, "os");
 
 	/* s:upper() keeps working through the filtered copy; the metatable itself is hidden. */
 	lua_pushliteral(L, "");

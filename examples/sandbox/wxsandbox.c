@@ -1,4 +1,4 @@
-/* wxsandbox.c — the WeChat Pay side of the protocol, for the local sandbox only: verify merchants, sign, encrypt. */
+/* wxsandbox.c — the sandbox's Lua module `wechatpay.sandbox`: WeChat Pay's keys, checks and signatures for scripts. */
 #include "wxsandbox.h"
 
 #include <ctype.h>
@@ -11,9 +11,10 @@
 
 #include <lauxlib.h>
 
+#include "clock.h"
 #include "crypto.h"
-#include "engine.h"
 #include "wechatpay.h"
+#include "wxserver.h"
 
 /*
 ** The sandbox plays WeChat Pay, so it holds the keys WeChat Pay would hold:
@@ -21,8 +22,8 @@
 ** private half (public-key mode), the merchant's certificate (to verify
 ** merchant requests) and the APIv3 key (to encrypt resources). All of them
 ** stay in a userdata freed by __gc; scripts only get signatures, ciphertext
-** and the non-secret serials. Every primitive comes from wechatpay.h and
-** crypto.h — nothing here does crypto by hand.
+** and the non-secret serials. Every primitive comes from wxserver.h,
+** wechatpay.h and crypto.h — nothing here does crypto by hand.
 */
 
 #define KEYS_MT "paygate.wxsandbox.keys"
@@ -43,9 +44,8 @@ struct wxs_keys {
 /* ---- loading ---- */
 
 /* Resolve path against the config file's directory unless it is absolute. */
-static void resolve(struct engine *e, const char *path, char *out, size_t cap)
+static void resolve(const char *cfg, const char *path, char *out, size_t cap)
 {
-	const char *cfg = e->cfg.path;
 	const char *slash = cfg ? strrchr(cfg, '/') : NULL;
 	if (path[0] == '/' || !slash)
 		snprintf(out, cap, "%s", path);
@@ -54,7 +54,7 @@ static void resolve(struct engine *e, const char *path, char *out, size_t cap)
 }
 
 /* Read the file named by opts[field] (resolved) into out, trailing newlines cut; 0 when absent. */
-static int read_opt_file(lua_State *L, struct engine *e, const char *field, crypto_buf *out, int required)
+static int read_opt_file(lua_State *L, const char *cfg, const char *field, crypto_buf *out, int required)
 {
 	char path[MAX_PATH_LEN], err[CRYPTO_ERRLEN];
 	lua_getfield(L, 1, field);
@@ -65,7 +65,7 @@ static int read_opt_file(lua_State *L, struct engine *e, const char *field, cryp
 			return luaL_error(L, "sandbox.load_keys: %s is required", field);
 		return 0;
 	}
-	resolve(e, name, path, sizeof path);
+	resolve(cfg, name, path, sizeof path);
 	if (crypto_read_file(path, out, err, sizeof err) < 0)
 		return luaL_error(L, "sandbox.load_keys: %s: %s", field, err);
 	while (out->len && (out->data[out->len - 1] == '\n' || out->data[out->len - 1] == '\r'))
@@ -117,12 +117,12 @@ static void load_cert(lua_State *L, crypto_buf *pem, crypto_cert *out, const cha
 }
 
 /* The public-key id: public_key_id, or the contents of public_key_id_file. */
-static void load_pubkey_id(lua_State *L, struct engine *e, struct wxs_keys *k)
+static void load_pubkey_id(lua_State *L, const char *cfg, struct wxs_keys *k)
 {
 	crypto_buf idf = { 0 };
 	lua_getfield(L, 1, "public_key_id");
 	const char *id = lua_tostring(L, -1);
-	if (!id && read_opt_file(L, e, "public_key_id_file", &idf, 0))
+	if (!id && read_opt_file(L, cfg, "public_key_id_file", &idf, 0))
 		id = (const char *)idf.data;
 	if (!id || strncmp(id, WXP_PUBKEY_ID_PREFIX, strlen(WXP_PUBKEY_ID_PREFIX)) != 0 ||
 	    strlen(id) >= sizeof k->pubkey_id) {
@@ -143,7 +143,7 @@ static void load_pubkey_id(lua_State *L, struct engine *e, struct wxs_keys *k)
 */
 static int l_load_keys(lua_State *L)
 {
-	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	const char *cfg = lua_touserdata(L, lua_upvalueindex(1));
 	crypto_buf buf = { 0 };
 	luaL_checktype(L, 1, LUA_TTABLE);
 	lua_settop(L, 1);
@@ -151,13 +151,13 @@ static int l_load_keys(lua_State *L)
 	memset(k, 0, sizeof *k);
 	luaL_setmetatable(L, KEYS_MT);
 
-	read_opt_file(L, e, "platform_key_file", &buf, 1);
+	read_opt_file(L, cfg, "platform_key_file", &buf, 1);
 	load_private(L, &buf, &k->platform_key, "platform_key_file");
-	read_opt_file(L, e, "platform_cert_file", &k->platform_pem, 1);
+	read_opt_file(L, cfg, "platform_cert_file", &k->platform_pem, 1);
 	load_cert(L, &k->platform_pem, &k->platform_cert, "platform_cert_file", 1);
-	read_opt_file(L, e, "merchant_cert_file", &buf, 1);
+	read_opt_file(L, cfg, "merchant_cert_file", &buf, 1);
 	load_cert(L, &buf, &k->merchant_cert, "merchant_cert_file", 0);
-	read_opt_file(L, e, "apiv3_key_file", &buf, 1);
+	read_opt_file(L, cfg, "apiv3_key_file", &buf, 1);
 	if (buf.len != sizeof k->apiv3) {
 		size_t n = buf.len;
 		crypto_buf_free(&buf);
@@ -165,11 +165,11 @@ static int l_load_keys(lua_State *L)
 	}
 	memcpy(k->apiv3, buf.data, sizeof k->apiv3);
 	crypto_buf_free(&buf);
-	if (read_opt_file(L, e, "public_key_file", &buf, 0)) {
+	if (read_opt_file(L, cfg, "public_key_file", &buf, 0)) {
 		load_private(L, &buf, &k->pubkey_key, "public_key_file");
-		load_pubkey_id(L, e, k);
+		load_pubkey_id(L, cfg, k);
 	}
-	read_opt_file(L, e, "app_secret_file", &k->app_secret, 0);
+	read_opt_file(L, cfg, "app_secret_file", &k->app_secret, 0);
 	return 1;
 }
 
@@ -177,7 +177,7 @@ static int l_load_keys(lua_State *L)
 
 static int64_t now_s(void)
 {
-	return engine_now_ms() / 1000;
+	return clock_now_ms() / 1000;
 }
 
 /* RFC 3339 in Beijing time (+08:00), as WeChat Pay writes times. */
@@ -212,7 +212,7 @@ static int l_parse_authorization(lua_State *L)
 {
 	const char *h = luaL_optstring(L, 2, NULL);
 	char err[CRYPTO_ERRLEN];
-	wxp_auth a;
+	struct wxsrv_auth a;
 	check_keys(L);
 	const char *space = h ? strchr(h, ' ') : NULL;
 	if (!h || !*h || !space) {
@@ -227,7 +227,7 @@ static int l_parse_authorization(lua_State *L)
 		lua_pushliteral(L, "the Authorization scheme is not " WXP_AUTH_SCHEME);
 		return 3;
 	}
-	if (wxp_parse_authorization(h, &a, err, sizeof err) < 0) {
+	if (wxsrv_parse_authorization(h, &a, err, sizeof err) < 0) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "format");
 		lua_pushstring(L, err);
@@ -239,7 +239,7 @@ static int l_parse_authorization(lua_State *L)
 	set_str(L, "timestamp", a.timestamp);
 	set_str(L, "serial_no", a.serial_no);
 	set_str(L, "signature", a.signature);
-	wxp_auth_free(&a);
+	wxsrv_auth_free(&a);
 	return 1;
 }
 
@@ -397,7 +397,7 @@ static int l_sign_response(lua_State *L)
 		return fail(L, "nonce", err);
 	/* bad: a genuine signature, but over another nonce than the one sent */
 	int rc = probe ? probe_signature(&sig, err, sizeof err)
-	       : wxp_sign_response(key, ts, bad ? "00000000000000000000000000000000" : nonce, body, blen,
+	       : wxsrv_sign_response(key, ts, bad ? "00000000000000000000000000000000" : nonce, body, blen,
 	                           &sig, err, sizeof err);
 	if (rc < 0)
 		return fail(L, "sign_response", err);
@@ -418,7 +418,7 @@ static void push_resource(lua_State *L, struct wxs_keys *k, const char *pt, size
 	char nonce[13], err[CRYPTO_ERRLEN];
 	crypto_buf ct = { 0 };
 	if (crypto_nonce_alnum(nonce, 12, err, sizeof err) < 0 ||
-	    wxp_encrypt_resource(k->apiv3, sizeof k->apiv3, nonce, ad, pt, len, &ct, err, sizeof err) < 0)
+	    wxsrv_encrypt_resource(k->apiv3, sizeof k->apiv3, nonce, ad, pt, len, &ct, err, sizeof err) < 0)
 		fail(L, "encrypt_resource", err);
 	lua_createtable(L, 0, 4);
 	set_str(L, "algorithm", WXP_ALGORITHM);
@@ -526,7 +526,7 @@ static int l_beijing_time(lua_State *L)
 	return 1;
 }
 
-void wxs_push_lua(lua_State *L, struct engine *e)
+int wxsandbox_open(lua_State *L, void *config_path)
 {
 	static const luaL_Reg methods[] = {
 		{ "parse_authorization", l_parse_authorization }, { "verify_request", l_verify_request },
@@ -549,7 +549,8 @@ void wxs_push_lua(lua_State *L, struct engine *e)
 	}
 	lua_pop(L, 1);
 	luaL_newlib(L, fns);
-	lua_pushlightuserdata(L, e);
+	lua_pushlightuserdata(L, config_path);
 	lua_pushcclosure(L, l_load_keys, 1);
 	lua_setfield(L, -2, "load_keys");
+	return 1;
 }

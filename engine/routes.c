@@ -1,0 +1,120 @@
+/* routes.c — the engine's own routes, in front of the scripts': /healthz, /metrics, /admin/reload. */
+#include "routes.h"
+
+#include <string.h>
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "engine.h"
+#include "gen.h"
+#include "json.h"
+#include "metrics.h"
+#include "reload.h"
+
+/* They answer even when no script generation is loaded. */
+
+static int is_loopback(const char *addr)
+{
+	return addr && (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
+	                strncmp(addr, "::ffff:127.", 11) == 0);
+}
+
+/* Admin paths: a configured token is required from anywhere; without one, loopback only. */
+static int admin_allowed(struct http_req *h)
+{
+	struct engine *e = http_engine(h);
+	struct evhttp_request *req = http_evreq(h);
+	if (e->cfg.admin_token) {
+		const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+		size_t tl = strlen(e->cfg.admin_token);
+		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
+			return 0;
+		unsigned diff = 0;                  /* constant time */
+		for (size_t i = 0; i < tl; i++)
+			diff |= (unsigned char)auth[7 + i] ^ (unsigned char)e->cfg.admin_token[i];
+		return diff == 0;
+	}
+	char *addr = NULL;
+	ev_uint16_t port = 0;
+	evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
+	return is_loopback(addr);
+}
+
+static void send_health(struct http_req *h)
+{
+	struct engine *e = http_engine(h);
+	struct evbuffer *b = evbuffer_new();
+	struct timeval now;
+	gettimeofday(&now, NULL);
+	evbuffer_add_printf(b, "{\"status\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"draining\":%d,"
+	                       "\"inflight\":%d,\"last_reload\":{\"ok\":%s,\"at\":%lld",
+	                    e->gen ? (e->last_reload_ok ? "ok" : "degraded") : "no_scripts",
+	                    e->gen ? (unsigned long long)e->gen->id : 0ULL,
+	                    (long long)(now.tv_sec - e->started.tv_sec), e->draining, e->http_inflight,
+	                    e->last_reload_ok ? "true" : "false", (long long)e->last_reload_at.tv_sec);
+	if (!e->last_reload_ok) {
+		evbuffer_add_printf(b, ",\"error\":");
+		json_add_string(b, e->last_reload_error);
+	}
+	evbuffer_add_printf(b, "}}");
+	http_answer(h, e->gen ? 200 : 503, "application/json; charset=utf-8", b);
+}
+
+static void send_reload(struct http_req *h)
+{
+	char err[1024];
+	struct engine *e = http_engine(h);
+	if (reload_run(e, "admin", err, sizeof err) < 0) {
+		http_answer_error(h, 422, "reload_failed", err);
+		return;
+	}
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b, "{\"ok\":true,\"generation\":%llu}", (unsigned long long)e->gen->id);
+	http_answer(h, 200, "application/json; charset=utf-8", b);
+}
+
+static void render_metrics(struct engine *e, struct evbuffer *b)
+{
+	struct timeval now;
+	gettimeofday(&now, NULL);
+	struct metrics_gauges g = {
+		.http_inflight = e->http_inflight,
+		.generation = e->gen ? e->gen->id : 0,
+		.script_memory = e->gen ? e->gen->jail.used : 0,
+		.draining = e->draining,
+		.uptime_s = now.tv_sec - e->started.tv_sec,
+	};
+	metrics_render(&e->metrics, &g, b);
+}
+
+int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
+{
+	if (strcmp(path, "/healthz") == 0) {
+		send_health(h);
+		return 1;
+	}
+	int admin = strncmp(path, "/admin/", 7) == 0 || strcmp(path, "/metrics") == 0;
+	if (admin && !admin_allowed(h)) {
+		http_answer_error(h, http_engine(h)->cfg.admin_token ? 401 : 403, "forbidden",
+		           http_engine(h)->cfg.admin_token ? "admin endpoints need Authorization: Bearer <admin token>"
+		                                   : "admin endpoints answer on loopback only (or configure admin.token_file)");
+		return 1;
+	}
+	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
+		struct evbuffer *b = evbuffer_new();
+		render_metrics(http_engine(h), b);
+		http_answer(h, 200, "text/plain; version=0.0.4", b);
+		return 1;
+	}
+	if (strcmp(path, "/admin/reload") == 0) {
+		if (cmd != EVHTTP_REQ_POST)
+			http_answer_error(h, 405, "method_not_allowed", "use POST /admin/reload");
+		else
+			send_reload(h);
+		return 1;
+	}
+	return 0;
+}
