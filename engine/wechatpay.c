@@ -88,7 +88,7 @@ static int sign_lines(EVP_PKEY *key, const part *parts, size_t n, crypto_buf *ou
 }
 
 /* ================================================================
-** Request signing (section 1)
+** Request signing (docs/wechatpay.md, "Signing a request")
 ** ================================================================ */
 
 static int method_ok(const char *m)
@@ -218,7 +218,7 @@ int wxp_build_authorization(EVP_PKEY *key, const char *mchid, const char *serial
 }
 
 /* ================================================================
-** Key set (section 2.4)
+** Key set (docs/wechatpay.md, "Which key verifies")
 ** ================================================================ */
 
 typedef struct ks_entry {
@@ -378,7 +378,7 @@ size_t wxp_keyset_count(const wxp_keyset *ks)
 }
 
 /* ================================================================
-** Verification (section 2)
+** Verification (docs/wechatpay.md, "Verifying answers", "Verifying notifications")
 ** ================================================================ */
 
 const char *wxp_verify_result_name(wxp_verify_result r)
@@ -519,7 +519,7 @@ wxp_verify_result wxp_verify(const wxp_keyset *ks, const wxp_headers *h, const v
 }
 
 /* ================================================================
-** Resources (sections 6 and 9)
+** Resources (docs/wechatpay.md, "Decrypting a resource")
 ** ================================================================ */
 
 const char *wxp_decrypt_result_name(wxp_decrypt_result r)
@@ -593,7 +593,7 @@ wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
 }
 
 /* ================================================================
-** Mini-program pay parameters (section 4)
+** Mini-program pay parameters (docs/wechatpay.md, "Mini-program payment parameters")
 ** ================================================================ */
 
 int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce,
@@ -620,7 +620,7 @@ int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char
 }
 
 /* ================================================================
-** Field checks (sections 3 and 13)
+** Field checks (docs/wechatpay.md, "Fields checked before sending")
 ** ================================================================ */
 
 int wxp_check_out_trade_no(const char *s, char *err, size_t errlen)

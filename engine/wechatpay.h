@@ -14,7 +14,7 @@
 ** tell the reasons apart; the message then says what to do.
 ** The functions only compute: they take the current time, keys and bytes as inputs
 ** and never read clocks, files or the network.
-** See docs/wechatpay-v3.md for the protocol facts cited in the comments.
+** docs/wechatpay.md describes the protocol facts these functions rely on, with its test vectors.
 */
 
 #define WXP_AUTH_SCHEME "WECHATPAY2-SHA256-RSA2048"
@@ -24,7 +24,7 @@
 #define WXP_PUBKEY_ID_PREFIX "PUB_KEY_ID_"
 #define WXP_MAX_SKEW 300 /* seconds; |now - timestamp| >= this is rejected (as the Go SDK) */
 
-/* ---- request signing (merchant -> WeChat Pay), section 1 ---- */
+/* ---- request signing (merchant -> WeChat Pay) ---- */
 
 /* Builds "METHOD\nURL\nTIMESTAMP\nNONCE\nBODY\n" (BODY may be empty). METHOD must be
 ** uppercase letters, URL the path plus raw query starting with "/", NONCE printable
@@ -51,7 +51,7 @@ int wxp_build_authorization(EVP_PKEY *key, const char *mchid, const char *serial
                             const char *nonce, const void *body, size_t bodylen,
                             crypto_buf *out, char *err, size_t errlen);
 
-/* ---- keys that can verify WeChat Pay signatures, section 2.4 ---- */
+/* ---- keys that can verify WeChat Pay signatures ---- */
 
 /* Platform certificates by serial, plus at most one WeChat Pay public key (PUB_KEY_ID_…).
 ** Holding several certificates at once is what rotation needs. */
@@ -77,7 +77,7 @@ EVP_PKEY *wxp_keyset_lookup(const wxp_keyset *ks, const char *serial);
 /* Number of keys (certificates plus the public key). */
 size_t wxp_keyset_count(const wxp_keyset *ks);
 
-/* ---- verifying responses and notifications, section 2 ---- */
+/* ---- verifying responses and notifications ---- */
 
 /* The Wechatpay-* headers of a response or notification; NULL (or "") = absent. */
 typedef struct wxp_headers {
@@ -119,7 +119,7 @@ int wxp_response_message(const char *timestamp, const char *nonce, const void *b
 wxp_verify_result wxp_verify(const wxp_keyset *ks, const wxp_headers *h, const void *body,
                              size_t bodylen, int64_t now, char *err, size_t errlen);
 
-/* ---- notification and certificate resources, sections 6 and 9 ---- */
+/* ---- notification and certificate resources ---- */
 
 /* The `resource` (or `encrypt_certificate`) object of an envelope, already extracted
 ** from the JSON by the caller. associated_data NULL means "". */
@@ -154,7 +154,7 @@ wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
                                         const wxp_resource *r, crypto_buf *plaintext,
                                         char *err, size_t errlen);
 
-/* ---- mini-program payment parameters, section 4 ---- */
+/* ---- mini-program payment parameters ---- */
 
 #define WXP_PACKAGE_PREFIX "prepay_id="
 
@@ -163,7 +163,7 @@ wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keylen,
 int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce,
                  const char *prepay_id, crypto_buf *out, char *err, size_t errlen);
 
-/* ---- field checks for the prepay request, sections 3 and 13 ---- */
+/* ---- field checks for the prepay request ---- */
 
 /* 6..32 bytes of [0-9A-Za-z_-|*]. */
 int wxp_check_out_trade_no(const char *s, char *err, size_t errlen);
