@@ -65,7 +65,7 @@ $(BUILD)/libwxsandbox.a: $(SANDBOX_OBJ)
 # the installed libpaygate.a is one relinked object whose other symbols are made local,
 # so a host program's own log_init or config_load never meets ours. (build/libpaygate.a keeps
 # every symbol: the unit tests link to the internals.) ----
-VERSION := $(shell sed -n 's/^\#define PAYGATE_VERSION "\(.*\)"/\1/p' engine/paygate.h)
+VERSION := $(shell sed -n 's/^\#define PAYGATE_VERSION  *"\(.*\)"/\1/p' engine/paygate.h)
 SONAME  := libpaygate.so.0
 
 # Debian's liblua5.4-cjson.a is not position-independent: the shared library links its .so.
@@ -128,6 +128,7 @@ check: all
 test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
+	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- benchmark: trivial JSON route and one SQLite write vs a bare evhttp baseline ----

@@ -61,10 +61,19 @@ void config_free(struct config *cfg)
 	free(cfg->session_secret_file);
 	free(cfg->app_json);
 	struct wxpay_config *w = &cfg->wxpay;
-	char **strs[] = { &w->mchid, &w->appid, &w->merchant_serial, &w->merchant_cert_file, &w->private_key_file,
-	                  &w->apiv3_key_file,
-	                  &w->app_secret_file, &w->public_key_file, &w->public_key_id, &w->base_url,
-	                  &w->login_base_url, &w->notify_url, &w->refund_notify_url };
+	char **strs[] = { &w->mchid,
+		          &w->appid,
+		          &w->merchant_serial,
+		          &w->merchant_cert_file,
+		          &w->private_key_file,
+		          &w->apiv3_key_file,
+		          &w->app_secret_file,
+		          &w->public_key_file,
+		          &w->public_key_id,
+		          &w->base_url,
+		          &w->login_base_url,
+		          &w->notify_url,
+		          &w->refund_notify_url };
 	for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
 		free(*strs[i]);
 	for (int i = 0; i < w->n_platform_certs; i++)
@@ -355,16 +364,21 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 		for (lua_Integer i = 1; i <= n && w->n_platform_certs < 8; i++) {
 			lua_rawgeti(r->L, -1, i);
 			if (lua_type(r->L, -1) == LUA_TSTRING)
-				w->platform_cert_files[w->n_platform_certs++] = resolve_path(r->dir, lua_tostring(r->L, -1));
+				w->platform_cert_files[w->n_platform_certs++] =
+				    resolve_path(r->dir, lua_tostring(r->L, -1));
 			else
 				bad(r, "wechatpay", "platform_cert_files", "a list of file names");
 			lua_pop(r->L, 1);
 		}
 	}
 	lua_pop(r->L, 1);
-	const char *missing = !w->mchid ? "mchid" : !w->appid ? "appid"
-	                    : !w->merchant_serial && !w->merchant_cert_file ? "merchant_serial (or merchant_cert_file)"
-	                    : !w->private_key_file ? "private_key_file" : !w->apiv3_key_file ? "apiv3_key_file" : NULL;
+	const char *missing = !w->mchid   ? "mchid"
+	                      : !w->appid ? "appid"
+	                      : !w->merchant_serial && !w->merchant_cert_file
+	                          ? "merchant_serial (or merchant_cert_file)"
+	                      : !w->private_key_file ? "private_key_file"
+	                      : !w->apiv3_key_file   ? "apiv3_key_file"
+	                                             : NULL;
 	if (missing && !r->failed) {
 		snprintf(r->err, r->errlen, "config: wechatpay.%s is required", missing);
 		r->failed = 1;
@@ -421,20 +435,20 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	if (slash)
 		*slash = '\0';
 	else
-		dir[0] = '\0';               /* resolve_path treats "" as the cwd */
+		dir[0] = '\0'; /* resolve_path treats "" as the cwd */
 	free(cfg->path);
 	cfg->path = strdup(path);
 
 	/* The file sees no library: it can only build tables of values. */
 	luaL_requiref(L, "cjson", luaopen_cjson, 1);
 	lua_pop(L, 1);
-	lua_newtable(L);                      /* env the file writes into */
+	lua_newtable(L); /* env the file writes into */
 	if (luaL_loadfilex(L, path, "t") != LUA_OK) {
 		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
 		goto done;
 	}
 	lua_pushvalue(L, -2);
-	lua_setupvalue(L, -2, 1);             /* _ENV of the chunk = the fresh table */
+	lua_setupvalue(L, -2, 1); /* _ENV of the chunk = the fresh table */
 	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
 		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
 		goto done;

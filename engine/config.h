@@ -8,23 +8,23 @@
 #include "log.h"
 
 struct config {
-	char *path;                    /* the file it came from, or NULL for defaults */
+	char *path; /* the file it came from, or NULL for defaults */
 	char *listen_host;
-	int listen_port;               /* 0: pick a free port and print it */
+	int listen_port; /* 0: pick a free port and print it */
 	char *scripts_dir;
 	char *lualib_dir;
 	char *db_path;
 
 	size_t max_header_bytes;
 	size_t max_body_bytes;
-	int timeout_s;                 /* evhttp read/write timeout */
+	int timeout_s; /* evhttp read/write timeout */
 
-	size_t script_memory_bytes;    /* cap per generation (Lua allocator) */
+	size_t script_memory_bytes;      /* cap per generation (Lua allocator) */
 	int64_t script_max_instructions; /* per request or job */
-	int max_draining;              /* old generations allowed to drain at once */
+	int max_draining;                /* old generations allowed to drain at once */
 
-	char *admin_token;             /* read from admin.token_file; NULL: loopback only */
-	int watch;                     /* reload on file change */
+	char *admin_token; /* read from admin.token_file; NULL: loopback only */
+	int watch;         /* reload on file change */
 	int watch_debounce_ms;
 
 	int fetch_timeout_ms;
@@ -37,25 +37,25 @@ struct config {
 	int db_busy_timeout_ms;
 	enum log_level log_level;
 
-	char *app_json;                /* the `app` table as JSON; scripts see it as `config` */
-	char *session_secret_file;     /* key for session tokens; default: generated, kept in the db */
+	char *app_json;            /* the `app` table as JSON; scripts see it as `config` */
+	char *session_secret_file; /* key for session tokens; default: generated, kept in the db */
 
 	struct wxpay_config {
-		int enabled;                   /* a `wechatpay` table was given */
+		int enabled; /* a `wechatpay` table was given */
 		char *mchid, *appid;
-		char *merchant_serial;         /* serial of the merchant API certificate ... */
-		char *merchant_cert_file;      /* ... or the certificate itself (apiclient_cert.pem) */
-		char *private_key_file;        /* apiclient_key.pem */
-		char *apiv3_key_file;          /* the 32-byte APIv3 key */
-		char *app_secret_file;         /* mini-program AppSecret, for jscode2session */
-		char *platform_cert_files[8];  /* certificate mode: known platform certificates */
+		char *merchant_serial;        /* serial of the merchant API certificate ... */
+		char *merchant_cert_file;     /* ... or the certificate itself (apiclient_cert.pem) */
+		char *private_key_file;       /* apiclient_key.pem */
+		char *apiv3_key_file;         /* the 32-byte APIv3 key */
+		char *app_secret_file;        /* mini-program AppSecret, for jscode2session */
+		char *platform_cert_files[8]; /* certificate mode: known platform certificates */
 		int n_platform_certs;
-		char *public_key_file;         /* public-key mode: the WeChat Pay public key ... */
-		char *public_key_id;           /* ... and its id, PUB_KEY_ID_... */
-		char *base_url;                /* https://api.mch.weixin.qq.com, or the sandbox */
-		char *login_base_url;          /* https://api.weixin.qq.com, or the sandbox */
+		char *public_key_file; /* public-key mode: the WeChat Pay public key ... */
+		char *public_key_id;   /* ... and its id, PUB_KEY_ID_... */
+		char *base_url;        /* https://api.mch.weixin.qq.com, or the sandbox */
+		char *login_base_url;  /* https://api.weixin.qq.com, or the sandbox */
 		char *notify_url, *refund_notify_url;
-		int download_certificates;     /* certificate mode: fetch /v3/certificates */
+		int download_certificates; /* certificate mode: fetch /v3/certificates */
 		int cert_refresh_s;
 	} wxpay;
 };

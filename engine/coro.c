@@ -61,8 +61,8 @@ static int start_protected(lua_State *L)
 	return 0;
 }
 
-struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg,
-                        coro_done_fn done, void *owner, const char *reqid)
+struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg, coro_done_fn done, void *owner,
+                        const char *reqid)
 {
 	struct coro *c = calloc(1, sizeof *c);
 	struct start_args a = { c, push, arg };
@@ -125,7 +125,7 @@ static void coro_run(struct coro *c, int nargs)
 	s->current = NULL;
 
 	if (status == LUA_YIELD && c->suspended)
-		return;                          /* waiting in an engine primitive */
+		return; /* waiting in an engine primitive */
 	if (status == LUA_OK && c->budget.killed) {
 		/* Stopped, but the script caught it and finished anyway: it still failed. */
 		lua_settop(c->co, 0);
@@ -245,7 +245,7 @@ void sched_allow_waits(struct engine *e)
 const char *coro_reqid(lua_State *L)
 {
 	struct coro *c = coro_of(L);
-	if (!c) {                             /* a coroutine the script made: ask who runs */
+	if (!c) { /* a coroutine the script made: ask who runs */
 		struct gen *g = jail_of(L)->owner;
 		c = g->eng->sched->current;
 	}
@@ -262,21 +262,22 @@ void coro_check_suspend(lua_State *L, const char *what)
 	struct coro *c = coro_of(L);
 
 	if (!c || c->co != L)
-		luaL_error(L, "%s can only wait in a request handler or a job, "
-		              "not in a coroutine the script created", what);
+		luaL_error(L,
+		           "%s can only wait in a request handler or a job, "
+		           "not in a coroutine the script created",
+		           what);
 	else if (c->eng->sched->forbid_waits)
 		luaL_error(L, "%s cannot wait %s", what, c->eng->sched->forbid_why);
 	else if (!lua_isyieldable(L))
 		luaL_error(L, "%s cannot wait here (inside a metamethod, iterator or C call)", what);
 }
 
-int coro_suspend(lua_State *L, const char *what, void *wait,
-                 coro_cleanup_fn cleanup, coro_retvals_fn retvals)
+int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
 {
 	struct coro *c = coro_of(L);
 
 	coro_check_suspend(L, what);
-	assert(!c->suspended && !c->cleanup);   /* one wait at a time */
+	assert(!c->suspended && !c->cleanup); /* one wait at a time */
 	c->waiting_for = what;
 	c->wait = wait;
 	c->cleanup = cleanup;
@@ -332,7 +333,7 @@ void coro_free(struct coro *c)
 {
 	struct engine *e = c->eng;
 
-	assert(!c->queued && !c->cleanup);     /* never freed while queued or holding a wait */
+	assert(!c->queued && !c->cleanup); /* never freed while queued or holding a wait */
 	assert(e->sched->current != c);
 	assert(e->sched->live > 0);
 	give_back(c);
@@ -364,7 +365,7 @@ int coro_fail_answer(struct coro *c, int status, int *http_status, const char **
 		return 0;
 	}
 	*http_status = (int)st;
-	return 1;                          /* the strings stay on co's stack until coro_free */
+	return 1; /* the strings stay on co's stack until coro_free */
 }
 
 /* [-2, +1]: traceback of the coroutine (arg 1) with message (arg 2). */

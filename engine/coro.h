@@ -25,35 +25,35 @@ typedef int (*coro_push_fn)(lua_State *L, void *arg);
 
 struct coro {
 	struct engine *eng;
-	struct gen *gen;       /* pinned (referenced) until the coroutine is freed */
+	struct gen *gen; /* pinned (referenced) until the coroutine is freed */
 	lua_State *co;
-	int ref;                      /* anchors co in gen's registry */
+	int ref; /* anchors co in gen's registry */
 	struct jail_budget budget;
 
 	/* Set by coro_suspend while the coroutine waits for something. */
 	coro_cleanup_fn cleanup;
 	coro_retvals_fn retvals;
-	void *wait;                   /* the pending operation, owned by its module */
-	const char *waiting_for;      /* "http.request", "sleep": for errors and logs */
+	void *wait;              /* the pending operation, owned by its module */
+	const char *waiting_for; /* "http.request", "sleep": for errors and logs */
 
 	coro_done_fn done;
 	void (*abandon)(struct coro *c); /* owner's clean-up when cancelled by sched_cancel_all */
-	void *owner;                  /* the request or job this coroutine serves */
+	void *owner;                     /* the request or job this coroutine serves */
 	const char *reqid;
 
 	struct coro *next_ready;
-	struct coro *prev_live, *next_live;   /* every coroutine not yet freed */
+	struct coro *prev_live, *next_live; /* every coroutine not yet freed */
 	unsigned queued : 1, suspended : 1, finished : 1;
 };
 
 /* The per-engine scheduler state. */
 struct sched {
-	struct coro *head, *tail;     /* coroutines ready to resume */
+	struct coro *head, *tail; /* coroutines ready to resume */
 	struct event *ready_ev;
-	struct coro *current;         /* the coroutine running now, if any */
+	struct coro *current; /* the coroutine running now, if any */
 	struct coro *live_head;
-	int live;                     /* coroutines created and not yet freed */
-	int forbid_waits;             /* > 0: no coroutine may suspend now (sched_forbid_waits) */
+	int live;         /* coroutines created and not yet freed */
+	int forbid_waits; /* > 0: no coroutine may suspend now (sched_forbid_waits) */
 	const char *forbid_why;
 };
 
@@ -77,8 +77,8 @@ void sched_cancel_all(struct engine *e);
 ** supplies the function and its arguments. Nothing runs until coro_go.
 ** Returns NULL when the generation is out of memory (nothing is left behind).
 */
-struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg,
-                        coro_done_fn done, void *owner, const char *reqid);
+struct coro *coro_start(struct engine *e, struct gen *g, coro_push_fn push, void *arg, coro_done_fn done, void *owner,
+                        const char *reqid);
 
 /*
 ** Run a new coroutine until it first suspends or ends. done() is called
@@ -93,8 +93,7 @@ void coro_go(struct coro *c);
 ** coroutine the script made itself), when it cannot yield, or while a
 ** db.tx transaction is open.
 */
-int coro_suspend(lua_State *L, const char *what, void *wait,
-                 coro_cleanup_fn cleanup, coro_retvals_fn retvals);
+int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals);
 
 /* Raise the error coro_suspend would raise, before the caller allocates anything to wait on. */
 void coro_check_suspend(lua_State *L, const char *what);

@@ -9,17 +9,16 @@
 
 #include "daemon.h"
 
-static const char usage[] =
-	"usage: %s [--config FILE] [--listen HOST:PORT] [--check]\n"
-	"       %s --version | --help\n"
-	"\n"
-	"  --config FILE       configuration file (Lua table syntax; see README)\n"
-	"  --listen HOST:PORT  override the listen address (port 0 picks a free port)\n"
-	"  --check             load the config and scripts, apply migrations to an\n"
-	"                      in-memory database, report errors and exit\n"
-	"  --version           print the version\n"
-	"\n"
-	"Signals: SIGHUP reloads the scripts; SIGINT/SIGTERM stop gracefully.\n";
+static const char usage[] = "usage: %s [--config FILE] [--listen HOST:PORT] [--check]\n"
+                            "       %s --version | --help\n"
+                            "\n"
+                            "  --config FILE       configuration file (Lua table syntax; see README)\n"
+                            "  --listen HOST:PORT  override the listen address (port 0 picks a free port)\n"
+                            "  --check             load the config and scripts, apply migrations to an\n"
+                            "                      in-memory database, report errors and exit\n"
+                            "  --version           print the version\n"
+                            "\n"
+                            "Signals: SIGHUP reloads the scripts; SIGINT/SIGTERM stop gracefully.\n";
 
 struct daemon {
 	const char *name;
@@ -40,11 +39,11 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	char err[1024];
 	(void)what;
 	if (sig == SIGHUP) {
-		paygate_reload(d->pg, err, sizeof err);   /* the engine logs the outcome */
+		paygate_reload(d->pg, err, sizeof err); /* the engine logs the outcome */
 		return;
 	}
 	if (d->stopping++) {
-		event_base_loopbreak(d->base);             /* a second Ctrl-C: now */
+		event_base_loopbreak(d->base); /* a second Ctrl-C: now */
 		return;
 	}
 	fprintf(stderr, "%s: stopping (waiting up to 10 s for requests in flight)\n", d->name);

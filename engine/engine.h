@@ -39,28 +39,28 @@ struct engine {
 	struct config cfg;
 	struct log log;
 	struct metrics metrics;
-	struct sched *sched;              /* coroutines (coro.c) */
+	struct sched *sched; /* coroutines (coro.c) */
 
-	struct evhttp *http;              /* the inbound server */
+	struct evhttp *http; /* the inbound server */
 	/* The engine's own routes, tried before the scripts' (see http.h: http_front_fn). */
 	int (*http_front)(struct http_req *h, const char *path, enum evhttp_cmd_type cmd);
 	struct evhttp_bound_socket *listener;
-	int port;                         /* the port actually bound */
+	int port; /* the port actually bound */
 
 	struct store *store;
 	struct fetch *fetch;
 	struct jobs *jobs;
 	struct watch *watch;
-	struct wxclient *wxc;             /* NULL when wechatpay is not configured */
-	struct host *host;                /* host functions and host calls (embedding, host.c) */
-	struct lua_module *modules;       /* the host's Lua modules in C */
+	struct wxclient *wxc;       /* NULL when wechatpay is not configured */
+	struct host *host;          /* host functions and host calls (embedding, host.c) */
+	struct lua_module *modules; /* the host's Lua modules in C */
 	int nmodules;
-	unsigned char *secret;            /* session-token key (see secure.c) */
+	unsigned char *secret; /* session-token key (see secure.c) */
 	size_t secret_len;
 
-	struct gen *gen;                  /* current generation (holds one reference) */
+	struct gen *gen; /* current generation (holds one reference) */
 	uint64_t next_gen_id;
-	int draining;                     /* retired generations still in use */
+	int draining; /* retired generations still in use */
 
 	/* The outcome of the latest reload, for /healthz and the admin answer. */
 	int last_reload_ok;
@@ -68,8 +68,8 @@ struct engine {
 	struct timeval last_reload_at;
 
 	struct timeval started;
-	uint64_t reqid_state;             /* request-id generator (http.c); per engine, like all state */
-	int http_inflight;                /* requests received and not yet finished */
+	uint64_t reqid_state; /* request-id generator (http.c); per engine, like all state */
+	int http_inflight;    /* requests received and not yet finished */
 	int stopping;
 };
 

@@ -38,10 +38,10 @@ struct fetch_req {
 	CURL *easy;
 	struct coro *c;
 	struct curl_slist *headers;
-	char *body;                        /* our copy of the bytes sent */
-	char *resp;                        /* response body */
+	char *body; /* our copy of the bytes sent */
+	char *resp; /* response body */
 	size_t resp_len, resp_cap;
-	char *hdrs;                        /* response header lines of the final response */
+	char *hdrs; /* response header lines of the final response */
 	size_t hdrs_len, hdrs_cap;
 	size_t max_bytes;
 	int in_multi, too_large;
@@ -78,7 +78,7 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
 	(void)easy;
 
 	if (what == CURL_POLL_REMOVE) {
-		if (fs) {                      /* unknown sockets are tolerated */
+		if (fs) { /* unknown sockets are tolerated */
 			event_free(fs->ev);
 			free(fs);
 			curl_multi_assign(f->multi, s, NULL);
@@ -109,7 +109,7 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 		evtimer_del(f->timer);
 	} else {
 		struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-		evtimer_add(f->timer, &tv);    /* 0 ms: fires on the next loop turn */
+		evtimer_add(f->timer, &tv); /* 0 ms: fires on the next loop turn */
 	}
 	return 0;
 }
@@ -124,7 +124,7 @@ static void check_done(struct fetch *f)
 			continue;
 		struct fetch_req *r = NULL;
 		CURL *easy = msg->easy_handle;
-		CURLcode result = msg->data.result;  /* msg is invalid after remove_handle */
+		CURLcode result = msg->data.result; /* msg is invalid after remove_handle */
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
 		curl_multi_remove_handle(f->multi, easy);
 		r->in_multi = 0;
@@ -192,7 +192,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 	size_t len = size * n;
 	if (r->resp_len + len > r->max_bytes) {
 		r->too_large = 1;
-		return 0;                      /* aborts the transfer */
+		return 0; /* aborts the transfer */
 	}
 	if (grow(&r->resp, &r->resp_cap, r->resp_len + len) < 0)
 		return 0;
@@ -206,7 +206,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 	struct fetch_req *r = arg;
 	size_t len = size * n;
 	if (len >= 5 && memcmp(p, "HTTP/", 5) == 0)
-		r->hdrs_len = 0;               /* a new response (after 100 Continue): start over */
+		r->hdrs_len = 0; /* a new response (after 100 Continue): start over */
 	if (r->hdrs_len + len > 64 * 1024 || grow(&r->hdrs, &r->hdrs_cap, r->hdrs_len + len) < 0)
 		return 0;
 	memcpy(r->hdrs + r->hdrs_len, p, len);
@@ -277,13 +277,20 @@ static const char *error_kind(struct fetch_req *r)
 	if (r->too_large)
 		return "too_large";
 	switch (r->result) {
-	case CURLE_OPERATION_TIMEDOUT: return "timeout";
-	case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_OPERATION_TIMEDOUT:
+		return "timeout";
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
 		return "connect";
-	case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
-	case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CIPHER:
 		return "tls";
-	default: return "error";
+	default:
+		return "error";
 	}
 }
 
@@ -297,7 +304,8 @@ static int req_retvals(struct coro *c, lua_State *L)
 		if (r->too_large)
 			lua_pushfstring(L, "too_large: response body over %d bytes", (int)r->max_bytes);
 		else
-			lua_pushfstring(L, "%s: %s", error_kind(r), r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+			lua_pushfstring(L, "%s: %s", error_kind(r),
+			                r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
 		return 2;
 	}
 	long status = 0;
@@ -319,7 +327,7 @@ static const char *opt_string(lua_State *L, const char *key, const char *def, si
 {
 	lua_getfield(L, 1, key);
 	const char *v = lua_isnil(L, -1) ? def : luaL_checklstring(L, -1, len);
-	lua_pop(L, 1);                     /* the string stays referenced by the options table */
+	lua_pop(L, 1); /* the string stays referenced by the options table */
 	return v;
 }
 
@@ -379,7 +387,7 @@ static void setup_easy(lua_State *L, struct engine *e, struct fetch_req *r)
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);   /* send the path exactly as given (and signed) */
+	curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L); /* send the path exactly as given (and signed) */
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -439,7 +447,7 @@ static int l_request(lua_State *L)
 	setup_easy(L, e, r);
 	if (curl_multi_add_handle(f->multi, r->easy) != CURLM_OK)
 		return luaL_error(L, "http.request: cannot start the transfer");
-	*box = NULL;                       /* from here the coroutine's cleanup owns it */
+	*box = NULL; /* from here the coroutine's cleanup owns it */
 	r->in_multi = 1;
 	f->inflight++;
 	lua_settop(L, 0);

@@ -11,7 +11,7 @@
 
 struct engine;
 
-#define GEN_POOL_MAX 128              /* finished threads kept for reuse */
+#define GEN_POOL_MAX 128 /* finished threads kept for reuse */
 
 /*
 ** One compiled set of scripts (built by script.c). The engine holds one
@@ -23,15 +23,18 @@ struct gen {
 	struct engine *eng;
 	uint64_t id;
 	int refs;
-	int retired;                  /* replaced by a newer generation */
+	int retired; /* replaced by a newer generation */
 	lua_State *L;
 	struct jail jail;
-	int app_ref;                  /* the `paygate` lualib module table */
-	int dispatch_ref;             /* app._dispatch(req) → status, body, headers */
-	int run_job_ref;              /* app._run_job(name, payload_json, info) */
+	int app_ref;      /* the `paygate` lualib module table */
+	int dispatch_ref; /* app._dispatch(req) → status, body, headers */
+	int run_job_ref;  /* app._run_job(name, payload_json, info) */
 	struct timeval loaded_at;
-	int npool;                    /* parked threads (see gen_park_thread) */
-	struct { lua_State *co; int ref; } pool[GEN_POOL_MAX];
+	int npool; /* parked threads (see gen_park_thread) */
+	struct {
+		lua_State *co;
+		int ref;
+	} pool[GEN_POOL_MAX];
 };
 
 /*

@@ -33,7 +33,7 @@
 */
 
 #define HOST_NAME_MAX_LEN 63
-#define REPLY_MT "paygate.host.reply"
+#define REPLY_MT          "paygate.host.reply"
 
 struct host_fn {
 	char name[HOST_NAME_MAX_LEN + 1];
@@ -46,16 +46,16 @@ enum call_state { CALL_QUEUED, CALL_RUNNING, CALL_DONE };
 
 struct host_call {
 	struct host *h;
-	char *name;                   /* exported function, or the event for an emit */
-	char *json;                   /* its argument */
+	char *name; /* exported function, or the event for an emit */
+	char *json; /* its argument */
 	int is_event;
-	host_call_cb cb;           /* NULL for an event */
+	host_call_cb cb; /* NULL for an event */
 	void *arg;
-	struct event *ev;             /* starts the call, later delivers its result */
-	struct coro *co;              /* while running */
+	struct event *ev; /* starts the call, later delivers its result */
+	struct coro *co;  /* while running */
 	enum call_state state;
 	int status;
-	char *result;                 /* JSON, set once DONE */
+	char *result; /* JSON, set once DONE */
 	char reqid[32];
 	struct host_call *prev, *next;
 };
@@ -63,9 +63,9 @@ struct host_call {
 struct host {
 	struct engine *eng;
 	struct host_fn *fns;
-	struct host_call *calls;      /* every call not yet delivered */
+	struct host_call *calls; /* every call not yet delivered */
 	int ncalls;
-	unsigned long long seq;       /* for request ids: call-1, event-2 ... */
+	unsigned long long seq; /* for request ids: call-1, event-2 ... */
 	int freeing;
 };
 
@@ -172,7 +172,8 @@ static void deliver(struct host_call *k)
 	unlink_call(k);
 	free_call(k);
 	if (cb)
-		cb(arg, status, result ? result : "{\"error\":\"out_of_memory\",\"message\":\"no memory for the result\"}");
+		cb(arg, status,
+		   result ? result : "{\"error\":\"out_of_memory\",\"message\":\"no memory for the result\"}");
 	free(result);
 }
 
@@ -189,7 +190,7 @@ static void set_error(struct host_call *k, int status, const char *code, const c
 	json_add_string(b, code);
 	evbuffer_add_printf(b, ",\"message\":");
 	json_add_string(b, message);
-	evbuffer_add(b, "}", 2);                 /* with the NUL */
+	evbuffer_add(b, "}", 2); /* with the NUL */
 	k->result = strdup((const char *)evbuffer_pullup(b, -1));
 	evbuffer_free(b);
 }
@@ -230,8 +231,9 @@ static void error_result(struct host_call *k, struct coro *c, int status)
 		return;
 	}
 	log_error(&e->log, k->reqid, "%s failed: %s", k->name, coro_error_text(c, status, buf, sizeof buf));
-	set_error(k, 500, "internal_error", status == LUA_ERRMEM ? "the function ran out of memory"
-	          : "the function failed; the log has the details under this request id");
+	set_error(k, 500, "internal_error",
+	          status == LUA_ERRMEM ? "the function ran out of memory"
+	                               : "the function failed; the log has the details under this request id");
 }
 
 static void call_done(struct coro *c, int status)
@@ -282,7 +284,8 @@ static void call_start(struct host_call *k)
 	int ok = lua_isfunction(g->L, -1);
 	lua_pop(g->L, 1);
 	if (!ok) {
-		set_error(k, 500, "internal_error", "lualib 'paygate' has no _call/_emit: install the lualib of this engine");
+		set_error(k, 500, "internal_error",
+		          "lualib 'paygate' has no _call/_emit: install the lualib of this engine");
 		finish(k);
 		return;
 	}
@@ -295,7 +298,7 @@ static void call_start(struct host_call *k)
 	k->co = c;
 	k->state = CALL_RUNNING;
 	c->abandon = call_abandon;
-	coro_go(c);                        /* may finish (and, for an event, free k) at once */
+	coro_go(c); /* may finish (and, for an event, free k) at once */
 }
 
 static void call_tick(evutil_socket_t fd, short what, void *arg)
@@ -412,15 +415,15 @@ static int l_host_invoke(lua_State *L)
 	if (lua_isnil(L, 1))
 		lua_pushliteral(L, "null");
 	else
-		json_encode_value(L, 1);                       /* 2: the argument as JSON */
-	struct evbuffer **box = lua_newuserdatauv(L, sizeof *box, 0);   /* 3 */
+		json_encode_value(L, 1);                              /* 2: the argument as JSON */
+	struct evbuffer **box = lua_newuserdatauv(L, sizeof *box, 0); /* 3 */
 	*box = NULL;
 	luaL_setmetatable(L, REPLY_MT);
 	if (!(*box = evbuffer_new()))
 		return luaL_error(L, "host.%s: out of memory", name);
-	int rc = f->fn(f->arg, lua_tostring(L, 2), *box);   /* f may be gone after this */
+	int rc = f->fn(f->arg, lua_tostring(L, 2), *box); /* f may be gone after this */
 	size_t n = evbuffer_get_length(*box);
-	lua_pushlstring(L, n ? (const char *)evbuffer_pullup(*box, -1) : "", n);   /* 4 */
+	lua_pushlstring(L, n ? (const char *)evbuffer_pullup(*box, -1) : "", n); /* 4 */
 	evbuffer_free(*box);
 	*box = NULL;
 	if (rc != 0)

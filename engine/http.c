@@ -31,10 +31,10 @@ struct http_req {
 	struct evhttp_request *req;
 	struct evhttp_connection *evcon;
 	struct coro *co;
-	struct http_req **box;             /* the Lua userdata's pointer to us, cleared at the end */
-	struct event *peer_closed;         /* EV_CLOSED on the socket while the handler runs */
-	int counted;                       /* counted in http_inflight (script requests) */
-	int *finished;                     /* set to 1 when h is released (see on_request) */
+	struct http_req **box;     /* the Lua userdata's pointer to us, cleared at the end */
+	struct event *peer_closed; /* EV_CLOSED on the socket while the handler runs */
+	int counted;               /* counted in http_inflight (script requests) */
+	int *finished;             /* set to 1 when h is released (see on_request) */
 	struct timeval start;
 	char id[72];
 };
@@ -62,8 +62,9 @@ static int good_request_id(const char *s)
 	size_t n = 0;
 	for (; s[n]; n++) {
 		char c = s[n];
-		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		      c == '-' || c == '_' || c == '.') || n >= 64)
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+		      c == '_' || c == '.') ||
+		    n >= 64)
 			return 0;
 	}
 	return n > 0;
@@ -72,24 +73,42 @@ static int good_request_id(const char *s)
 static const char *reason_phrase(int status)
 {
 	switch (status) {
-	case 200: return "OK";
-	case 201: return "Created";
-	case 202: return "Accepted";
-	case 204: return "No Content";
-	case 400: return "Bad Request";
-	case 401: return "Unauthorized";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 409: return "Conflict";
-	case 413: return "Payload Too Large";
-	case 422: return "Unprocessable Entity";
-	case 429: return "Too Many Requests";
-	case 500: return "Internal Server Error";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	default: return status < 400 ? "OK" : "Error";
+	case 200:
+		return "OK";
+	case 201:
+		return "Created";
+	case 202:
+		return "Accepted";
+	case 204:
+		return "No Content";
+	case 400:
+		return "Bad Request";
+	case 401:
+		return "Unauthorized";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 409:
+		return "Conflict";
+	case 413:
+		return "Payload Too Large";
+	case 422:
+		return "Unprocessable Entity";
+	case 429:
+		return "Too Many Requests";
+	case 500:
+		return "Internal Server Error";
+	case 502:
+		return "Bad Gateway";
+	case 503:
+		return "Service Unavailable";
+	case 504:
+		return "Gateway Timeout";
+	default:
+		return status < 400 ? "OK" : "Error";
 	}
 }
 
@@ -131,17 +150,17 @@ void http_answer(struct http_req *h, int status, const char *ctype, struct evbuf
 	struct timeval now;
 
 	evhttp_connection_set_closecb(h->evcon, NULL, NULL);
-	stop_watching(h);                  /* evhttp reads the next request from here on */
+	stop_watching(h); /* evhttp reads the next request from here on */
 	evhttp_add_header(out, "X-Request-Id", h->id);
 	if (ctype && !evhttp_find_header(out, "Content-Type"))
 		evhttp_add_header(out, "Content-Type", ctype);
 	gettimeofday(&now, NULL);
 	double seconds = (double)(now.tv_sec - h->start.tv_sec) + (double)(now.tv_usec - h->start.tv_usec) / 1e6;
 	metrics_observe_request(&e->metrics, status, seconds);
-	if (e->log.level <= LOG_DEBUG)     /* the access log: one line per answer, at debug level */
-		log_debug(&e->log, h->id, "%s %s -> %d in %.1f ms", method_name(h->req),
-		          evhttp_request_get_uri(h->req), status, seconds * 1e3);
-	evhttp_send_reply(h->req, status, reason_phrase(status), body);   /* may free h->req */
+	if (e->log.level <= LOG_DEBUG) /* the access log: one line per answer, at debug level */
+		log_debug(&e->log, h->id, "%s %s -> %d in %.1f ms", method_name(h->req), evhttp_request_get_uri(h->req),
+		          status, seconds * 1e3);
+	evhttp_send_reply(h->req, status, reason_phrase(status), body); /* may free h->req */
 	if (body)
 		evbuffer_free(body);
 	req_release(h);
@@ -165,9 +184,11 @@ static void copy_headers(struct http_req *h, lua_State *co, int idx)
 	lua_pushnil(co);
 	while (lua_next(co, idx)) {
 		const char *k = lua_type(co, -2) == LUA_TSTRING ? lua_tostring(co, -2) : NULL;
-		const char *v = lua_type(co, -1) == LUA_TSTRING || lua_type(co, -1) == LUA_TNUMBER ? lua_tostring(co, -1) : NULL;
+		const char *v =
+		    lua_type(co, -1) == LUA_TSTRING || lua_type(co, -1) == LUA_TNUMBER ? lua_tostring(co, -1) : NULL;
 		if (!k || !v || strpbrk(k, "\r\n: ") || strpbrk(v, "\r\n"))
-			log_warn(&h->eng->log, h->id, "handler returned a header that is not a plain string pair; dropped");
+			log_warn(&h->eng->log, h->id,
+			         "handler returned a header that is not a plain string pair; dropped");
 		else
 			evhttp_add_header(out, k, v);
 		lua_pop(co, 1);
@@ -213,8 +234,9 @@ static void answer_error(struct http_req *h, struct coro *c, int status)
 		return;
 	}
 	log_error(&e->log, h->id, "handler failed: %s", coro_error_text(c, status, buf, sizeof buf));
-	http_answer_error(h, 500, "internal_error", status == LUA_ERRMEM
-	           ? "the handler ran out of memory" : "the handler failed; the log has the details under this request id");
+	http_answer_error(h, 500, "internal_error",
+	                  status == LUA_ERRMEM ? "the handler ran out of memory"
+	                                       : "the handler failed; the log has the details under this request id");
 }
 
 /*
@@ -281,7 +303,7 @@ static void watch_peer(struct http_req *h)
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(h->evcon);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	if (fd < 0 || !(event_base_get_features(h->eng->base) & EV_FEATURE_EARLY_CLOSE))
-		return;                        /* no early-close support: noticed when answering */
+		return; /* no early-close support: noticed when answering */
 	h->peer_closed = event_new(h->eng->base, fd, EV_CLOSED, on_peer_closed, h);
 	if (h->peer_closed && event_add(h->peer_closed, NULL) < 0)
 		stop_watching(h);
@@ -319,7 +341,8 @@ static int l_req_headers(lua_State *L)
 	struct http_req *h = check_req(L);
 	struct evkeyval *kv;
 	lua_newtable(L);
-	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(h->req), next) {
+	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(h->req), next)
+	{
 		luaL_Buffer b;
 		luaL_buffinit(L, &b);
 		for (const char *k = kv->key; *k; k++)
@@ -343,14 +366,22 @@ static int l_req_body(lua_State *L)
 static const char *method_name(struct evhttp_request *r)
 {
 	switch (evhttp_request_get_command(r)) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_DELETE: return "DELETE";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	case EVHTTP_REQ_PATCH: return "PATCH";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	default: return "OTHER";
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	default:
+		return "OTHER";
 	}
 }
 
@@ -412,9 +443,10 @@ static int l_req_gc(lua_State *L)
 
 void http_register_lua(lua_State *L)
 {
-	static const luaL_Reg methods[] = {
-		{ "header", l_req_header }, { "headers", l_req_headers }, { "body", l_req_body }, { NULL, NULL }
-	};
+	static const luaL_Reg methods[] = { { "header", l_req_header },
+		                            { "headers", l_req_headers },
+		                            { "body", l_req_body },
+		                            { NULL, NULL } };
 	luaL_newmetatable(L, REQ_MT);
 	lua_pushcfunction(L, l_req_index);
 	lua_setfield(L, -2, "__index");
@@ -524,8 +556,8 @@ int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen)
 	evhttp_set_max_body_size(e->http, (ev_ssize_t)e->cfg.max_body_bytes);
 	evhttp_set_timeout(e->http, e->cfg.timeout_s);
 	evhttp_set_allowed_methods(e->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-	                                    EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
-	                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);   /* refused by us, in JSON */
+	                                        EVHTTP_REQ_HEAD | EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
+	                                        EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT); /* refused by us, in JSON */
 	evhttp_set_default_content_type(e->http, "application/json; charset=utf-8");
 	evhttp_set_gencb(e->http, on_request, e);
 	return 0;

@@ -57,7 +57,7 @@ static void jail_hook(lua_State *L, lua_Debug *ar)
 		b->killed = 1;
 	}
 	lua_sethook(L, jail_hook, LUA_MASKCOUNT, 1);
-	if (b->thread && b->thread != L)          /* stopped inside a coroutine the script made */
+	if (b->thread && b->thread != L) /* stopped inside a coroutine the script made */
 		lua_sethook(b->thread, jail_hook, LUA_MASKCOUNT, 1);
 	luaL_error(L, "script exceeded its instruction budget (a runaway loop?)");
 }
@@ -78,7 +78,7 @@ lua_State *jail_newstate(struct jail *s, size_t limit, void *owner)
 	if (!L)
 		return NULL;
 	lua_atpanic(L, jail_panic);
-	*(void **)lua_getextraspace(L) = NULL;   /* threads copy it: "not an engine coroutine" */
+	*(void **)lua_getextraspace(L) = NULL; /* threads copy it: "not an engine coroutine" */
 	lua_sethook(L, jail_hook, LUA_MASKCOUNT, JAIL_HOOK_EVERY);
 	return L;
 }
@@ -113,21 +113,19 @@ static int strict_index(lua_State *L)
 
 static int strict_newindex(lua_State *L)
 {
-	return luaL_error(L, "assignment to undeclared global '%s' (declare it local)",
-	                  luaL_optstring(L, 2, "?"));
+	return luaL_error(L, "assignment to undeclared global '%s' (declare it local)", luaL_optstring(L, 2, "?"));
 }
 
 static int readonly_newindex(lua_State *L)
 {
-	return luaL_error(L, "attempt to modify a read-only table (field '%s')",
-	                  luaL_optstring(L, 2, "?"));
+	return luaL_error(L, "attempt to modify a read-only table (field '%s')", luaL_optstring(L, 2, "?"));
 }
 
 void jail_set_readonly(lua_State *L, int env_index, const char *name)
 {
 	env_index = lua_absindex(L, env_index);
-	lua_newtable(L);                      /* proxy */
-	lua_createtable(L, 0, 3);             /* its metatable */
+	lua_newtable(L);          /* proxy */
+	lua_createtable(L, 0, 3); /* its metatable */
 	lua_pushvalue(L, -3);
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, readonly_newindex);
@@ -135,8 +133,8 @@ void jail_set_readonly(lua_State *L, int env_index, const char *name)
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, -2);
-	jail_set_global(L, env_index, name);   /* env[name] = proxy */
-	lua_pop(L, 1);                        /* the real table */
+	jail_set_global(L, env_index, name); /* env[name] = proxy */
+	lua_pop(L, 1);                       /* the real table */
 }
 
 void jail_set_global(lua_State *L, int env_index, const char *name)
@@ -193,8 +191,7 @@ static int safe_collectgarbage(lua_State *L)
 {
 	const char *opt = luaL_optstring(L, 1, "collect");
 	if (strcmp(opt, "count") == 0) {
-		lua_pushnumber(L, (lua_Number)lua_gc(L, LUA_GCCOUNT) +
-		                  (lua_Number)lua_gc(L, LUA_GCCOUNTB) / 1024.0);
+		lua_pushnumber(L, (lua_Number)lua_gc(L, LUA_GCCOUNT) + (lua_Number)lua_gc(L, LUA_GCCOUNTB) / 1024.0);
 		return 1;
 	}
 	if (strcmp(opt, "collect") == 0 || strcmp(opt, "step") == 0) {
@@ -247,15 +244,17 @@ static int guarded_pattern(lua_State *L)
 	size_t n, plen;
 	const char *s = luaL_checklstring(L, 1, &n);
 	const char *p = luaL_checklstring(L, 2, &plen);
-	int plain = lua_tointeger(L, lua_upvalueindex(2)) && lua_toboolean(L, 4);   /* find(s, p, init, plain) */
+	int plain = lua_tointeger(L, lua_upvalueindex(2)) && lua_toboolean(L, 4); /* find(s, p, init, plain) */
 	(void)s;
 	if (!plain) {
 		double cost = 1;
 		for (int k = pattern_items(p, plen); k > 0 && cost <= JAIL_PATTERN_BUDGET; k--)
 			cost *= (double)n + 1;
 		if (cost > JAIL_PATTERN_BUDGET)
-			return luaL_error(L, "pattern '%s' is too costly for a subject of %d bytes "
-			                     "(it could backtrack for a very long time)", p, (int)n);
+			return luaL_error(L,
+			                  "pattern '%s' is too costly for a subject of %d bytes "
+			                  "(it could backtrack for a very long time)",
+			                  p, (int)n);
 	}
 	int nargs = lua_gettop(L);
 	lua_pushvalue(L, lua_upvalueindex(1));
@@ -300,15 +299,11 @@ static void guard_coroutine_lib(lua_State *L)
 	}
 }
 
-static const char *const base_allowed[] = {
-	"assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "select",
-	"tonumber", "tostring", "type", "rawequal", "rawlen", "rawget",
-	"setmetatable", "getmetatable", "_VERSION", NULL
-};
+static const char *const base_allowed[] = { "assert", "error",  "ipairs",       "next",         "pairs",    "pcall",
+	                                    "xpcall", "select", "tonumber",     "tostring",     "type",     "rawequal",
+	                                    "rawlen", "rawget", "setmetatable", "getmetatable", "_VERSION", NULL };
 
-static const char *const libs_allowed[] = {
-	"string", "table", "math", "utf8", "coroutine", NULL
-};
+static const char *const libs_allowed[] = { "string", "table", "math", "utf8", "coroutine", NULL };
 
 static const char *const os_allowed[] = { "time", "clock", "date", "difftime", NULL };
 
@@ -340,12 +335,10 @@ static void copy_table(lua_State *L, int from, const char *except)
 
 static void open_libs(lua_State *L)
 {
-	static const luaL_Reg libs[] = {
-		{ LUA_GNAME, luaopen_base }, { LUA_STRLIBNAME, luaopen_string },
-		{ LUA_TABLIBNAME, luaopen_table }, { LUA_MATHLIBNAME, luaopen_math },
-		{ LUA_UTF8LIBNAME, luaopen_utf8 }, { LUA_COLIBNAME, luaopen_coroutine },
-		{ LUA_OSLIBNAME, luaopen_os }, { NULL, NULL }
-	};
+	static const luaL_Reg libs[] = { { LUA_GNAME, luaopen_base },       { LUA_STRLIBNAME, luaopen_string },
+		                         { LUA_TABLIBNAME, luaopen_table }, { LUA_MATHLIBNAME, luaopen_math },
+		                         { LUA_UTF8LIBNAME, luaopen_utf8 }, { LUA_COLIBNAME, luaopen_coroutine },
+		                         { LUA_OSLIBNAME, luaopen_os },     { NULL, NULL } };
 	for (const luaL_Reg *l = libs; l->name; l++) {
 		luaL_requiref(L, l->name, l->func, 1);
 		lua_pop(L, 1);
@@ -399,7 +392,7 @@ void jail_push_env(lua_State *L)
 	lua_getmetatable(L, -1);
 	lua_getfield(L, real, "string");
 	lua_getmetatable(L, -1);
-	lua_getfield(L, -1, "__index");           /* the copy behind the read-only proxy */
+	lua_getfield(L, -1, "__index"); /* the copy behind the read-only proxy */
 	lua_setfield(L, -4, "__index");
 	lua_pop(L, 2);
 	lua_pushboolean(L, 0);
@@ -408,13 +401,13 @@ void jail_push_env(lua_State *L)
 
 	lua_pushvalue(L, env);
 	lua_setfield(L, real, "_G");
-	lua_createtable(L, 0, 2);                 /* real: unknown names raise */
+	lua_createtable(L, 0, 2); /* real: unknown names raise */
 	lua_pushcfunction(L, strict_index);
 	lua_setfield(L, -2, "__index");
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, real);
-	lua_createtable(L, 0, 3);                 /* env: reads go to real, writes fail */
+	lua_createtable(L, 0, 3); /* env: reads go to real, writes fail */
 	lua_pushvalue(L, real);
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, strict_newindex);

@@ -14,16 +14,16 @@
 struct jail_budget {
 	int64_t left;
 	int killed;
-	lua_State *thread;           /* the engine coroutine it belongs to, if any */
+	lua_State *thread; /* the engine coroutine it belongs to, if any */
 };
 
 /* One per Lua VM (script generation); it is the allocator's userdata. */
 struct jail {
-	size_t used;                 /* bytes the VM holds now */
+	size_t used; /* bytes the VM holds now */
 	size_t peak;
-	size_t limit;                /* allocations past this fail: LUA_ERRMEM */
-	struct jail_budget *active;   /* whose instructions are being counted */
-	void *owner;                 /* back pointer for engine callbacks (the generation) */
+	size_t limit;               /* allocations past this fail: LUA_ERRMEM */
+	struct jail_budget *active; /* whose instructions are being counted */
+	void *owner;                /* back pointer for engine callbacks (the generation) */
 };
 
 /*

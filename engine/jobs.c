@@ -25,8 +25,8 @@
 */
 
 #define BACKOFF_BASE_MS 1000
-#define BACKOFF_MAX_MS (3600 * 1000)
-#define POLL_IDLE_MS 60000               /* safety net: look again at least this often */
+#define BACKOFF_MAX_MS  (3600 * 1000)
+#define POLL_IDLE_MS    60000 /* safety net: look again at least this often */
 
 struct jobs {
 	struct engine *eng;
@@ -44,12 +44,12 @@ struct job_run {
 };
 
 static const char *const JOBS_DDL =
-	"CREATE TABLE IF NOT EXISTS _paygate_jobs ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
-	" run_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-	" max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
-	" last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
-	"CREATE INDEX IF NOT EXISTS _paygate_jobs_due ON _paygate_jobs(state, run_at);";
+    "CREATE TABLE IF NOT EXISTS _paygate_jobs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
+    " run_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
+    " last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS _paygate_jobs_due ON _paygate_jobs(state, run_at);";
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -69,10 +69,9 @@ struct jobs *jobs_new(struct engine *e, char *err, size_t errlen)
 	}
 	j->eng = e;
 	j->timer = evtimer_new(e->base, on_timer, j);
-	if (!j->timer ||
-	    sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK ||
-	    sqlite3_exec(store_db(e->store), "UPDATE _paygate_jobs SET state = 'queued' WHERE state = 'running'",
-	                 NULL, NULL, &msg) != SQLITE_OK) {
+	if (!j->timer || sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK ||
+	    sqlite3_exec(store_db(e->store), "UPDATE _paygate_jobs SET state = 'queued' WHERE state = 'running'", NULL,
+	                 NULL, &msg) != SQLITE_OK) {
 		snprintf(err, errlen, "jobs: %s", msg ? msg : "out of memory");
 		sqlite3_free(msg);
 		jobs_free(j);
@@ -104,7 +103,7 @@ static int64_t backoff_ms(int attempts)
 		ms *= 2;
 	if (ms > BACKOFF_MAX_MS)
 		ms = BACKOFF_MAX_MS;
-	return ms + (int64_t)(rand() % (int)(ms / 4 + 1));   /* jitter spreads retries */
+	return ms + (int64_t)(rand() % (int)(ms / 4 + 1)); /* jitter spreads retries */
 }
 
 static void record_outcome(struct job_run *r, const char *error)
@@ -120,8 +119,10 @@ static void record_outcome(struct job_run *r, const char *error)
 		e->metrics.jobs_ok++;
 	} else {
 		int dead = r->attempts >= r->max_attempts;
-		s = store_prepare(e->store, "UPDATE _paygate_jobs SET state = ?, run_at = ?, last_error = ?,"
-		                            " updated_at = ? WHERE id = ?", err, sizeof err);
+		s = store_prepare(e->store,
+		                  "UPDATE _paygate_jobs SET state = ?, run_at = ?, last_error = ?,"
+		                  " updated_at = ? WHERE id = ?",
+		                  err, sizeof err);
 		if (s) {
 			int64_t now = clock_now_ms();
 			sqlite3_bind_text(s, 1, dead ? "dead" : "queued", -1, SQLITE_STATIC);
@@ -132,17 +133,17 @@ static void record_outcome(struct job_run *r, const char *error)
 		}
 		if (dead) {
 			e->metrics.jobs_dead++;
-			log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s",
-			          r->name, (long long)r->id, r->attempts, error);
+			log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s", r->name,
+			          (long long)r->id, r->attempts, error);
 		} else {
 			e->metrics.jobs_failed++;
-			log_warn(&e->log, r->reqid, "job %s #%lld attempt %d failed, will retry: %s",
-			         r->name, (long long)r->id, r->attempts, error);
+			log_warn(&e->log, r->reqid, "job %s #%lld attempt %d failed, will retry: %s", r->name,
+			         (long long)r->id, r->attempts, error);
 		}
 	}
 	if (!s || sqlite3_step(s) != SQLITE_DONE)
-		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s", r->name,
-		          (long long)r->id, s ? sqlite3_errmsg(store_db(e->store)) : err);
+		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s", r->name, (long long)r->id,
+		          s ? sqlite3_errmsg(store_db(e->store)) : err);
 	if (s)
 		sqlite3_reset(s);
 }
@@ -160,7 +161,7 @@ static void run_finish(struct job_run *r)
 	j->running--;
 	free(r->payload);
 	free(r);
-	jobs_soon(j);                      /* look again on the next loop turn */
+	jobs_soon(j); /* look again on the next loop turn */
 }
 
 static void job_done(struct coro *c, int status)
@@ -227,8 +228,10 @@ static void start_job(struct jobs *j, struct job_run *r)
 {
 	struct engine *e = j->eng;
 	char err[256];
-	sqlite3_stmt *claim = store_prepare(e->store, "UPDATE _paygate_jobs SET state = 'running', attempts = ?,"
-	                                              " updated_at = ? WHERE id = ? AND state = 'queued'", err, sizeof err);
+	sqlite3_stmt *claim = store_prepare(e->store,
+	                                    "UPDATE _paygate_jobs SET state = 'running', attempts = ?,"
+	                                    " updated_at = ? WHERE id = ? AND state = 'queued'",
+	                                    err, sizeof err);
 	if (!r->payload || !claim) {
 		run_finish(r);
 		return;
@@ -257,8 +260,8 @@ static void arm(struct jobs *j)
 {
 	char err[256];
 	int64_t delay = POLL_IDLE_MS;
-	sqlite3_stmt *s = store_prepare(j->eng->store,
-	                                "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", err, sizeof err);
+	sqlite3_stmt *s = store_prepare(j->eng->store, "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'",
+	                                err, sizeof err);
 	if (s && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
 		int64_t d = sqlite3_column_int64(s, 0) - clock_now_ms();
 		delay = d < 0 ? 0 : (d < delay ? d : delay);
@@ -266,7 +269,7 @@ static void arm(struct jobs *j)
 	if (s)
 		sqlite3_reset(s);
 	if (j->running >= j->eng->cfg.jobs_max_running)
-		delay = POLL_IDLE_MS;          /* a finishing job kicks us again */
+		delay = POLL_IDLE_MS; /* a finishing job kicks us again */
 	struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
 	evtimer_add(j->timer, &tv);
 }
@@ -281,8 +284,9 @@ void jobs_kick(struct jobs *j)
 	int room = e->cfg.jobs_max_running - j->running;
 	while (room > 0) {
 		sqlite3_stmt *due = store_prepare(e->store,
-			"SELECT id, name, payload, attempts, max_attempts FROM _paygate_jobs"
-			" WHERE state = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1", err, sizeof err);
+		                                  "SELECT id, name, payload, attempts, max_attempts FROM _paygate_jobs"
+		                                  " WHERE state = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1",
+		                                  err, sizeof err);
 		if (!due)
 			break;
 		sqlite3_bind_int64(due, 1, clock_now_ms());
@@ -291,7 +295,7 @@ void jobs_kick(struct jobs *j)
 			break;
 		}
 		struct job_run *r = read_due(j, due);
-		sqlite3_reset(due);            /* before start_job prepares other statements */
+		sqlite3_reset(due); /* before start_job prepares other statements */
 		if (!r)
 			break;
 		start_job(j, r);
@@ -336,9 +340,11 @@ static int l_schedule(lua_State *L)
 	lua_call(L, 1, 1);
 	const char *payload = lua_tostring(L, -1);
 
-	sqlite3_stmt *s = store_prepare(e->store,
-		"INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at, updated_at)"
-		" VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING", err, sizeof err);
+	sqlite3_stmt *s =
+	    store_prepare(e->store,
+	                  "INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at, updated_at)"
+	                  " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+	                  err, sizeof err);
 	if (!s)
 		return luaL_error(L, "jobs.schedule: %s", err);
 	sqlite3_bind_text(s, 1, name, -1, SQLITE_TRANSIENT);
@@ -357,10 +363,10 @@ static int l_schedule(lua_State *L)
 	if (created)
 		lua_pushinteger(L, sqlite3_last_insert_rowid(store_db(e->store)));
 	else
-		lua_pushnil(L);                /* a job with this key exists already */
+		lua_pushnil(L); /* a job with this key exists already */
 	lua_pushboolean(L, created);
 	if (created && run_at <= now + POLL_IDLE_MS)
-		jobs_soon(e->jobs);            /* re-plan on the next turn */
+		jobs_soon(e->jobs); /* re-plan on the next turn */
 	return 2;
 }
 
@@ -370,8 +376,8 @@ static int l_cancel(lua_State *L)
 	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
 	const char *key = luaL_checkstring(L, 1);
 	char err[256];
-	sqlite3_stmt *s = store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued'",
-	                                err, sizeof err);
+	sqlite3_stmt *s =
+	    store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued'", err, sizeof err);
 	if (!s)
 		return luaL_error(L, "jobs.cancel: %s", err);
 	sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);

@@ -18,7 +18,7 @@
 */
 
 #define ARRAY_MT "paygate.json.array"
-#define JBUF_MT "paygate.json.buffer"
+#define JBUF_MT  "paygate.json.buffer"
 
 /*
 ** The output buffer lives in a userdata whose memory comes from the state's
@@ -65,7 +65,11 @@ static void jb_add(struct jbuf *jb, const char *s, size_t n)
 }
 
 #define jb_str(jb, s) jb_add((jb), (s), strlen(s))
-#define jb_char(jb, c) do { char ch_ = (c); jb_add((jb), &ch_, 1); } while (0)
+#define jb_char(jb, c)                 \
+	do {                           \
+		char ch_ = (c);        \
+		jb_add((jb), &ch_, 1); \
+	} while (0)
 
 static void enc(lua_State *L, struct jbuf *b, int idx, int depth);
 
@@ -83,17 +87,27 @@ static void escape_string(const char *s, size_t n, json_put_fn put, void *sink)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		switch (c) {
-		case '"': put(sink, "\\\"", 2); break;
-		case '\\': put(sink, "\\\\", 2); break;
-		case '\n': put(sink, "\\n", 2); break;
-		case '\r': put(sink, "\\r", 2); break;
-		case '\t': put(sink, "\\t", 2); break;
+		case '"':
+			put(sink, "\\\"", 2);
+			break;
+		case '\\':
+			put(sink, "\\\\", 2);
+			break;
+		case '\n':
+			put(sink, "\\n", 2);
+			break;
+		case '\r':
+			put(sink, "\\r", 2);
+			break;
+		case '\t':
+			put(sink, "\\t", 2);
+			break;
 		default:
 			if (c < 0x20 || c == 0x7f) {
 				char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
 				put(sink, u, 6);
 			} else {
-				size_t j = i;           /* copy a run of plain bytes at once */
+				size_t j = i; /* copy a run of plain bytes at once */
 				while (j < n && s[j] != '"' && s[j] != '\\' && (unsigned char)s[j] >= 0x20 &&
 				       (unsigned char)s[j] != 0x7f)
 					j++;
@@ -225,7 +239,7 @@ static void enc(lua_State *L, struct jbuf *b, int idx, int depth)
 		enc_table(L, b, idx, depth);
 		break;
 	case LUA_TLIGHTUSERDATA:
-		if (lua_touserdata(L, idx) == NULL) {     /* json.null */
+		if (lua_touserdata(L, idx) == NULL) { /* json.null */
 			jb_str(b, "null");
 			break;
 		}
@@ -244,7 +258,7 @@ void json_encode_value(lua_State *L, int idx)
 	luaL_setmetatable(L, JBUF_MT);
 	enc(L, jb, idx, 0);
 	lua_pushlstring(L, jb->p ? jb->p : "", jb->len);
-	lua_pushcfunction(L, jbuf_gc);        /* free the bytes now, not at the next GC */
+	lua_pushcfunction(L, jbuf_gc); /* free the bytes now, not at the next GC */
 	lua_pushvalue(L, -3);
 	lua_call(L, 1, 0);
 	lua_remove(L, -2);
@@ -339,7 +353,7 @@ void json_push_lua(lua_State *L)
 	lua_getfield(L, cj, "decode_max_depth");
 	lua_pushinteger(L, JSON_MAX_DEPTH);
 	lua_call(L, 1, 0);
-	lua_getfield(L, cj, "decode_invalid_numbers");   /* no NaN / Infinity / hex */
+	lua_getfield(L, cj, "decode_invalid_numbers"); /* no NaN / Infinity / hex */
 	lua_pushboolean(L, 0);
 	lua_call(L, 1, 0);
 
@@ -392,9 +406,10 @@ static int hex4(const char *p, unsigned *out)
 	unsigned v = 0;
 	for (int i = 0; i < 4; i++) {
 		char c = p[i];
-		int d = c >= '0' && c <= '9' ? c - '0'
-		      : c >= 'a' && c <= 'f' ? c - 'a' + 10
-		      : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		int d = c >= '0' && c <= '9'   ? c - '0'
+		        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+		        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+		                               : -1;
 		if (d < 0)
 			return -1;
 		v = v * 16 + (unsigned)d;
@@ -445,7 +460,7 @@ static unsigned read_u_escape(const char **pp)
 		return 0;
 	}
 	*pp = p;
-	return cp;                         /* \u0000 is refused too: out is a C string */
+	return cp; /* \u0000 is refused too: out is a C string */
 }
 
 /*
@@ -466,17 +481,31 @@ static const char *scan_string(const char *p, char *out, size_t cap, size_t *len
 		if (c == '"')
 			break;
 		if (c < 0x20)
-			return NULL;               /* the end of the text, or a raw control byte */
+			return NULL; /* the end of the text, or a raw control byte */
 		enc[0] = (char)c;
 		if (c == '\\') {
 			c = (unsigned char)*p++;
 			switch (c) {
-			case '"': case '\\': case '/': enc[0] = (char)c; break;
-			case 'b': enc[0] = '\b'; break;
-			case 'f': enc[0] = '\f'; break;
-			case 'n': enc[0] = '\n'; break;
-			case 'r': enc[0] = '\r'; break;
-			case 't': enc[0] = '\t'; break;
+			case '"':
+			case '\\':
+			case '/':
+				enc[0] = (char)c;
+				break;
+			case 'b':
+				enc[0] = '\b';
+				break;
+			case 'f':
+				enc[0] = '\f';
+				break;
+			case 'n':
+				enc[0] = '\n';
+				break;
+			case 'r':
+				enc[0] = '\r';
+				break;
+			case 't':
+				enc[0] = '\t';
+				break;
 			case 'u': {
 				unsigned cp = read_u_escape(&p);
 				if (!cp)
@@ -484,7 +513,8 @@ static const char *scan_string(const char *p, char *out, size_t cap, size_t *len
 				k = put_utf8(cp, enc);
 				break;
 			}
-			default: return NULL;
+			default:
+				return NULL;
 			}
 		}
 		if (out) {
@@ -597,7 +627,7 @@ int json_get_field(const char *json, const char *key, char *out, size_t outlen)
 		size_t nlen = 0;
 		const char *after = scan_string(p, name, sizeof name, &nlen);
 		int match = after && nlen == strlen(key) && strcmp(name, key) == 0;
-		if (!after && !(after = scan_string(p, NULL, 0, NULL)))   /* a long name: not ours */
+		if (!after && !(after = scan_string(p, NULL, 0, NULL))) /* a long name: not ours */
 			return -1;
 		p = skip_ws(after);
 		if (*p++ != ':')

@@ -66,7 +66,8 @@ static void put_value(char *buf, size_t cap, size_t *len, const char *v)
 		unsigned char c = (unsigned char)*v;
 		char esc[8];
 		if (c == '"' || c == '\\') {
-			esc[0] = '\\'; esc[1] = (char)c;
+			esc[0] = '\\';
+			esc[1] = (char)c;
 			put(buf, cap, len, esc, 2);
 		} else if (c == '\n') {
 			put(buf, cap, len, "\\n", 2);
@@ -89,8 +90,7 @@ void log_field(char *buf, size_t cap, size_t *len, const char *key, const char *
 	put_value(buf, cap, len, value ? value : "");
 }
 
-void log_emit(struct log *lg, enum log_level level, const char *reqid,
-              const char *msg, const char *fields)
+void log_emit(struct log *lg, enum log_level level, const char *reqid, const char *msg, const char *fields)
 {
 	char line[8192], ts[40];
 	size_t len = 0;

@@ -9,7 +9,7 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 /* One logger per engine: no process-wide state, so two engines can log differently. */
 struct log {
 	enum log_level level;
-	FILE *out;                    /* stderr unless the host says otherwise */
+	FILE *out; /* stderr unless the host says otherwise */
 };
 
 void log_init(struct log *lg, enum log_level level, FILE *out);
@@ -19,12 +19,11 @@ void log_init(struct log *lg, enum log_level level, FILE *out);
 ** `fields`, which must already be logfmt ("k=v k2=\"v 2\""), or NULL.
 ** Never fails; a line that does not fit 8 KiB is truncated.
 */
-void log_emit(struct log *lg, enum log_level level, const char *reqid,
-              const char *msg, const char *fields);
+void log_emit(struct log *lg, enum log_level level, const char *reqid, const char *msg, const char *fields);
 
 /* printf-style message, no extra fields. */
-void log_msg(struct log *lg, enum log_level level, const char *reqid,
-             const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void log_msg(struct log *lg, enum log_level level, const char *reqid, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Append `key=value` to buf (length *len, capacity cap), quoting value when needed. */
 void log_field(char *buf, size_t cap, size_t *len, const char *key, const char *value);

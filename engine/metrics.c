@@ -7,7 +7,6 @@
 #include <event2/buffer.h>
 #include <lauxlib.h>
 
-
 static const double bucket_le[METRICS_BUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5
 };
@@ -97,8 +96,8 @@ int metrics_update(struct metrics *m, const char *name, const char *labels, doub
 
 static void counter(struct evbuffer *b, const char *name, const char *help, uint64_t v)
 {
-	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n",
-	                    name, help, name, name, (unsigned long long)v);
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+	                    (unsigned long long)v);
 }
 
 static void gauge(struct evbuffer *b, const char *name, const char *help, double v)
@@ -124,8 +123,9 @@ static void render_http(struct metrics *m, struct evbuffer *b)
 		                    (unsigned long long)total);
 	}
 	total += m->latency_bucket[METRICS_BUCKETS];
-	evbuffer_add_printf(b, "paygate_http_request_seconds_bucket{le=\"+Inf\"} %llu\n"
-	                       "paygate_http_request_seconds_sum %.9g\npaygate_http_request_seconds_count %llu\n",
+	evbuffer_add_printf(b,
+	                    "paygate_http_request_seconds_bucket{le=\"+Inf\"} %llu\n"
+	                    "paygate_http_request_seconds_sum %.9g\npaygate_http_request_seconds_count %llu\n",
 	                    (unsigned long long)total, m->latency_sum, (unsigned long long)total);
 }
 
@@ -158,17 +158,19 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 	gauge(b, "paygate_http_inflight", "Requests being handled now.", g->http_inflight);
 	counter(b, "paygate_http_client_aborts_total", "Clients gone before their answer.", m->client_aborts);
 	counter(b, "paygate_script_errors_total", "Handlers and jobs that raised an error.", m->script_errors);
-	counter(b, "paygate_script_kills_total", "Handlers stopped for exceeding the instruction budget.", m->script_kills);
-	gauge(b, "paygate_script_generation", "Id of the script generation serving now.",
-	      (double)g->generation);
-	gauge(b, "paygate_script_memory_bytes", "Lua memory of the current generation.",
-	      (double)g->script_memory);
+	counter(b, "paygate_script_kills_total", "Handlers stopped for exceeding the instruction budget.",
+	        m->script_kills);
+	gauge(b, "paygate_script_generation", "Id of the script generation serving now.", (double)g->generation);
+	gauge(b, "paygate_script_memory_bytes", "Lua memory of the current generation.", (double)g->script_memory);
 	gauge(b, "paygate_script_generations_draining", "Retired generations still finishing work.", g->draining);
 	counter(b, "paygate_reloads_ok_total", "Script reloads that went live.", m->reloads_ok);
-	counter(b, "paygate_reloads_failed_total", "Script reloads refused (old code kept serving).", m->reloads_failed);
+	counter(b, "paygate_reloads_failed_total", "Script reloads refused (old code kept serving).",
+	        m->reloads_failed);
 	counter(b, "paygate_upstream_requests_total", "Outbound HTTP requests that got an answer.", m->fetch_ok);
-	counter(b, "paygate_upstream_errors_total", "Outbound HTTP requests that failed (timeout, connect, "
-		"TLS).", m->fetch_failed);
+	counter(b, "paygate_upstream_errors_total",
+	        "Outbound HTTP requests that failed (timeout, connect, "
+	        "TLS).",
+	        m->fetch_failed);
 	counter(b, "paygate_jobs_ok_total", "Jobs that ran to completion.", m->jobs_ok);
 	counter(b, "paygate_jobs_failed_total", "Job runs that failed and will be retried.", m->jobs_failed);
 	counter(b, "paygate_jobs_dead_total", "Jobs given up after their last attempt.", m->jobs_dead);

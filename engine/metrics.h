@@ -9,20 +9,20 @@
 
 struct evbuffer;
 
-#define METRICS_BUCKETS 12
+#define METRICS_BUCKETS    12
 #define METRICS_MAX_SERIES 10000
 
 struct metric_series {
-	char *key;                        /* name{label="v",...} exactly as rendered */
-	size_t name_len;                  /* the metric name is key[0..name_len) */
+	char *key;       /* name{label="v",...} exactly as rendered */
+	size_t name_len; /* the metric name is key[0..name_len) */
 	double value;
 	int gauge;
-	unsigned mark;                    /* last render that printed it */
+	unsigned mark; /* last render that printed it */
 	struct metric_series *next;
 };
 
 struct metrics {
-	uint64_t http_by_class[6];        /* [1..5] = 1xx..5xx, [0] other */
+	uint64_t http_by_class[6]; /* [1..5] = 1xx..5xx, [0] other */
 	uint64_t latency_bucket[METRICS_BUCKETS + 1];
 	double latency_sum;
 	uint64_t script_errors, script_kills;
@@ -50,10 +50,10 @@ int metrics_update(struct metrics *m, const char *name, const char *labels, doub
 
 /* The engine's state at the moment of a render, read by its owner (routes.c). */
 struct metrics_gauges {
-	int http_inflight;                /* requests being handled now */
-	uint64_t generation;              /* id of the generation serving now, 0 when none */
-	size_t script_memory;             /* Lua bytes of that generation */
-	int draining;                     /* retired generations still finishing work */
+	int http_inflight;    /* requests being handled now */
+	uint64_t generation;  /* id of the generation serving now, 0 when none */
+	size_t script_memory; /* Lua bytes of that generation */
+	int draining;         /* retired generations still finishing work */
 	int64_t uptime_s;
 };
 

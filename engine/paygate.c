@@ -31,9 +31,9 @@
 ** stream made from the host's log callback.
 */
 struct paygate {
-	struct engine e;                   /* first: (struct engine *)pg is the engine */
+	struct engine e; /* first: (struct engine *)pg is the engine */
 	struct shutdown_state *shutdown;
-	FILE *log_stream;                  /* fopencookie over log_sink, when opts->log_fn */
+	FILE *log_stream; /* fopencookie over log_sink, when opts->log_fn */
 	struct log_sink *sink;
 };
 
@@ -43,7 +43,7 @@ struct log_sink {
 	void (*fn)(void *arg, const char *line);
 	void *arg;
 	size_t len;
-	char line[8200];                   /* log lines are at most 8 KiB */
+	char line[8200]; /* log lines are at most 8 KiB */
 };
 
 static ssize_t sink_write(void *cookie, const char *buf, size_t n)
@@ -114,8 +114,10 @@ static int register_functions(struct engine *e, const struct paygate_function *f
 {
 	for (; f && f->name; f++) {
 		if (host_register(e, f->name, f->fn, f->arg) < 0) {
-			snprintf(err, errlen, "cannot register host function '%s' (names are [A-Za-z_][A-Za-z0-9_]*, "
-			                      "at most 63 bytes)", f->name);
+			snprintf(err, errlen,
+			         "cannot register host function '%s' (names are [A-Za-z_][A-Za-z0-9_]*, "
+			         "at most 63 bytes)",
+			         f->name);
 			return -1;
 		}
 	}
@@ -172,7 +174,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 	e->base = base;
 	gettimeofday(&e->started, NULL);
 	metrics_init(&e->metrics);
-	curl_global_init(CURL_GLOBAL_DEFAULT);   /* reference counted by libcurl; undone in paygate_free */
+	curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted by libcurl; undone in paygate_free */
 	if (load_config(e, o, err, errlen) < 0)
 		goto fail;
 	if (!(log_out = open_log(pg, o)) || host_init(e) < 0 || sched_init(e) < 0 || !(e->fetch = fetch_new(e))) {
@@ -204,8 +206,8 @@ fail:
 	return NULL;
 }
 
-struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen,
-                               int check_only, char *err, size_t errlen)
+struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen, int check_only,
+                               char *err, size_t errlen)
 {
 	struct paygate_options o = { .config_path = config_path, .listen = listen, .check_only = check_only };
 	return paygate_new(base, &o, err, errlen);
@@ -218,8 +220,10 @@ int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 		return -1;
 	if (!e->cfg.admin_token && strncmp(e->cfg.listen_host, "127.", 4) != 0 &&
 	    strcmp(e->cfg.listen_host, "::1") != 0 && strcmp(e->cfg.listen_host, "localhost") != 0)
-		log_warn(&e->log, NULL, "listening on %s without admin.token_file: admin endpoints answer loopback "
-		                        "peers only; behind a local reverse proxy configure a token", e->cfg.listen_host);
+		log_warn(&e->log, NULL,
+		         "listening on %s without admin.token_file: admin endpoints answer loopback "
+		         "peers only; behind a local reverse proxy configure a token",
+		         e->cfg.listen_host);
 	return 0;
 }
 
@@ -239,8 +243,10 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 	if (e->stopping) {
 		struct evbuffer *b = evbuffer_new();
 		if (b)
-			evbuffer_add_printf(b, "{\"error\":\"shutting_down\",\"message\":\"the gateway is shutting down\"}");
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json; charset=utf-8");
+			evbuffer_add_printf(
+			    b, "{\"error\":\"shutting_down\",\"message\":\"the gateway is shutting down\"}");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+		                  "application/json; charset=utf-8");
 		evhttp_send_reply(req, 503, "Service Unavailable", b);
 		if (b)
 			evbuffer_free(b);
@@ -302,9 +308,10 @@ static void shutdown_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	if (busy(e) > 0 && clock_now_ms() < s->deadline)
-		return;                        /* EV_PERSIST: look again in 50 ms */
+		return; /* EV_PERSIST: look again in 50 ms */
 	if (busy(e) > 0)
-		log_warn(&e->log, NULL, "shutdown: %d requests, %d host calls and %d jobs still in flight at the deadline",
+		log_warn(&e->log, NULL,
+		         "shutdown: %d requests, %d host calls and %d jobs still in flight at the deadline",
 		         e->http_inflight, host_inflight(e), e->jobs ? jobs_running(e->jobs) : 0);
 	event_free(s->tick);
 	s->pg->shutdown = NULL;
@@ -323,7 +330,7 @@ void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg),
 	e->stopping = 1;
 	http_stop_accepting(e);
 	reload_watch_stop(e);
-	if (pg->shutdown)                  /* asked twice: the first one's done wins */
+	if (pg->shutdown) /* asked twice: the first one's done wins */
 		return;
 	s = calloc(1, sizeof *s);
 	if (!s || !(s->tick = event_new(e->base, -1, EV_PERSIST, shutdown_tick, s))) {
@@ -353,10 +360,10 @@ void paygate_free(struct paygate *pg)
 		pg->shutdown = NULL;
 	}
 	reload_watch_stop(e);
-	http_free(e);                      /* frees connections; their requests are cancelled via on_close */
-	sched_cancel_all(e);               /* host-evhttp requests answered 503, host calls cancelled,
+	http_free(e);        /* frees connections; their requests are cancelled via on_close */
+	sched_cancel_all(e); /* host-evhttp requests answered 503, host calls cancelled,
 	                                      jobs still waiting re-queued at the next start */
-	host_free(e);                      /* pending host calls get their result or 503 */
+	host_free(e);        /* pending host calls get their result or 503 */
 	if (e->gen) {
 		struct gen *g = e->gen;
 		e->gen = NULL;

@@ -52,7 +52,7 @@
 extern "C" {
 #endif
 
-#define PAYGATE_VERSION "0.1.0"
+#define PAYGATE_VERSION     "0.1.0"
 /** The version as a number: 0xMMmmpp. */
 #define PAYGATE_VERSION_NUM 0x000100
 
@@ -93,14 +93,14 @@ typedef int (*paygate_host_fn)(void *arg, const char *json_args, struct evbuffer
  * `wechatpay.sandbox` module this way.)
  */
 struct paygate_lua_module {
-	const char *name;               /**< the require name; not one of the engine's own modules */
+	const char *name; /**< the require name; not one of the engine's own modules */
 	int (*open)(struct lua_State *L, void *arg);
-	void *arg;                      /**< handed to open */
+	void *arg; /**< handed to open */
 };
 
 /** One entry of paygate_options.functions. */
 struct paygate_function {
-	const char *name;               /**< [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes */
+	const char *name; /**< [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes */
 	paygate_host_fn fn;
 	void *arg;
 };
@@ -152,15 +152,14 @@ struct paygate_options {
  * @param err, errlen receive a message when NULL is returned.
  * @return the engine, or NULL (nothing is left allocated, nothing is running).
  */
-struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts,
-                            char *err, size_t errlen);
+struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts, char *err, size_t errlen);
 
 /**
  * paygate_new with only config_path, listen and check_only set (the
  * daemon's call).
  */
-struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen,
-                               int check_only, char *err, size_t errlen);
+struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen, int check_only,
+                               char *err, size_t errlen);
 
 /**
  * Serve HTTP on the configured address with paygate's own evhttp (limits

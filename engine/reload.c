@@ -149,7 +149,7 @@ static void on_quiet(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	reload_run(e, "file change", err, sizeof err);
-	watch_tree(e, e->watch->fd, e->cfg.scripts_dir, 0);   /* pick up new subdirectories */
+	watch_tree(e, e->watch->fd, e->cfg.scripts_dir, 0); /* pick up new subdirectories */
 	watch_tree(e, e->watch->fd, e->cfg.lualib_dir, 0);
 }
 
@@ -178,7 +178,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
 	}
 	if (hit) {
 		struct timeval tv = { e->cfg.watch_debounce_ms / 1000, (e->cfg.watch_debounce_ms % 1000) * 1000 };
-		evtimer_add(e->watch->debounce, &tv);   /* re-arming restarts the quiet period */
+		evtimer_add(e->watch->debounce, &tv); /* re-arming restarts the quiet period */
 	}
 }
 

@@ -18,8 +18,8 @@
 
 static int is_loopback(const char *addr)
 {
-	return addr && (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
-	                strncmp(addr, "::ffff:127.", 11) == 0);
+	return addr &&
+	       (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 || strncmp(addr, "::ffff:127.", 11) == 0);
 }
 
 /* Admin paths: a configured token is required from anywhere; without one, loopback only. */
@@ -32,7 +32,7 @@ static int admin_allowed(struct http_req *h)
 		size_t tl = strlen(e->cfg.admin_token);
 		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
 			return 0;
-		unsigned diff = 0;                  /* constant time */
+		unsigned diff = 0; /* constant time */
 		for (size_t i = 0; i < tl; i++)
 			diff |= (unsigned char)auth[7 + i] ^ (unsigned char)e->cfg.admin_token[i];
 		return diff == 0;
@@ -49,12 +49,13 @@ static void send_health(struct http_req *h)
 	struct evbuffer *b = evbuffer_new();
 	struct timeval now;
 	gettimeofday(&now, NULL);
-	evbuffer_add_printf(b, "{\"status\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"draining\":%d,"
-	                       "\"inflight\":%d,\"last_reload\":{\"ok\":%s,\"at\":%lld",
+	evbuffer_add_printf(b,
+	                    "{\"status\":\"%s\",\"generation\":%llu,\"uptime_s\":%lld,\"draining\":%d,"
+	                    "\"inflight\":%d,\"last_reload\":{\"ok\":%s,\"at\":%lld",
 	                    e->gen ? (e->last_reload_ok ? "ok" : "degraded") : "no_scripts",
-	                    e->gen ? (unsigned long long)e->gen->id : 0ULL,
-	                    (long long)(now.tv_sec - e->started.tv_sec), e->draining, e->http_inflight,
-	                    e->last_reload_ok ? "true" : "false", (long long)e->last_reload_at.tv_sec);
+	                    e->gen ? (unsigned long long)e->gen->id : 0ULL, (long long)(now.tv_sec - e->started.tv_sec),
+	                    e->draining, e->http_inflight, e->last_reload_ok ? "true" : "false",
+	                    (long long)e->last_reload_at.tv_sec);
 	if (!e->last_reload_ok) {
 		evbuffer_add_printf(b, ",\"error\":");
 		json_add_string(b, e->last_reload_error);
@@ -99,8 +100,9 @@ int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
 	int admin = strncmp(path, "/admin/", 7) == 0 || strcmp(path, "/metrics") == 0;
 	if (admin && !admin_allowed(h)) {
 		http_answer_error(h, http_engine(h)->cfg.admin_token ? 401 : 403, "forbidden",
-		           http_engine(h)->cfg.admin_token ? "admin endpoints need Authorization: Bearer <admin token>"
-		                                   : "admin endpoints answer on loopback only (or configure admin.token_file)");
+		                  http_engine(h)->cfg.admin_token
+		                      ? "admin endpoints need Authorization: Bearer <admin token>"
+		                      : "admin endpoints answer on loopback only (or configure admin.token_file)");
 		return 1;
 	}
 	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {

@@ -78,8 +78,8 @@ static int l_require(lua_State *L)
 	if (rc != LUA_OK)
 		return lua_error(L);
 	lua_pushvalue(L, lua_upvalueindex(2));
-	lua_setupvalue(L, -2, 1);                      /* _ENV = the jail env */
-	lua_pushlightuserdata(L, L);                   /* "loading" marker catches loops */
+	lua_setupvalue(L, -2, 1);    /* _ENV = the jail env */
+	lua_pushlightuserdata(L, L); /* "loading" marker catches loops */
 	lua_setfield(L, lua_upvalueindex(3), name);
 	lua_pushstring(L, name);
 	lua_call(L, 1, 1);
@@ -119,10 +119,22 @@ static int log_at(lua_State *L, enum log_level level)
 	return 0;
 }
 
-static int l_log_debug(lua_State *L) { return log_at(L, LOG_DEBUG); }
-static int l_log_info(lua_State *L) { return log_at(L, LOG_INFO); }
-static int l_log_warn(lua_State *L) { return log_at(L, LOG_WARN); }
-static int l_log_error(lua_State *L) { return log_at(L, LOG_ERROR); }
+static int l_log_debug(lua_State *L)
+{
+	return log_at(L, LOG_DEBUG);
+}
+static int l_log_info(lua_State *L)
+{
+	return log_at(L, LOG_INFO);
+}
+static int l_log_warn(lua_State *L)
+{
+	return log_at(L, LOG_WARN);
+}
+static int l_log_error(lua_State *L)
+{
+	return log_at(L, LOG_ERROR);
+}
 
 /* print(...) goes to the log at info level, never to stdout. */
 static int l_print(lua_State *L)
@@ -185,10 +197,11 @@ static int l_sleep(lua_State *L)
 
 static void register_modules(lua_State *L, struct engine *e, int env)
 {
-	static const luaL_Reg logf[] = {
-		{ "debug", l_log_debug }, { "info", l_log_info }, { "warn", l_log_warn },
-		{ "error", l_log_error }, { NULL, NULL }
-	};
+	static const luaL_Reg logf[] = { { "debug", l_log_debug },
+		                         { "info", l_log_info },
+		                         { "warn", l_log_warn },
+		                         { "error", l_log_error },
+		                         { NULL, NULL } };
 	static const luaL_Reg clockf[] = { { "now", l_now }, { "sleep", l_sleep }, { NULL, NULL } };
 
 	http_register_lua(L);
@@ -202,14 +215,14 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	fetch_push_lua(L, e);
 	jail_set_readonly(L, env, "http");
 	lua_pushvalue(L, json);
-	jobs_push_lua(L, e);                  /* consumes json: payloads are encoded with it */
+	jobs_push_lua(L, e); /* consumes json: payloads are encoded with it */
 	jail_set_readonly(L, env, "jobs");
 	metrics_push_lua(L, &e->metrics);
 	jail_set_readonly(L, env, "metrics");
 	secure_push_lua(L, e);
 	jail_set_readonly(L, env, "secure");
 	lua_pushvalue(L, json);
-	host_push_lua(L, e);                  /* consumes json: replies are decoded with it */
+	host_push_lua(L, e); /* consumes json: replies are decoded with it */
 	jail_set_readonly(L, env, "host");
 
 	lua_newtable(L);
@@ -230,7 +243,7 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	lua_pushstring(L, e->cfg.app_json);
 	lua_call(L, 1, 1);
 	jail_set_readonly(L, env, "config");
-	lua_pop(L, 1);                        /* json */
+	lua_pop(L, 1); /* json */
 }
 
 /* Fetch app[name] as a function and keep a registry reference to it. */
@@ -264,7 +277,7 @@ static int load_protected(lua_State *L)
 	int env = lua_gettop(L);
 	register_modules(L, e, env);
 
-	lua_newtable(L);                      /* loaded modules, with the engine's own preloaded */
+	lua_newtable(L); /* loaded modules, with the engine's own preloaded */
 	int loaded = lua_gettop(L);
 	lua_getfield(L, env, "json");
 	lua_getfield(L, env, "http");

@@ -32,15 +32,17 @@ static int load_from_db(struct engine *e, char *err, size_t errlen)
 	if (crypto_random_bytes(fresh, sizeof fresh, err, errlen) < 0)
 		return -1;
 	/* Keep the first secret ever stored; a new one only when there is none. */
-	if (sqlite3_prepare_v2(db, "INSERT INTO _paygate_secrets(name, value) VALUES ('session', ?) "
-	                           "ON CONFLICT(name) DO NOTHING", -1, &s, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(db,
+	                       "INSERT INTO _paygate_secrets(name, value) VALUES ('session', ?) "
+	                       "ON CONFLICT(name) DO NOTHING",
+	                       -1, &s, NULL) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_blob(s, 1, fresh, sizeof fresh, SQLITE_TRANSIENT);
 	int rc = sqlite3_step(s);
 	sqlite3_finalize(s);
 	memset(fresh, 0, sizeof fresh);
-	if (rc != SQLITE_DONE ||
-	    sqlite3_prepare_v2(db, "SELECT value FROM _paygate_secrets WHERE name = 'session'", -1, &s, NULL) != SQLITE_OK)
+	if (rc != SQLITE_DONE || sqlite3_prepare_v2(db, "SELECT value FROM _paygate_secrets WHERE name = 'session'", -1,
+	                                            &s, NULL) != SQLITE_OK)
 		goto fail;
 	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_bytes(s, 0) >= 16) {
 		e->secret_len = (size_t)sqlite3_column_bytes(s, 0);
@@ -61,7 +63,7 @@ int secure_init(struct engine *e, char *err, size_t errlen)
 {
 	if (!e->cfg.session_secret_file)
 		return load_from_db(e, err, errlen);
-	crypto_buf b = { 0 };
+	struct crypto_buf b = { 0 };
 	if (crypto_read_file(e->cfg.session_secret_file, &b, err, errlen) < 0)
 		return -1;
 	if (b.len < 32) {
@@ -123,7 +125,8 @@ static int good_subject(const char *s, size_t n)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
 		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+		      c == '-'))
 			return 0;
 	}
 	return 1;
@@ -211,10 +214,12 @@ static int l_equal(lua_State *L)
 
 void secure_push_lua(lua_State *L, struct engine *e)
 {
-	static const luaL_Reg fns[] = {
-		{ "random_id", l_random_id }, { "issue_token", l_issue_token }, { "verify_token", l_verify_token },
-		{ "sha256_hex", l_sha256_hex }, { "equal", l_equal }, { NULL, NULL }
-	};
+	static const luaL_Reg fns[] = { { "random_id", l_random_id },
+		                        { "issue_token", l_issue_token },
+		                        { "verify_token", l_verify_token },
+		                        { "sha256_hex", l_sha256_hex },
+		                        { "equal", l_equal },
+		                        { NULL, NULL } };
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
 	luaL_setfuncs(L, fns, 1);

@@ -11,7 +11,7 @@
 #include "coro.h"
 #include "engine.h"
 
-#define STMT_CACHE 256                 /* direct-mapped: slot = hash(sql) */
+#define STMT_CACHE 256 /* direct-mapped: slot = hash(sql) */
 
 struct cached_stmt {
 	char *sql;
@@ -21,8 +21,8 @@ struct cached_stmt {
 struct store {
 	struct engine *eng;
 	sqlite3 *db;
-	int tx_depth;                      /* 0: autocommit; n: n nested db.tx() */
-	int engine_sql;                    /* the engine's own statement: no restrictions */
+	int tx_depth;   /* 0: autocommit; n: n nested db.tx() */
+	int engine_sql; /* the engine's own statement: no restrictions */
 	struct cached_stmt cache[STMT_CACHE];
 };
 
@@ -68,7 +68,7 @@ static int authorize(void *arg, int action, const char *a, const char *b, const 
 	case SQLITE_DETACH:
 		return SQLITE_DENY;
 	case SQLITE_PRAGMA:
-		return b ? SQLITE_DENY : SQLITE_OK;   /* reading a pragma is fine, setting one is not */
+		return b ? SQLITE_DENY : SQLITE_OK; /* reading a pragma is fine, setting one is not */
 	default:
 		return SQLITE_OK;
 	}
@@ -167,7 +167,7 @@ sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	sqlite3_finalize(slot->stmt);          /* evict whatever lived in this slot */
+	sqlite3_finalize(slot->stmt); /* evict whatever lived in this slot */
 	free(slot->sql);
 	slot->sql = copy;
 	slot->stmt = stmt;
@@ -223,8 +223,7 @@ void store_rollback(struct store *st)
 	if (st->tx_depth == 1)
 		snprintf(sql, sizeof sql, "ROLLBACK");
 	else
-		snprintf(sql, sizeof sql, "ROLLBACK TO pg_tx_%d; RELEASE pg_tx_%d",
-		         st->tx_depth - 1, st->tx_depth - 1);
+		snprintf(sql, sizeof sql, "ROLLBACK TO pg_tx_%d; RELEASE pg_tx_%d", st->tx_depth - 1, st->tx_depth - 1);
 	if (exec_simple(st, sql, err, sizeof err) < 0)
 		log_error(&st->eng->log, NULL, "rollback failed: %s", err);
 	st->tx_depth--;
@@ -269,14 +268,14 @@ static void bind_args(lua_State *L, sqlite3_stmt *stmt, int first)
 			break;
 		}
 		case LUA_TLIGHTUSERDATA:
-			if (lua_touserdata(L, idx) == NULL) {   /* json.null */
+			if (lua_touserdata(L, idx) == NULL) { /* json.null */
 				rc = sqlite3_bind_null(stmt, i);
 				break;
 			}
 			/* fall through */
 		default:
-			luaL_error(L, "db: parameter %d is a %s; only nil, booleans, numbers and strings bind",
-			           i, luaL_typename(L, idx));
+			luaL_error(L, "db: parameter %d is a %s; only nil, booleans, numbers and strings bind", i,
+			           luaL_typename(L, idx));
 			return;
 		}
 		if (rc != SQLITE_OK)
@@ -410,9 +409,11 @@ static int l_tx(lua_State *L)
 
 void store_push_lua(lua_State *L, struct engine *e)
 {
-	static const luaL_Reg fns[] = {
-		{ "exec", l_exec }, { "query", l_query }, { "one", l_one }, { "tx", l_tx }, { NULL, NULL }
-	};
+	static const luaL_Reg fns[] = { { "exec", l_exec },
+		                        { "query", l_query },
+		                        { "one", l_one },
+		                        { "tx", l_tx },
+		                        { NULL, NULL } };
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
 	luaL_setfuncs(L, fns, 1);
@@ -420,10 +421,9 @@ void store_push_lua(lua_State *L, struct engine *e)
 
 /* ---- migrations ---- */
 
-static const char *const MIGRATIONS_DDL =
-	"CREATE TABLE IF NOT EXISTS _paygate_migrations ("
-	" version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
-	" applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))";
+static const char *const MIGRATIONS_DDL = "CREATE TABLE IF NOT EXISTS _paygate_migrations ("
+                                          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
+                                          " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))";
 
 static void checksum(const char *sql, char out[17])
 {
@@ -448,8 +448,8 @@ static int applied_checksum(struct store *st, lua_Integer v, char out[17], char 
 }
 
 /* Run one migration (entry table at top of L). */
-static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *name,
-                     const char *sum, char *err, size_t errlen)
+static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *name, const char *sum, char *err,
+                     size_t errlen)
 {
 	char e2[512];
 	lua_getfield(L, -1, "sql");
@@ -464,13 +464,14 @@ static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *
 		lua_pop(L, 1);
 		lua_getfield(L, -1, "fn");
 		if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, lua_tostring(L, -1));
+			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name,
+			         lua_tostring(L, -1));
 			lua_pop(L, 1);
 			return -1;
 		}
 	}
-	sqlite3_stmt *s = store_prepare(st, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES (?, ?, ?)",
-	                                err, errlen);
+	sqlite3_stmt *s =
+	    store_prepare(st, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES (?, ?, ?)", err, errlen);
 	if (!s)
 		return -1;
 	sqlite3_bind_int64(s, 1, v);
@@ -496,7 +497,7 @@ static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char
 	lua_pop(L, 1);
 	lua_getfield(L, -1, "name");
 	const char *name = lua_tostring(L, -1);
-	lua_pop(L, 1);          /* the string stays alive in the entry table */
+	lua_pop(L, 1); /* the string stays alive in the entry table */
 	if (!isint || v <= *last || !name) {
 		snprintf(err, errlen, "migrations must have increasing integer versions and names (at version %lld)",
 		         (long long)v);
@@ -509,8 +510,10 @@ static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char
 	if (applied_checksum(st, v, have, err, errlen) < 0)
 		return -1;
 	if (have[0] && strcmp(have, sum) != 0) {
-		snprintf(err, errlen, "migration %lld (%s) was changed after it was applied; "
-		                      "add a new migration instead of editing an old one", (long long)v, name);
+		snprintf(err, errlen,
+		         "migration %lld (%s) was changed after it was applied; "
+		         "add a new migration instead of editing an old one",
+		         (long long)v, name);
 		return -1;
 	}
 	if (have[0])

@@ -25,17 +25,19 @@
 ** Keys never reach Lua.
 */
 
-#define USER_AGENT "paygate/" "0.1 (+wechatpay-apiv3)"
+#define USER_AGENT \
+	"paygate/" \
+	"0.1 (+wechatpay-apiv3)"
 
 struct wxclient {
 	struct engine *eng;
 	const struct wxpay_config *cfg;
-	char serial[CRYPTO_SERIAL_MAX];  /* the merchant certificate's serial (sent as serial_no) */
+	char serial[CRYPTO_SERIAL_MAX]; /* the merchant certificate's serial (sent as serial_no) */
 	EVP_PKEY *merchant_key;
 	unsigned char apiv3_key[32];
-	char *app_secret;                /* NULL: login not configured */
-	wxp_keyset *keys;                /* what may verify WeChat Pay's signatures */
-	int64_t certs_at;                /* last certificate download (ms) */
+	char *app_secret;        /* NULL: login not configured */
+	struct wxp_keyset *keys; /* what may verify WeChat Pay's signatures */
+	int64_t certs_at;        /* last certificate download (ms) */
 };
 
 /* ---- loading ---- */
@@ -48,7 +50,7 @@ static void warn_if_shared(struct engine *e, const char *path)
 }
 
 /* A secret file's bytes, without a trailing newline. */
-static int read_secret(struct engine *e, const char *path, crypto_buf *out, char *err, size_t errlen)
+static int read_secret(struct engine *e, const char *path, struct crypto_buf *out, char *err, size_t errlen)
 {
 	warn_if_shared(e, path);
 	if (crypto_read_file(path, out, err, errlen) < 0)
@@ -67,7 +69,7 @@ static int load_verifying_keys(struct wxclient *w, char *err, size_t errlen)
 		return -1;
 	}
 	for (int i = 0; i < c->n_platform_certs; i++) {
-		crypto_buf pem = { 0 };
+		struct crypto_buf pem = { 0 };
 		if (crypto_read_file(c->platform_cert_files[i], &pem, err, errlen) < 0)
 			return -1;
 		int rc = wxp_keyset_add_cert(w->keys, (const char *)pem.data, pem.len, NULL, err, errlen);
@@ -76,10 +78,11 @@ static int load_verifying_keys(struct wxclient *w, char *err, size_t errlen)
 			return -1;
 	}
 	if (c->public_key_file) {
-		crypto_buf pem = { 0 };
+		struct crypto_buf pem = { 0 };
 		if (crypto_read_file(c->public_key_file, &pem, err, errlen) < 0)
 			return -1;
-		int rc = wxp_keyset_add_public_key(w->keys, c->public_key_id, (const char *)pem.data, pem.len, err, errlen);
+		int rc =
+		    wxp_keyset_add_public_key(w->keys, c->public_key_id, (const char *)pem.data, pem.len, err, errlen);
 		crypto_buf_free(&pem);
 		if (rc < 0)
 			return -1;
@@ -91,7 +94,7 @@ struct wxclient *wxc_new(struct engine *e, char *err, size_t errlen)
 {
 	const struct wxpay_config *c = &e->cfg.wxpay;
 	struct wxclient *w;
-	crypto_buf key = { 0 };
+	struct crypto_buf key = { 0 };
 
 	err[0] = '\0';
 	if (!c->enabled)
@@ -108,7 +111,8 @@ struct wxclient *wxc_new(struct engine *e, char *err, size_t errlen)
 	if (read_secret(e, c->apiv3_key_file, &key, err, errlen) < 0)
 		goto fail;
 	if (key.len != 32) {
-		snprintf(err, errlen, "the APIv3 key in %s must be exactly 32 bytes (it is %zu)", c->apiv3_key_file, key.len);
+		snprintf(err, errlen, "the APIv3 key in %s must be exactly 32 bytes (it is %zu)", c->apiv3_key_file,
+		         key.len);
 		goto fail;
 	}
 	memcpy(w->apiv3_key, key.data, 32);
@@ -124,7 +128,7 @@ struct wxclient *wxc_new(struct engine *e, char *err, size_t errlen)
 	if (c->merchant_serial) {
 		snprintf(w->serial, sizeof w->serial, "%s", c->merchant_serial);
 	} else {
-		crypto_cert cert;
+		struct crypto_cert cert;
 		if (crypto_cert_from_file(c->merchant_cert_file, &cert, err, errlen) < 0)
 			goto fail;
 		snprintf(w->serial, sizeof w->serial, "%s", cert.serial);
@@ -199,7 +203,7 @@ static const char *res_header(lua_State *L, int headers, const char *name)
 {
 	lua_getfield(L, headers, name);
 	const char *v = lua_tostring(L, -1);
-	lua_pop(L, 1);                     /* the string stays alive in the headers table */
+	lua_pop(L, 1); /* the string stays alive in the headers table */
 	return v;
 }
 
@@ -213,12 +217,12 @@ static const char *verify_response(lua_State *L, struct wxclient *w, int res, ch
 	lua_getfield(L, res, "body");
 	size_t blen;
 	const char *body = lua_tolstring(L, -1, &blen);
-	wxp_headers hd = {
-		res_header(L, h, "wechatpay-timestamp"), res_header(L, h, "wechatpay-nonce"),
-		res_header(L, h, "wechatpay-signature"), res_header(L, h, "wechatpay-serial"),
+	struct wxp_headers hd = {
+		res_header(L, h, "wechatpay-timestamp"),      res_header(L, h, "wechatpay-nonce"),
+		res_header(L, h, "wechatpay-signature"),      res_header(L, h, "wechatpay-serial"),
 		res_header(L, h, "wechatpay-signature-type"),
 	};
-	wxp_verify_result r = wxp_verify(w->keys, &hd, body ? body : "", body ? blen : 0, now_s(), err, errlen);
+	enum wxp_verify_result r = wxp_verify(w->keys, &hd, body ? body : "", body ? blen : 0, now_s(), err, errlen);
 	lua_pop(L, 2);
 	return r == WXP_VERIFY_OK ? NULL : wxp_verify_result_name(r);
 }
@@ -290,19 +294,19 @@ static void set_header(lua_State *L, const char *name, const char *value)
 ** the stack is the one sent, so the signature covers exactly the bytes that go out.
 ** Raises "<what>: cannot sign the request" on failure. [-0, +2, e]
 */
-static void push_signed_call(lua_State *L, struct wxclient *w, const char *what, const char *method,
-                             const char *path, int body_idx, int announce_pubkey)
+static void push_signed_call(lua_State *L, struct wxclient *w, const char *what, const char *method, const char *path,
+                             int body_idx, int announce_pubkey)
 {
 	size_t blen = 0;
 	const char *body = body_idx ? lua_tolstring(L, body_idx, &blen) : NULL;
 	char nonce[33], err[CRYPTO_ERRLEN];
-	crypto_buf auth = { 0 };
+	struct crypto_buf auth = { 0 };
 
 	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
-	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, method, path,
-	                            now_s(), nonce, body ? body : "", blen, &auth, err, sizeof err) < 0)
+	    wxp_build_authorization(w->merchant_key, w->cfg->mchid, w->serial, method, path, now_s(), nonce,
+	                            body ? body : "", blen, &auth, err, sizeof err) < 0)
 		luaL_error(L, "%s: cannot sign the request: %s", what, err);
-	lua_pushvalue(L, lua_upvalueindex(2));          /* http.request */
+	lua_pushvalue(L, lua_upvalueindex(2)); /* http.request */
 	lua_createtable(L, 0, 4);
 	lua_pushstring(L, method);
 	lua_setfield(L, -2, "method");
@@ -343,8 +347,8 @@ static int l_request(lua_State *L)
 /* Decrypt the resource table at idx; pushes the plaintext string or returns the reason. */
 static const char *decrypt_resource(lua_State *L, struct wxclient *w, int idx, char *err, size_t errlen)
 {
-	wxp_resource r;
-	crypto_buf pt = { 0 };
+	struct wxp_resource r;
+	struct crypto_buf pt = { 0 };
 	lua_getfield(L, idx, "algorithm");
 	lua_getfield(L, idx, "nonce");
 	lua_getfield(L, idx, "associated_data");
@@ -353,7 +357,7 @@ static const char *decrypt_resource(lua_State *L, struct wxclient *w, int idx, c
 	r.nonce = lua_tostring(L, -3);
 	r.associated_data = lua_tostring(L, -2);
 	r.ciphertext = lua_tostring(L, -1);
-	wxp_decrypt_result d = wxp_decrypt_resource(w->apiv3_key, 32, &r, &pt, err, errlen);
+	enum wxp_decrypt_result d = wxp_decrypt_resource(w->apiv3_key, 32, &r, &pt, err, errlen);
 	lua_pop(L, 4);
 	if (d != WXP_DECRYPT_OK)
 		return wxp_decrypt_result_name(d);
@@ -374,13 +378,13 @@ static int l_notification(lua_State *L)
 	struct evbuffer *buf = evhttp_request_get_input_buffer(req);
 	size_t blen = evbuffer_get_length(buf);
 	const char *body = blen ? (const char *)evbuffer_pullup(buf, -1) : "";
-	wxp_headers hd = {
-		evhttp_find_header(in, "Wechatpay-Timestamp"), evhttp_find_header(in, "Wechatpay-Nonce"),
-		evhttp_find_header(in, "Wechatpay-Signature"), evhttp_find_header(in, "Wechatpay-Serial"),
+	struct wxp_headers hd = {
+		evhttp_find_header(in, "Wechatpay-Timestamp"),      evhttp_find_header(in, "Wechatpay-Nonce"),
+		evhttp_find_header(in, "Wechatpay-Signature"),      evhttp_find_header(in, "Wechatpay-Serial"),
 		evhttp_find_header(in, "Wechatpay-Signature-Type"),
 	};
 	const char *why = NULL;
-	wxp_verify_result v = wxp_verify(w->keys, &hd, body, blen, now_s(), err, sizeof err);
+	enum wxp_verify_result v = wxp_verify(w->keys, &hd, body, blen, now_s(), err, sizeof err);
 	if (v != WXP_VERIFY_OK) {
 		why = wxp_verify_result_name(v);
 		goto refused;
@@ -417,7 +421,7 @@ static int l_pay_params(lua_State *L)
 	struct wxclient *w = client(L);
 	const char *prepay_id = luaL_checkstring(L, 1);
 	char nonce[33], ts[24], err[CRYPTO_ERRLEN];
-	crypto_buf sig = { 0 };
+	struct crypto_buf sig = { 0 };
 	int64_t t = now_s();
 
 	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
@@ -441,11 +445,16 @@ static int l_pay_params(lua_State *L)
 static const char *login_reason(lua_Integer errcode)
 {
 	switch (errcode) {
-	case 40029: return "invalid_code";
-	case 45011: return "rate_limited";
-	case 40226: return "blocked";
-	case -1: return "busy";
-	default: return "upstream_error";
+	case 40029:
+		return "invalid_code";
+	case 45011:
+		return "rate_limited";
+	case 40226:
+		return "blocked";
+	case -1:
+		return "busy";
+	default:
+		return "upstream_error";
 	}
 }
 
@@ -525,7 +534,7 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 	if (lua_tointeger(L, -1) != 200)
 		return refuse(L, "refused", "GET /v3/certificates did not answer 200");
 	/* Nothing below raises a Lua error while `next` is held (it would leak). */
-	wxp_keyset *next = wxp_keyset_new();
+	struct wxp_keyset *next = wxp_keyset_new();
 	if (!next)
 		return luaL_error(L, "out of memory");
 	lua_getfield(L, 1, "body");
@@ -543,23 +552,25 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 		int top = lua_gettop(L);
 		if (lua_rawgeti(L, data, i) != LUA_TTABLE || lua_getfield(L, -1, "encrypt_certificate") != LUA_TTABLE) {
 			why = "bad_json";
-			snprintf(err, sizeof err, "certificate entry %lld has no encrypt_certificate object", (long long)i);
+			snprintf(err, sizeof err, "certificate entry %lld has no encrypt_certificate object",
+			         (long long)i);
 		} else if (!(why = decrypt_resource(L, w, lua_gettop(L), err, sizeof err)) &&
-		           wxp_keyset_add_cert(next, lua_tostring(L, -1), lua_rawlen(L, -1), NULL, err, sizeof err) < 0) {
+		           wxp_keyset_add_cert(next, lua_tostring(L, -1), lua_rawlen(L, -1), NULL, err, sizeof err) <
+		               0) {
 			why = "bad_certificate";
 		}
 		lua_settop(L, top);
 	}
 	if (!why) {
-		if (w->cfg->public_key_file) {        /* keep the public key across refreshes */
-			crypto_buf pem = { 0 };
+		if (w->cfg->public_key_file) { /* keep the public key across refreshes */
+			struct crypto_buf pem = { 0 };
 			if (crypto_read_file(w->cfg->public_key_file, &pem, err, sizeof err) == 0)
 				wxp_keyset_add_public_key(next, w->cfg->public_key_id, (const char *)pem.data, pem.len,
 				                          err, sizeof err);
 			crypto_buf_free(&pem);
 		}
-		wxp_keyset *old = w->keys;
-		w->keys = next;                   /* verify the download with what it brought */
+		struct wxp_keyset *old = w->keys;
+		w->keys = next; /* verify the download with what it brought */
 		why = verify_response(L, w, 1, err, sizeof err);
 		if (why) {
 			w->keys = old;
@@ -601,11 +612,14 @@ static int l_check_order(lua_State *L)
 	const char *no = lua_type(L, -3) == LUA_TSTRING ? lua_tostring(L, -3) : NULL;
 	const char *desc = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
 	if (!no || wxp_check_out_trade_no(no, err, sizeof err) < 0) {
-		if (!no) snprintf(err, sizeof err, "out_trade_no must be a string");
+		if (!no)
+			snprintf(err, sizeof err, "out_trade_no must be a string");
 	} else if (!desc || wxp_check_description(desc, err, sizeof err) < 0) {
-		if (!desc) snprintf(err, sizeof err, "description must be a string");
+		if (!desc)
+			snprintf(err, sizeof err, "description must be a string");
 	} else if (!isint || wxp_check_amount(amount, err, sizeof err) < 0) {
-		if (!isint) snprintf(err, sizeof err, "amount must be an integer number of fen");
+		if (!isint)
+			snprintf(err, sizeof err, "amount must be an integer number of fen");
 	} else {
 		lua_pushboolean(L, 1);
 		return 1;
@@ -647,12 +661,15 @@ static int l_configured(lua_State *L)
 
 void wxc_push_lua(lua_State *L, struct engine *e)
 {
-	static const luaL_Reg fns[] = {
-		{ "request", l_request }, { "notification", l_notification }, { "pay_params", l_pay_params },
-		{ "login", l_login }, { "refresh_certificates", l_refresh_certificates },
-		{ "check_order", l_check_order }, { "settings", l_settings }, { "configured", l_configured },
-		{ NULL, NULL }
-	};
+	static const luaL_Reg fns[] = { { "request", l_request },
+		                        { "notification", l_notification },
+		                        { "pay_params", l_pay_params },
+		                        { "login", l_login },
+		                        { "refresh_certificates", l_refresh_certificates },
+		                        { "check_order", l_check_order },
+		                        { "settings", l_settings },
+		                        { "configured", l_configured },
+		                        { NULL, NULL } };
 	/* upvalues: engine, http.request, json (both expected at the top of the stack: json, http) */
 	int json = lua_gettop(L) - 1, http = lua_gettop(L);
 	lua_newtable(L);

@@ -36,15 +36,15 @@
 */
 
 #ifndef PAYGATE_LUALIB
-#define PAYGATE_LUALIB NULL            /* then the config file's `lualib` */
+#define PAYGATE_LUALIB NULL /* then the config file's `lualib` */
 #endif
 
-struct stack {                         /* what one player holds of one item */
+struct stack { /* what one player holds of one item */
 	long player, item, count;
 	struct stack *next;
 };
 
-struct delivered {                     /* orders already delivered: host.deliver is at-least-once */
+struct delivered { /* orders already delivered: host.deliver is at-least-once */
 	char order_no[64];
 	struct delivered *next;
 };
@@ -65,8 +65,8 @@ struct game {
 
 struct client {
 	struct game *g;
-	struct bufferevent *bev;           /* NULL once the player hung up */
-	int pending;                       /* paygate_call answers still to come */
+	struct bufferevent *bev; /* NULL once the player hung up */
+	int pending;             /* paygate_call answers still to come */
 	struct client *prev, *next;
 };
 
@@ -132,7 +132,7 @@ static int deliver(void *arg, const char *json, struct evbuffer *reply)
 	}
 	if (!(s = stack_of(g, p, i)) || !(d = calloc(1, sizeof *d))) {
 		evbuffer_add_printf(reply, "the game is out of memory");
-		return -1;                     /* the job runs again later */
+		return -1; /* the job runs again later */
 	}
 	s->count += q;
 	snprintf(d->order_no, sizeof d->order_no, "%s", order_no);
@@ -279,8 +279,10 @@ static void handle(struct client *c, char *line)
 			else
 				answer(c, 200, "{\"sent\":true}");
 		} else {
-			answer(c, 400, "{\"error\":\"bad_command\",\"message\":"
-			       "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
+			answer(
+			    c, 400,
+			    "{\"error\":\"bad_command\",\"message\":"
+			    "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
 		}
 		evbuffer_free(args);
 	}
@@ -291,7 +293,7 @@ static void hang_up(struct client *c)
 {
 	bufferevent_free(c->bev);
 	c->bev = NULL;
-	if (c->pending == 0)               /* otherwise the last answer frees it */
+	if (c->pending == 0) /* otherwise the last answer frees it */
 		client_free(c);
 }
 
@@ -306,7 +308,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 		free(line);
 	}
 	if (evbuffer_get_length(in) > 4096)
-		hang_up(c);                    /* a line that never ends */
+		hang_up(c); /* a line that never ends */
 }
 
 static void on_client_event(struct bufferevent *bev, short what, void *arg)
@@ -409,13 +411,13 @@ static int start(struct game *g, const char *config, int port, int http_port)
 		return -1;
 	}
 	g->http = evhttp_new(g->base);
-	struct evhttp_bound_socket *hs = g->http ? evhttp_bind_socket_with_handle(g->http, "127.0.0.1",
-	                                                                          (ev_uint16_t)http_port) : NULL;
+	struct evhttp_bound_socket *hs =
+	    g->http ? evhttp_bind_socket_with_handle(g->http, "127.0.0.1", (ev_uint16_t)http_port) : NULL;
 	if (!hs) {
 		fprintf(stderr, "game: cannot listen on 127.0.0.1:%d (http)\n", http_port);
 		return -1;
 	}
-	evhttp_set_max_headers_size(g->http, 16384);      /* evhttp's defaults are unbounded */
+	evhttp_set_max_headers_size(g->http, 16384); /* evhttp's defaults are unbounded */
 	evhttp_set_max_body_size(g->http, 65536);
 	evhttp_set_timeout(g->http, 10);
 	evhttp_set_gencb(g->http, on_http, g);

@@ -26,19 +26,19 @@
 ** wechatpay.h and crypto.h — nothing here does crypto by hand.
 */
 
-#define KEYS_MT "paygate.wxsandbox.keys"
-#define MAX_PATH_LEN 1024
+#define KEYS_MT          "paygate.wxsandbox.keys"
+#define MAX_PATH_LEN     1024
 #define BEIJING_OFFSET_S (8 * 3600)
 
 struct wxs_keys {
-	EVP_PKEY *platform_key;          /* signs responses and notifications (certificate mode) */
-	crypto_cert platform_cert;       /* its certificate: serial, validity */
-	crypto_buf platform_pem;         /* sent encrypted by /v3/certificates */
-	EVP_PKEY *pubkey_key;            /* public-key mode: the private half, or NULL */
+	EVP_PKEY *platform_key;           /* signs responses and notifications (certificate mode) */
+	struct crypto_cert platform_cert; /* its certificate: serial, validity */
+	struct crypto_buf platform_pem;   /* sent encrypted by /v3/certificates */
+	EVP_PKEY *pubkey_key;             /* public-key mode: the private half, or NULL */
 	char pubkey_id[128];
-	crypto_cert merchant_cert;       /* verifies merchant requests and paySign */
+	struct crypto_cert merchant_cert; /* verifies merchant requests and paySign */
 	unsigned char apiv3[32];
-	crypto_buf app_secret;           /* mini-program AppSecret for jscode2session, may be empty */
+	struct crypto_buf app_secret; /* mini-program AppSecret for jscode2session, may be empty */
 };
 
 /* ---- loading ---- */
@@ -54,7 +54,7 @@ static void resolve(const char *cfg, const char *path, char *out, size_t cap)
 }
 
 /* Read the file named by opts[field] (resolved) into out, trailing newlines cut; 0 when absent. */
-static int read_opt_file(lua_State *L, const char *cfg, const char *field, crypto_buf *out, int required)
+static int read_opt_file(lua_State *L, const char *cfg, const char *field, struct crypto_buf *out, int required)
 {
 	char path[MAX_PATH_LEN], err[CRYPTO_ERRLEN];
 	lua_getfield(L, 1, field);
@@ -96,7 +96,7 @@ static struct wxs_keys *check_keys(lua_State *L)
 }
 
 /* Load one PEM private key from buf into *out; raises naming the field on failure. */
-static void load_private(lua_State *L, crypto_buf *pem, EVP_PKEY **out, const char *field)
+static void load_private(lua_State *L, struct crypto_buf *pem, EVP_PKEY **out, const char *field)
 {
 	char err[CRYPTO_ERRLEN];
 	*out = crypto_private_key_from_pem((const char *)pem->data, pem->len, err, sizeof err);
@@ -106,7 +106,7 @@ static void load_private(lua_State *L, crypto_buf *pem, EVP_PKEY **out, const ch
 }
 
 /* Parse a PEM certificate; the PEM is freed afterwards unless keep is set. Raises on failure. */
-static void load_cert(lua_State *L, crypto_buf *pem, crypto_cert *out, const char *field, int keep)
+static void load_cert(lua_State *L, struct crypto_buf *pem, struct crypto_cert *out, const char *field, int keep)
 {
 	char err[CRYPTO_ERRLEN];
 	int rc = crypto_cert_from_pem((const char *)pem->data, pem->len, out, err, sizeof err);
@@ -119,7 +119,7 @@ static void load_cert(lua_State *L, crypto_buf *pem, crypto_cert *out, const cha
 /* The public-key id: public_key_id, or the contents of public_key_id_file. */
 static void load_pubkey_id(lua_State *L, const char *cfg, struct wxs_keys *k)
 {
-	crypto_buf idf = { 0 };
+	struct crypto_buf idf = { 0 };
 	lua_getfield(L, 1, "public_key_id");
 	const char *id = lua_tostring(L, -1);
 	if (!id && read_opt_file(L, cfg, "public_key_id_file", &idf, 0))
@@ -144,7 +144,7 @@ static void load_pubkey_id(lua_State *L, const char *cfg, struct wxs_keys *k)
 static int l_load_keys(lua_State *L)
 {
 	const char *cfg = lua_touserdata(L, lua_upvalueindex(1));
-	crypto_buf buf = { 0 };
+	struct crypto_buf buf = { 0 };
 	luaL_checktype(L, 1, LUA_TTABLE);
 	lua_settop(L, 1);
 	struct wxs_keys *k = lua_newuserdatauv(L, sizeof *k, 0);
@@ -221,7 +221,8 @@ static int l_parse_authorization(lua_State *L)
 		lua_pushliteral(L, "Authorization is missing or has no scheme");
 		return 3;
 	}
-	if ((size_t)(space - h) != strlen(WXP_AUTH_SCHEME) || strncmp(h, WXP_AUTH_SCHEME, strlen(WXP_AUTH_SCHEME)) != 0) {
+	if ((size_t)(space - h) != strlen(WXP_AUTH_SCHEME) ||
+	    strncmp(h, WXP_AUTH_SCHEME, strlen(WXP_AUTH_SCHEME)) != 0) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "scheme");
 		lua_pushliteral(L, "the Authorization scheme is not " WXP_AUTH_SCHEME);
@@ -276,7 +277,7 @@ static int l_verify_request(lua_State *L)
 	luaL_checktype(L, 5, LUA_TTABLE);
 	int64_t now = luaL_optinteger(L, 6, now_s());
 	char err[CRYPTO_ERRLEN];
-	crypto_buf msg = { 0 };
+	struct crypto_buf msg = { 0 };
 
 	lua_getfield(L, 5, "timestamp");
 	lua_getfield(L, 5, "nonce_str");
@@ -293,8 +294,8 @@ static int l_verify_request(lua_State *L)
 		return refuse(L, "serial", "serial_no is not the merchant certificate's serial");
 	if (wxp_request_message(method, url, t, nonce, body, blen, &msg, err, sizeof err) < 0)
 		return refuse(L, "format", err);
-	int ok = crypto_rsa_verify_sha256(k->merchant_cert.pubkey, msg.data, msg.len, sig, strlen(sig),
-	                                  err, sizeof err) == 0;
+	int ok = crypto_rsa_verify_sha256(k->merchant_cert.pubkey, msg.data, msg.len, sig, strlen(sig), err,
+	                                  sizeof err) == 0;
 	if (ok) {
 		crypto_buf_free(&msg);
 		lua_pushboolean(L, 1);
@@ -329,18 +330,18 @@ static int l_check_app_secret(lua_State *L)
 	struct wxs_keys *k = check_keys(L);
 	size_t n;
 	const char *s = luaL_checklstring(L, 2, &n);
-	lua_pushboolean(L, k->app_secret.len > 0 && n == k->app_secret.len &&
-	                   crypto_ct_equal(s, k->app_secret.data, n));
+	lua_pushboolean(L,
+	                k->app_secret.len > 0 && n == k->app_secret.len && crypto_ct_equal(s, k->app_secret.data, n));
 	return 1;
 }
 
 /* ---- signing what WeChat Pay sends ---- */
 
 /* A probe signature: the prefix WeChat Pay uses, then Base64 noise of a real signature's length. */
-static int probe_signature(crypto_buf *out, char *err, size_t errlen)
+static int probe_signature(struct crypto_buf *out, char *err, size_t errlen)
 {
 	unsigned char noise[240];
-	crypto_buf b64 = { 0 };
+	struct crypto_buf b64 = { 0 };
 	size_t plen = strlen(WXP_PROBE_PREFIX);
 	if (crypto_random_bytes(noise, sizeof noise, err, errlen) < 0 ||
 	    crypto_base64_encode(noise, sizeof noise, &b64, err, errlen) < 0)
@@ -383,7 +384,7 @@ static int l_sign_response(lua_State *L)
 	int use_pub = opt_bool(L, 3, "public_key"), probe = opt_bool(L, 3, "probe"), bad = opt_bool(L, 3, "bad");
 	int64_t ts = now_s();
 	char nonce[33], tsbuf[24], err[CRYPTO_ERRLEN];
-	crypto_buf sig = { 0 };
+	struct crypto_buf sig = { 0 };
 
 	if (lua_istable(L, 3)) {
 		lua_getfield(L, 3, "timestamp");
@@ -397,8 +398,8 @@ static int l_sign_response(lua_State *L)
 		return fail(L, "nonce", err);
 	/* bad: a genuine signature, but over another nonce than the one sent */
 	int rc = probe ? probe_signature(&sig, err, sizeof err)
-	       : wxsrv_sign_response(key, ts, bad ? "00000000000000000000000000000000" : nonce, body, blen,
-	                           &sig, err, sizeof err);
+	               : wxsrv_sign_response(key, ts, bad ? "00000000000000000000000000000000" : nonce, body, blen,
+	                                     &sig, err, sizeof err);
 	if (rc < 0)
 		return fail(L, "sign_response", err);
 	snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)ts);
@@ -416,7 +417,7 @@ static int l_sign_response(lua_State *L)
 static void push_resource(lua_State *L, struct wxs_keys *k, const char *pt, size_t len, const char *ad)
 {
 	char nonce[13], err[CRYPTO_ERRLEN];
-	crypto_buf ct = { 0 };
+	struct crypto_buf ct = { 0 };
 	if (crypto_nonce_alnum(nonce, 12, err, sizeof err) < 0 ||
 	    wxsrv_encrypt_resource(k->apiv3, sizeof k->apiv3, nonce, ad, pt, len, &ct, err, sizeof err) < 0)
 		fail(L, "encrypt_resource", err);
@@ -510,12 +511,18 @@ static int random_from(lua_State *L, const char *alphabet)
 }
 
 /* sandbox.random_digits(n), random_alnum(n), random_hex(n) → n random characters (n ≤ 128). */
-static int l_random_digits(lua_State *L) { return random_from(L, "0123456789"); }
+static int l_random_digits(lua_State *L)
+{
+	return random_from(L, "0123456789");
+}
 static int l_random_alnum(lua_State *L)
 {
 	return random_from(L, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
 }
-static int l_random_hex(lua_State *L) { return random_from(L, "0123456789abcdef"); }
+static int l_random_hex(lua_State *L)
+{
+	return random_from(L, "0123456789abcdef");
+}
 
 /* sandbox.beijing_time(unix_seconds) → "yyyy-MM-DDTHH:mm:ss+08:00". */
 static int l_beijing_time(lua_State *L)
@@ -528,17 +535,21 @@ static int l_beijing_time(lua_State *L)
 
 int wxsandbox_open(lua_State *L, void *config_path)
 {
-	static const luaL_Reg methods[] = {
-		{ "parse_authorization", l_parse_authorization }, { "verify_request", l_verify_request },
-		{ "verify_pay_sign", l_verify_pay_sign }, { "check_app_secret", l_check_app_secret },
-		{ "sign_response", l_sign_response }, { "encrypt_resource", l_encrypt_resource },
-		{ "certificates_response", l_certificates_response }, { "info", l_info },
-		{ NULL, NULL }
-	};
-	static const luaL_Reg fns[] = {
-		{ "uuid", l_uuid }, { "random_digits", l_random_digits }, { "random_alnum", l_random_alnum },
-		{ "random_hex", l_random_hex }, { "beijing_time", l_beijing_time }, { NULL, NULL }
-	};
+	static const luaL_Reg methods[] = { { "parse_authorization", l_parse_authorization },
+		                            { "verify_request", l_verify_request },
+		                            { "verify_pay_sign", l_verify_pay_sign },
+		                            { "check_app_secret", l_check_app_secret },
+		                            { "sign_response", l_sign_response },
+		                            { "encrypt_resource", l_encrypt_resource },
+		                            { "certificates_response", l_certificates_response },
+		                            { "info", l_info },
+		                            { NULL, NULL } };
+	static const luaL_Reg fns[] = { { "uuid", l_uuid },
+		                        { "random_digits", l_random_digits },
+		                        { "random_alnum", l_random_alnum },
+		                        { "random_hex", l_random_hex },
+		                        { "beijing_time", l_beijing_time },
+		                        { NULL, NULL } };
 	if (luaL_newmetatable(L, KEYS_MT)) {
 		luaL_newlib(L, methods);
 		lua_setfield(L, -2, "__index");

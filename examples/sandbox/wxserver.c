@@ -17,10 +17,8 @@
 /* Where the value of `name` goes in a wxp_auth, or NULL for an unknown name. */
 static const char **auth_slot(struct wxsrv_auth *a, const char *name, size_t n)
 {
-	static const char *const names[5] = {"mchid", "nonce_str", "timestamp", "serial_no",
-										 "signature"};
-	const char **slots[5] = {&a->mchid, &a->nonce_str, &a->timestamp, &a->serial_no,
-							 &a->signature};
+	static const char *const names[5] = { "mchid", "nonce_str", "timestamp", "serial_no", "signature" };
+	const char **slots[5] = { &a->mchid, &a->nonce_str, &a->timestamp, &a->serial_no, &a->signature };
 	int i;
 
 	for (i = 0; i < 5; i++)
@@ -39,7 +37,8 @@ static int auth_pair(struct wxsrv_auth *a, char **pp, char *err, size_t errlen)
 		p++;
 	slot = auth_slot(a, name, (size_t)(p - name));
 	if (slot == NULL || p[0] != '=' || p[1] != '"') {
-		crypto_seterr(err, errlen, "Authorization: expected one of mchid, nonce_str, timestamp, serial_no, signature "
+		crypto_seterr(err, errlen,
+		              "Authorization: expected one of mchid, nonce_str, timestamp, serial_no, signature "
 		              "as key=\"value\"");
 		return -1;
 	}
@@ -74,7 +73,8 @@ static int auth_pairs(struct wxsrv_auth *a, char *p, char *err, size_t errlen)
 			p++;
 	}
 	if (!a->mchid || !a->nonce_str || !a->timestamp || !a->serial_no || !a->signature) {
-		crypto_seterr(err, errlen, "Authorization: all of mchid, nonce_str, timestamp, serial_no, signature are required");
+		crypto_seterr(err, errlen,
+		              "Authorization: all of mchid, nonce_str, timestamp, serial_no, signature are required");
 		return -1;
 	}
 	return 0;
@@ -135,9 +135,8 @@ int wxsrv_sign_response(EVP_PKEY *key, int64_t timestamp, const char *nonce, con
 	return rc;
 }
 
-int wxsrv_encrypt_resource(const void *apiv3_key, size_t keylen, const char *nonce,
-						 const char *associated_data, const void *plaintext, size_t len,
-						 struct crypto_buf *out, char *err, size_t errlen)
+int wxsrv_encrypt_resource(const void *apiv3_key, size_t keylen, const char *nonce, const char *associated_data,
+                           const void *plaintext, size_t len, struct crypto_buf *out, char *err, size_t errlen)
 {
 	const char *aad = associated_data != NULL ? associated_data : "";
 	struct crypto_buf ct;
@@ -153,8 +152,8 @@ int wxsrv_encrypt_resource(const void *apiv3_key, size_t keylen, const char *non
 		crypto_seterr(err, errlen, "nonce must not be empty");
 		return -1;
 	}
-	if (crypto_aes_gcm_encrypt(apiv3_key, keylen, nonce, strlen(nonce), aad, strlen(aad),
-							   plaintext, len, &ct, err, errlen) < 0)
+	if (crypto_aes_gcm_encrypt(apiv3_key, keylen, nonce, strlen(nonce), aad, strlen(aad), plaintext, len, &ct, err,
+	                           errlen) < 0)
 		return -1;
 	rc = crypto_base64_encode(ct.data, ct.len, out, err, errlen);
 	crypto_buf_free(&ct);

@@ -12,7 +12,7 @@
 ** `storage` (one NUL-terminated copy of the header owned by this struct). */
 struct wxsrv_auth {
 	const char *mchid, *nonce_str, *timestamp, *serial_no, *signature;
-	crypto_buf storage;
+	struct crypto_buf storage;
 };
 
 /* Parses an Authorization value: the scheme, then exactly the five key="value" pairs

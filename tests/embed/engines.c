@@ -16,7 +16,7 @@
 #include <paygate.h>
 
 #ifndef PAYGATE_LUALIB
-#define PAYGATE_LUALIB NULL            /* pkg-config --variable=lualibdir paygate, given by tests/embed/run.sh */
+#define PAYGATE_LUALIB NULL /* pkg-config --variable=lualibdir paygate, given by tests/embed/run.sh */
 #endif
 
 /*
@@ -38,23 +38,23 @@ static void check(int cond, const char *name)
 }
 
 static const char SCRIPT[] =
-	"local app = require 'paygate'\n"
-	"app.migration(1, 'hits', 'CREATE TABLE hits(n INTEGER); CREATE TABLE bumps(v TEXT)')\n"
-	"app.export('whoami', function() return { name = config.name } end)\n"
-	"app.export('hit', function() db.exec('INSERT INTO hits(n) VALUES (1)')\n"
-	"  return db.one('SELECT count(*) AS n FROM hits') end)\n"
-	"app.export('tag', function() return host.tag({ asked_by = config.name }) end)\n"
-	"app.export('late', function(a) return host.late(a) end)\n"
-	"app.export('echo', function(a) return a end)\n"
-	"app.export('fail', function() app.fail(409, 'conflict', 'not now') end)\n"
-	"app.export('boom', function() error('boom') end)\n"
-	"app.export('loop', function() while true do end end)\n"
-	"app.export('nap', function(a) clock.sleep(a.ms) return { slept = a.ms } end)\n"
-	"app.export('bumps', function() return db.one('SELECT count(*) AS n, max(v) AS v FROM bumps') end)\n"
-	"app.on('bump', function(e) db.exec('INSERT INTO bumps(v) VALUES (?)', e.v) end)\n"
-	"app.on('bump', function(e) error('a second handler fails; the first one still counted') end)\n"
-	"app.get('/hello', function() return 200, { hello = config.name } end)\n"
-	"app.get('/slow', function() host.started({}) clock.sleep(60000) return 200, {} end)\n";
+    "local app = require 'paygate'\n"
+    "app.migration(1, 'hits', 'CREATE TABLE hits(n INTEGER); CREATE TABLE bumps(v TEXT)')\n"
+    "app.export('whoami', function() return { name = config.name } end)\n"
+    "app.export('hit', function() db.exec('INSERT INTO hits(n) VALUES (1)')\n"
+    "  return db.one('SELECT count(*) AS n FROM hits') end)\n"
+    "app.export('tag', function() return host.tag({ asked_by = config.name }) end)\n"
+    "app.export('late', function(a) return host.late(a) end)\n"
+    "app.export('echo', function(a) return a end)\n"
+    "app.export('fail', function() app.fail(409, 'conflict', 'not now') end)\n"
+    "app.export('boom', function() error('boom') end)\n"
+    "app.export('loop', function() while true do end end)\n"
+    "app.export('nap', function(a) clock.sleep(a.ms) return { slept = a.ms } end)\n"
+    "app.export('bumps', function() return db.one('SELECT count(*) AS n, max(v) AS v FROM bumps') end)\n"
+    "app.on('bump', function(e) db.exec('INSERT INTO bumps(v) VALUES (?)', e.v) end)\n"
+    "app.on('bump', function(e) error('a second handler fails; the first one still counted') end)\n"
+    "app.get('/hello', function() return 200, { hello = config.name } end)\n"
+    "app.get('/slow', function() host.started({}) clock.sleep(60000) return 200, {} end)\n";
 
 /* ---- a world per engine: DIR/a and DIR/b ---- */
 
@@ -79,7 +79,8 @@ static int make_world(const char *dir, const char *name)
 		return -1;
 	snprintf(conf, sizeof conf,
 	         "scripts = 'scripts'\ndatabase = 'shop.db'\nwatch = false\nlog_level = 'info'\n"
-	         "script = { max_instructions = 2000000 }\napp = { name = '%s' }\n", name);
+	         "script = { max_instructions = 2000000 }\napp = { name = '%s' }\n",
+	         name);
 	snprintf(path, sizeof path, "%s/paygate.conf.lua", dir);
 	return write_file(path, conf);
 }
@@ -238,7 +239,8 @@ static void host_evhttp(struct event_base *base, const char *root)
 	snprintf(dir, sizeof dir, "%s/c", root);
 	snprintf(conf, sizeof conf, "%s/paygate.conf.lua", dir);
 	struct paygate *c = bs && mkdir(dir, 0700) == 0 && make_world(dir, "charlie") == 0
-	                    ? paygate_new(base, &oc, err, sizeof err) : NULL;
+	                        ? paygate_new(base, &oc, err, sizeof err)
+	                        : NULL;
 	if (!c || getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sin, &len) < 0) {
 		check(0, "an engine serves on the host's evhttp");
 		if (http)
@@ -273,17 +275,20 @@ static void host_evhttp(struct event_base *base, const char *root)
 static void json_helpers(void)
 {
 	char out[64];
-	const char *j = "{ \"a\" : 42, \"s\":\"x\\\"y\\u00e9\\ud83d\\ude00\", \"o\":{\"a\":1},\"n\":null,\"t\":[1,{\"b\":2}] }";
+	const char *j =
+	    "{ \"a\" : 42, \"s\":\"x\\\"y\\u00e9\\ud83d\\ude00\", \"o\":{\"a\":1},\"n\":null,\"t\":[1,{\"b\":2}] }";
 	struct evbuffer *b = evbuffer_new();
 
 	check(paygate_json_get(j, "a", out, sizeof out) == 2 && strcmp(out, "42") == 0 &&
-	      paygate_json_get(j, "s", out, sizeof out) > 0 && strcmp(out, "x\"y\xc3\xa9\xf0\x9f\x98\x80") == 0 &&
-	      paygate_json_get(j, "o", out, sizeof out) > 0 && strcmp(out, "{\"a\":1}") == 0 &&
-	      paygate_json_get(j, "n", out, sizeof out) == 4 && paygate_json_get(j, "t", out, sizeof out) > 0,
+	          paygate_json_get(j, "s", out, sizeof out) > 0 && strcmp(out, "x\"y\xc3\xa9\xf0\x9f\x98\x80") == 0 &&
+	          paygate_json_get(j, "o", out, sizeof out) > 0 && strcmp(out, "{\"a\":1}") == 0 &&
+	          paygate_json_get(j, "n", out, sizeof out) == 4 && paygate_json_get(j, "t", out, sizeof out) > 0,
 	      "paygate_json_get reads top-level members: numbers, unescaped strings, raw objects");
 	check(paygate_json_get(j, "b", out, sizeof out) < 0 && paygate_json_get("{\"a\":1", "a", out, sizeof out) < 0 &&
-	      paygate_json_get("[1]", "a", out, sizeof out) < 0 && paygate_json_get("{\"a\":tru}", "a", out, sizeof out) < 0 &&
-	      paygate_json_get("{\"a\":\"abc\"}", "a", out, 3) < 0 && paygate_json_get("{\"a\":1} x", "a", out, 9) < 0,
+	          paygate_json_get("[1]", "a", out, sizeof out) < 0 &&
+	          paygate_json_get("{\"a\":tru}", "a", out, sizeof out) < 0 &&
+	          paygate_json_get("{\"a\":\"abc\"}", "a", out, 3) < 0 &&
+	          paygate_json_get("{\"a\":1} x", "a", out, 9) < 0,
 	      "paygate_json_get refuses missing members, malformed JSON and values that do not fit");
 	paygate_json_add_string(b, "q\"\\\n\x01z");
 	evbuffer_add(b, "", 1);
@@ -316,10 +321,14 @@ int main(int argc, char **argv)
 
 	struct paygate_function fa[] = { { "tag", tag, "A" }, { NULL, NULL, NULL } };
 	struct paygate_function fb[] = { { "tag", tag, "B" }, { NULL, NULL, NULL } };
-	struct paygate_options oa = { .config_path = conf_a, .lualib_dir = PAYGATE_LUALIB, .functions = fa,
-	                             .log_fn = count_log };
-	struct paygate_options ob = { .config_path = conf_b, .lualib_dir = PAYGATE_LUALIB, .functions = fb,
-	                             .log_file = stderr };
+	struct paygate_options oa = { .config_path = conf_a,
+		                      .lualib_dir = PAYGATE_LUALIB,
+		                      .functions = fa,
+		                      .log_fn = count_log };
+	struct paygate_options ob = { .config_path = conf_b,
+		                      .lualib_dir = PAYGATE_LUALIB,
+		                      .functions = fb,
+		                      .log_file = stderr };
 	struct paygate *a = paygate_new(base, &oa, err, sizeof err);
 	if (!a)
 		fprintf(stderr, "engine a: %s\n", err);
@@ -341,7 +350,8 @@ int main(int argc, char **argv)
 	r = call(base, a, "tag", NULL);
 	int tag_a = contains(r, 200, "\"tag\":\"A\"") && strstr(r->json, "\"asked_by\":\"alpha\"");
 	r = call(base, b, "tag", NULL);
-	check(tag_a && contains(r, 200, "\"tag\":\"B\""), "host functions are per engine (same name, different C argument)");
+	check(tag_a && contains(r, 200, "\"tag\":\"B\""),
+	      "host functions are per engine (same name, different C argument)");
 
 	call(base, a, "hit", NULL);
 	r = call(base, a, "hit", NULL);
@@ -376,7 +386,8 @@ int main(int argc, char **argv)
 	run_until(base, &quick.done, 5000);
 	int b_first = quick.done && !nap.done;
 	run_until(base, &nap.done, 5000);
-	check(b_first && contains(&nap, 200, "\"slept\":300"), "a call that waits (clock.sleep) blocks neither the loop nor the other engine");
+	check(b_first && contains(&nap, 200, "\"slept\":300"),
+	      "a call that waits (clock.sleep) blocks neither the loop nor the other engine");
 
 	check(paygate_emit(a, "bump", "{\"v\":\"hello\"}") == 0 && paygate_emit(a, "nobody_listens", NULL) == 0,
 	      "paygate_emit queues events (handled or not)");
@@ -395,7 +406,7 @@ int main(int argc, char **argv)
 	paygate_register(b, "late", NULL, NULL);
 	r = call(base, b, "late", NULL);
 	check(before && reg == 0 && after && contains(r, 500, "internal_error") &&
-	      paygate_register(b, "not a name", late, NULL) < 0,
+	          paygate_register(b, "not a name", late, NULL) < 0,
 	      "paygate_register after creation works at once, NULL removes, bad names are refused");
 
 	char rerr[512];
@@ -408,7 +419,7 @@ int main(int argc, char **argv)
 	memset(&pending, 0, sizeof pending);
 	paygate_call(a, "nap", "{\"ms\":60000}", on_result, &pending);
 	struct result never = { 0 };
-	paygate_call(a, "whoami", NULL, on_result, &never);   /* queued, not yet started */
+	paygate_call(a, "whoami", NULL, on_result, &never); /* queued, not yet started */
 	event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	paygate_free(a);
 	check(pending.done == 1 && pending.status == 503 && strstr(pending.json, "cancelled") && never.done == 1,

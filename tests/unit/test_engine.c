@@ -66,7 +66,8 @@ static void t_json_decode_integers(void)
 	CHECK_EQ_STR(run_lua(L, "return math.type(json.decode('9007199254740993'))"), "float");
 	CHECK_EQ_STR(run_lua(L, "return math.type(json.decode('7'))"), "integer");
 	CHECK(strstr(run_lua(L, "return json.decode(string.rep('[', 40) .. string.rep(']', 40))"), "") != NULL);
-	CHECK_EQ_STR(run_lua(L, "return tostring(pcall(json.decode, string.rep('[', 40) .. string.rep(']', 40)))"), "false");
+	CHECK_EQ_STR(run_lua(L, "return tostring(pcall(json.decode, string.rep('[', 40) .. string.rep(']', 40)))"),
+	             "false");
 	CHECK_EQ_STR(run_lua(L, "return tostring(pcall(json.decode, '[NaN]'))"), "false");
 	lua_close(L);
 }
@@ -131,7 +132,7 @@ static void t_config_defaults_and_overrides(void)
 	CHECK_EQ_INT(config_load(&c, p, err, sizeof err), 0);
 	CHECK_EQ_INT(c.listen_port, 0);
 	CHECK_EQ_INT((long long)c.max_body_bytes, 2048);
-	CHECK(strstr(c.scripts_dir, "/tmp/s") != NULL);           /* relative to the file */
+	CHECK(strstr(c.scripts_dir, "/tmp/s") != NULL); /* relative to the file */
 	CHECK(strstr(c.app_json, "\"shop\":\"x\"") != NULL);
 	config_free(&c);
 	unlink(p);
@@ -139,7 +140,9 @@ static void t_config_defaults_and_overrides(void)
 
 static void t_config_errors_are_clear(void)
 {
-	static const struct { const char *text, *want; } cases[] = {
+	static const struct {
+		const char *text, *want;
+	} cases[] = {
 		{ "limits = { max_body_bytes = 'big' }", "limits.max_body_bytes must be an integer" },
 		{ "listen = 'nowhere'", "must look like 127.0.0.1:8080" },
 		{ "log_level = 'loud'", "log_level must be one of" },
@@ -182,7 +185,7 @@ static void t_asserts_are_live(void)
 	int status = 0;
 	if (pid == 0) {
 		struct gen g = { 0 };
-		fclose(stderr);                 /* the assertion message is expected; keep the log quiet */
+		fclose(stderr); /* the assertion message is expected; keep the log quiet */
 		gen_ref(&g);
 		_exit(0);
 	}
@@ -191,7 +194,7 @@ static void t_asserts_are_live(void)
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 }
 
-static const unit_test tests[] = {
+static const struct unit_test tests[] = {
 	{ "json.encode writes integers exactly, arrays and escapes", t_json_encode },
 	{ "json.encode refuses cycles, NaN, infinity, functions and odd keys", t_json_encode_refuses },
 	{ "json.decode gives integers for integral numbers below 2^53 and limits depth", t_json_decode_integers },
