@@ -1,21 +1,18 @@
--- The stock rule: how an order takes units from the shelf. Edit freely; it reloads live.
+-- The stock rule: which orders may take units off the shelf. Edit freely; it reloads live.
 --
--- reserve(openid, lines) runs inside the order's transaction. lines is a list of
--- { product_id, qty, product = <products row> } sorted by product_id. Take the units
--- with orders.move(lines, "stock", "reserved") and fail with app.fail to refuse the
--- order; whatever was taken is given back automatically when the order is refused.
--- examples/stock-rules/ has other rules (a per-user limit, a flash-sale window).
-local app = require "paygate"
-local orders = require "shop.orders"
-
+-- decide(openid, lines) runs inside the order's transaction, before anything is reserved.
+-- lines is a list of { product_id, qty, product = <products row> } sorted by product_id.
+-- It only decides, returning one of:
+--   { allow = true }                                    reserve as ordered
+--   { refuse = "code", message = "why" }               409 {"error": code, "message": why}
+--   { limit = { [product_id] = n }, message = "why" }   at most n units of that product (409 limit_reached)
+-- The library then reserves the units itself (409 out_of_stock when there are too few).
+-- examples/stock-rules/ has other rules (a per-user limit, a flash-sale window); docs/shop.md
+-- explains the format.
 local rule = {}
 
-function rule.reserve(openid, lines)
-  local short = orders.move(lines, "stock", "reserved")
-  if short then
-    app.fail(409, "out_of_stock",
-      string.format("%s (product %d) has fewer than %d left", short.product.name, short.product_id, short.qty))
-  end
+function rule.decide(openid, lines)
+  return { allow = true }           -- plain stock: anyone may buy what is left
 end
 
 return rule

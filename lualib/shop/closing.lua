@@ -1,5 +1,6 @@
 -- closing: ending an unpaid order safely. Stock is released only once WeChat confirms the
 -- order can no longer be paid; if WeChat says it was paid, the order becomes PAID instead.
+local app = require "paygate"
 local orders = require "shop.orders"
 local payments = require "shop.payments"
 local wechatpay = require "wechatpay"
@@ -36,6 +37,27 @@ function M.expire(order_no)
   local result, why = M.close(order, "expired")
   if result == "unknown" then error("cannot confirm the close yet: " .. tostring(why), 0) end
   return result
+end
+
+--- The user gives up on order_no (theirs: openid): close at WeChat first, only then is
+--- the stock released. Returns the CLOSED order row. Raises app.fail: 404 not_found,
+--- 409 not_cancellable (not open, or paid meanwhile), 502 upstream_error (WeChat could not
+--- confirm the close; nothing changed, try again). Waits: call it outside db.tx.
+function M.cancel(order_no, openid)
+  local order = orders.load_owned(order_no, openid)
+  if not order then app.fail(404, "not_found", "no such order") end
+  if not orders.OPEN[order.status] then
+    app.fail(409, "not_cancellable", "the order is " .. order.status)
+  end
+  local result, why = M.close(order, "cancelled")
+  if result == "unknown" then
+    app.fail(502, "upstream_error", "WeChat could not confirm the close (" .. tostring(why) .. "); try again")
+  end
+  order = orders.load(order.order_no)
+  if order.status ~= "CLOSED" then
+    app.fail(409, "not_cancellable", "the order was paid meanwhile; it is " .. order.status)
+  end
+  return order
 end
 
 return M

@@ -1,9 +1,13 @@
--- payments: deciding what a WeChat transaction (a notification or a query answer) means for an order.
+-- payments: starting a payment at WeChat, and deciding what a WeChat transaction (a
+-- notification or a query answer) means for an order.
+local app = require "paygate"
 local orders = require "shop.orders"
 local timefmt = require "timefmt"
 local wechatpay = require "wechatpay"
 
 local M = {}
+
+local PREPAY_LIFE_MS = 110 * 60 * 1000     -- WeChat keeps a prepay_id 2 hours; renew a little before
 
 --- Check a transaction against our records. Returns the order, or nil and the reason
 --- the transaction is refused (nothing is changed then).
@@ -67,6 +71,97 @@ function M.query_and_apply(order_no)
     M.log("query", nil, order.order_no, outcome, nil)
     return outcome
   end)
+end
+
+--- Start (or resume) paying order_no for its owner openid: WeChat's JSAPI prepay once, the
+--- order CREATED → PAYING, and a reconcile_order job in case the notification never comes.
+--- Asking again while the prepay_id is valid reuses it. Returns the parameters of
+--- wx.requestPayment. Raises app.fail: 404 not_found (no such order of this user),
+--- 409 not_payable (not open, about to expire, or WeChat has it paid or closed),
+--- 502 upstream_error (WeChat did not take it; the order is kept and can be paid again).
+--- Waits for WeChat: call it outside db.tx.
+function M.pay(order_no, openid)
+  local order = orders.load_owned(order_no, openid)
+  if not order then app.fail(404, "not_found", "no such order") end
+  local now = clock.now()
+  local min_left_ms = (config.min_pay_window_s or 60) * 1000   -- WeChat wants time_expire a minute away
+  if not orders.OPEN[order.status] or order.expires_at - now < min_left_ms then
+    app.fail(409, "not_payable", "the order is " .. (orders.OPEN[order.status] and "about to expire" or order.status))
+  end
+  if order.prepay_id and now - order.prepay_at < PREPAY_LIFE_MS then
+    return wechatpay.pay_params(order.prepay_id)
+  end
+
+  local res, why, msg = wechatpay.jsapi_prepay({
+    out_trade_no = order.order_no, description = order.description, amount = order.amount,
+    openid = order.openid, time_expire = timefmt.rfc3339(order.expires_at),
+  })
+  if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.prepay_id) ~= "string" then
+    if res and (res.code == "ORDERPAID" or res.code == "ORDER_CLOSED") then
+      app.fail(409, "not_payable", "WeChat says the order is " .. (res.code == "ORDERPAID" and "paid" or "closed"))
+    end
+    log.warn("prepay failed", { order = order.order_no, reason = why or (res and res.code),
+                                detail = msg or (res and res.message) })
+    app.fail(502, "upstream_error", "WeChat Pay did not take the order; the order is kept, try again")
+  end
+
+  local prepay_id = res.body.prepay_id
+  local reconcile_ms = (config.reconcile_after_s or 60) * 1000
+  local stored = db.tx(function()
+    local changed = db.exec([[UPDATE orders SET status = 'PAYING', prepay_id = ?, prepay_at = ?, updated_at = ?
+                              WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
+                            prepay_id, clock.now(), clock.now(), order.order_no)
+    if changed == 1 then
+      jobs.schedule("reconcile_order", { order_no = order.order_no, attempt = 1 },
+                    { delay_ms = reconcile_ms, key = "reconcile:" .. order.order_no })
+    end
+    return changed == 1
+  end)
+  if not stored then app.fail(409, "not_payable", "the order closed while WeChat was asked") end
+  return wechatpay.pay_params(prepay_id)
+end
+
+--- The order of openid as it stands now: a PAYING order is first checked at WeChat (after
+--- config.status_query_after_s, then at most every status_query_every_s per order), so the
+--- mini program learns the payment right after wx.requestPayment returns. Returns the order
+--- row; 404 not_found for an order that is not this user's. Waits: call it outside db.tx.
+function M.refresh(order_no, openid)
+  local order = orders.load_owned(order_no, openid)
+  if not order then app.fail(404, "not_found", "no such order") end
+  local now = clock.now()
+  local after_ms = (config.status_query_after_s or 3) * 1000
+  local every_ms = (config.status_query_every_s or 5) * 1000
+  if order.status == "PAYING" and now - (order.prepay_at or 0) >= after_ms
+     and now - (order.checked_at or 0) >= every_ms then
+    db.exec("UPDATE orders SET checked_at = ? WHERE order_no = ?", now, order.order_no)
+    local outcome, why = M.query_and_apply(order.order_no)
+    if not outcome then log.warn("status query failed", { order = order.order_no, reason = why }) end
+    order = orders.load(order.order_no)
+  end
+  return order
+end
+
+-- A PAYING order whose notification has not come is asked about: first after
+-- reconcile_after_s, then less and less often, until an hour after it expired.
+local BACKOFF_S = { 60, 120, 300, 600, 1800, 3600 }
+
+--- The reconcile_order job's work: ask WeChat about a PAYING order and apply the answer
+--- like a notification; schedule the next ask while it stays PAYING. Raises when WeChat
+--- cannot be asked (the job runs again later).
+function M.reconcile(order_no, attempt)
+  local order = orders.load(order_no)
+  if not order or order.status ~= "PAYING" then return nil end
+  local outcome, why = M.query_and_apply(order.order_no)
+  if not outcome then error("query failed: " .. tostring(why), 0) end
+  order = orders.load(order.order_no)
+  if order.status == "PAYING" and clock.now() < order.expires_at + 3600 * 1000 then
+    local next_attempt = (attempt or 1) + 1
+    local wait = BACKOFF_S[math.min(next_attempt, #BACKOFF_S)] * 1000 // (config.test_mode and 60 or 1)
+    jobs.schedule("reconcile_order", { order_no = order.order_no, attempt = next_attempt },
+                  { delay_ms = wait, key = "reconcile:" .. order.order_no .. ":" .. next_attempt })
+  end
+  log.info("reconciled", { order = order.order_no, outcome = outcome, status = order.status })
+  return outcome
 end
 
 return M

@@ -392,6 +392,33 @@ test('an expiry that cannot reach WeChat is retried, and only then releases the 
   assert.deepEqual(await product(3, shortGw), before);
 });
 
+test('an order that WeChat never confirms closed keeps trying to close for days, holding its stock, then closes', async () => {
+  const user = await login();
+  const before = await product(3);
+  const o = (await order(user, [{ product_id: 3, qty: 1 }])).json;
+  await pay(user, o.order_no);
+  const key = `expire:${o.order_no}`;
+  const job = async () => (await gw.get(`/test/jobs/${key}`)).json.job ?? null;
+  await faults({ system_error: { count: 1000, match: `${o.order_no}/close` } });   // every close fails
+  try {
+    await gw.post(`/test/jobs/${key}/due`, {});                                     // the order expires now
+    await eventually(async () => { const x = await job(); return x.attempts === 1 && x.state === 'queued'; }, 8000, 50);
+    // 40 failed closes: with the backoff capped at an hour, about a day and a half of WeChat failing
+    await gw.post(`/test/jobs/${key}/due`, { attempts: 40 });
+    const j = await eventually(async () => { const x = await job(); return x.attempts === 41 && x.state !== 'running' && x; }, 8000, 100);
+    assert.equal(j.state, 'queued', 'still trying, not given up');
+    assert.match(j.last_error, /cannot confirm the close/);
+    assert.equal((await get(user, o.order_no)).json.status, 'PAYING');
+    assert.equal((await product(3)).reserved, before.reserved + 1, 'the stock stays reserved meanwhile');
+  } finally {
+    await faults({ system_error: false });
+  }
+  await gw.post(`/test/jobs/${key}/due`, {});                                       // WeChat answers again
+  await eventually(async () => (await get(user, o.order_no)).json.status === 'CLOSED', 8000, 100);
+  await eventually(async () => (await job()) === null, 5000, 50);                  // done, not dead
+  assert.deepEqual(await product(3), before);
+});
+
 test('WeChat unreachable during pay: 502 upstream_error, the order is kept and payable again', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;

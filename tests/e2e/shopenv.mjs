@@ -41,6 +41,19 @@ end)
 app.get("/test/refused", function(req)
   return 200, { log = db.query("SELECT * FROM notification_log WHERE outcome = 'refused' ORDER BY id") }
 end)
+app.get("/test/jobs/{key}", function(req)
+  return 200, { job = db.one("SELECT * FROM _paygate_jobs WHERE key = ?", req.params.key) }
+end)
+-- Make a waiting job due now, optionally as if it had already failed b.attempts times (days of
+-- retrying, without the days); scheduling a no-op job makes the scheduler look again at once.
+app.post("/test/jobs/{key}/due", function(req)
+  local b = app.read_json(req)
+  db.exec("UPDATE _paygate_jobs SET run_at = ?, attempts = coalesce(?, attempts) WHERE key = ? AND state = 'queued'",
+          clock.now(), b.attempts, req.params.key)
+  jobs.schedule("test_wake", {}, { key = "test_wake:" .. secure.random_id(8) })
+  return 200, { job = db.one("SELECT * FROM _paygate_jobs WHERE key = ?", req.params.key) }
+end)
+app.job("test_wake", function() end)
 `;
 
 /** Keys (made by the sandbox's keys.sh), the shop scripts plus the test hooks, a running sandbox. */
@@ -67,14 +80,25 @@ export async function startWorld() {
       },
     },
   });
+  const copies = [];
   const world = {
     keys, k, sandbox, gateways: [],
-    /** A shop gateway wired to the sandbox; `app` adds to its app settings. */
-    async startShop(app = {}) {
+    /**
+     * A shop gateway wired to the sandbox; `app` adds to its app settings, `files` replaces
+     * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy.
+     */
+    async startShop(app = {}, { files } = {}) {
       const port = await freePort();
+      let dir = scripts;
+      if (files) {
+        dir = mkdtempSync(join(tmpdir(), 'paygate-shop-scripts-'));
+        cpSync(scripts, dir, { recursive: true });
+        for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+        copies.push(dir);
+      }
       const gw = await startGateway({
         config: {
-          listen: `127.0.0.1:${port}`, scripts, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
+          listen: `127.0.0.1:${port}`, scripts: dir, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
           wechatpay: {
             mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
             private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
@@ -106,7 +130,7 @@ export async function startWorld() {
     async stop() {
       for (const g of [...this.gateways, sandbox]) await g.stop();
       rmSync(keys, { recursive: true, force: true });
-      rmSync(scripts, { recursive: true, force: true });
+      for (const d of [scripts, ...copies]) rmSync(d, { recursive: true, force: true });
     },
   };
   return world;

@@ -8,7 +8,7 @@
 // under valgrind: create → purchase → reload → free must leak nothing. Everything is on
 // 127.0.0.1; every process is stopped by its PID. Prints "ok - ..." lines.
 import { spawn } from 'node:child_process';
-import { writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { writeFileSync, readFileSync, mkdirSync, cpSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
@@ -154,25 +154,25 @@ async function startSandbox() {
   sandboxPort = Number(m[1]);
 }
 
-async function gameConfig(name, httpPort) {
+async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'game-server', 'scripts'), app = {} } = {}) {
   const conf = join(WORK, `${name}.conf.lua`);
   const base = `http://127.0.0.1:${sandboxPort}`;
   writeConfig(conf, {
-    scripts: join(ROOT, 'examples', 'game-server', 'scripts'), database: join(WORK, `${name}.db`),
+    scripts, database: join(WORK, `${name}.db`),
     watch: false, log_level: 'info',
     wechatpay: { mchid: MCHID, appid: APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
       private_key_file: join(KEYS, 'merchant_key.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
       app_secret_file: join(KEYS, 'app_secret'), platform_cert_files: [join(KEYS, 'platform_cert.pem')],
       download_certificates: false, base_url: base, login_base_url: base,
       notify_url: `http://127.0.0.1:${httpPort}/wechat/notify/pay` },
-    app: { order_ttl_s: 900 },
+    app: { order_ttl_s: 900, ...app },
   });
   return conf;
 }
 
-async function startGame(name, { valgrind = false } = {}) {
+async function startGame(name, { valgrind = false, scripts, app } = {}) {
   const httpPort = await freePort();
-  const conf = await gameConfig(name, httpPort);
+  const conf = await gameConfig(name, httpPort, { scripts, app });
   const args = ['--config', conf, '--port', '0', '--http', String(httpPort)];
   const vlog = join(WORK, `${name}.valgrind.log`);
   const [cmd, argv] = valgrind
@@ -264,6 +264,108 @@ async function mainRun() {
   c.close();
 }
 
+// Routes on the game's HTTP port that look into the shop's state, and one that makes a waiting
+// job due now, as if it had already failed b.attempts times (days of retrying, without the days).
+const TEST_HOOKS = `
+local app = require "paygate"
+app.get("/test/orders/{no}", function(req)
+  return 200, { order = db.one("SELECT * FROM orders WHERE order_no = ?", req.params.no) }
+end)
+app.get("/test/products/{id}", function(req)
+  return 200, db.one("SELECT * FROM products WHERE id = ?", math.tointeger(tonumber(req.params.id)))
+end)
+app.get("/test/notification_log/{no}", function(req)
+  return 200, { log = db.query("SELECT * FROM notification_log WHERE order_no = ? ORDER BY id", req.params.no) }
+end)
+app.get("/test/jobs/{key}", function(req)
+  return 200, { job = db.one("SELECT * FROM _paygate_jobs WHERE key = ?", req.params.key) }
+end)
+app.post("/test/jobs/{key}/due", function(req)
+  local b = app.read_json(req)
+  db.exec("UPDATE _paygate_jobs SET run_at = ?, attempts = coalesce(?, attempts) WHERE key = ? AND state = 'queued'",
+          clock.now(), b.attempts, req.params.key)
+  jobs.schedule("test_wake", {}, { key = "test_wake:" .. secure.random_id(8) })   -- the scheduler looks again now
+  return 200, { job = db.one("SELECT * FROM _paygate_jobs WHERE key = ?", req.params.key) }
+end)
+app.job("test_wake", function() end)
+`;
+
+// The game's scripts as shipped, plus the test hooks, in a copy.
+function scriptsWithHooks() {
+  const dir = join(WORK, 'game-scripts-hooks');
+  cpSync(join(ROOT, 'examples', 'game-server', 'scripts'), dir, { recursive: true });
+  writeFileSync(join(dir, 'test_hooks.lua'), TEST_HOOKS);
+  writeFileSync(join(dir, 'init.lua'), readFileSync(join(dir, 'init.lua'), 'utf8') + 'require "test_hooks"\n');
+  return dir;
+}
+
+const faults = (spec) => httpJson(sandboxPort, 'POST', '/sandbox/faults', spec);
+
+// The money steps the game once copied (and that drifted) now come from lualib/shop: they must
+// behave as the shop's do. The shop schedules its expiry with max_attempts 1000 ("until WeChat
+// answers") and reconciles a PAYING order after reconcile_after_s.
+async function libraryRun() {
+  const game = await startGame('game-lib', { scripts: scriptsWithHooks(), app: { reconcile_after_s: 1 } });
+  const c = await connect(game.port);
+  const hook = (method, path, body) => httpJson(game.httpPort, method, path, body);
+  const job = async (key) => (await hook('GET', `/test/jobs/${key}`)).json.job ?? null;
+
+  await spec('paying in the game server schedules reconcile_order: a payment whose notification never comes is ' +
+             'found at WeChat and delivered', async () => {
+    const openid = 'oGameReconcile51xxxxxxxxxxxx';
+    assert((await login(c, 51, openid)).ok, 'login');
+    const b = await c.send('BUY 51 1');
+    assert(b.ok, b.line);
+    const no = b.json.order_no;
+    const r = await job(`reconcile:${no}`);
+    assert(r && r.name === 'reconcile_order' && r.state === 'queued', 'reconcile_order scheduled: ' + JSON.stringify(r));
+    await faults({ notify_drop: { count: 1, match: no } });
+    await pay(b, openid);
+    await eventually(async () => (await inventory(c, 51))['1'] === 1, 15000, 'item 1 delivered to player 51');
+    const log = (await hook('GET', `/test/notification_log/${no}`)).json.log;
+    assert(log.some((l) => l.kind === 'query' && l.outcome === 'paid'), 'found by asking WeChat: ' + JSON.stringify(log));
+    assert(!log.some((l) => l.kind === 'pay'), 'no notification came: ' + JSON.stringify(log));
+    assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAID', 'PAID');
+  });
+
+  await spec('a game-server order that WeChat never confirms keeps trying to close for days, like the shop\'s', async () => {
+    const openid = 'oGameExpiry52xxxxxxxxxxxxxxx';
+    assert((await login(c, 52, openid)).ok, 'login');
+    const before = (await hook('GET', '/test/products/9')).json;
+    const b = await c.send('BUY 52 9');
+    assert(b.ok, b.line);
+    const no = b.json.order_no, key = `expire:${no}`;
+    const scheduled = await job(key);
+    assert(scheduled && scheduled.max_attempts === 1000, 'expiry scheduled like the shop\'s: ' + JSON.stringify(scheduled));
+    await faults({ system_error: { count: 1000, match: `${no}/close` } });          // every close fails
+    try {
+      await hook('POST', `/test/jobs/${key}/due`, {});                              // the order expires now
+      await eventually(async () => { const x = await job(key); return x.attempts === 1 && x.state === 'queued'; }, 8000,
+        'the first close attempt');
+      // 40 failed closes: with the backoff capped at an hour, about a day and a half of WeChat failing
+      await hook('POST', `/test/jobs/${key}/due`, { attempts: 40 });
+      const j = await eventually(async () => { const x = await job(key); return x.attempts === 41 && x.state !== 'running' && x; },
+        8000, 'the 41st close attempt');
+      assert(j.state === 'queued', 'still trying, not given up: ' + JSON.stringify(j));
+      assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAYING', 'still PAYING');
+      const held = (await hook('GET', '/test/products/9')).json;
+      assert(held.reserved === before.reserved + 1, 'the item stays reserved meanwhile: ' + JSON.stringify(held));
+    } finally {
+      await faults({ system_error: false });
+    }
+    await hook('POST', `/test/jobs/${key}/due`, {});                                // WeChat answers again
+    await eventually(async () => (await hook('GET', `/test/orders/${no}`)).json.order.status === 'CLOSED', 8000, 'CLOSED');
+    await eventually(async () => (await job(key)) === null, 5000, 'the expiry job done');
+    const after = (await hook('GET', '/test/products/9')).json;
+    assert(JSON.stringify(after) === JSON.stringify(before), 'the item is back on sale: ' + JSON.stringify([before, after]));
+  });
+
+  assert((await c.send('QUIT')).ok, 'QUIT');
+  c.close();
+  const { code } = await Promise.race([game.child.exited, sleep(15000).then(() => ({ code: 'timeout' }))]);
+  assert(code === 0, 'the game exited ' + code);
+}
+
 async function valgrindRun() {
   const OPENID = 'oGamePlayer7xxxxxxxxxxxxxxxx';
   let game;
@@ -303,6 +405,7 @@ async function main() {
     await startSandbox();
     report(true, 'the WeChat Pay sandbox starts (paygate-sandbox, built in the tree)');
     await mainRun();
+    await libraryRun();
     if (process.env.SKIP_VALGRIND !== '1') await valgrindRun();
   } catch (e) {
     report(false, 'the game suite ran to its end', e.stack || e);
