@@ -20,7 +20,7 @@
 
 #define TOKEN_DOMAIN "paygate-session-v1|"
 
-static int load_from_db(struct engine *e, char *err, size_t errlen)
+static int load_secret(struct engine *e, char *err, size_t errlen)
 {
 	sqlite3 *db = store_db(e->store);
 	sqlite3_stmt *s = NULL;
@@ -57,6 +57,15 @@ static int load_from_db(struct engine *e, char *err, size_t errlen)
 fail:
 	snprintf(err, errlen, "cannot set up the session secret: %s", sqlite3_errmsg(db));
 	return -1;
+}
+
+/* The secret's table is the engine's alone: scripts' SQL can neither read nor change it. */
+static int load_from_db(struct engine *e, char *err, size_t errlen)
+{
+	store_engine_begin(e->store);
+	int rc = load_secret(e, err, errlen);
+	store_engine_end(e->store);
+	return rc;
 }
 
 int secure_init(struct engine *e, char *err, size_t errlen)

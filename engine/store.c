@@ -34,12 +34,13 @@ static unsigned hash_sql(const char *s)
 	return h;
 }
 
-static int exec_simple(struct store *st, const char *sql, char *err, size_t errlen)
+/* Run sql (one or more statements) as the engine's own (engine 1) or a script's (0). */
+static int exec_as(struct store *st, int engine, const char *sql, char *err, size_t errlen)
 {
 	char *msg = NULL;
-	st->engine_sql++;
+	st->engine_sql += engine;
 	int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
-	st->engine_sql--;
+	st->engine_sql -= engine;
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(st->db));
 		sqlite3_free(msg);
@@ -48,19 +49,34 @@ static int exec_simple(struct store *st, const char *sql, char *err, size_t errl
 	return 0;
 }
 
+static int exec_simple(struct store *st, const char *sql, char *err, size_t errlen)
+{
+	return exec_as(st, 1, sql, err, errlen);
+}
+
+/* Tables only the engine's own statements may touch: the session-token key (secure.c). */
+static int engine_private(const char *table)
+{
+	return table && strcasecmp(table, "_paygate_secrets") == 0;
+}
+
 /*
 ** What scripts may not do in SQL: control transactions (db.tx does that, and
 ** a BEGIN left open would outlive the handler), attach other database files
-** (a way around "no files"), or change settings such as synchronous.
+** (a way around "no files"), change settings such as synchronous, or read or
+** change the engine's private tables (a key kept in C must not reach Lua).
+** The table an action concerns is argument a (reads, writes, DROP TABLE) or
+** b (indexes, triggers, ALTER TABLE).
 */
 static int authorize(void *arg, int action, const char *a, const char *b, const char *c, const char *d)
 {
 	struct store *st = arg;
-	(void)a;
 	(void)c;
 	(void)d;
 	if (st->engine_sql)
 		return SQLITE_OK;
+	if (engine_private(a) || engine_private(b))
+		return SQLITE_DENY;
 	switch (action) {
 	case SQLITE_TRANSACTION:
 	case SQLITE_SAVEPOINT:
@@ -72,6 +88,17 @@ static int authorize(void *arg, int action, const char *a, const char *b, const 
 	default:
 		return SQLITE_OK;
 	}
+}
+
+void store_engine_begin(struct store *st)
+{
+	st->engine_sql++;
+}
+
+void store_engine_end(struct store *st)
+{
+	assert(st->engine_sql > 0);
+	st->engine_sql--;
 }
 
 /* VACUUM (INTO 'file') has no authorizer action; refuse it by its first word. */
@@ -454,7 +481,7 @@ static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *
 	char e2[512];
 	lua_getfield(L, -1, "sql");
 	if (lua_isstring(L, -1)) {
-		int rc = exec_simple(st, lua_tostring(L, -1), e2, sizeof e2);
+		int rc = exec_as(st, 0, lua_tostring(L, -1), e2, sizeof e2); /* the scripts' SQL: their limits */
 		lua_pop(L, 1);
 		if (rc < 0) {
 			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, e2);

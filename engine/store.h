@@ -20,6 +20,14 @@ void store_close(struct store *st);
 
 sqlite3 *store_db(struct store *st);
 
+/*
+** Statements prepared between store_engine_begin and store_engine_end are
+** the engine's own: the authorizer lets them do what scripts may not (reach
+** the engine's private tables, such as the session-token key). Calls nest.
+*/
+void store_engine_begin(struct store *st);
+void store_engine_end(struct store *st);
+
 /* Is a db.tx() transaction open now? (Then no coroutine may yield.) */
 int store_in_tx(const struct store *st);
 

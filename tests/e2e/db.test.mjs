@@ -1,7 +1,7 @@
 // The `db` API: statements, values, transactions, concurrency, migrations and durability.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway, eventually } from './harness.mjs';
@@ -501,4 +501,40 @@ end)
       assert.ok(!existsSync(join(outside, 'copy.db')), 'a script created a file through VACUUM INTO');
     });
   } finally { rmSync(outside, { recursive: true, force: true }); }
+});
+
+test('the session-token key stays in C: scripts can neither read nor change its table, by query or migration', async () => {
+  await ownGateway(`local app = require "paygate"
+app.migration(1, "t", "CREATE TABLE t (x)")
+app.get("/secret", function(req)
+  local function e(f, sql) local ok, err = pcall(f, sql) return ok and "allowed" or tostring(err) end
+  return 200, {
+    read = e(db.query, "SELECT value FROM _paygate_secrets"),
+    count = e(db.one, "SELECT count(*) AS n FROM _paygate_secrets"),
+    copy = e(db.exec, "INSERT INTO t SELECT value FROM _paygate_secrets"),
+    change = e(db.exec, "UPDATE _paygate_secrets SET value = x'00'"),
+    remove = e(db.exec, "DELETE FROM _paygate_secrets"),
+    drop = e(db.exec, "DROP TABLE _paygate_secrets"),
+    copied = db.one("SELECT count(*) AS n FROM t").n,
+  }
+end)
+`, async (own) => {
+    const r = await own.get('/secret');
+    assert.equal(r.status, 200, r.body);
+    for (const k of ['read', 'count', 'copy', 'change', 'remove', 'drop']) {
+      assert.match(r.json[k], /prohibited|not authorized/, `${k} must be refused: ${r.json[k]}`);
+    }
+    assert.equal(r.json.copied, 0);
+    // A migration is the scripts' SQL too: one that copies the key out is refused, and nothing of it applies.
+    writeFileSync(join(own.scriptsDir, 'init.lua'), `local app = require "paygate"
+app.migration(1, "t", "CREATE TABLE t (x)")
+app.migration(2, "steal", "CREATE TABLE loot AS SELECT value FROM _paygate_secrets")
+`);
+    const reload = await own.reload();
+    assert.equal(reload.status, 422, reload.body);
+    assert.match(reload.json.message, /prohibited|not authorized/);
+    // Sessions still work: the key was neither read out nor changed.
+    const health = await own.get('/healthz');
+    assert.equal(health.json.generation, 1);
+  });
 });
