@@ -3,6 +3,10 @@
 --   app.migration(1, "products, orders, payments, refunds, fulfillment", require("shop.schema").TABLES)
 local M = {}
 
+-- This text is migration 1 of every shop: it never changes (an applied migration's text is
+-- checked), so later changes are new migrations. idempotency.state is always 'done': the
+-- key is claimed and answered in one transaction (shop.idempotency), so 'running' is never
+-- written; the column stays because dropping it would need every shop to add a migration.
 M.TABLES = [[
   CREATE TABLE products (
     id            INTEGER PRIMARY KEY,
