@@ -272,6 +272,27 @@ void coro_check_suspend(lua_State *L, const char *what)
 		luaL_error(L, "%s cannot wait here (inside a metamethod, iterator or C call)", what);
 }
 
+int coro_can_wait(lua_State *L)
+{
+	struct coro *c = coro_of(L);
+	return c && c->co == L && !c->eng->sched->forbid_waits && lua_isyieldable(L);
+}
+
+int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals,
+                  lua_KContext ctx, lua_KFunction k)
+{
+	struct coro *c = coro_of(L);
+
+	coro_check_suspend(L, what);
+	assert(!c->suspended && !c->cleanup);
+	c->waiting_for = what;
+	c->wait = wait;
+	c->cleanup = cleanup;
+	c->retvals = retvals;
+	c->suspended = 1;
+	return lua_yieldk(L, 0, ctx, k);
+}
+
 int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
 {
 	struct coro *c = coro_of(L);

@@ -95,6 +95,17 @@ void coro_go(struct coro *c);
 */
 int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals);
 
+/*
+** coro_suspend whose C function goes on after the wait: when the coroutine
+** is resumed, k(L, LUA_YIELD, ctx) runs on the stack the function had when
+** it suspended, with retvals' values pushed on top.
+*/
+int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals,
+                  lua_KContext ctx, lua_KFunction k);
+
+/* Could a C function running on L suspend now (an engine coroutine, yieldable, no db.tx running)? */
+int coro_can_wait(lua_State *L);
+
 /* Raise the error coro_suspend would raise, before the caller allocates anything to wait on. */
 void coro_check_suspend(lua_State *L, const char *what);
 

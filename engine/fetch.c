@@ -1,6 +1,7 @@
 /* fetch.c — outbound HTTP(S): libcurl multi_socket on the engine's event loop; `http.request` yields. */
 #include "fetch.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,7 @@
 
 #include "coro.h"
 #include "engine.h"
+#include "store.h"
 
 /*
 ** The hiperfifo pattern (curl docs/examples), with the pitfalls the issue
@@ -44,7 +46,8 @@ struct fetch_req {
 	char *hdrs; /* response header lines of the final response */
 	size_t hdrs_len, hdrs_cap;
 	size_t max_bytes;
-	int in_multi, too_large;
+	int in_multi, too_large, lost; /* lost: the batch it waited for failed; never sent */
+	struct store_waiter commit;    /* queued while the store's batch is open */
 	CURLcode result;
 	char errbuf[CURL_ERROR_SIZE];
 };
@@ -216,6 +219,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 
 static void req_free(struct fetch_req *r)
 {
+	store_cancel_wait(&r->commit);
 	if (r->in_multi) {
 		curl_multi_remove_handle(r->f->multi, r->easy);
 		r->f->inflight--;
@@ -298,10 +302,13 @@ static int req_retvals(struct coro *c, lua_State *L)
 {
 	struct fetch_req *r = c->wait;
 	struct metrics *m = &r->f->eng->metrics;
-	if (r->result != CURLE_OK || r->too_large) {
+	if (r->result != CURLE_OK || r->too_large || r->lost) {
 		m->fetch_failed++;
 		lua_pushnil(L);
-		if (r->too_large)
+		if (r->lost)
+			lua_pushfstring(L, "storage: not sent, the database could not save what it depends on: %s",
+			                store_last_error(r->f->eng->store));
+		else if (r->too_large)
 			lua_pushfstring(L, "too_large: response body over %d bytes", (int)r->max_bytes);
 		else
 			lua_pushfstring(L, "%s: %s", error_kind(r),
@@ -417,6 +424,32 @@ static void setup_easy(lua_State *L, struct engine *e, struct fetch_req *r)
 		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 }
 
+/* Hand the transfer to curl: 0, or -1 when it cannot start. */
+static int start(struct fetch_req *r)
+{
+	if (curl_multi_add_handle(r->f->multi, r->easy) != CURLM_OK)
+		return -1;
+	r->in_multi = 1;
+	r->f->inflight++;
+	return 0;
+}
+
+/*
+** A request made while the store's batch is open may carry what that batch
+** wrote (an order number, an amount): it goes out once the batch is durable,
+** and not at all when the batch is lost.
+*/
+static void start_after_commit(struct store_waiter *w, int ok)
+{
+	struct fetch_req *r = (struct fetch_req *)((char *)w - offsetof(struct fetch_req, commit));
+	if (!ok)
+		r->lost = 1;
+	else if (start(r) < 0)
+		r->result = CURLE_FAILED_INIT;
+	if (!r->in_multi)
+		coro_wake(r->c);
+}
+
 /* [-1 (options), +0..2] in protected mode: the request struct is freed if anything raises. */
 static int l_request(lua_State *L)
 {
@@ -445,11 +478,10 @@ static int l_request(lua_State *L)
 	r->c = coro_of(L);
 	r->max_bytes = e->cfg.fetch_max_response_bytes;
 	setup_easy(L, e, r);
-	if (curl_multi_add_handle(f->multi, r->easy) != CURLM_OK)
+	r->commit.fn = start_after_commit;
+	if (!store_wait_commit(e->store, &r->commit) && start(r) < 0)
 		return luaL_error(L, "http.request: cannot start the transfer");
 	*box = NULL; /* from here the coroutine's cleanup owns it */
-	r->in_multi = 1;
-	f->inflight++;
 	lua_settop(L, 0);
 	return coro_suspend(L, "http.request", r, req_cleanup, req_retvals);
 }

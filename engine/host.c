@@ -1,6 +1,7 @@
 /* host.c — the embedding host and the scripts calling each other: host functions, host calls, host events. */
 #include "host.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,7 @@
 #include "gen.h"
 #include "jail.h"
 #include "json.h"
+#include "store.h"
 
 /*
 ** Two directions, both per engine (nothing here is process-wide):
@@ -57,6 +59,7 @@ struct host_call {
 	int status;
 	char *result; /* JSON, set once DONE */
 	char reqid[32];
+	struct store_waiter commit; /* the result waits for the store's open batch */
 	struct host_call *prev, *next;
 };
 
@@ -148,6 +151,7 @@ static void unlink_call(struct host_call *k)
 
 static void free_call(struct host_call *k)
 {
+	store_cancel_wait(&k->commit);
 	if (k->ev)
 		event_free(k->ev);
 	free(k->name);
@@ -301,15 +305,27 @@ static void call_start(struct host_call *k)
 	coro_go(c); /* may finish (and, for an event, free k) at once */
 }
 
+/* The batch a result waited for ended: the result goes to the host, or a 503 when the batch was lost. */
+static void deliver_after_commit(struct store_waiter *w, int ok)
+{
+	struct host_call *k = (struct host_call *)((char *)w - offsetof(struct host_call, commit));
+	if (!ok)
+		set_error(k, 503, "storage_failed", "the database could not save this call's work; try again");
+	deliver(k);
+}
+
 static void call_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct host_call *k = arg;
 	(void)fd;
 	(void)what;
-	if (k->state == CALL_QUEUED)
+	if (k->state == CALL_QUEUED) {
 		call_start(k);
-	else if (k->state == CALL_DONE)
-		deliver(k);
+	} else if (k->state == CALL_DONE) {
+		k->commit.fn = deliver_after_commit; /* no result outruns the disk (store.h) */
+		if (!store_wait_commit(k->h->eng->store, &k->commit))
+			deliver(k);
+	}
 }
 
 /* Make a queued call; NULL when memory ran out (nothing is left behind). */

@@ -1,6 +1,7 @@
 /* http.c — the inbound HTTP server: evhttp with explicit limits, each request a Lua coroutine. */
 #include "http.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -17,6 +18,7 @@
 #include "gen.h"
 #include "jail.h"
 #include "json.h"
+#include "store.h"
 
 #define REQ_MT "paygate.request"
 
@@ -34,7 +36,12 @@ struct http_req {
 	struct http_req **box;     /* the Lua userdata's pointer to us, cleared at the end */
 	struct event *peer_closed; /* EV_CLOSED on the socket while the handler runs */
 	int counted;               /* counted in http_inflight (script requests) */
-	int *finished;             /* set to 1 when h is released (see on_request) */
+	int *finished;             /* set to 1 when h is released or its answer waits (see on_request) */
+	/* An answer made while the store's batch is open waits for the batch: */
+	struct store_waiter commit; /* queued while it waits */
+	int pending_status;
+	const char *pending_ctype;
+	struct evbuffer *pending_body;
 	struct timeval start;
 	char id[72];
 };
@@ -143,7 +150,7 @@ static void req_release(struct http_req *h)
 }
 
 /* Send the answer (takes ownership of body) and free h. The one place a reply leaves. */
-void http_answer(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
+static void send_now(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
 {
 	struct engine *e = h->eng;
 	struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
@@ -164,6 +171,44 @@ void http_answer(struct http_req *h, int status, const char *ctype, struct evbuf
 	if (body)
 		evbuffer_free(body);
 	req_release(h);
+}
+
+/* The batch the answer waited for ended: send it, or, when the batch was lost, a 503 instead. */
+static void on_committed(struct store_waiter *w, int ok)
+{
+	struct http_req *h = (struct http_req *)((char *)w - offsetof(struct http_req, commit));
+	struct evbuffer *body = h->pending_body;
+	h->pending_body = NULL;
+	if (ok) {
+		send_now(h, h->pending_status, h->pending_ctype, body);
+		return;
+	}
+	if (body)
+		evbuffer_free(body);
+	evbuffer_drain(evhttp_request_get_output_buffer(h->req), (size_t)-1);
+	evhttp_clear_headers(evhttp_request_get_output_headers(h->req));
+	http_answer_error(h, 503, "storage_failed", "the database could not save this request's work; try again");
+}
+
+/*
+** No answer outruns the disk: one made while the turn's batch is open may
+** show what that batch wrote, so it leaves when the batch is durable.
+*/
+void http_answer(struct http_req *h, int status, const char *ctype, struct evbuffer *body)
+{
+	if (!store_dirty(h->eng->store)) {
+		send_now(h, status, ctype, body);
+		return;
+	}
+	h->pending_status = status;
+	h->pending_ctype = ctype;
+	h->pending_body = body;
+	h->commit.fn = on_committed;
+	store_wait_commit(h->eng->store, &h->commit);
+	if (h->finished) { /* the handler is done: no need to watch for hang-ups for these few moments */
+		*h->finished = 1;
+		h->finished = NULL;
+	}
 }
 
 void http_answer_error(struct http_req *h, int status, const char *code, const char *message)
@@ -275,6 +320,9 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	if (h->co)
 		coro_cancel(h->co);
 	h->co = NULL;
+	store_cancel_wait(&h->commit); /* an answer that waited for the batch is dropped */
+	if (h->pending_body)
+		evbuffer_free(h->pending_body);
 	/* On a client's EOF evhttp detaches the request and leaves it to us; when the
 	   whole server is being freed it is still attached and evhttp frees it. */
 	if (!evhttp_request_get_connection(h->req))

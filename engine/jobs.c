@@ -2,6 +2,7 @@
 #include "jobs.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ struct jobs {
 	struct engine *eng;
 	struct event *timer;
 	int running;
+	struct store_waiter commit; /* a kick waiting for the store's open batch */
 };
 
 struct job_run {
@@ -84,6 +86,7 @@ void jobs_free(struct jobs *j)
 {
 	if (!j)
 		return;
+	store_cancel_wait(&j->commit);
 	if (j->timer)
 		event_free(j->timer);
 	free(j);
@@ -274,12 +277,25 @@ static void arm(struct jobs *j)
 	evtimer_add(j->timer, &tv);
 }
 
+static void kick_after_commit(struct store_waiter *w, int ok)
+{
+	(void)ok;
+	jobs_kick((struct jobs *)((char *)w - offsetof(struct jobs, commit)));
+}
+
 void jobs_kick(struct jobs *j)
 {
 	struct engine *e = j->eng;
 	char err[256];
 
 	if (e->stopping || !e->gen || store_in_tx(e->store))
+		return;
+	/* A job never runs on writes that are not durable yet (the transaction that scheduled it, the
+	   payment it delivers): while the batch is open, the kick waits for it. */
+	if (j->commit.next)
+		return;
+	j->commit.fn = kick_after_commit;
+	if (store_wait_commit(e->store, &j->commit))
 		return;
 	int room = e->cfg.jobs_max_running - j->running;
 	while (room > 0) {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <event2/event.h>
 #include <lauxlib.h>
 
 #include "coro.h"
@@ -18,11 +19,28 @@ struct cached_stmt {
 	sqlite3_stmt *stmt;
 };
 
+/*
+** Durability: the writes of one loop turn share one transaction and one sync.
+**
+** The turn's first write (a db.tx, a script's db.exec that writes, the
+** engine's own statements) opens the batch: BEGIN IMMEDIATE, and commit_ev is
+** made active. Each db.tx inside it is a SAVEPOINT, so a refused one rolls
+** back alone. commit_ev runs after every callback already due in this turn:
+** one COMMIT (synchronous=FULL in WAL: the WAL is synced once, for all of
+** them), then every waiter hears whether its writes are on disk. Nothing
+** that shows a write (an answer, an outbound request, a host callback, a job
+** run) leaves before that: those wait for the batch as waiters. A shared page
+** is written once per batch instead of once per request.
+*/
 struct store {
 	struct engine *eng;
 	sqlite3 *db;
-	int tx_depth;   /* 0: autocommit; n: n nested db.tx() */
+	int tx_depth;   /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
 	int engine_sql; /* the engine's own statement: no restrictions */
+	int batch_open; /* BEGIN issued, COMMIT not yet */
+	struct event *commit_ev;
+	struct store_waiter waiters; /* list head: who waits for the open batch */
+	char last_error[512];        /* why the last batch was lost */
 	struct cached_stmt cache[STMT_CACHE];
 };
 
@@ -101,6 +119,129 @@ void store_engine_end(struct store *st)
 	st->engine_sql--;
 }
 
+/* ---- the batch ---- */
+
+static void waiters_init(struct store_waiter *head)
+{
+	head->next = head->prev = head;
+}
+
+/* Tell every waiter of the batch that just ended (ok: durable; 0: lost). They may open the next batch. */
+static void batch_ended(struct store *st, int ok)
+{
+	struct store_waiter list;
+	if (st->waiters.next == &st->waiters)
+		return;
+	list.next = st->waiters.next; /* move the whole list to a local head */
+	list.prev = st->waiters.prev;
+	list.next->prev = &list;
+	list.prev->next = &list;
+	waiters_init(&st->waiters);
+	while (list.next != &list) {
+		struct store_waiter *w = list.next;
+		store_cancel_wait(w);
+		w->fn(w, ok);
+	}
+}
+
+/* SQLite rolled the batch back by itself (an I/O error, SQLITE_FULL ...): its waiters lost their writes. */
+static int batch_lost(struct store *st)
+{
+	if (!st->batch_open || !sqlite3_get_autocommit(st->db))
+		return 0;
+	snprintf(st->last_error, sizeof st->last_error, "the database rolled the batch back: %s",
+	         sqlite3_errmsg(st->db));
+	log_error(&st->eng->log, NULL, "%s", st->last_error);
+	st->batch_open = 0;
+	st->eng->metrics.db_batches_lost++;
+	batch_ended(st, 0);
+	return 1;
+}
+
+/* Commit the open batch (one sync) and tell its waiters: 0, or -1 when it was lost (last_error says why). */
+static int batch_commit(struct store *st)
+{
+	char err[256];
+	assert(st->tx_depth == 0); /* a db.tx never spans a turn */
+	if (batch_lost(st))
+		return -1;
+	if (!st->batch_open)
+		return 0;
+	int rc = exec_simple(st, "COMMIT", err, sizeof err);
+	if (rc < 0) {
+		snprintf(st->last_error, sizeof st->last_error, "the batch could not be committed: %s", err);
+		log_error(&st->eng->log, NULL, "%s", st->last_error);
+		if (!sqlite3_get_autocommit(st->db))
+			exec_simple(st, "ROLLBACK", err, sizeof err);
+		st->eng->metrics.db_batches_lost++;
+	} else {
+		st->eng->metrics.db_batches++;
+	}
+	st->batch_open = 0;
+	batch_ended(st, rc == 0);
+	return rc;
+}
+
+static void on_commit(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	batch_commit(arg);
+}
+
+/* Make sure the turn's batch is open before a write: 0, or -1 with err (the database is busy or failing). */
+static int batch_begin(struct store *st, char *err, size_t errlen)
+{
+	batch_lost(st);
+	if (st->batch_open)
+		return 0;
+	if (exec_simple(st, "BEGIN IMMEDIATE", err, errlen) < 0)
+		return -1;
+	st->batch_open = 1;
+	event_active(st->commit_ev, EV_TIMEOUT, 0);
+	return 0;
+}
+
+int store_dirty(const struct store *st)
+{
+	return st && st->batch_open;
+}
+
+int store_wait_commit(struct store *st, struct store_waiter *w)
+{
+	assert(!w->next);
+	if (!st->batch_open)
+		return 0;
+	w->prev = st->waiters.prev;
+	w->next = &st->waiters;
+	st->waiters.prev->next = w;
+	st->waiters.prev = w;
+	return 1;
+}
+
+void store_cancel_wait(struct store_waiter *w)
+{
+	if (!w->next)
+		return;
+	w->prev->next = w->next;
+	w->next->prev = w->prev;
+	w->next = w->prev = NULL;
+}
+
+int store_flush(struct store *st, char *err, size_t errlen)
+{
+	if (batch_commit(st) < 0) {
+		snprintf(err, errlen, "%s", st->last_error);
+		return -1;
+	}
+	return 0;
+}
+
+const char *store_last_error(const struct store *st)
+{
+	return st->last_error[0] ? st->last_error : "the database failed";
+}
+
 /* VACUUM (INTO 'file') has no authorizer action; refuse it by its first word. */
 static int is_vacuum(const char *sql)
 {
@@ -117,6 +258,12 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 		return NULL;
 	}
 	st->eng = e;
+	waiters_init(&st->waiters);
+	if (!(st->commit_ev = event_new(e->base, -1, 0, on_commit, st))) {
+		snprintf(err, errlen, "out of memory");
+		free(st);
+		return NULL;
+	}
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
 	if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", path,
@@ -136,14 +283,19 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 	return st;
 fail:
 	sqlite3_close(st->db);
+	event_free(st->commit_ev);
 	free(st);
 	return NULL;
 }
 
 void store_close(struct store *st)
 {
+	char err[256];
 	if (!st)
 		return;
+	if (store_flush(st, err, sizeof err) < 0)
+		log_error(&st->eng->log, NULL, "closing the database: %s", err);
+	event_free(st->commit_ev);
 	for (int i = 0; i < STMT_CACHE; i++) {
 		sqlite3_finalize(st->cache[i].stmt);
 		free(st->cache[i].sql);
@@ -162,6 +314,14 @@ int store_in_tx(const struct store *st)
 	return st && st->tx_depth > 0;
 }
 
+/* A statement that writes runs inside the turn's batch: the one seam every write goes through. */
+static sqlite3_stmt *join_batch(struct store *st, sqlite3_stmt *stmt, char *err, size_t errlen)
+{
+	if (sqlite3_stmt_readonly(stmt) || batch_begin(st, err, errlen) == 0)
+		return stmt;
+	return NULL;
+}
+
 sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t errlen)
 {
 	struct cached_stmt *slot = &st->cache[hash_sql(sql) % STMT_CACHE];
@@ -171,7 +331,7 @@ sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t
 	if (slot->sql && strcmp(slot->sql, sql) == 0) {
 		sqlite3_reset(slot->stmt);
 		sqlite3_clear_bindings(slot->stmt);
-		return slot->stmt;
+		return join_batch(st, slot->stmt, err, errlen);
 	}
 	if (is_vacuum(sql)) {
 		snprintf(err, errlen, "VACUUM is not allowed from scripts");
@@ -198,7 +358,7 @@ sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t
 	free(slot->sql);
 	slot->sql = copy;
 	slot->stmt = stmt;
-	return stmt;
+	return join_batch(st, stmt, err, errlen);
 }
 
 /* ---- transactions ---- */
@@ -206,10 +366,9 @@ sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t
 int store_begin(struct store *st, char *err, size_t errlen)
 {
 	char sql[64];
-	if (st->tx_depth == 0)
-		snprintf(sql, sizeof sql, "BEGIN IMMEDIATE");
-	else
-		snprintf(sql, sizeof sql, "SAVEPOINT pg_tx_%d", st->tx_depth);
+	if (batch_begin(st, err, errlen) < 0)
+		return -1;
+	snprintf(sql, sizeof sql, "SAVEPOINT pg_tx_%d", st->tx_depth);
 	if (exec_simple(st, sql, err, errlen) < 0)
 		return -1;
 	if (st->tx_depth++ == 0)
@@ -228,10 +387,7 @@ int store_commit(struct store *st, char *err, size_t errlen)
 {
 	char sql[64];
 	assert(st->tx_depth > 0);
-	if (st->tx_depth == 1)
-		snprintf(sql, sizeof sql, "COMMIT");
-	else
-		snprintf(sql, sizeof sql, "RELEASE pg_tx_%d", st->tx_depth - 1);
+	snprintf(sql, sizeof sql, "RELEASE pg_tx_%d", st->tx_depth - 1);
 	if (exec_simple(st, sql, err, errlen) < 0)
 		return -1;
 	st->tx_depth--;
@@ -247,11 +403,8 @@ void store_rollback(struct store *st)
 	char sql[96], err[256];
 	if (st->tx_depth == 0)
 		return;
-	if (st->tx_depth == 1)
-		snprintf(sql, sizeof sql, "ROLLBACK");
-	else
-		snprintf(sql, sizeof sql, "ROLLBACK TO pg_tx_%d; RELEASE pg_tx_%d", st->tx_depth - 1, st->tx_depth - 1);
-	if (exec_simple(st, sql, err, sizeof err) < 0)
+	snprintf(sql, sizeof sql, "ROLLBACK TO pg_tx_%d; RELEASE pg_tx_%d", st->tx_depth - 1, st->tx_depth - 1);
+	if (exec_simple(st, sql, err, sizeof err) < 0 && !batch_lost(st))
 		log_error(&st->eng->log, NULL, "rollback failed: %s", err);
 	st->tx_depth--;
 	if (st->tx_depth == 0) {
@@ -339,6 +492,62 @@ static void push_row(lua_State *L, sqlite3_stmt *stmt)
 	}
 }
 
+/* ---- a writer's coroutine waits for its batch ---- */
+
+struct durable_wait {
+	struct store_waiter w; /* first: the waiter is the wait */
+	struct coro *c;
+	int ok;
+};
+
+static void durable_done(struct store_waiter *w, int ok)
+{
+	struct durable_wait *d = (struct durable_wait *)w;
+	d->ok = ok;
+	coro_wake(d->c);
+}
+
+static void durable_cleanup(struct coro *c)
+{
+	struct durable_wait *d = c->wait;
+	store_cancel_wait(&d->w);
+	free(d);
+}
+
+static int durable_retvals(struct coro *c, lua_State *L)
+{
+	struct durable_wait *d = c->wait;
+	lua_pushboolean(L, d->ok);
+	return 1;
+}
+
+/* The continuation after the wait: the results the write had, or the lost batch's error. */
+static int after_durable(lua_State *L, int status, lua_KContext nres)
+{
+	(void)status;
+	int ok = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	if (!ok)
+		return luaL_error(L, "db: %s; nothing of this write was saved", store_last_error(upstore(L)));
+	return (int)nres;
+}
+
+/*
+** Return the nres values on top of L once the turn's batch is durable: the
+** coroutine waits when it can; otherwise they return now and the batch still
+** commits before anything of it leaves the process.
+*/
+static int return_durable(lua_State *L, struct store *st, int nres)
+{
+	struct durable_wait *d;
+	if (!store_dirty(st) || !coro_can_wait(L) || !(d = calloc(1, sizeof *d)))
+		return nres;
+	d->w.fn = durable_done;
+	d->c = coro_of(L);
+	store_wait_commit(st, &d->w);
+	return coro_suspendk(L, "db commit", d, durable_cleanup, durable_retvals, nres, after_durable);
+}
+
 /* Prepare sql (arg 1) and bind the rest; raises on error. */
 static sqlite3_stmt *prepare_args(lua_State *L, struct store *st)
 {
@@ -356,6 +565,7 @@ static int step_error(lua_State *L, struct store *st, sqlite3_stmt *stmt)
 	const char *msg = sqlite3_errmsg(st->db);
 	lua_pushfstring(L, "db: %s", msg);
 	sqlite3_reset(stmt);
+	batch_lost(st); /* an I/O error may have rolled the whole batch back */
 	return lua_error(L);
 }
 
@@ -369,10 +579,11 @@ static int l_exec(lua_State *L)
 		;
 	if (rc != SQLITE_DONE)
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
 	lua_pushinteger(L, sqlite3_changes64(st->db));
 	lua_pushinteger(L, sqlite3_last_insert_rowid(st->db));
-	return 2;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 2) : 2; /* a write of its own: like a db.tx */
 }
 
 /* db.query(sql, ...) → array of rows (encodes as [] when empty) */
@@ -431,7 +642,7 @@ static int l_tx(lua_State *L)
 		store_rollback(st);
 		return luaL_error(L, "db.tx: commit failed, nothing was saved: %s", err);
 	}
-	return lua_gettop(L);
+	return st->tx_depth == 0 ? return_durable(L, st, lua_gettop(L)) : lua_gettop(L);
 }
 
 void store_push_lua(lua_State *L, struct engine *e)
@@ -553,7 +764,9 @@ int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t err
 {
 	lua_Integer last = 0;
 	idx = lua_absindex(L, idx);
-	if (exec_simple(st, MIGRATIONS_DDL, err, errlen) < 0 || store_begin(st, err, errlen) < 0)
+	/* Migrations are a batch of their own, durable before the generation that needs them serves. */
+	if (store_flush(st, err, errlen) < 0 || exec_simple(st, MIGRATIONS_DDL, err, errlen) < 0 ||
+	    store_begin(st, err, errlen) < 0)
 		return -1;
 	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
 	for (lua_Integer i = 1; i <= n; i++) {
@@ -571,5 +784,5 @@ int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t err
 		store_rollback(st);
 		return -1;
 	}
-	return 0;
+	return store_flush(st, err, errlen);
 }

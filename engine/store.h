@@ -11,6 +11,32 @@ struct engine;
 struct store;
 
 /*
+** What "durable" means here. Every write joins the loop turn's batch: one
+** SQLite transaction that the turn's first write opens and that is committed
+** once, after every callback already due in that turn (WAL, synchronous=FULL:
+** the commit syncs the WAL, once for the whole batch). A write is durable when
+** its batch has committed:
+**
+**   - db.tx(fn) and a db.exec that writes outside db.tx return to the script
+**     only once their batch is durable, when they run in a request handler, a
+**     job or a host call (their coroutine waits; the loop does not). Where a
+**     coroutine cannot wait (a coroutine the script made, a metamethod) they
+**     return at once and the batch commits at the end of the turn anyway.
+**   - Nothing leaves the process while a batch is open: HTTP answers
+**     (http.c), outbound requests (fetch.c), host callbacks (host.c) and job
+**     runs (jobs.c) wait for it as waiters, so nobody outside ever sees a write
+**     that a power cut could still take back. If the batch is lost (the COMMIT
+**     fails), its waiters hear so: writers get an error, answers become 503.
+**   - A db.tx inside the batch is a SAVEPOINT: a failed one rolls back alone.
+*/
+
+/* Someone waiting for the open batch: fn(w, ok) runs once, ok 1 when it is durable, 0 when it was lost. */
+struct store_waiter {
+	struct store_waiter *next, *prev; /* NULL when not waiting */
+	void (*fn)(struct store_waiter *w, int ok);
+};
+
+/*
 ** Open (creating if needed) the database at path in WAL mode with
 ** synchronous=FULL: a commit is on disk before anyone is told about it.
 ** Returns NULL with a message in err on failure.
@@ -28,19 +54,39 @@ sqlite3 *store_db(struct store *st);
 void store_engine_begin(struct store *st);
 void store_engine_end(struct store *st);
 
-/* Is a db.tx() transaction open now? (Then no coroutine may yield.) */
+/* Is a batch open: writes made that are not durable yet? */
+int store_dirty(const struct store *st);
+
+/*
+** Queue w (fn set, not queued already) to hear when the open batch ends and
+** return 1; return 0 without queueing when nothing is pending (go ahead now).
+*/
+int store_wait_commit(struct store *st, struct store_waiter *w);
+
+/* Take w off the queue, if it is on it (its fn will not run). */
+void store_cancel_wait(struct store_waiter *w);
+
+/* Commit the open batch now (set-up, reload, shutdown): 0, or -1 with err when it was lost. */
+int store_flush(struct store *st, char *err, size_t errlen);
+
+/* Why the last batch was lost, for the error that its waiters report. */
+const char *store_last_error(const struct store *st);
+
+/* Is a db.tx() running now? (Then no coroutine may yield.) */
 int store_in_tx(const struct store *st);
 
 /*
 ** A cached prepared statement for sql (reset, bindings cleared). The cache
-** owns it: do not finalize. NULL with err filled on a prepare error.
+** owns it: do not finalize. A statement that writes opens the turn's batch
+** first. NULL with err filled on a prepare error (or a batch that cannot
+** begin).
 */
 sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t errlen);
 
 /*
-** The transaction primitives behind db.tx(); nested calls become savepoints.
-** store_commit is the single place a transaction becomes durable: grouping
-** the commits of concurrent requests into one fsync belongs here.
+** The transaction primitives behind db.tx(): savepoints inside the turn's
+** batch. store_commit releases the savepoint; the work becomes durable when
+** the batch commits (see above).
 */
 int store_begin(struct store *st, char *err, size_t errlen);
 int store_commit(struct store *st, char *err, size_t errlen);
