@@ -155,8 +155,8 @@ struct paygate_options {
 struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts, char *err, size_t errlen);
 
 /**
- * paygate_new with only config_path, listen and check_only set (the
- * daemon's call).
+ * paygate_new with only config_path, listen and check_only set (kept for
+ * hosts written against 0.1).
  */
 struct paygate *paygate_new_ex(struct event_base *base, const char *config_path, const char *listen, int check_only,
                                char *err, size_t errlen);

@@ -102,8 +102,11 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 	return 0;
 fail:
 	record(e, 0, err);
-	log_error(&e->log, NULL, "reload (%s) refused, generation %llu keeps serving: %s", trigger,
-	          e->gen ? (unsigned long long)e->gen->id : 0ULL, err);
+	if (e->gen)
+		log_error(&e->log, NULL, "reload (%s) refused, generation %llu keeps serving: %s", trigger,
+		          (unsigned long long)e->gen->id, err);
+	else
+		log_error(&e->log, NULL, "scripts refused (%s), nothing is serving: %s", trigger, err);
 	return -1;
 }
 

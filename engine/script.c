@@ -256,11 +256,16 @@ static int ref_app_function(lua_State *L, int app, const char *name)
 }
 
 /* loaded[m->name] = the value m->open pushes; the engine's own names are not the host's to take. [-0, +0, e] */
-static void open_host_module(lua_State *L, const struct lua_module *m, int loaded)
+static void open_host_module(lua_State *L, struct engine *e, const struct lua_module *m, int loaded)
 {
+	char path[1024] = "";
 	if (lua_getfield(L, loaded, m->name) != LUA_TNIL)
 		luaL_error(L, "Lua module '%s' of the host: the engine has a module of that name", m->name);
 	lua_pop(L, 1);
+	if (find_module(L, e, m->name, path, sizeof path) || strcmp(m->name, "paygate") == 0 ||
+	    strcmp(m->name, "init") == 0)
+		luaL_error(L, "Lua module '%s' of the host would hide the script of that name%s%s; name it otherwise",
+		           m->name, path[0] ? " " : "", path);
 	int top = lua_gettop(L);
 	if (m->open(L, m->arg) != 1 || lua_gettop(L) != top + 1)
 		luaL_error(L, "Lua module '%s' of the host: open must push one value and return 1", m->name);
@@ -284,7 +289,7 @@ static int load_protected(lua_State *L)
 	wxc_push_lua(L, e);
 	lua_setfield(L, loaded, "wechatpay.core");
 	for (int i = 0; i < e->nmodules; i++)
-		open_host_module(L, &e->modules[i], loaded);
+		open_host_module(L, e, &e->modules[i], loaded);
 	lua_pushlightuserdata(L, e);
 	lua_pushvalue(L, env);
 	lua_pushvalue(L, loaded);

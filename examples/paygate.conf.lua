@@ -1,6 +1,6 @@
 -- paygate configuration for `make run`: the demo shop against the local WeChat Pay sandbox.
 -- Lua table syntax; relative paths are relative to this file. Keys are the sandbox's TEST keys
--- (examples/sandbox/keys.sh puts them in var/sandbox/); for the real WeChat Pay see the README.
+-- (examples/sandbox/keys.sh puts them in var/sandbox/); for the real WeChat Pay see docs/configuration.md.
 listen   = "127.0.0.1:8080"
 scripts  = "../scripts"
 lualib   = "../lualib"

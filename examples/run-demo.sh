@@ -2,8 +2,8 @@
 # run-demo.sh — the demo shop on 127.0.0.1:8080 against the local WeChat Pay sandbox on 127.0.0.1:8090.
 #
 # Makes the sandbox's TEST keys if missing (var/sandbox/), starts the sandbox and the gateway
-# (both are build/paygate with their own config), prints a purchase you can paste, and stops
-# both on Ctrl-C. Nothing talks to the real WeChat; everything listens on 127.0.0.1 only.
+# (build/paygate-sandbox and build/paygate, each with its own config), prints a purchase you
+# can paste, and stops both on Ctrl-C. Nothing talks to the real WeChat; everything listens on 127.0.0.1 only.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)

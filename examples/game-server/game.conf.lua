@@ -1,5 +1,5 @@
 -- The game server's shop against the local WeChat Pay sandbox (examples/run-demo.sh or
--- `build/paygate --config examples/sandbox/sandbox.conf.lua`, keys from examples/sandbox/keys.sh).
+-- `build/paygate-sandbox --config examples/sandbox/sandbox.conf.lua`, keys from examples/sandbox/keys.sh).
 -- Relative paths are relative to this file. `lualib` comes from the installed paygate
 -- (pkg-config --variable=lualibdir paygate), compiled into the game.
 scripts  = "scripts"

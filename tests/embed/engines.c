@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <lauxlib.h>
 
 #include <paygate.h>
 
@@ -46,6 +47,8 @@ static const char SCRIPT[] =
     "app.export('tag', function() return host.tag({ asked_by = config.name }) end)\n"
     "app.export('late', function(a) return host.late(a) end)\n"
     "app.export('echo', function(a) return a end)\n"
+    "app.export('module', function() local ok, m = pcall(require, 'hostmath')\n"
+    "  return { has = ok, answer = ok and m.answer() or nil } end)\n"
     "app.export('fail', function() app.fail(409, 'conflict', 'not now') end)\n"
     "app.export('boom', function() error('boom') end)\n"
     "app.export('loop', function() while true do end end)\n"
@@ -55,6 +58,23 @@ static const char SCRIPT[] =
     "app.on('bump', function(e) error('a second handler fails; the first one still counted') end)\n"
     "app.get('/hello', function() return 200, { hello = config.name } end)\n"
     "app.get('/slow', function() host.started({}) clock.sleep(60000) return 200, {} end)\n";
+
+/* ---- a Lua module in C: hostmath.answer() returns the number given as the module's arg ---- */
+
+static int hostmath_answer(lua_State *L)
+{
+	lua_pushinteger(L, *(const int *)lua_touserdata(L, lua_upvalueindex(1)));
+	return 1;
+}
+
+static int open_hostmath(lua_State *L, void *arg)
+{
+	lua_newtable(L);
+	lua_pushlightuserdata(L, arg);
+	lua_pushcclosure(L, hostmath_answer, 1);
+	lua_setfield(L, -2, "answer");
+	return 1;
+}
 
 /* ---- a world per engine: DIR/a and DIR/b ---- */
 
@@ -321,9 +341,12 @@ int main(int argc, char **argv)
 
 	struct paygate_function fa[] = { { "tag", tag, "A" }, { NULL, NULL, NULL } };
 	struct paygate_function fb[] = { { "tag", tag, "B" }, { NULL, NULL, NULL } };
+	static int forty_two = 42;
+	struct paygate_lua_module ma[] = { { "hostmath", open_hostmath, &forty_two }, { NULL, NULL, NULL } };
 	struct paygate_options oa = { .config_path = conf_a,
 		                      .lualib_dir = PAYGATE_LUALIB,
 		                      .functions = fa,
+		                      .lua_modules = ma,
 		                      .log_fn = count_log };
 	struct paygate_options ob = { .config_path = conf_b,
 		                      .lualib_dir = PAYGATE_LUALIB,
@@ -370,6 +393,20 @@ int main(int argc, char **argv)
 	      "arguments and results travel as JSON (integers stay exact)");
 	r = call(base, a, "nope", NULL);
 	check(contains(r, 404, "no_such_function"), "an unknown function answers 404 no_such_function");
+	r = call(base, a, "module", NULL);
+	int has = contains(r, 200, "\"has\":true") && strstr(r->json, "\"answer\":42");
+	r = call(base, b, "module", NULL);
+	check(has && contains(r, 200, "\"has\":false"),
+	      "a Lua module in C (lua_modules) is required by that engine's scripts only, with its own arg");
+	struct paygate_lua_module hiding[] = { { "init", open_hostmath, &forty_two }, { NULL, NULL, NULL } };
+	struct paygate_options oh = { .config_path = conf_b,
+		                      .lualib_dir = PAYGATE_LUALIB,
+		                      .lua_modules = hiding,
+		                      .log_file = stderr,
+		                      .no_watch = 1 };
+	struct paygate *hidden = paygate_new(base, &oh, err, sizeof err);
+	check(!hidden && strstr(err, "would hide"), "a Lua module in C may not hide a script of the same name");
+	paygate_free(hidden);
 	r = call(base, a, "echo", "{not json");
 	check(contains(r, 400, "invalid_arguments"), "arguments that are not JSON answer 400");
 	r = call(base, a, "fail", NULL);

@@ -1,6 +1,6 @@
 -- init.lua — a local stand-in for WeChat Pay APIv3 (and jscode2session), running on paygate itself.
 --
--- Start it with:  build/paygate --config examples/sandbox/sandbox.conf.lua
+-- Start it with:  build/paygate-sandbox --config examples/sandbox/sandbox.conf.lua
 -- (examples/sandbox/keys.sh makes the test keys it needs; examples/run-demo.sh does both.)
 --
 --   wx/state.lua     tables, settings, the business clock
