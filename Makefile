@@ -26,7 +26,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench crash fuzz clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -99,6 +99,13 @@ $(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
+# The daemon on a VFS that can cut the power (tests/crash/): the durability specs' gateway.
+$(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/crash/crashvfs.h $(BUILD)/obj/daemon.o \
+                              $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
+	  $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
 $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
@@ -125,11 +132,18 @@ check: all
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@BUILD=$(BUILD) tests/run.sh
+
+# ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----
+SEEDS ?= 50
+crash: all $(BUILD)/tests/paygate-crash
+	@CRASH_SEEDS=$$(seq -s, 1 $(SEEDS)) PAYGATE_BIN=$(CURDIR)/$(BUILD)/paygate \
+	  PAYGATE_SANDBOX_BIN=$(CURDIR)/$(BUILD)/paygate-sandbox PAYGATE_CRASH_BIN=$(CURDIR)/$(BUILD)/tests/paygate-crash \
+	  node --test --test-reporter=spec --test-timeout=3600000 tests/e2e/crash.test.mjs
 
 # ---- benchmark: trivial JSON route and one SQLite write vs a bare evhttp baseline ----
 $(BUILD)/bench/bare_evhttp: tests/bench/bare_evhttp.c | $(BUILD)/.deps-ok

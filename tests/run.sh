@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 export PAYGATE_BIN="$PWD/$BUILD/paygate"
 export PAYGATE_SANDBOX_BIN="$PWD/$BUILD/paygate-sandbox"
+export PAYGATE_CRASH_BIN="$PWD/$BUILD/tests/paygate-crash"
 LOGS=$BUILD/test-logs
 mkdir -p "$LOGS"
 PASS=0

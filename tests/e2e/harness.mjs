@@ -91,7 +91,8 @@ export async function startGateway(opts = {}) {
   const confPath = join(dir, 'paygate.conf.lua');
   writeFileSync(confPath, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');
 
-  const child = spawn(opts.bin || BIN, ['--config', confPath, ...(opts.args || [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(opts.bin || BIN, ['--config', confPath, ...(opts.args || [])],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   let stdout = '', stderr = '';
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });
@@ -99,7 +100,7 @@ export async function startGateway(opts = {}) {
   let stopping = false;
   exited.then(({ code, signal }) => {
     // A gateway that dies under a test is a finding: show why (a crash, a sanitizer report).
-    if (!stopping) console.error(`# paygate ${child.pid} exited by itself (code ${code}, signal ${signal}):\n` +
+    if (!stopping && !opts.expectExit) console.error(`# paygate ${child.pid} exited by itself (code ${code}, signal ${signal}):\n` +
       stderr.split('\n').slice(-60).map((l) => '#   ' + l).join('\n'));
   });
 

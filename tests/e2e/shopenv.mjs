@@ -85,9 +85,10 @@ export async function startWorld() {
     keys, k, sandbox, gateways: [],
     /**
      * A shop gateway wired to the sandbox; `app` adds to its app settings, `files` replaces
-     * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy.
+     * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy;
+     * `bin`, `env`, `dir` (the gateway's directory, kept) and `expectExit` go to startGateway.
      */
-    async startShop(app = {}, { files } = {}) {
+    async startShop(app = {}, { files, bin, env, dir: home, expectExit } = {}) {
       const port = await freePort();
       let dir = scripts;
       if (files) {
@@ -97,6 +98,7 @@ export async function startWorld() {
         copies.push(dir);
       }
       const gw = await startGateway({
+        bin, env, dir: home, expectExit,
         config: {
           listen: `127.0.0.1:${port}`, scripts: dir, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
           wechatpay: {
