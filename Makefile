@@ -145,7 +145,8 @@ crash: all $(BUILD)/tests/paygate-crash
 	  PAYGATE_SANDBOX_BIN=$(CURDIR)/$(BUILD)/paygate-sandbox PAYGATE_CRASH_BIN=$(CURDIR)/$(BUILD)/tests/paygate-crash \
 	  node --test --test-reporter=spec --test-timeout=3600000 tests/e2e/crash.test.mjs
 
-# ---- benchmark: trivial JSON route and one SQLite write vs a bare evhttp baseline ----
+# ---- benchmark: trivial JSON route and one SQLite write vs a bare evhttp baseline; the shop's routes
+# against the OpenResty peer (PAYGATE_PEERS, default ../shared/peers) ----
 $(BUILD)/bench/bare_evhttp: tests/bench/bare_evhttp.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(DEPLIBS) -o $@
@@ -153,6 +154,8 @@ $(BUILD)/bench/bare_evhttp: tests/bench/bare_evhttp.c | $(BUILD)/.deps-ok
 bench: all $(BUILD)/bench/bare_evhttp
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; }
 	@tests/bench/run.sh
+	@echo
+	@tests/bench/shop.sh
 
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:

@@ -320,6 +320,12 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->db_busy_timeout_ms;
 	read_int(r, "db_busy_timeout_ms", NULL, 0, 60000, &v);
 	cfg->db_busy_timeout_ms = (int)v;
+	/* Benchmarks only: how fast paygate would be if it did not keep its word on a power cut. */
+	read_bool(r, "unsafe_no_sync", NULL, &cfg->unsafe_no_sync);
+	if (cfg->unsafe_no_sync && !getenv("PAYGATE_BENCH"))
+		bad(r, "unsafe_no_sync", NULL,
+		    "false outside a benchmark: it answers before writes are on disk, so a power cut loses "
+		    "acknowledged orders and payments (make bench sets PAYGATE_BENCH=1 to measure it)");
 
 	read_str(r, "log_level", NULL, 0, &level);
 	if (level && !r->failed && log_parse_level(level, &cfg->log_level) < 0)

@@ -35,6 +35,7 @@ struct config {
 
 	int jobs_max_running;
 	int db_busy_timeout_ms;
+	int unsafe_no_sync; /* benchmarks only (PAYGATE_BENCH): commits are not synced */
 	enum log_level log_level;
 
 	char *app_json;            /* the `app` table as JSON; scripts see it as `config` */

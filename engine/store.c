@@ -274,8 +274,12 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 	sqlite3_set_authorizer(st->db, authorize, st);
 	sqlite3_busy_timeout(st->db, e->cfg.db_busy_timeout_ms);
 	char e2[256];
-	if (exec_simple(st, "PRAGMA journal_mode=WAL", e2, sizeof e2) < 0 ||
-	    exec_simple(st, "PRAGMA synchronous=FULL", e2, sizeof e2) < 0 ||
+	const char *sync = e->cfg.unsafe_no_sync ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
+	if (e->cfg.unsafe_no_sync)
+		log_warn(&e->log, NULL,
+		         "unsafe_no_sync: commits are NOT synced; a power cut loses acknowledged writes. "
+		         "For benchmarks only.");
+	if (exec_simple(st, "PRAGMA journal_mode=WAL", e2, sizeof e2) < 0 || exec_simple(st, sync, e2, sizeof e2) < 0 ||
 	    exec_simple(st, "PRAGMA foreign_keys=ON", e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "cannot set up database %s: %s", path, e2);
 		goto fail;

@@ -35,6 +35,22 @@ function M.ttl_s(ttl_s)
   return ttl_s
 end
 
+local BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+--- A new order number: prefix, the time in ms as 9 base-36 digits, 72 random bits in hex —
+--- at most 31 characters (WeChat takes 32). The random part makes it unguessable; the time
+--- part makes numbers grow, so a batch of new orders lands on the same index pages instead of
+--- one random page each (a third of the disk writes of an order).
+function M.new_order_no(prefix, now_ms)
+  local digits, t = {}, now_ms
+  for i = 9, 1, -1 do
+    local d = t % 36
+    digits[i] = BASE36:sub(d + 1, d + 1)
+    t = t // 36
+  end
+  return prefix .. table.concat(digits) .. secure.random_id(9)
+end
+
 function M.load(order_no)
   return db.one("SELECT * FROM orders WHERE order_no = ?", order_no)
 end
@@ -148,7 +164,7 @@ function M.create(o)
         string.format("%s (product %d) has fewer than %d left", short.product.name, short.product_id, short.qty))
     end
     local now = clock.now()
-    local no = (o.prefix or "PG") .. secure.random_id(12)     -- 96 random bits: unguessable
+    local no = M.new_order_no(o.prefix or "PG", now)
     db.exec([[INSERT INTO orders(order_no, openid, status, amount, description, created_at, expires_at, updated_at)
               VALUES (?, ?, 'CREATED', ?, ?, ?, ?, ?)]], no, o.openid, amount, describe(lines), now, now + ttl_s * 1000, now)
     for _, l in ipairs(lines) do

@@ -72,6 +72,7 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 run "$PG_PID" -s "$TMP/post.lua" "http://127.0.0.1:$PG/write" >"$TMP/write.runs"
 ROWS=$(curl -s "http://127.0.0.1:$PG/metrics" | awk '/^paygate_db_commits_total/ {print $2}')
+BATCHES=$(curl -s "http://127.0.0.1:$PG/metrics" | awk '/^paygate_db_batches_total/ {print $2}')
 HZ=$(getconf CLK_TCK)
 
 # summary FILE → "req_per_s microseconds_of_server_cpu_per_request"
@@ -88,6 +89,6 @@ printf '%-46s %9s req/s %8s us CPU/request\n' "paygate Lua route, POST /write (1
 awk -v b="$B" -v p="$P" -v w="$W" -v bc="$BC" -v pc="$PC" 'BEGIN {
 	printf "\ntrivial route / bare evhttp: %.1f%% of the throughput, %.1f%% of the CPU efficiency  (target >= 80%%)\n",
 		100 * p / b, 100 * bc / pc;
-	printf "SQLite write route / bare evhttp: %.1f%% of the throughput (WAL, synchronous=FULL: an fsync per request)\n",
+	printf "SQLite write route / bare evhttp: %.1f%% of the throughput (WAL, synchronous=FULL, group commit)\n",
 		100 * w / b }'
-echo "durable commits during the run: $ROWS"
+echo "durable transactions during the run: $ROWS, in $BATCHES batches (one sync each)"
