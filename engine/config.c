@@ -299,6 +299,7 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->watch_debounce_ms;
 	read_int(r, "watch_debounce_ms", NULL, 10, 10000, &v);
 	cfg->watch_debounce_ms = (int)v;
+	read_bool(r, "watch_marker", NULL, &cfg->watch_marker);
 
 	v = cfg->fetch_timeout_ms;
 	read_int(r, "fetch", "timeout_ms", 100, 600000, &v);

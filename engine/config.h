@@ -26,6 +26,7 @@ struct config {
 	char *admin_token; /* read from admin.token_file; NULL: loopback only */
 	int watch;         /* reload on file change */
 	int watch_debounce_ms;
+	int watch_marker; /* reload only when scripts/.reload is written (changes spanning files apply at once) */
 
 	int fetch_timeout_ms;
 	int fetch_connect_timeout_ms;

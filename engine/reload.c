@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -11,6 +12,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "config.h"
 #include "coro.h"
 #include "engine.h"
 #include "gen.h"
@@ -56,6 +58,74 @@ static int migrate(struct engine *e, struct gen *g, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+** "migration N (...) failed: ..." names the script that declared migration N:
+** app.migration keeps where it was called ("scripts/schema.lua:12"), so the
+** error becomes "scripts/schema.lua:12: migration N (...) failed: ...".
+*/
+static void name_migration_file(struct gen *g, char *err, size_t errlen)
+{
+	long long v;
+	char where[512] = "";
+
+	if (sscanf(err, "migration %lld ", &v) != 1)
+		return;
+	lua_State *L = g->L;
+	gen_push_app_field(g, "_migrations");
+	if (lua_istable(L, -1)) {
+		lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+		for (lua_Integer i = 1; i <= n && !where[0]; i++) {
+			if (lua_rawgeti(L, -1, i) == LUA_TTABLE) {
+				lua_pushliteral(L, "version");
+				lua_rawget(L, -2);
+				int found = lua_isinteger(L, -1) && lua_tointeger(L, -1) == v;
+				lua_pop(L, 1);
+				if (found) {
+					lua_pushliteral(L, "where");
+					if (lua_rawget(L, -2) == LUA_TSTRING)
+						snprintf(where, sizeof where, "%s", lua_tostring(L, -1));
+					lua_pop(L, 1);
+				}
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	if (!where[0])
+		return;
+	char *rest = strdup(err);
+	if (rest)
+		snprintf(err, errlen, "%s: %s", where, rest);
+	free(rest);
+}
+
+/*
+** A reload takes the config file's `app` table afresh (settings the scripts
+** read as `config`); the rest of the file is read at start only. NULL in
+** *app_json: there is no file to read (an embedder's defaults).
+*/
+static int reread_app(struct engine *e, char **app_json, char *err, size_t errlen)
+{
+	struct config fresh;
+
+	*app_json = NULL;
+	if (!e->cfg.path)
+		return 0;
+	if (config_defaults(&fresh) < 0) {
+		config_free(&fresh);
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (config_load(&fresh, e->cfg.path, err, errlen) < 0) {
+		config_free(&fresh);
+		return -1;
+	}
+	*app_json = fresh.app_json;
+	fresh.app_json = NULL;
+	config_free(&fresh);
+	return 0;
+}
+
 static void record(struct engine *e, int ok, const char *error)
 {
 	e->last_reload_ok = ok;
@@ -70,6 +140,7 @@ static void record(struct engine *e, int ok, const char *error)
 int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 {
 	struct gen *g;
+	char *app_json = NULL, *kept_json = NULL;
 
 	if (e->draining >= e->cfg.max_draining) {
 		snprintf(err, errlen, "%d older generations are still finishing work; try again shortly", e->draining);
@@ -79,13 +150,28 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 		snprintf(err, errlen, "a transaction is open; try again");
 		goto fail;
 	}
+	if (strcmp(trigger, "start") != 0) {
+		if (reread_app(e, &app_json, err, errlen) < 0)
+			goto fail;
+		if (app_json) { /* the new generation decodes it; the old one keeps its own */
+			kept_json = e->cfg.app_json;
+			e->cfg.app_json = app_json;
+		}
+	}
 	g = script_load(e, err, errlen);
-	if (!g)
-		goto fail;
-	if (migrate(e, g, err, errlen) < 0) {
+	if (g && migrate(e, g, err, errlen) < 0) {
+		name_migration_file(g, err, errlen);
 		gen_unref(g);
+		g = NULL;
+	}
+	if (!g) {
+		if (app_json) {
+			e->cfg.app_json = kept_json;
+			free(app_json);
+		}
 		goto fail;
 	}
+	free(kept_json);
 	/* The swap: a pointer assignment, nothing in between can yield or fail. */
 	g->id = ++e->next_gen_id;
 	struct gen *old = e->gen;
@@ -116,25 +202,30 @@ fail:
 ** Editors save by writing a temporary file and renaming it over the old
 ** one, so we watch directories (not files) for close-after-write, moves,
 ** creations and deletions, and reload once the directory has been quiet for
-** watch_debounce_ms: a reload never sees half of a save.
+** watch_debounce_ms: a reload never sees half of a save. With watch_marker,
+** only writing (or touching) scripts/.reload reloads: a change spanning
+** several files, saved one by one, is applied when its author says so.
 */
 struct watch {
 	int fd;
+	int root; /* the watch descriptor of the scripts directory */
 	struct event *ev;
 	struct event *debounce;
 };
 
-#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
+#define WATCH_MASK    (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
+#define RELOAD_MARKER ".reload"
 
-/* Add watches on dir and its subdirectories (inotify_add_watch is idempotent). */
-static void watch_tree(struct engine *e, int fd, const char *dir, int depth)
+/* Add watches on dir and its subdirectories (inotify_add_watch is idempotent); returns dir's descriptor. */
+static int watch_tree(struct engine *e, int fd, const char *dir, int depth)
 {
-	if (depth > 8 || inotify_add_watch(fd, dir, WATCH_MASK) < 0)
-		return;
+	int wd = depth > 8 ? -1 : inotify_add_watch(fd, dir, WATCH_MASK | (e->cfg.watch_marker ? IN_ATTRIB : 0));
+	if (wd < 0)
+		return wd;
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	if (!d)
-		return;
+		return wd;
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.' || de->d_type != DT_DIR)
 			continue;
@@ -143,6 +234,7 @@ static void watch_tree(struct engine *e, int fd, const char *dir, int depth)
 		watch_tree(e, fd, sub, depth + 1);
 	}
 	closedir(d);
+	return wd;
 }
 
 static void on_quiet(evutil_socket_t fd, short what, void *arg)
@@ -156,9 +248,11 @@ static void on_quiet(evutil_socket_t fd, short what, void *arg)
 	watch_tree(e, e->watch->fd, e->cfg.lualib_dir, 0);
 }
 
-/* Only .lua files matter; editor swap files and the like are ignored. */
-static int interesting(const struct inotify_event *ev)
+/* Only .lua files matter (or only the marker); editor swap files and the like are ignored. */
+static int interesting(const struct engine *e, const struct inotify_event *ev)
 {
+	if (e->cfg.watch_marker)
+		return ev->wd == e->watch->root && ev->len && strcmp(ev->name, RELOAD_MARKER) == 0;
 	if (ev->mask & IN_ISDIR)
 		return 1;
 	size_t n = ev->len ? strlen(ev->name) : 0;
@@ -175,7 +269,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
 	while ((n = read(fd, buf, sizeof buf)) > 0) {
 		for (char *p = buf; p < buf + n;) {
 			struct inotify_event *ev = (struct inotify_event *)p;
-			hit |= interesting(ev);
+			hit |= interesting(e, ev);
 			p += sizeof *ev + ev->len;
 		}
 	}
@@ -199,7 +293,7 @@ int reload_watch_start(struct engine *e, char *err, size_t errlen)
 		return -1;
 	}
 	e->watch = w;
-	watch_tree(e, w->fd, e->cfg.scripts_dir, 0);
+	w->root = watch_tree(e, w->fd, e->cfg.scripts_dir, 0);
 	watch_tree(e, w->fd, e->cfg.lualib_dir, 0);
 	w->ev = event_new(e->base, w->fd, EV_READ | EV_PERSIST, on_inotify, e);
 	w->debounce = evtimer_new(e->base, on_quiet, e);

@@ -15,6 +15,13 @@ local exports = {}    -- name -> fn, called by the host program (paygate_call)
 local listeners = {}  -- event -> { fn, ... }, events of the host program (paygate_emit)
 app._migrations = {}
 
+-- Where the function `level` calls up was called from ("scripts/schema.lua:12"): error()
+-- at that level prefixes exactly that. (No debug library in the jail.)
+function app._caller(level)
+  local _, where = pcall(error, "", level + 3)
+  return type(where) == "string" and where:match("^(.-):%s*$") or nil
+end
+
 local METHODS = { GET = true, POST = true, PUT = true, DELETE = true, PATCH = true, OPTIONS = true }
 
 --- Stop the handler and answer {"error": code, "message": message} with status.
@@ -59,10 +66,12 @@ function app.job(name, fn)
 end
 
 --- Declare a schema migration: versions only grow; never edit one once applied.
---- `change` is SQL text (may hold several statements) or a function using db.
-function app.migration(version, name, change)
+--- `change` is SQL text (may hold several statements) or a function using db. A failing
+--- migration is reported with the file and line that declared it (`where`, when a library
+--- declares it for its host: see shop.schema).
+function app.migration(version, name, change, where)
   assert(math.type(version) == "integer" and version > 0, "migration: version must be a positive integer")
-  local m = { version = version, name = name }
+  local m = { version = version, name = name, where = where or app._caller(1) }
   if type(change) == "string" then m.sql = change else m.fn = change end
   local list = app._migrations
   assert(#list == 0 or list[#list].version < version, "migration: versions must be declared in increasing order")

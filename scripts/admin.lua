@@ -1,6 +1,11 @@
--- Operators: list orders with their payment, refund and delivery state.
+-- Operators: orders with their payment, adjustments, refunds, delivery and events; coupons;
+-- putting the stock columns right when they disagree with the orders.
 local app = require "paygate"
+local coupons = require "shop.coupons"
+local events = require "shop.events"
 local orders = require "shop.orders"
+local refunds = require "shop.refunds"
+local stock = require "shop.stock"
 
 local STATUSES = { CREATED = true, PAYING = true, PAID = true, CLOSED = true, REFUNDING = true, REFUNDED = true }
 
@@ -18,8 +23,29 @@ app.get("/admin/orders", function(req)
     v.openid = o.openid
     local f = db.one("SELECT status, attempts, last_error FROM fulfillments WHERE order_no = ?", o.order_no)
     v.fulfillment = f or json.null
-    v.refunds = db.query("SELECT out_refund_no, amount, status, reason FROM refunds WHERE order_no = ?", o.order_no)
+    v.refunds = json.array()
+    for _, r in ipairs(db.query("SELECT out_refund_no FROM refunds WHERE order_no = ? ORDER BY created_at", o.order_no)) do
+      v.refunds[#v.refunds + 1] = refunds.describe(r.out_refund_no)
+    end
+    v.events = json.array(events.of(o.order_no))
     list[#list + 1] = v
   end
   return 200, { orders = list }
+end)
+
+-- POST /admin/coupons {code, kind: "amount"|"percent", value, label?, min_amount?, starts_at?,
+-- ends_at?, per_user?, total_limit?}; GET /admin/coupons. Codes apply while rules.lua uses
+-- shop.coupons.
+app.post("/admin/coupons", function(req)
+  return 201, coupons.create(app.read_json(req))
+end)
+
+app.get("/admin/coupons", function(req)
+  return 200, { coupons = coupons.list() }
+end)
+
+-- POST /admin/stock/recompute: reserved and sold of every product from the orders (after
+-- paygate_stock_mismatch_total counted a disagreement); answers the products it changed.
+app.post("/admin/stock/recompute", function(req)
+  return 200, { changed = stock.recompute() }
 end)

@@ -1,7 +1,8 @@
--- Demo products for `make run` (config.demo_products = true), added once with the schema.
-local app = require "paygate"
+-- Demo products for `make run` (config.demo_products = true), added once by migration 2
+-- (schema.lua).
+local M = {}
 
-app.migration(2, "demo products", function()
+function M.add_products()
   if not config.demo_products then return end
   local products = {
     { 1, "Oolong tea, 250 g", 3800, 100 },
@@ -12,4 +13,6 @@ app.migration(2, "demo products", function()
     db.exec("INSERT INTO products(id, name, price, stock, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
             p[1], p[2], p[3], p[4], clock.now())
   end
-end)
+end
+
+return M

@@ -1,22 +1,28 @@
 -- Orders: the routes of the mini program's purchase. Each one is a call into lualib/shop,
--- which keeps the money right (prices, stock, WeChat); what is ours to choose is here.
+-- which keeps the money right (prices, stock, WeChat); what is ours to choose is here, in
+-- stock.lua and in rules.lua.
 local app = require "paygate"
 local auth = require "shop.auth"
 local closing = require "shop.closing"
 local idempotency = require "shop.idempotency"
 local orders = require "shop.orders"
 local payments = require "shop.payments"
-local stock = require "stock"          -- our stock rule: scripts/stock.lua
 
-assert(type(stock.decide) == "function", "scripts/stock.lua must define rule.decide(openid, lines); see docs/shop.md")
+-- POST /api/quote {items: [{product_id, qty}], coupon?}: what the order would cost, with our
+-- adjustments, without placing it (nothing is reserved). The same refusals as an order's checks.
+app.post("/api/quote", function(req)
+  local openid = auth.user(req)
+  local body = app.read_json(req)
+  return 200, orders.quote{ openid = openid, items = body.items, body = body }
+end)
 
--- POST /api/orders {items: [{product_id, qty}]}: priced from our products table, the stock
--- rule asked, the units reserved. The same Idempotency-Key gets the same answer again.
+-- POST /api/orders {items: [{product_id, qty}], coupon?}: priced from our products table and
+-- our rules, checked, the units reserved. The same Idempotency-Key gets the same answer again.
 app.post("/api/orders", function(req)
   local openid = auth.user(req)
   local body = app.read_json(req)
   return idempotency.run(req, openid, function()
-    local order = orders.create{ openid = openid, items = body.items, rule = stock.decide }
+    local order = orders.create{ openid = openid, items = body.items, body = body }
     return 201, orders.view(order)
   end)
 end)

@@ -1,9 +1,13 @@
 -- Products: what the shop sells, at what price (fen), and how many are left.
 local app = require "paygate"
+local auth = require "shop.auth"
+local orders = require "shop.orders"
 
+-- GET /api/products: a product whose price our rules change (a member price, a sale) also
+-- shows display_price and price_labels, for the logged-in user when a token comes along.
 app.get("/api/products", function(req)
   local rows = db.query("SELECT id, name, price, stock FROM products ORDER BY id")
-  return 200, { products = rows }
+  return 200, { products = orders.display(rows, auth.optional(req)) }
 end)
 
 -- PUT /admin/products/{id} {"name"?, "price"?, "stock"?, "max_per_order"?}: create or update.

@@ -4,6 +4,8 @@
 //   const shop = paygate.create({ baseUrl: 'https://shop.example.com' });
 //   const order = await shop.buy([{ product_id: 1, qty: 2 }]);   // login, order, pay, confirm
 //   if (order.status === 'PAID') { ... }
+//   const price = await shop.quote(items, { coupon: 'WELCOME' });  // the price first (nothing reserved)
+//   await shop.buy(items, { coupon: 'WELCOME' });                   // the same fields go with the order
 //
 // Everything goes through wx.login, wx.request and wx.requestPayment; nothing else is needed.
 // The result of wx.requestPayment is NOT proof of payment: buy() asks the server afterwards,
@@ -62,7 +64,13 @@ function create({ baseUrl, wxApi = (typeof wx !== 'undefined' ? wx : undefined),
   return {
     login,
     products: () => call('GET', '/api/products').then((r) => r.products),
-    createOrder: (items, key = idempotencyKey()) => call('POST', '/api/orders', { items }, { 'Idempotency-Key': key }),
+    // What an order would cost: {items, subtotal, adjustments, amount}. extra: the order's other fields (coupon ...).
+    async quote(items, extra = {}) {
+      if (!token) await login();
+      return call('POST', '/api/quote', { ...extra, items });
+    },
+    createOrder: (items, key = idempotencyKey(), extra = {}) =>
+      call('POST', '/api/orders', { ...extra, items }, { 'Idempotency-Key': key }),
     getOrder: (orderNo) => call('GET', '/api/orders/' + orderNo),
     cancel: (orderNo) => call('POST', '/api/orders/' + orderNo + '/cancel'),
 
@@ -83,9 +91,9 @@ function create({ baseUrl, wxApi = (typeof wx !== 'undefined' ? wx : undefined),
       return waitForResult(orderNo);
     },
 
-    async buy(items) {
+    async buy(items, extra = {}) {
       if (!token) await login();
-      const order = await this.createOrder(items);
+      const order = await this.createOrder(items, undefined, extra);
       return this.pay(order.order_no);
     },
   };

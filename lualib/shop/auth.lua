@@ -17,4 +17,12 @@ function M.user(req)
   return openid
 end
 
+--- The caller's openid when a valid session token comes with the request, else nil (for
+--- routes anyone may call that answer a logged-in user differently, e.g. a member price).
+function M.optional(req)
+  local h = req:header("Authorization")
+  local token = h and h:match("^Bearer%s+(%S+)$")
+  return token and secure.verify_token(token) or nil
+end
+
 return M

@@ -3,23 +3,28 @@
 -- The job names are stored in the jobs table of existing databases: never rename them.
 local app = require "paygate"
 local closing = require "shop.closing"
+local events = require "shop.events"
 local fulfillment = require "shop.fulfillment"
 local orders = require "shop.orders"
 local payments = require "shop.payments"
 local refunds = require "shop.refunds"
+local schema = require "shop.schema"
 
 local M = {}
 
 --- Declare the shop's jobs. o.deliver: function(order, items), what delivering a paid order
---- means (see shop.fulfillment). Also checks the order_ttl_s setting, so a scripts set
---- with a bad one is refused at load (the running one keeps serving).
+--- means (see shop.fulfillment). Also checks the order_ttl_s setting and that the host
+--- declared the library's table changes (shop.schema.declare), so a scripts set with a bad
+--- setting or a missing migration is refused at load (the running one keeps serving).
 ---   expire_order     at expires_at: close at WeChat, then release the stock (shop.closing)
 ---   reconcile_order  a PAYING order without notification: ask WeChat (shop.payments)
 ---   fulfill          a paid order: o.deliver, exactly once (shop.fulfillment)
 ---   submit_refund, query_refund   a refund: send it, then follow it (shop.refunds)
+---   order_event      paid, closed, refunded, refund_failed: the on_<event> hooks, once (shop.events)
 function M.install(o)
   assert(type(o) == "table" and type(o.deliver) == "function", "shop.jobs.install{ deliver = function(order, items) }")
   orders.ttl_s()
+  schema.check_declared()
   app.job("expire_order", function(p)
     local result = closing.expire(p.order_no)
     if result then log.info("order expired", { order = p.order_no, result = result }) end
@@ -28,6 +33,7 @@ function M.install(o)
   app.job("fulfill", function(p) fulfillment.run(p.order_no, o.deliver) end)
   app.job("submit_refund", function(p) refunds.submit(p.out_refund_no) end)
   app.job("query_refund", function(p) refunds.query(p.out_refund_no) end)
+  app.job("order_event", function(p) events.run(p.id) end)
 end
 
 return M

@@ -9,10 +9,14 @@
 -- so stock + reserved + sold only changes when an operator restocks.
 -- Every function here runs inside db.tx (create has its own, a savepoint in the caller's),
 -- and every transition is one conditional UPDATE: it happens at most once, whatever
--- arrives twice.
+-- arrives twice. Each transition records its lifecycle event (shop.events) in the same
+-- transaction; the merchant's rules (shop.hooks) are asked at the points docs/shop.md names.
 
 local app = require "paygate"
-local stock = require "shop.stock"
+local events = require "shop.events"
+local hooks = require "shop.hooks"
+local pricing = require "shop.pricing"
+local rules = require "shop.rules"
 local timefmt = require "timefmt"
 
 local M = {}
@@ -61,15 +65,28 @@ function M.load_owned(order_no, openid)
   return db.one("SELECT * FROM orders WHERE order_no = ? AND openid = ?", order_no, openid)
 end
 
+--- The order's lines: {product_id, name, qty, price (the unit list price), amount (what the
+--- line costs after the adjustments, spread: shop.pricing)}, by product.
 function M.items(order_no)
-  return db.query("SELECT product_id, name, qty, price FROM order_items WHERE order_no = ? ORDER BY product_id", order_no)
+  return db.query([[SELECT product_id, name, qty, price, coalesce(net, qty * price) AS amount FROM order_items
+                    WHERE order_no = ? ORDER BY product_id]], order_no)
 end
 
---- The order as the API shows it.
+--- The order's adjustments, in the order they were applied: {code, label, amount, product_id?}.
+function M.adjustments(order_no)
+  return db.query("SELECT code, label, amount, product_id FROM order_adjustments WHERE order_no = ? ORDER BY seq",
+                  order_no)
+end
+
+--- The order as the API shows it. A partly refunded order stays PAID with `refunded` beside
+--- its amount; REFUNDED means all of it went back.
 function M.view(o)
+  local items = M.items(o.order_no)
+  local subtotal = 0
+  for _, it in ipairs(items) do subtotal = subtotal + it.qty * it.price end
   local v = {
-    order_no = o.order_no, status = o.status, amount = o.amount,
-    items = M.items(o.order_no),
+    order_no = o.order_no, status = o.status, amount = o.amount, subtotal = subtotal,
+    items = items, adjustments = json.array(M.adjustments(o.order_no)),
     created_at = timefmt.rfc3339(o.created_at), expires_at = timefmt.rfc3339(o.expires_at),
   }
   if o.paid_at then v.paid_at = timefmt.rfc3339(o.paid_at) end
@@ -100,6 +117,26 @@ function M.move(items, from, to)
   return nil
 end
 
+--- Move every line of an order that a transition moves (paid: reserved → sold, closed:
+--- reserved → stock, refunded: sold → stock). A line that does not fit means the stock columns
+--- disagree with the orders (an operator's edit, a merchant's SQL): the transition still happens
+--- — the money is what counts — and the line is logged and counted
+--- (paygate_stock_mismatch_total) for an operator to recompute (shop.stock.recompute).
+--- Returns how many lines did not fit.
+function M.move_all(items, from, to, order_no, transition)
+  local sql = assert(MOVES[from .. ">" .. to], "no such stock move")
+  local missing = 0
+  for _, it in ipairs(items) do
+    if db.exec(sql, it.qty, it.qty, it.product_id, it.qty) ~= 1 then
+      missing = missing + 1
+      log.error("stock columns disagree with an order; recompute them (shop.stock.recompute)",
+                { order = order_no, product = it.product_id, qty = it.qty, move = from .. ">" .. to })
+      metrics.inc("paygate_stock_mismatch_total", { transition = transition })
+    end
+  end
+  return missing
+end
+
 -- Check the items of a new order and price them from our own table (the client never
 -- sends prices). Lines come sorted by product_id: every order locks products in one order.
 local function priced_lines(items)
@@ -115,21 +152,37 @@ local function priced_lines(items)
     local product = db.one("SELECT * FROM products WHERE id = ?", id)
     if not product then app.fail(400, "invalid_request", "there is no product " .. id) end
     local qty = app.integer(it.qty, 1, product.max_per_order, "items[" .. i .. "].qty")
-    lines[#lines + 1] = { product_id = id, qty = qty, product = product }
+    lines[#lines + 1] = { product_id = id, qty = qty, price = product.price, name = product.name, product = product }
   end
   table.sort(lines, function(a, b) return a.product_id < b.product_id end)
   return lines
 end
 
--- What the stock rule sees: copies, so a rule cannot change what is charged or reserved.
-local function copies(lines)
-  local out = {}
-  for i, l in ipairs(lines) do
-    local product = {}
-    for k, v in pairs(l.product) do product[k] = v end
-    out[i] = { product_id = l.product_id, qty = l.qty, product = product }
+-- The order request's other fields (a coupon code, a note ...), kept for the checks that run
+-- again when a payment arrives after close. nil when there are none.
+local function request_context(body)
+  if type(body) ~= "table" then return nil end
+  local rest = {}
+  for k, v in pairs(body) do if k ~= "items" then rest[k] = v end end
+  return next(rest) ~= nil and json.encode(rest) or nil
+end
+
+-- Price lines for ctx and put the price into ctx (subtotal, total, adjustments), then ask the
+-- checks: what orders.create and orders.quote share.
+local function price_and_check(ctx, lines)
+  local priced = pricing.price(ctx, lines)
+  ctx.subtotal, ctx.total, ctx.adjustments = priced.subtotal, priced.amount, priced.adjustments
+  rules.check(ctx, lines)
+  return priced
+end
+
+local function quote_view(lines, priced)
+  local items = json.array()
+  for _, l in ipairs(lines) do
+    items[#items + 1] = { product_id = l.product_id, name = l.name, qty = l.qty, price = l.price, amount = l.net }
   end
-  return out
+  return { items = items, subtotal = priced.subtotal, adjustments = pricing.public(priced.adjustments),
+           amount = priced.amount }
 end
 
 local function describe(lines)
@@ -141,23 +194,28 @@ end
 --- the caller has one open; nothing in it waits). o:
 ---   openid  who orders (the payer)
 ---   items   the client's list of {product_id, qty}; checked here (400 invalid_request)
----   rule    the stock rule, function(openid, lines) → decision (see shop.stock); default: allow
+---   body    the order request (a table): the hooks see it as ctx.body (a coupon code ...)
+---   rule    a stock rule, function(openid, lines, ctx) → decision (see shop.stock), asked at
+---           creation only; a rule registered with shop.hooks (decide) is also asked when a
+---           payment after close re-sells the order
 ---   ttl_s   how long it may stay unpaid (default config.order_ttl_s or 900)
 ---   prefix  of the order number (default "PG")
---- Returns the order row. Refusals raise app.fail: 409 out_of_stock, limit_reached or the
---- rule's own code; nothing is reserved then.
+--- In order: price (list prices, then the quote hooks), check hooks, stock decisions, reserve,
+--- insert the order, its items and adjustments, claim hooks, schedule the expiry.
+--- Returns the order row. Refusals raise app.fail: 409 out_of_stock, limit_reached, a check's
+--- or the rule's own code; nothing is reserved or recorded then.
 function M.create(o)
   local ttl_s = M.ttl_s(o.ttl_s)
-  local rule = o.rule or stock.allow_all
-  assert(type(rule) == "function", "orders.create: rule must be a function(openid, lines)")
+  assert(o.rule == nil or type(o.rule) == "function", "orders.create: rule must be a function(openid, lines)")
   assert(type(o.openid) == "string" and o.openid ~= "", "orders.create: openid is required")
+  assert(o.body == nil or type(o.body) == "table", "orders.create: body must be the request's table")
   assert(o.prefix == nil or (type(o.prefix) == "string" and o.prefix:match("^%w?%w?%w?%w?$")),
          "orders.create: prefix must be at most 4 letters or digits")
   return db.tx(function()
     local lines = priced_lines(o.items)
-    local amount = 0
-    for _, l in ipairs(lines) do amount = amount + l.qty * l.product.price end   -- integer fen
-    stock.enforce(rule(o.openid, copies(lines)), lines)
+    local ctx = pricing.context{ purpose = "order", openid = o.openid, body = o.body }
+    local priced = price_and_check(ctx, lines)
+    rules.decide(o.openid, lines, ctx, o.rule)
     local short = M.move(lines, "stock", "reserved")
     if short then
       app.fail(409, "out_of_stock",
@@ -165,12 +223,20 @@ function M.create(o)
     end
     local now = clock.now()
     local no = M.new_order_no(o.prefix or "PG", now)
-    db.exec([[INSERT INTO orders(order_no, openid, status, amount, description, created_at, expires_at, updated_at)
-              VALUES (?, ?, 'CREATED', ?, ?, ?, ?, ?)]], no, o.openid, amount, describe(lines), now, now + ttl_s * 1000, now)
+    db.exec([[INSERT INTO orders(order_no, openid, status, amount, description, created_at, expires_at, updated_at,
+                                 units, context)
+              VALUES (?, ?, 'CREATED', ?, ?, ?, ?, ?, 'reserved', ?)]],
+            no, o.openid, priced.amount, describe(lines), now, now + ttl_s * 1000, now, request_context(o.body))
     for _, l in ipairs(lines) do
-      db.exec("INSERT INTO order_items(order_no, product_id, name, qty, price) VALUES (?, ?, ?, ?, ?)",
-              no, l.product_id, l.product.name, l.qty, l.product.price)
+      db.exec("INSERT INTO order_items(order_no, product_id, name, qty, price, net) VALUES (?, ?, ?, ?, ?, ?)",
+              no, l.product_id, l.name, l.qty, l.price, l.net)
     end
+    for _, a in ipairs(priced.adjustments) do
+      db.exec("INSERT INTO order_adjustments(order_no, seq, code, label, amount, product_id) VALUES (?, ?, ?, ?, ?, ?)",
+              no, a.seq, a.code, a.label, a.amount, a.product_id)
+    end
+    ctx.order_no = no
+    rules.claim(ctx, M.load(no), lines)
     jobs.schedule("expire_order", { order_no = no }, { run_at = now + ttl_s * 1000, key = "expire:" .. no,
                                                        max_attempts = M.UNTIL_DONE })   -- until WeChat answers
     metrics.inc("paygate_orders_total", { status = "CREATED" })
@@ -178,73 +244,163 @@ function M.create(o)
   end)
 end
 
---- CREATED|PAYING → PAID: stock reserved → sold, fulfillment queued, expiry no longer needed.
---- Returns true when this call made the transition.
+local ROLLBACK = {}               -- raised to end a quote's transaction without keeping anything
+
+--- What orders.create would charge, without creating the order: the same lines, the same
+--- pricing step and the same checks, in a transaction that is always rolled back (whatever a
+--- hook wrote is gone). o: {openid, items, body}. Returns { items = {product_id, name, qty,
+--- price, amount}, subtotal, adjustments, amount }. Refusals: as orders.create's (400, or a
+--- check's own); stock is not asked.
+function M.quote(o)
+  assert(type(o.openid) == "string" and o.openid ~= "", "orders.quote: openid is required")
+  local result
+  local ok, err = pcall(db.tx, function()
+    local lines = priced_lines(o.items)
+    local ctx = pricing.context{ purpose = "quote", openid = o.openid, body = o.body }
+    result = quote_view(lines, price_and_check(ctx, lines))
+    error(ROLLBACK, 0)
+  end)
+  if not ok and err ~= ROLLBACK then error(err, 0) end
+  return result
+end
+
+--- The product list with the price each product shows when the pricing step changes it:
+--- display_price (one unit, its line's adjustments: a member price, a sale price) and
+--- price_labels, for openid (nil: not logged in). Products whose price no hook changes are
+--- returned as they are. A hook that fails here is logged and the list price shown.
+function M.display(products, openid)
+  if not hooks.has("quote") then return products end
+  pcall(db.tx, function()
+    for _, p in ipairs(products) do
+      local ok, err = pcall(function()
+        local row = db.one("SELECT * FROM products WHERE id = ?", p.id)
+        local lines = { { product_id = row.id, qty = 1, price = row.price, name = row.name, product = row } }
+        local priced = pricing.price(pricing.context{ purpose = "display", openid = openid }, lines)
+        local off, labels = 0, json.array()
+        for _, a in ipairs(priced.adjustments) do
+          if a.product_id == row.id then off = off + a.amount; labels[#labels + 1] = a.label end
+        end
+        if off ~= 0 then p.display_price, p.price_labels = row.price + off, labels end
+      end)
+      if not ok then log.warn("display price failed; showing the list price", { product = p.id, error = tostring(err) }) end
+    end
+    error(ROLLBACK, 0)
+  end)
+  return products
+end
+
+-- The lines of a stored order as the hooks see them, with today's product rows.
+local function stored_lines(order_no)
+  local lines = {}
+  for _, it in ipairs(db.query("SELECT product_id, name, qty, price, coalesce(net, qty * price) AS net FROM order_items "
+                               .. "WHERE order_no = ? ORDER BY product_id", order_no)) do
+    local own = db.one("SELECT coalesce(sum(amount), 0) AS s FROM order_adjustments WHERE order_no = ? AND product_id = ?",
+                       order_no, it.product_id).s
+    lines[#lines + 1] = { product_id = it.product_id, qty = it.qty, price = it.price, name = it.name,
+                          amount = it.qty * it.price + own, net = it.net,
+                          product = db.one("SELECT * FROM products WHERE id = ?", it.product_id) }
+  end
+  return lines
+end
+
+--- CREATED|PAYING → PAID: stock reserved → sold, fulfillment queued, the paid event,
+--- expiry no longer needed. Returns true when this call made the transition.
 function M.mark_paid(order, transaction_id, paid_at)
-  local changed = db.exec([[UPDATE orders SET status = 'PAID', transaction_id = ?, paid_at = ?, updated_at = ?
-                            WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
+  local changed = db.exec([[UPDATE orders SET status = 'PAID', transaction_id = ?, paid_at = ?, units = 'sold',
+                            updated_at = ? WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
                           transaction_id, paid_at, clock.now(), order.order_no)
   if changed ~= 1 then return false end
-  local short = M.move(M.items(order.order_no), "reserved", "sold")
-  assert(not short, "reserved stock missing for a paid order")   -- an invariant, never expected
+  M.move_all(M.items(order.order_no), "reserved", "sold", order.order_no, "paid")
   M.queue_fulfillment(order.order_no)
   jobs.cancel("expire:" .. order.order_no)
+  events.queue(order.order_no, "paid", { transaction_id = transaction_id })
   metrics.inc("paygate_orders_total", { status = "PAID" })
   return true
 end
 
---- CREATED|PAYING → CLOSED: reserved stock back on sale. Only once WeChat confirmed.
+--- CREATED|PAYING → CLOSED: reserved stock back on sale, the release hooks, the closed event.
+--- Only once WeChat confirmed.
 function M.close(order, reason)
-  local changed = db.exec([[UPDATE orders SET status = 'CLOSED', closed_reason = ?, updated_at = ?
+  local changed = db.exec([[UPDATE orders SET status = 'CLOSED', closed_reason = ?, units = 'released', updated_at = ?
                             WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
                           reason, clock.now(), order.order_no)
   if changed ~= 1 then return false end
-  local short = M.move(M.items(order.order_no), "reserved", "stock")
-  assert(not short, "reserved stock missing for a closed order")
+  M.move_all(M.items(order.order_no), "reserved", "stock", order.order_no, "closed")
+  rules.release(M.load(order.order_no), reason)
   jobs.cancel("expire:" .. order.order_no)
+  events.queue(order.order_no, "closed", { reason = reason })
   metrics.inc("paygate_orders_total", { status = "CLOSED" })
   return true
 end
 
---- A payment for a CLOSED order: sell the goods again if stock allows (→ PAID), else
---- refund the whole amount (→ REFUNDING). Never lost either way.
+-- A refund's reason is shown to the payer: at most 80 bytes.
+local function short_reason(text) return #text <= 80 and text or text:sub(1, 80) end
+
+--- A payment for a CLOSED order: the merchant's checks and stock decisions are asked again
+--- (ctx.purpose "resell"), the units sold again from stock and the claims made again; if all
+--- of that works → PAID (delivery queued, the paid event); if anything refuses → the whole
+--- amount is refunded (→ REFUNDING). The payment is never lost either way.
 function M.paid_after_close(order, transaction_id, paid_at)
-  local items = M.items(order.order_no)
-  local ok = pcall(db.tx, function()
-    local short = M.move(items, "stock", "sold")
-    if short then error("out of stock", 0) end
+  local ok, why = pcall(db.tx, function()
+    local lines = stored_lines(order.order_no)
+    local ctx = pricing.context{ purpose = "resell", openid = order.openid, order_no = order.order_no,
+                                 body = order.context and json.decode(order.context) or {} }
+    local subtotal = 0
+    for _, l in ipairs(lines) do subtotal = subtotal + l.qty * l.price end
+    ctx.subtotal, ctx.total, ctx.adjustments = subtotal, order.amount, M.adjustments(order.order_no)
+    rules.check(ctx, lines)
+    rules.decide(order.openid, lines, ctx)
+    local short = M.move(lines, "stock", "sold")
+    if short then app.fail(409, "out_of_stock", "out of stock") end
+    rules.claim(ctx, order, lines)
   end)
   local status = ok and "PAID" or "REFUNDING"
-  db.exec([[UPDATE orders SET status = ?, transaction_id = ?, paid_at = ?, closed_reason = NULL, updated_at = ?
-            WHERE order_no = ? AND status = 'CLOSED']], status, transaction_id, paid_at, clock.now(), order.order_no)
+  db.exec([[UPDATE orders SET status = ?, transaction_id = ?, paid_at = ?, closed_reason = NULL, units = ?, updated_at = ?
+            WHERE order_no = ? AND status = 'CLOSED']],
+          status, transaction_id, paid_at, ok and "sold" or "released", clock.now(), order.order_no)
   if ok then
     M.queue_fulfillment(order.order_no)
+    events.queue(order.order_no, "paid", { transaction_id = transaction_id, after_close = true })
     log.warn("payment arrived after close; goods re-reserved", { order = order.order_no })
   else
-    M.start_refund(order.order_no, order.amount, "paid after the order closed; out of stock")
-    log.warn("payment arrived after close; out of stock, refunding", { order = order.order_no })
+    local code = type(why) == "table" and tostring(why.error) or "error"
+    if type(why) ~= "table" then
+      log.error("a hook failed while re-selling a closed order; refunding",
+                { order = order.order_no, error = tostring(why) })
+    end
+    local reason = code == "out_of_stock" and "paid after the order closed; out of stock"
+        or short_reason("paid after the order closed; refused: " .. code)
+    M.start_refund(order.order_no, order.amount, reason)
+    log.warn("payment arrived after close; refused (" .. code .. "), refunding", { order = order.order_no })
   end
   return status
 end
 
 --- Record a refund to send (the submit_refund job sends it) and mark the order REFUNDING.
-function M.start_refund(order_no, amount, reason)
+--- items: for a refund by line, its {product_id, qty, amount, restock} (shop.refunds).
+function M.start_refund(order_no, amount, reason, items)
   local out_refund_no = "RF" .. secure.random_id(12)
   db.exec([[INSERT INTO refunds(out_refund_no, order_no, amount, reason, status, created_at, updated_at)
             VALUES (?, ?, ?, ?, 'PENDING', ?, ?)]], out_refund_no, order_no, amount, reason, clock.now(), clock.now())
+  for _, it in ipairs(items or {}) do
+    db.exec("INSERT INTO refund_items(out_refund_no, product_id, qty, amount, restock) VALUES (?, ?, ?, ?, ?)",
+            out_refund_no, it.product_id, it.qty, it.amount, it.restock and 1 or 0)
+  end
   db.exec("UPDATE orders SET status = 'REFUNDING', updated_at = ? WHERE order_no = ?", clock.now(), order_no)
   jobs.schedule("submit_refund", { out_refund_no = out_refund_no }, { key = "refund:" .. out_refund_no,
                                                                     max_attempts = M.UNTIL_DONE })
   return out_refund_no
 end
 
---- After a refund settles: REFUNDED if money went back, PAID if every refund failed.
+--- After a refund settles: REFUNDING while one is under way; REFUNDED once all of the amount
+--- went back; otherwise PAID, with `refunded` saying how much went back (0 if all failed).
 function M.settle_refunds(order_no)
   local pending = db.one([[SELECT count(*) AS n FROM refunds WHERE order_no = ?
                            AND status IN ('PENDING', 'PROCESSING', 'ABNORMAL')]], order_no).n
   local done = db.one("SELECT coalesce(sum(amount), 0) AS s FROM refunds WHERE order_no = ? AND status = 'SUCCESS'",
                       order_no).s
-  local status = pending > 0 and "REFUNDING" or (done > 0 and "REFUNDED" or "PAID")
+  local amount = db.one("SELECT amount FROM orders WHERE order_no = ?", order_no).amount
+  local status = pending > 0 and "REFUNDING" or (done >= amount and "REFUNDED" or "PAID")
   db.exec("UPDATE orders SET status = ?, refunded = ?, updated_at = ? WHERE order_no = ?",
           status, done, clock.now(), order_no)
   return status

@@ -1,8 +1,12 @@
--- refunds: giving money back. An operator starts a refund (all or part, never more than
--- was paid); the submit_refund job sends it to WeChat, the refund notification or the
--- query_refund job brings its result back.
+-- refunds: giving money back. An operator starts a refund (an amount, or lines and
+-- quantities; never more than was paid); the submit_refund job sends it to WeChat, the refund
+-- notification or the query_refund job brings its result back. A refund that succeeds puts
+-- back the units it was asked to restock and records the refunded event; one that fails, the
+-- refund_failed event (shop.events).
 local app = require "paygate"
+local events = require "shop.events"
 local orders = require "shop.orders"
+local pricing = require "shop.pricing"
 local wechatpay = require "wechatpay"
 
 local M = {}
@@ -23,6 +27,39 @@ function M.check(r)
   return row
 end
 
+--- A refund as its events tell it: {out_refund_no, amount, reason, status, items} (items:
+--- {product_id, qty, amount, restock} of a refund by line, else empty).
+function M.describe(out_refund_no)
+  local row = db.one("SELECT out_refund_no, order_no, amount, reason, status, error FROM refunds WHERE out_refund_no = ?",
+                     out_refund_no)
+  local items = json.array()
+  for _, it in ipairs(db.query("SELECT product_id, qty, amount, restock FROM refund_items WHERE out_refund_no = ? "
+                               .. "ORDER BY product_id", out_refund_no)) do
+    it.restock = it.restock == 1
+    items[#items + 1] = it
+  end
+  row.items = items
+  return row
+end
+
+-- A refund reached a final status (inside the transaction that recorded it): put back the
+-- units it restocks once it succeeded, and record its event.
+local function finished(out_refund_no, status)
+  local row = db.one("SELECT order_no FROM refunds WHERE out_refund_no = ?", out_refund_no)
+  if status == "SUCCESS" then
+    for _, it in ipairs(db.query("SELECT product_id, qty FROM refund_items WHERE out_refund_no = ? AND restock = 1 "
+                                 .. "AND restocked = 0", out_refund_no)) do
+      if orders.move_all({ it }, "sold", "stock", row.order_no, "refunded") == 0 then
+        db.exec("UPDATE refund_items SET restocked = qty WHERE out_refund_no = ? AND product_id = ?",
+                out_refund_no, it.product_id)
+      end
+    end
+    events.queue(row.order_no, "refunded", { refund = M.describe(out_refund_no) }, "refunded:" .. out_refund_no)
+  else
+    events.queue(row.order_no, "refund_failed", { refund = M.describe(out_refund_no) }, "refund_failed:" .. out_refund_no)
+  end
+end
+
 --- Apply a checked result inside the caller's db.tx. A final status never changes again.
 function M.apply(r)
   local status = r.refund_status or r.status
@@ -31,6 +68,7 @@ function M.apply(r)
   db.exec("UPDATE refunds SET status = ?, refund_id = coalesce(?, refund_id), updated_at = ? WHERE out_refund_no = ?",
           status, r.refund_id, clock.now(), row.out_refund_no)
   orders.settle_refunds(row.order_no)
+  if FINAL[status] then finished(row.out_refund_no, status) end
   if status == "ABNORMAL" then
     log.error("refund abnormal: needs an operator", { refund = row.out_refund_no, order = row.order_no })
   end
@@ -40,15 +78,55 @@ end
 
 local REFUNDABLE = { PAID = true, REFUNDING = true, REFUNDED = true }
 
---- Start a refund of order_no. o.amount: fen (default: all that is left); o.reason: at most
---- 80 bytes, shown to the payer. Records the refund (PENDING) and schedules submit_refund in
---- one transaction; returns the refund row {out_refund_no, order_no, amount, reason, status}.
+-- The lines of a refund by line: each {product_id, qty} of the order, at most the units not
+-- refunded yet (refunds that failed do not count); each unit is worth its share of what was
+-- paid for its line, adjustments included (shop.pricing.units_value).
+local function line_items(order, list, restock)
+  if type(list) ~= "table" or #list == 0 or #list > orders.MAX_LINES then
+    app.fail(400, "invalid_request", "items must be a list of 1 to " .. orders.MAX_LINES .. " {product_id, qty}")
+  end
+  local out, seen = {}, {}
+  for i, it in ipairs(list) do
+    if type(it) ~= "table" then app.fail(400, "invalid_request", "item " .. i .. " is not an object") end
+    local id = app.integer(it.product_id, 1, 2 ^ 31, "items[" .. i .. "].product_id")
+    if seen[id] then app.fail(400, "invalid_request", "product " .. id .. " appears twice") end
+    seen[id] = true
+    local line = db.one([[SELECT qty, coalesce(net, qty * price) AS net FROM order_items
+                          WHERE order_no = ? AND product_id = ?]], order.order_no, id)
+    if not line then app.fail(400, "invalid_request", "the order has no product " .. id) end
+    local qty = app.integer(it.qty, 1, line.qty, "items[" .. i .. "].qty")
+    local done = db.one([[SELECT coalesce(sum(ri.qty), 0) AS n FROM refund_items ri
+                          JOIN refunds r ON r.out_refund_no = ri.out_refund_no
+                          WHERE r.order_no = ? AND ri.product_id = ? AND r.status NOT IN ('FAILED', 'CLOSED')]],
+                        order.order_no, id).n
+    if qty > line.qty - done then
+      app.fail(409, "refund_exceeds_paid",
+               string.format("only %d of product %d can still be refunded", line.qty - done, id))
+    end
+    out[#out + 1] = { product_id = id, qty = qty, amount = pricing.units_value(line.net, line.qty, done, qty),
+                      restock = restock }
+  end
+  return out
+end
+
+--- Start a refund of order_no. o.amount: fen (default: all that is left); or o.items: the
+--- lines to refund, {product_id, qty}, priced by what those units were paid, and o.restock:
+--- put those units back on sale once the refund succeeded. o.reason: at most 80 bytes, shown
+--- to the payer. Records the refund (PENDING) and schedules submit_refund in one transaction;
+--- returns the refund row {out_refund_no, order_no, amount, reason, status, items}.
 --- Raises app.fail: 400 invalid_request, 404 not_found, 409 not_refundable (never paid),
---- 409 refund_exceeds_paid (the refunds would add up to more than the payment).
+--- 409 refund_exceeds_paid (more than the payment, or more units than are left),
+--- 409 nothing_to_refund (the units were free).
 function M.start(order_no, o)
   o = o or {}
   if o.reason ~= nil and (type(o.reason) ~= "string" or #o.reason > 80) then
     app.fail(400, "invalid_request", "reason must be a string of at most 80 bytes")
+  end
+  if o.items ~= nil and o.amount ~= nil then
+    app.fail(400, "invalid_request", "give amount or items, not both")
+  end
+  if o.restock ~= nil and (type(o.restock) ~= "boolean" or o.items == nil) then
+    app.fail(400, "invalid_request", "restock is true or false, and goes with items")
   end
   return db.tx(function()
     local order = orders.load(order_no)
@@ -57,12 +135,22 @@ function M.start(order_no, o)
       app.fail(409, "not_refundable", "the order is " .. order.status)
     end
     local left = orders.refundable(order)
-    local amount = o.amount == nil and left or app.integer(o.amount, 1, order.amount, "amount")
+    local amount, items
+    if o.items ~= nil then
+      items = line_items(order, o.items, o.restock == true)
+      amount = 0
+      for _, it in ipairs(items) do amount = amount + it.amount end
+      if amount == 0 then app.fail(409, "nothing_to_refund", "those units were free") end
+    else
+      amount = o.amount == nil and left or app.integer(o.amount, 1, order.amount, "amount")
+    end
     if amount > left or left == 0 then
       app.fail(409, "refund_exceeds_paid", string.format("only %d fen can still be refunded", left))
     end
-    local no = orders.start_refund(order.order_no, amount, o.reason)
-    return db.one("SELECT out_refund_no, order_no, amount, reason, status FROM refunds WHERE out_refund_no = ?", no)
+    local no = orders.start_refund(order.order_no, amount, o.reason, items)
+    local row = M.describe(no)
+    row.error = nil
+    return row
   end)
 end
 
@@ -88,6 +176,7 @@ function M.submit(out_refund_no)
       db.exec("UPDATE refunds SET status = 'FAILED', error = ?, updated_at = ? WHERE out_refund_no = ?",
               tostring(res.code) .. ": " .. tostring(res.message), clock.now(), row.out_refund_no)
       orders.settle_refunds(row.order_no)
+      finished(row.out_refund_no, "FAILED")
       log.error("refund refused by WeChat", { refund = row.out_refund_no, code = res.code, message = res.message })
     end
   end)

@@ -1,6 +1,11 @@
 -- shop.schema: the tables lualib/shop works on (products, orders, payments, refunds,
--- fulfillment, idempotency keys). A shop declares them as its first migration:
---   app.migration(1, "products, orders, payments, refunds, fulfillment", require("shop.schema").TABLES)
+-- fulfillment, idempotency keys, adjustments, order events, coupons). A shop declares them
+-- as its first migration, and the library's later changes at version numbers of its own:
+--   app.migration(1, "products, orders, payments, refunds, fulfillment", shop.TABLES)
+--   ... the host's own migrations ...
+--   shop.declare{ 3 }      -- one free version number of the host per entry of shop.UPGRADES
+local app = require "paygate"
+
 local M = {}
 
 -- This text is migration 1 of every shop: it never changes (an applied migration's text is
@@ -92,5 +97,116 @@ M.TABLES = [[
     PRIMARY KEY (owner, key)
   );
 ]]
+
+-- The library's changes after TABLES, oldest first. Like TABLES, an entry's text never changes
+-- once released; a new change is a new entry, and every host gives it a version number of its
+-- own (declare). Tables only grow: columns are added, never dropped or renamed.
+M.UPGRADES = {
+  { name = "lualib/shop 2: adjustments, order events, refunds by line, coupons", sql = [[
+  CREATE TABLE order_adjustments (                 -- what the pricing step changed, per order or line
+    order_no   TEXT NOT NULL REFERENCES orders(order_no),
+    seq        INTEGER NOT NULL,                    -- in the order they were applied
+    code       TEXT NOT NULL,
+    label      TEXT NOT NULL,
+    amount     INTEGER NOT NULL,                    -- fen: < 0 a discount, > 0 only a declared surcharge
+    product_id INTEGER,                             -- a line's adjustment; NULL: the order's
+    PRIMARY KEY (order_no, seq)
+  );
+  ALTER TABLE order_items ADD COLUMN net INTEGER;  -- the line's share of the amount, adjustments spread
+  UPDATE order_items SET net = qty * price;
+  ALTER TABLE orders ADD COLUMN units TEXT;        -- where its units are: reserved, sold or released
+  UPDATE orders SET units = CASE
+    WHEN status IN ('CREATED', 'PAYING') THEN 'reserved'
+    WHEN status = 'CLOSED' THEN 'released'
+    WHEN EXISTS (SELECT 1 FROM refunds r WHERE r.order_no = orders.order_no
+                 AND r.reason = 'paid after the order closed; out of stock') THEN 'released'
+    ELSE 'sold' END;
+  ALTER TABLE orders ADD COLUMN context TEXT;      -- the order request's other fields (JSON), for checks run again
+  CREATE TABLE order_events (                      -- the lifecycle events' outbox: each handled once
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_no   TEXT NOT NULL REFERENCES orders(order_no),
+    event      TEXT NOT NULL CHECK (event IN ('paid', 'closed', 'refunded', 'refund_failed')),
+    key        TEXT NOT NULL UNIQUE,                -- "paid:<order_no>", "refunded:<out_refund_no>" ...
+    data       TEXT NOT NULL,                       -- JSON: what the event says besides the order
+    status     TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE')),
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    done_at    INTEGER
+  );
+  CREATE INDEX order_events_by_order ON order_events(order_no, id);
+  CREATE TABLE refund_items (                      -- a refund by line: which units, for how much
+    out_refund_no TEXT NOT NULL REFERENCES refunds(out_refund_no),
+    product_id    INTEGER NOT NULL,
+    qty           INTEGER NOT NULL CHECK (qty > 0),
+    amount        INTEGER NOT NULL CHECK (amount >= 0),
+    restock       INTEGER NOT NULL DEFAULT 0,      -- put the units back on sale once refunded
+    restocked     INTEGER NOT NULL DEFAULT 0,      -- units put back (after the refund succeeded)
+    PRIMARY KEY (out_refund_no, product_id)
+  );
+  CREATE TABLE coupons (
+    code        TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('amount', 'percent')),
+    value       INTEGER NOT NULL CHECK (value > 0),  -- fen off, or percent off (1 to 100)
+    min_amount  INTEGER NOT NULL DEFAULT 0,          -- applies to orders of at least this (fen)
+    starts_at   INTEGER,                             -- validity (ms); NULL: no bound
+    ends_at     INTEGER,
+    per_user    INTEGER,                             -- redemptions per user; NULL: no limit
+    total_limit INTEGER,                             -- redemptions in all; NULL: no limit
+    used        INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),   -- redemptions held now
+    created_at  INTEGER NOT NULL,
+    CHECK (total_limit IS NULL OR used <= total_limit)
+  );
+  CREATE TABLE coupon_redemptions (                -- one coupon per order, held until the order closes
+    order_no   TEXT PRIMARY KEY REFERENCES orders(order_no),
+    code       TEXT NOT NULL REFERENCES coupons(code),
+    openid     TEXT NOT NULL,
+    amount     INTEGER NOT NULL,                    -- fen the coupon took off
+    status     TEXT NOT NULL CHECK (status IN ('held', 'released')),
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  );
+  CREATE INDEX coupon_redemptions_by_user ON coupon_redemptions(code, openid, status);
+]] },
+}
+
+local declared = {}
+
+--- Declare the library's change number n (an index of M.UPGRADES) as the host's migration
+--- `version`. A host whose own migrations come between two of the library's declares them one
+--- by one; otherwise declare() does it in one call.
+function M.upgrade(n, version)
+  local u = M.UPGRADES[n]
+  if not u then error("shop.schema.upgrade: lualib/shop has no change " .. tostring(n), 2) end
+  app.migration(version, u.name, u.sql, app._caller(1))
+  declared[n] = version
+end
+
+--- Declare all of the library's later changes at the host's version numbers: `versions` is
+--- a list with one free version number per entry of M.UPGRADES, in order (declare{ 3 }).
+--- When the library grows, the list must grow too: the load says so until it does.
+function M.declare(versions)
+  if type(versions) ~= "table" or #versions ~= #M.UPGRADES then
+    error(string.format("shop.schema.declare: lualib/shop has %d later change(s) to its tables (newest: %q); "
+      .. "give one free version number of yours for each, in order", #M.UPGRADES, M.UPGRADES[#M.UPGRADES].name), 2)
+  end
+  for n, version in ipairs(versions) do
+    local u = M.UPGRADES[n]
+    app.migration(version, u.name, u.sql, app._caller(1))
+    declared[n] = version
+  end
+end
+
+--- Raise unless the host declared every later change (shop.jobs.install calls it at load, so
+--- a host that forgot is told at once, naming what to add, and keeps its running scripts).
+function M.check_declared()
+  for n, u in ipairs(M.UPGRADES) do
+    if not declared[n] then
+      error(string.format("lualib/shop needs its table change %d (%q): declare it in your schema script with "
+        .. "require(\"shop.schema\").declare{ <free version numbers> } (docs/shop.md, \"Tables\")", n, u.name), 0)
+    end
+  end
+end
 
 return M

@@ -67,4 +67,36 @@ end
 --- The rule used when a shop has none: every order may take what it asks for.
 function M.allow_all() return { allow = true } end
 
+-- Where an order's units are; orders written before the column existed go by their status.
+local UNITS = [[coalesce(o.units, CASE WHEN o.status IN ('CREATED', 'PAYING') THEN 'reserved'
+                                      WHEN o.status = 'CLOSED' THEN 'released' ELSE 'sold' END)]]
+
+--- Recompute every product's reserved and sold from the orders: reserved is what open orders
+--- hold, sold what paid orders took less the units their refunds put back. stock (what is for
+--- sale) is the operator's count and stays. Run it when the columns disagree with the orders
+--- (paygate_stock_mismatch_total counts each disagreement a transition met). Runs in its own
+--- transaction; returns the products it changed: { product_id, name, reserved = {was, now},
+--- sold = {was, now} }.
+function M.recompute()
+  return db.tx(function()
+    local changed = json.array()
+    for _, p in ipairs(db.query("SELECT id, name, reserved, sold FROM products ORDER BY id")) do
+      local held = db.one([[SELECT coalesce(sum(i.qty), 0) AS n FROM order_items i JOIN orders o ON o.order_no = i.order_no
+                            WHERE i.product_id = ? AND ]] .. UNITS .. " = 'reserved'", p.id).n
+      local sold = db.one([[SELECT coalesce(sum(i.qty), 0) AS n FROM order_items i JOIN orders o ON o.order_no = i.order_no
+                            WHERE i.product_id = ? AND ]] .. UNITS .. " = 'sold'", p.id).n
+      local back = db.one("SELECT coalesce(sum(restocked), 0) AS n FROM refund_items WHERE product_id = ?", p.id).n
+      sold = sold - back
+      if held ~= p.reserved or sold ~= p.sold then
+        db.exec("UPDATE products SET reserved = ?, sold = ?, updated_at = ? WHERE id = ?", held, sold, clock.now(), p.id)
+        changed[#changed + 1] = { product_id = p.id, name = p.name, reserved = { p.reserved, held }, sold = { p.sold, sold } }
+        log.warn("stock recomputed from the orders", { product = p.id, reserved = p.reserved .. ">" .. held,
+                                                        sold = p.sold .. ">" .. sold })
+        metrics.inc("paygate_stock_recomputed_total")
+      end
+    end
+    return changed
+  end)
+end
+
 return M

@@ -115,7 +115,12 @@ export async function startGateway(opts = {}) {
   });
 
   const gw = {
-    dir, scriptsDir, port, child, pid: child.pid,
+    dir, scriptsDir, port, child, pid: child.pid, config,
+    /** Rewrite the config file with `changes` merged over the running config (a reload reads its `app`). */
+    writeConfig(changes) {
+      Object.assign(config, changes);
+      writeFileSync(confPath, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');
+    },
     get log() { return stderr; },
     request: (method, path, o) => request(port, method, path, o),
     get: (path, o) => request(port, 'GET', path, o),

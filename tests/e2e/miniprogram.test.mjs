@@ -70,3 +70,16 @@ test('API errors surface as exceptions with the error code', async () => {
   await assert.rejects(shop.createOrder([{ product_id: 1, qty: 1000 }]), (e) => e.status === 400 && e.code === 'invalid_request');
   await assert.rejects(shop.getOrder('PG000000000000000000000000'), (e) => e.status === 404 && e.code === 'not_found');
 });
+
+test('quote() shows the price with a coupon first, and buy() with the same coupon is charged that', async () => {
+  assert.equal((await gw.post('/admin/coupons', { code: 'MINI5', kind: 'amount', value: 500 })).status, 201);
+  const wx = fakeWx('oMiniProgramUser4');
+  const shop = paygate.create({ baseUrl: `http://127.0.0.1:${gw.port}`, wxApi: wx, pollMs: 50 });
+  const price = await shop.quote([{ product_id: 1, qty: 1 }], { coupon: 'MINI5' });
+  assert.equal(price.amount, 3300);
+  assert.deepEqual(price.adjustments.map((a) => [a.code, a.amount]), [['coupon:MINI5', -500]]);
+  const order = await shop.buy([{ product_id: 1, qty: 1 }], { coupon: 'MINI5' });
+  assert.equal(order.status, 'PAID');
+  assert.equal(order.amount, 3300);
+  await assert.rejects(shop.quote([{ product_id: 1, qty: 1 }], { coupon: 'NOPE' }), (e) => e.status === 409 && e.code === 'coupon_invalid');
+});

@@ -3,7 +3,7 @@
 // on the generation it started on.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, renameSync, mkdtempSync, mkdirSync, existsSync, rmSync } from 'node:fs';
+import { writeFileSync, renameSync, mkdtempSync, mkdirSync, existsSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway, runPaygate, eventually, sleep, ROOT } from './harness.mjs';
@@ -273,4 +273,81 @@ test('--check exits 0 on good scripts and 1 with the error on broken ones, witho
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// ---- a reload as one unit: settings, several files, and errors that say where ----
+
+const settings = `
+local app = require "paygate"
+app.get("/config", function(req) return 200, { greeting = config.greeting, limit = config.limit } end)
+`;
+
+test('a reload re-reads the config file\'s app settings; a broken config file refuses the reload and changes nothing', async () => {
+  await withGateway({ scripts: { 'init.lua': settings }, config: { watch: false, app: { greeting: 'hello', limit: 2 } } }, async (gw) => {
+    assert.deepEqual((await gw.get('/config')).json, { greeting: 'hello', limit: 2 });
+    gw.writeConfig({ app: { greeting: 'bonjour', limit: 3 } });
+    assert.deepEqual((await gw.get('/config')).json, { greeting: 'hello', limit: 2 }, 'nothing changes before a reload');
+    const r = await gw.reload();
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual((await gw.get('/config')).json, { greeting: 'bonjour', limit: 3 });
+
+    gw.writeConfig({ app: 'not a table' });
+    const bad = await gw.reload();
+    assert.equal(bad.status, 422);
+    assert.match(bad.json.message, /config: app must be a table/);
+    assert.equal((await health(gw)).status, 'degraded');
+    assert.deepEqual((await gw.get('/config')).json, { greeting: 'bonjour', limit: 3 }, 'the running generation keeps its settings');
+
+    gw.writeConfig({ app: { greeting: 'hallo' } });
+    process.kill(gw.pid, 'SIGHUP');                                 // every trigger reads them
+    await eventually(async () => (await gw.get('/config')).json.greeting === 'hallo', 3000);
+    assert.equal((await health(gw)).status, 'ok');
+  });
+});
+
+test('with watch_marker, saved files wait for scripts/.reload, and a change spanning files goes live at once', async () => {
+  const two = (n) => ({
+    'init.lua': `local app = require "paygate"\nlocal part = require "part"\napp.get("/v", function() return 200, { v = part.v${n} } end)\n`,
+    'part.lua': `return { v${n} = ${n} }\n`,
+  });
+  await withGateway({ scripts: { ...two(1), '.reload': '' }, config: { watch_marker: true } }, async (gw) => {
+    assert.equal(await v(gw), 1);
+    const ok0 = await gw.metric('paygate_reloads_ok_total');
+    const failed0 = await gw.metric('paygate_reloads_failed_total');
+    // one file of the change alone would not load (init.lua asks part.v2, part.lua still has v1)
+    gw.writeScripts({ 'init.lua': two(2)['init.lua'] });
+    await sleep(400);
+    gw.writeScripts({ 'part.lua': two(2)['part.lua'] });
+    await sleep(400);
+    assert.equal(await v(gw), 1, 'saving files alone reloads nothing');
+    assert.equal(await gw.metric('paygate_reloads_failed_total'), failed0, 'and no half-saved set was tried');
+    const now = new Date();
+    utimesSync(join(gw.scriptsDir, '.reload'), now, now);            // touch scripts/.reload
+    await eventually(async () => (await v(gw)) === 2, 3000);
+    await sleep(300);
+    assert.equal(await gw.metric('paygate_reloads_ok_total'), ok0 + 1, 'one reload for the whole change');
+    assert.equal(await gw.metric('paygate_reloads_failed_total'), failed0);
+    gw.writeScripts({ 'sub/.reload': 'x' });                           // only the one in scripts/ counts
+    await sleep(400);
+    assert.equal(await gw.metric('paygate_reloads_ok_total'), ok0 + 1);
+  });
+});
+
+test('a failing migration names the file and line that declared it, for SQL and function migrations', async () => {
+  await withGateway({ scripts: { 'init.lua': withTable(1, m1) }, config: { watch: false } }, async (gw) => {
+    gw.writeScripts({
+      'init.lua': withTable(2, `${m1}\nrequire "schema"`),
+      'schema.lua': 'local app = require "paygate"\n\napp.migration(2, "extra", "CREATE TABLE extra(x); INSERT INTO nowhere VALUES (1)")\n',
+    });
+    const r = await gw.reload();
+    assert.equal(r.status, 422);
+    assert.match(r.json.message, /schema\.lua:3: migration 2 \(extra\) failed: .*no such table: nowhere/);
+    assert.match((await health(gw)).last_reload.error, /schema\.lua:3: migration 2/);
+
+    gw.writeScripts({ 'schema.lua': 'local app = require "paygate"\napp.migration(2, "fill", function()\n  db.exec("INSERT INTO nowhere VALUES (1)")\nend)\n' });
+    const f = await gw.reload();
+    assert.equal(f.status, 422);
+    assert.match(f.json.message, /schema\.lua:2: migration 2 \(fill\) failed: .*schema\.lua:3: .*nowhere/);
+    assert.deepEqual((await gw.get('/tables')).json.tables, ['items']);
+  });
 });

@@ -38,6 +38,16 @@ end)
 app.get("/test/notification_log/{no}", function(req)
   return 200, { log = db.query("SELECT * FROM notification_log WHERE order_no = ? ORDER BY id", req.params.no) }
 end)
+app.get("/test/order_events/{no}", function(req)
+  return 200, { events = db.query("SELECT * FROM order_events WHERE order_no = ? ORDER BY id", req.params.no) }
+end)
+app.get("/test/refund_items/{no}", function(req)
+  return 200, { items = db.query([[SELECT ri.* FROM refund_items ri JOIN refunds r ON r.out_refund_no = ri.out_refund_no
+                                   WHERE r.order_no = ? ORDER BY r.created_at, ri.product_id]], req.params.no) }
+end)
+app.get("/test/coupon_redemptions/{no}", function(req)
+  return 200, db.one("SELECT * FROM coupon_redemptions WHERE order_no = ?", req.params.no) or json.null
+end)
 app.get("/test/refused", function(req)
   return 200, { log = db.query("SELECT * FROM notification_log WHERE outcome = 'refused' ORDER BY id") }
 end)
@@ -85,10 +95,11 @@ export async function startWorld() {
     keys, k, sandbox, gateways: [],
     /**
      * A shop gateway wired to the sandbox; `app` adds to its app settings, `files` replaces
-     * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy;
-     * `bin`, `env`, `dir` (the gateway's directory, kept) and `expectExit` go to startGateway.
+     * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy,
+     * `config` adds to (or replaces) its other settings (e.g. { watch: true }); `bin`, `env`,
+     * `dir` (the gateway's directory, kept) and `expectExit` go to startGateway.
      */
-    async startShop(app = {}, { files, bin, env, dir: home, expectExit } = {}) {
+    async startShop(app = {}, { files, config = {}, bin, env, dir: home, expectExit } = {}) {
       const port = await freePort();
       let dir = scripts;
       if (files) {
@@ -110,6 +121,7 @@ export async function startWorld() {
             refund_notify_url: `http://127.0.0.1:${port}/wechat/notify/refund`,
           },
           app: { test_mode: true, status_query_after_s: 0, status_query_every_s: 0, min_pay_window_s: 0, ...app },
+          ...config,
         },
       });
       this.gateways.push(gw);

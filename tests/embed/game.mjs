@@ -280,6 +280,12 @@ end)
 app.get("/test/jobs/{key}", function(req)
   return 200, { job = db.one("SELECT * FROM _paygate_jobs WHERE key = ?", req.params.key) }
 end)
+app.get("/test/order_events/{no}", function(req)
+  return 200, { events = db.query("SELECT event, key, status FROM order_events WHERE order_no = ? ORDER BY id", req.params.no) }
+end)
+app.get("/test/migrations", function(req)
+  return 200, { migrations = db.query("SELECT version, name FROM _paygate_migrations ORDER BY version") }
+end)
 app.post("/test/jobs/{key}/due", function(req)
   local b = app.read_json(req)
   db.exec("UPDATE _paygate_jobs SET run_at = ?, attempts = coalesce(?, attempts) WHERE key = ? AND state = 'queued'",
@@ -326,6 +332,23 @@ async function libraryRun() {
     assert(log.some((l) => l.kind === 'query' && l.outcome === 'paid'), 'found by asking WeChat: ' + JSON.stringify(log));
     assert(!log.some((l) => l.kind === 'pay'), 'no notification came: ' + JSON.stringify(log));
     assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAID', 'PAID');
+  });
+
+  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4 }): its paid orders record ' +
+             'their lifecycle events like the shop\'s', async () => {
+    const m = (await hook('GET', '/test/migrations')).json.migrations;
+    assert(m.length === 4 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name), 'migrations: ' + JSON.stringify(m));
+    const openid = 'oGameEvents53xxxxxxxxxxxxxxx';
+    assert((await login(c, 53, openid)).ok, 'login');
+    const b = await c.send('BUY 53 7');
+    assert(b.ok, b.line);
+    await pay(b, openid);
+    await eventually(async () => (await inventory(c, 53))['7'] === 1, 15000, 'item 7 delivered to player 53');
+    const ev = await eventually(async () => {
+      const e = (await hook('GET', `/test/order_events/${b.json.order_no}`)).json.events;
+      return e.length === 1 && e[0].status === 'DONE' && e;
+    }, 8000, 'the paid event');
+    assert(ev[0].event === 'paid' && ev[0].key === `paid:${b.json.order_no}`, JSON.stringify(ev));
   });
 
   await spec('a game-server order that WeChat never confirms keeps trying to close for days, like the shop\'s', async () => {

@@ -1,0 +1,81 @@
+-- events: an order's lifecycle events — paid, closed, refunded, refund_failed — each handled
+-- once by the merchant's on_<event> hooks (shop.hooks), whatever path made the change: a
+-- notification, a status query, the reconciler, a payment after close, an operator. The event
+-- is written to an outbox (order_events) and its job scheduled in the transaction of the change
+-- itself, so it exists exactly when the change does; the job calls the hooks outside any
+-- transaction (they may wait) until they all return once.
+local hooks = require "shop.hooks"
+local pricing = require "shop.pricing"
+
+local M = {}
+
+M.UNTIL_DONE = 1000              -- like the other money jobs: about 40 days of retries
+
+--- Record `event` of order_no inside the caller's transaction and schedule its handling.
+--- data: what the handlers are told besides the order (a table). key: the event's identity,
+--- default "<event>:<order_no>"; the same key again records nothing (an event happens once).
+function M.queue(order_no, event, data, key)
+  key = key or (event .. ":" .. order_no)
+  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at)
+                          VALUES (?, ?, ?, ?, 'PENDING', 0, ?) ON CONFLICT(key) DO NOTHING]],
+                        order_no, event, key, json.encode(data or {}), clock.now())
+  if n == 1 then
+    jobs.schedule("order_event", { id = id }, { key = "event:" .. id, max_attempts = M.UNTIL_DONE })
+  end
+end
+
+--- What a handler is given: { id, key, event, order = the order as the API shows it (with
+--- openid), ... the event's data (reason, transaction_id, refund ...) }.
+function M.payload(ev)
+  local orders = require "shop.orders"        -- here: shop.orders requires this module
+  local order = orders.load(ev.order_no)
+  local view = orders.view(order)
+  view.openid = order.openid
+  local p = { id = ev.id, key = ev.key, event = ev.event, order = view }
+  local ok, data = pcall(json.decode, ev.data)
+  if ok and type(data) == "table" then
+    for k, v in pairs(data) do if p[k] == nil then p[k] = v end end
+  end
+  return p
+end
+
+local function describe(err)
+  if type(err) == "table" then return tostring(err.error) .. ": " .. tostring(err.message) end
+  return tostring(err)
+end
+
+--- The order_event job's work: call every on_<event> hook with the payload, then record the
+--- event DONE; a DONE event is never handled again. A hook that raises is recorded
+--- (order_events.last_error, paygate_order_event_errors_total) and the job runs again later,
+--- calling the hooks again: make them idempotent by ev.key. An event without hooks is DONE
+--- at once.
+function M.run(id)
+  local ev = db.one("SELECT * FROM order_events WHERE id = ?", id)
+  if not ev or ev.status == "DONE" then return end
+  local handlers = hooks.list("on_" .. ev.event)
+  if #handlers > 0 then
+    db.exec("UPDATE order_events SET attempts = attempts + 1 WHERE id = ?", id)
+    local payload = M.payload(ev)
+    for _, h in ipairs(handlers) do
+      local ok, err = pcall(h.fn, pricing.copy(payload))
+      if not ok then
+        db.exec("UPDATE order_events SET last_error = ? WHERE id = ?", h.name .. ": " .. describe(err), id)
+        metrics.inc("paygate_order_event_errors_total", { event = ev.event })
+        log.warn("an order event's hook failed; it runs again later",
+                 { order = ev.order_no, event = ev.event, piece = h.name, error = describe(err) })
+        error(err, 0)
+      end
+    end
+  end
+  db.exec("UPDATE order_events SET status = 'DONE', done_at = ?, last_error = NULL WHERE id = ? AND status = 'PENDING'",
+          clock.now(), id)
+  metrics.inc("paygate_order_events_total", { event = ev.event })
+end
+
+--- The events of an order, for operators: { id, event, key, status, attempts, last_error }.
+function M.of(order_no)
+  return db.query([[SELECT id, event, key, status, attempts, last_error FROM order_events
+                    WHERE order_no = ? ORDER BY id]], order_no)
+end
+
+return M
