@@ -35,9 +35,10 @@ struct cached_stmt {
 struct store {
 	struct engine *eng;
 	sqlite3 *db;
-	int tx_depth;   /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
-	int engine_sql; /* the engine's own statement: no restrictions */
-	int batch_open; /* BEGIN issued, COMMIT not yet */
+	int tx_depth;    /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
+	int engine_sql;  /* the engine's own statement: no restrictions */
+	int batch_open;  /* BEGIN issued, COMMIT not yet */
+	int batch_wrote; /* a statement that writes ran in it (a read-only db.tx holds nothing back) */
 	struct event *commit_ev;
 	struct store_waiter waiters; /* list head: who waits for the open batch */
 	char last_error[512];        /* why the last batch was lost */
@@ -152,7 +153,7 @@ static int batch_lost(struct store *st)
 	snprintf(st->last_error, sizeof st->last_error, "the database rolled the batch back: %s",
 	         sqlite3_errmsg(st->db));
 	log_error(&st->eng->log, NULL, "%s", st->last_error);
-	st->batch_open = 0;
+	st->batch_open = st->batch_wrote = 0;
 	st->eng->metrics.db_batches_lost++;
 	batch_ended(st, 0);
 	return 1;
@@ -177,7 +178,7 @@ static int batch_commit(struct store *st)
 	} else {
 		st->eng->metrics.db_batches++;
 	}
-	st->batch_open = 0;
+	st->batch_open = st->batch_wrote = 0;
 	batch_ended(st, rc == 0);
 	return rc;
 }
@@ -204,13 +205,13 @@ static int batch_begin(struct store *st, char *err, size_t errlen)
 
 int store_dirty(const struct store *st)
 {
-	return st && st->batch_open;
+	return st && st->batch_open && st->batch_wrote;
 }
 
 int store_wait_commit(struct store *st, struct store_waiter *w)
 {
 	assert(!w->next);
-	if (!st->batch_open)
+	if (!store_dirty(st))
 		return 0;
 	w->prev = st->waiters.prev;
 	w->next = &st->waiters;
@@ -321,9 +322,12 @@ int store_in_tx(const struct store *st)
 /* A statement that writes runs inside the turn's batch: the one seam every write goes through. */
 static sqlite3_stmt *join_batch(struct store *st, sqlite3_stmt *stmt, char *err, size_t errlen)
 {
-	if (sqlite3_stmt_readonly(stmt) || batch_begin(st, err, errlen) == 0)
+	if (sqlite3_stmt_readonly(stmt))
 		return stmt;
-	return NULL;
+	if (batch_begin(st, err, errlen) < 0)
+		return NULL;
+	st->batch_wrote = 1;
+	return stmt;
 }
 
 sqlite3_stmt *store_prepare(struct store *st, const char *sql, char *err, size_t errlen)

@@ -14,12 +14,16 @@ M.UNTIL_DONE = 1000              -- like the other money jobs: about 40 days of 
 --- Record `event` of order_no inside the caller's transaction and schedule its handling.
 --- data: what the handlers are told besides the order (a table). key: the event's identity,
 --- default "<event>:<order_no>"; the same key again records nothing (an event happens once).
+--- An event no piece handles (no on_<event> hook in the rules now) is recorded as DONE and
+--- costs no job: there is nobody to tell, now or later.
 function M.queue(order_no, event, data, key)
   key = key or (event .. ":" .. order_no)
-  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at)
-                          VALUES (?, ?, ?, ?, 'PENDING', 0, ?) ON CONFLICT(key) DO NOTHING]],
-                        order_no, event, key, json.encode(data or {}), clock.now())
-  if n == 1 then
+  local handled = hooks.has("on_" .. event)
+  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at, done_at)
+                          VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(key) DO NOTHING]],
+                        order_no, event, key, json.encode(data or {}), handled and "PENDING" or "DONE", clock.now(),
+                        not handled and clock.now() or nil)
+  if n == 1 and handled then
     jobs.schedule("order_event", { id = id }, { key = "event:" .. id, max_attempts = M.UNTIL_DONE })
   end
 end
