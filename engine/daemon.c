@@ -9,16 +9,17 @@
 
 #include "daemon.h"
 
-static const char usage[] = "usage: %s [--config FILE] [--listen HOST:PORT] [--check]\n"
-                            "       %s --version | --help\n"
-                            "\n"
-                            "  --config FILE       configuration file (Lua table syntax; see README)\n"
-                            "  --listen HOST:PORT  override the listen address (port 0 picks a free port)\n"
-                            "  --check             load the config and scripts, apply migrations to an\n"
-                            "                      in-memory database, report errors and exit\n"
-                            "  --version           print the version\n"
-                            "\n"
-                            "Signals: SIGHUP reloads the scripts; SIGINT/SIGTERM stop gracefully.\n";
+static const char usage[] =
+    "usage: %s [--config FILE] [--listen HOST:PORT] [--check]\n"
+    "       %s --version | --help\n"
+    "\n"
+    "  --config FILE       configuration file (Lua table syntax; see README)\n"
+    "  --listen HOST:PORT  override the listen address (port 0 picks a free port)\n"
+    "  --check             load the config and scripts, apply migrations to an\n"
+    "                      in-memory database, report errors and exit\n"
+    "  --version           print the version\n"
+    "\n"
+    "Signals: SIGHUP reloads the scripts (and the config's app table); SIGINT/SIGTERM stop gracefully.\n";
 
 struct daemon {
 	const char *name;

@@ -232,8 +232,11 @@ int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, v
  *        status: the one of `app.fail(status, code, message)` in the
  *        script, 400 (json_args is not JSON), 404 (no such exported
  *        function), 500 (the script failed or ran too long; the log has the
- *        traceback), 503 (the engine is shutting down or was freed, or no
- *        script generation is loaded).
+ *        traceback), 503 (the engine is shutting down or was freed, no
+ *        script generation is loaded, the script memory is full, or
+ *        "storage_failed": the database lost the batch holding the call's
+ *        writes). A result is handed over only once the writes of the loop
+ *        turn that produced it are on disk.
  * @param json_result on 200 the function's return value as JSON ("null"
  *        for nil); otherwise {"error": code, "message": text}. Valid only
  *        during the callback.
