@@ -529,14 +529,22 @@ static int durable_retvals(struct coro *c, lua_State *L)
 	return 1;
 }
 
-/* The continuation after the wait: the results the write had, or the lost batch's error. */
+/* The continuation after the wait: the results the write had, or the lost batch's error (503 storage_failed). */
 static int after_durable(lua_State *L, int status, lua_KContext nres)
 {
 	(void)status;
 	int ok = lua_toboolean(L, -1);
 	lua_pop(L, 1);
-	if (!ok)
-		return luaL_error(L, "db: %s; nothing of this write was saved", store_last_error(upstore(L)));
+	if (!ok) { /* raised like app.fail(503, "storage_failed", ...): a handler that lets it pass answers 503 */
+		lua_createtable(L, 0, 3);
+		lua_pushinteger(L, 503);
+		lua_setfield(L, -2, "status");
+		lua_pushliteral(L, "storage_failed");
+		lua_setfield(L, -2, "error");
+		lua_pushfstring(L, "%s; nothing of this write was saved, try again", store_last_error(upstore(L)));
+		lua_setfield(L, -2, "message");
+		return lua_error(L);
+	}
 	return (int)nres;
 }
 

@@ -17,6 +17,10 @@
 ** not, by chance, and one of them may be torn half-way; then the process ends
 ** with CRASHVFS_EXIT at once. Whatever was acknowledged must survive that.
 **
+** SIGUSR1 arms another fault: the next sync of a database or WAL fails
+** (SQLITE_IOERR_FSYNC), as a failing disk's would; what it should have made
+** durable stays pending.
+**
 ** Simplifications, each of which makes the test no weaker for paygate's own
 ** code: a truncate reaches the disk at once; files are created at once;
 ** only main databases and WALs are buffered (the -shm index is rebuilt by
@@ -33,6 +37,7 @@ struct pending {
 struct crash_file {
 	sqlite3_file base;
 	sqlite3_file *real; /* the unix VFS's file, placed right after this struct */
+	int is_db;          /* a main database or a WAL: the files whose syncs count */
 	int buffered;
 	struct pending *head, *tail;
 	struct crash_file *next_open; /* every buffered file, for the power cut */
@@ -42,7 +47,7 @@ static sqlite3_vfs *real_vfs;
 static sqlite3_vfs crash_vfs;
 static struct crash_file *open_files;
 static long events, cut_at; /* the power goes at the cut_at-th write or sync after arming (0: never) */
-static volatile sig_atomic_t armed;
+static volatile sig_atomic_t armed, fail_next_sync;
 static uint64_t rng = 88172645463325252ull;
 
 static uint64_t next_random(void)
@@ -178,7 +183,10 @@ static int c_truncate(sqlite3_file *file, sqlite3_int64 size)
 static int c_sync(sqlite3_file *file, int flags)
 {
 	struct crash_file *f = (struct crash_file *)file;
-	(void)flags;
+	if (f->is_db && fail_next_sync) {
+		fail_next_sync = 0;
+		return SQLITE_IOERR_FSYNC;
+	}
 	if (!f->buffered)
 		return f->real->pMethods->xSync(f->real, flags);
 	if (armed && ++events == cut_at)
@@ -262,7 +270,8 @@ static int c_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int fl
 	if (rc != SQLITE_OK)
 		return rc;
 	f->base.pMethods = &crash_io;
-	f->buffered = cut_at && (flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL));
+	f->is_db = (flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL)) != 0;
+	f->buffered = cut_at && f->is_db;
 	if (f->buffered) {
 		f->next_open = open_files;
 		open_files = f;
@@ -320,14 +329,17 @@ static int c_current_time64(sqlite3_vfs *vfs, sqlite3_int64 *out)
 
 static void on_arm(int sig)
 {
-	(void)sig;
-	armed = 1;
+	if (sig == SIGUSR1)
+		fail_next_sync = 1;
+	else
+		armed = 1;
 }
 
 int crashvfs_register(long cut_at_event, unsigned long seed)
 {
 	if (cut_at_event > 0)
 		signal(SIGUSR2, on_arm);
+	signal(SIGUSR1, on_arm);
 	if (!(real_vfs = sqlite3_vfs_find(NULL)))
 		return -1;
 	cut_at = cut_at_event;

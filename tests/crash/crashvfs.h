@@ -13,6 +13,7 @@
 ** in memory until synced, and once the process gets SIGUSR2 the power is cut
 ** at the cut_at-th write or sync after it (chance, decided by seed, picks
 ** which unsynced writes survive). With 0 it only passes everything through.
+** Either way, SIGUSR1 makes the next sync of a database or WAL fail.
 ** Returns 0, or -1 when SQLite has no default VFS to wrap.
 */
 int crashvfs_register(long cut_at, unsigned long seed);

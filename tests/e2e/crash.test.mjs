@@ -160,3 +160,35 @@ for (const seed of SEEDS) {
       }
     });
 }
+
+test('a sync the disk fails: that batch\'s requests get no 201, nothing is left half-done, the gateway keeps serving',
+  { timeout: 60000 }, async () => {
+    const home = mkdtempSync(join(tmpdir(), 'paygate-crash-'));
+    try {
+      const gw = await world.startShop({}, { bin: CRASH_BIN, dir: home });
+      for (const id of PRODUCTS) {
+        assert.equal((await gw.put(`/admin/products/${id}`, { name: `product ${id}`, price: 100 * id, stock: STOCK })).status, 200);
+      }
+      const user = await world.login(gw);
+      const buy = () => gw.post('/api/orders', { items: [{ product_id: 1, qty: 1 }] }, { headers: user.auth });
+      process.kill(gw.pid, 'SIGUSR1'); // the next sync of the database fails
+      const answers = await Promise.all([buy(), buy(), buy(), buy()]);
+      const statuses = answers.map((r) => r.status);
+      assert.ok(statuses.every((s) => [201, 503].includes(s)), `unexpected answers ${statuses}`);
+      for (const r of answers.filter((a) => a.status === 503)) assert.equal(r.json.error, 'storage_failed', r.body);
+      assert.ok(statuses.some((s) => s !== 201), `the batch whose sync failed answered 201: ${statuses}`);
+      assert.ok(await gw.metric('paygate_db_batches_lost_total') >= 1);
+      const after = await buy();
+      assert.equal(after.status, 201, `the gateway did not recover: ${after.body}`);
+      for (const r of [...answers.filter((a) => a.status === 201), after]) {
+        assert.equal((await gw.get(`/api/orders/${r.json.order_no}`, { headers: user.auth })).status, 200);
+      }
+      const p = (await gw.get('/test/products/1')).json;
+      const open = answers.filter((a) => a.status === 201).length + 1;
+      assert.equal(p.stock + p.reserved + p.sold, STOCK, 'units appeared or vanished');
+      assert.equal(p.reserved, open, 'only the orders answered 201 hold stock');
+      await gw.stop();
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
