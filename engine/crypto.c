@@ -2,6 +2,7 @@
 #include "crypto.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,19 +112,20 @@ int crypto_base64_encode(const void *in, size_t len, struct crypto_buf *out, cha
 }
 
 /* Value of a Base64 digit, or -1 for any other byte. */
+/* The value of each Base64 digit, -1 for any other byte (a table: notifications decode a lot of it). */
+static signed char b64_values[256];
+
+static void b64_init(void)
+{
+	static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	memset(b64_values, -1, sizeof b64_values);
+	for (int i = 0; i < 64; i++)
+		b64_values[(unsigned char)digits[i]] = (signed char)i;
+}
+
 static int b64_value(unsigned char c)
 {
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
+	return b64_values[c];
 }
 
 /*
@@ -158,6 +160,8 @@ int crypto_base64_decode(const char *in, size_t len, struct crypto_buf *out, cha
 	size_t i, n = 0;
 	int k;
 
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, b64_init);
 	out->data = NULL;
 	out->len = 0;
 	if (len % 4 != 0) {

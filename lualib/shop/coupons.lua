@@ -58,7 +58,7 @@ local function adjustment_of(ctx, code)
   end
 end
 
-M.piece = { name = "shop.coupons" }
+M.piece = { name = "shop.coupons", display = false }   -- a coupon needs its code: no list price changes
 
 --- quote: the coupon's discount on the order so far, as an order adjustment "coupon:<code>".
 --- Nothing when the code does not apply (check says why).

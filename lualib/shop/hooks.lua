@@ -10,7 +10,9 @@
 --                                               once per event, from the durable queue (shop.events)
 --
 -- Pieces are registered at load (hooks.use) and run in the order registered. Each generation
--- of scripts starts with none, so a reload replaces them all at once.
+-- of scripts starts with none, so a reload replaces them all at once. A piece may also say
+-- `display = false`: its quote never changes the price a product shows in the list (it
+-- needs the order's own request, a coupon code say), so the list does not ask it.
 local M = {}
 
 M.FUNCTIONS = {
@@ -26,8 +28,11 @@ local function add(piece, where)
   end
   local name = piece.name or ("piece " .. (#pieces + 1))
   if type(name) ~= "string" then error("shop.hooks.use: a piece's name must be a string", where) end
+  if piece.display ~= nil and type(piece.display) ~= "boolean" then
+    error("shop.hooks.use: a piece's display must be true or false", where)
+  end
   for k, v in pairs(piece) do
-    if k ~= "name" then
+    if k ~= "name" and k ~= "display" then
       if not M.FUNCTIONS[k] then
         error(string.format("shop.hooks.use: %s has an unknown hook '%s' (known: quote, check, decide, claim, "
           .. "release, on_paid, on_closed, on_refunded, on_refund_failed)", name, tostring(k)), where)
@@ -62,6 +67,14 @@ function M.list(hook)
     if p.piece[hook] then out[#out + 1] = { fn = p.piece[hook], name = p.name } end
   end
   return out
+end
+
+--- Whether any piece's quote may change the price a product shows in the list.
+function M.quotes_for_display()
+  for _, p in ipairs(pieces) do
+    if p.piece.quote and p.piece.display ~= false then return true end
+  end
+  return false
 end
 
 --- Whether any piece has this hook.

@@ -269,7 +269,7 @@ end
 --- price_labels, for openid (nil: not logged in). Products whose price no hook changes are
 --- returned as they are. A hook that fails here is logged and the list price shown.
 function M.display(products, openid)
-  if not hooks.has("quote") then return products end
+  if not hooks.quotes_for_display() then return products end
   pcall(db.tx, function()
     for _, p in ipairs(products) do
       local ok, err = pcall(function()
