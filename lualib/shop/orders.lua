@@ -137,18 +137,29 @@ function M.move_all(items, from, to, order_no, transition)
   return missing
 end
 
--- Check the items of a new order and price them from our own table (the client never
--- sends prices). Lines come sorted by product_id: every order locks products in one order.
-local function priced_lines(items)
+--- Check a client's list of {product_id, qty} (an order's, a refund's): 1 to MAX_LINES
+--- objects, each product once. Returns their product ids, in order; 400 invalid_request else.
+function M.item_ids(items)
   if type(items) ~= "table" or #items == 0 or #items > M.MAX_LINES then
     app.fail(400, "invalid_request", "items must be a list of 1 to " .. M.MAX_LINES .. " {product_id, qty}")
   end
-  local lines, seen = {}, {}
+  local ids, seen = {}, {}
   for i, it in ipairs(items) do
     if type(it) ~= "table" then app.fail(400, "invalid_request", "item " .. i .. " is not an object") end
     local id = app.integer(it.product_id, 1, 2 ^ 31, "items[" .. i .. "].product_id")
     if seen[id] then app.fail(400, "invalid_request", "product " .. id .. " appears twice; put the quantity in one line") end
     seen[id] = true
+    ids[i] = id
+  end
+  return ids
+end
+
+-- Check the items of a new order and price them from our own table (the client never
+-- sends prices). Lines come sorted by product_id: every order locks products in one order.
+local function priced_lines(items)
+  local ids, lines = M.item_ids(items), {}
+  for i, it in ipairs(items) do
+    local id = ids[i]
     local product = db.one("SELECT * FROM products WHERE id = ?", id)
     if not product then app.fail(400, "invalid_request", "there is no product " .. id) end
     local qty = app.integer(it.qty, 1, product.max_per_order, "items[" .. i .. "].qty")

@@ -82,15 +82,9 @@ local REFUNDABLE = { PAID = true, REFUNDING = true, REFUNDED = true }
 -- refunded yet (refunds that failed do not count); each unit is worth its share of what was
 -- paid for its line, adjustments included (shop.pricing.units_value).
 local function line_items(order, list, restock)
-  if type(list) ~= "table" or #list == 0 or #list > orders.MAX_LINES then
-    app.fail(400, "invalid_request", "items must be a list of 1 to " .. orders.MAX_LINES .. " {product_id, qty}")
-  end
-  local out, seen = {}, {}
+  local ids, out = orders.item_ids(list), {}
   for i, it in ipairs(list) do
-    if type(it) ~= "table" then app.fail(400, "invalid_request", "item " .. i .. " is not an object") end
-    local id = app.integer(it.product_id, 1, 2 ^ 31, "items[" .. i .. "].product_id")
-    if seen[id] then app.fail(400, "invalid_request", "product " .. id .. " appears twice") end
-    seen[id] = true
+    local id = ids[i]
     local line = db.one([[SELECT qty, coalesce(net, qty * price) AS net FROM order_items
                           WHERE order_no = ? AND product_id = ?]], order.order_no, id)
     if not line then app.fail(400, "invalid_request", "the order has no product " .. id) end

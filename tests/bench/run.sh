@@ -10,21 +10,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-port_of() { # wait for "listening on http://127.0.0.1:PORT" in $1
-	for _ in $(seq 100); do
-		p=$(grep -o '127\.0\.0\.1:[0-9]*' "$1" 2>/dev/null | head -1 | cut -d: -f2)
-		[ -n "$p" ] && { echo "$p"; return; }
-		sleep 0.05
-	done
-	echo "server did not start: $(cat "$1")" >&2; exit 1
-}
+. tests/bench/lib.sh
 
-# With two or more cores, the servers get one core and wrk another, so that where the
-# scheduler happens to put them does not decide the result.
-PIN_SERVER=""; PIN_WRK=""
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-	PIN_SERVER="taskset -c 1"; PIN_WRK="taskset -c 0"
-fi
 
 # run PID wrk-args...: one wrk run against the server PID; prints "req_per_s requests cpu_ticks"
 # (cpu_ticks: the server's user + system CPU during the run, in clock ticks).
