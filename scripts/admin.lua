@@ -9,11 +9,21 @@ local stock = require "shop.stock"
 
 local STATUSES = { CREATED = true, PAYING = true, PAID = true, CLOSED = true, REFUNDING = true, REFUNDED = true }
 
+-- The value of name in a query string like "status=PAID&limit=10", or nil.
+local function param(query, name)
+  for k, v in query:gmatch("([^&=]+)=([^&]*)") do
+    if k == name then return v end
+  end
+end
+
 app.get("/admin/orders", function(req)
-  local status = req.query:match("status=(%u+)")
-  local limit = math.tointeger(tonumber(req.query:match("limit=(%d+)") or "50")) or 50
+  local status = param(req.query, "status")
+  status = status and status:upper()
   if status and not STATUSES[status] then app.fail(400, "invalid_request", "unknown status " .. status) end
-  limit = math.max(1, math.min(limit, 500))
+  local limit = param(req.query, "limit") or "50"
+  limit = math.tointeger(tonumber(limit))
+  if not limit or limit < 1 then app.fail(400, "invalid_request", "limit must be a whole number from 1 to 500") end
+  limit = math.min(limit, 500)
   local rows = status
     and db.query("SELECT * FROM orders WHERE status = ? ORDER BY created_at DESC LIMIT ?", status, limit)
     or db.query("SELECT * FROM orders ORDER BY created_at DESC LIMIT ?", limit)

@@ -9,6 +9,10 @@ local timefmt = require "timefmt"
 
 local sale = config.flash_sale or {}
 local starts, ends = timefmt.parse(sale.starts_at), timefmt.parse(sale.ends_at)
+-- A sale without its price or cap would fail every order in its window: refuse the reload instead.
+assert(sale.product_id == nil
+       or (math.type(sale.price) == "integer" and sale.price > 0 and math.type(sale.cap) == "integer"),
+       "config.flash_sale needs price and cap (whole numbers) besides product_id; see examples/rules/flash_sale.lua")
 local CODE = "flash_sale"
 
 local function open(now) return sale.product_id ~= nil and starts and ends and now >= starts and now < ends end

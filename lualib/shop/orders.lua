@@ -372,6 +372,7 @@ function M.paid_after_close(order, transaction_id, paid_at)
   if ok then
     M.queue_fulfillment(order.order_no)
     events.queue(order.order_no, "paid", { transaction_id = transaction_id, after_close = true })
+    metrics.inc("paygate_orders_total", { status = "PAID" })   -- as every order that becomes PAID
     log.warn("payment arrived after close; goods re-reserved", { order = order.order_no })
   else
     local code = type(why) == "table" and tostring(why.error) or "error"

@@ -90,6 +90,15 @@ test('the whole purchase: login, order, pay, the user pays, the notification mak
   assert.ok(adm.json.orders.some((x) => x.order_no === o.order_no && x.fulfillment.status === 'DONE'));
 });
 
+test('the operator filters orders by status in any case; an unknown status or a bad limit is a 400', async () => {
+  const paid = (await gw.get('/admin/orders?status=paid&limit=500')).json.orders;
+  assert.ok(paid.length > 0 && paid.every((x) => x.status === 'PAID'), 'lowercase status filters too');
+  assert.ok((await gw.get('/admin/orders?limit=2')).json.orders.length <= 2);
+  assert.equal((await gw.get('/admin/orders?status=SHIPPED')).status, 400);
+  assert.equal((await gw.get('/admin/orders?limit=0')).status, 400);
+  assert.equal((await gw.get('/admin/orders?limit=many')).status, 400);
+});
+
 test('products are listed with price and stock', async () => {
   const r = await gw.get('/api/products');
   assert.equal(r.status, 200);
