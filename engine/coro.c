@@ -284,27 +284,18 @@ int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cl
 	struct coro *c = coro_of(L);
 
 	coro_check_suspend(L, what);
-	assert(!c->suspended && !c->cleanup);
-	c->waiting_for = what;
-	c->wait = wait;
-	c->cleanup = cleanup;
-	c->retvals = retvals;
-	c->suspended = 1;
-	return lua_yieldk(L, 0, ctx, k);
-}
-
-int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
-{
-	struct coro *c = coro_of(L);
-
-	coro_check_suspend(L, what);
 	assert(!c->suspended && !c->cleanup); /* one wait at a time */
 	c->waiting_for = what;
 	c->wait = wait;
 	c->cleanup = cleanup;
 	c->retvals = retvals;
 	c->suspended = 1;
-	return lua_yield(L, 0);
+	return lua_yieldk(L, 0, ctx, k); /* k NULL: the values of the resume are the function's results */
+}
+
+int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
+{
+	return coro_suspendk(L, what, wait, cleanup, retvals, 0, NULL);
 }
 
 void coro_wake(struct coro *c)

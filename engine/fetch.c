@@ -1,7 +1,6 @@
 /* fetch.c — outbound HTTP(S): libcurl multi_socket on the engine's event loop; `http.request` yields. */
 #include "fetch.h"
 
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -441,7 +440,7 @@ static int start(struct fetch_req *r)
 */
 static void start_after_commit(struct store_waiter *w, int ok)
 {
-	struct fetch_req *r = (struct fetch_req *)((char *)w - offsetof(struct fetch_req, commit));
+	struct fetch_req *r = STORE_WAITER_OWNER(w, struct fetch_req, commit);
 	if (!ok)
 		r->lost = 1;
 	else if (start(r) < 0)

@@ -1,7 +1,6 @@
 /* host.c — the embedding host and the scripts calling each other: host functions, host calls, host events. */
 #include "host.h"
 
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -308,7 +307,7 @@ static void call_start(struct host_call *k)
 /* The batch a result waited for ended: the result goes to the host, or a 503 when the batch was lost. */
 static void deliver_after_commit(struct store_waiter *w, int ok)
 {
-	struct host_call *k = (struct host_call *)((char *)w - offsetof(struct host_call, commit));
+	struct host_call *k = STORE_WAITER_OWNER(w, struct host_call, commit);
 	if (!ok)
 		set_error(k, 503, "storage_failed", "the database could not save this call's work; try again");
 	deliver(k);

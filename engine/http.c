@@ -1,7 +1,6 @@
 /* http.c — the inbound HTTP server: evhttp with explicit limits, each request a Lua coroutine. */
 #include "http.h"
 
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -176,7 +175,7 @@ static void send_now(struct http_req *h, int status, const char *ctype, struct e
 /* The batch the answer waited for ended: send it, or, when the batch was lost, a 503 instead. */
 static void on_committed(struct store_waiter *w, int ok)
 {
-	struct http_req *h = (struct http_req *)((char *)w - offsetof(struct http_req, commit));
+	struct http_req *h = STORE_WAITER_OWNER(w, struct http_req, commit);
 	struct evbuffer *body = h->pending_body;
 	h->pending_body = NULL;
 	if (ok) {

@@ -2,7 +2,6 @@
 #include "jobs.h"
 
 #include <assert.h>
-#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -280,7 +279,7 @@ static void arm(struct jobs *j)
 static void kick_after_commit(struct store_waiter *w, int ok)
 {
 	(void)ok;
-	jobs_kick((struct jobs *)((char *)w - offsetof(struct jobs, commit)));
+	jobs_kick(STORE_WAITER_OWNER(w, struct jobs, commit));
 }
 
 void jobs_kick(struct jobs *j)

@@ -8,6 +8,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "crypto.h"
 #include "engine.h"
 #include "gen.h"
 #include "json.h"
@@ -32,10 +33,7 @@ static int admin_allowed(struct http_req *h)
 		size_t tl = strlen(e->cfg.admin_token);
 		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
 			return 0;
-		unsigned diff = 0; /* constant time */
-		for (size_t i = 0; i < tl; i++)
-			diff |= (unsigned char)auth[7 + i] ^ (unsigned char)e->cfg.admin_token[i];
-		return diff == 0;
+		return crypto_ct_equal(auth + 7, e->cfg.admin_token, tl);
 	}
 	char *addr = NULL;
 	ev_uint16_t port = 0;

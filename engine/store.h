@@ -36,6 +36,9 @@ struct store_waiter {
 	void (*fn)(struct store_waiter *w, int ok);
 };
 
+/* The struct of `type` whose `member` is the waiter w (fn gets the waiter; its owner holds it). */
+#define STORE_WAITER_OWNER(w, type, member) ((type *)(void *)((char *)(w)-offsetof(type, member)))
+
 /*
 ** Open (creating if needed) the database at path in WAL mode with
 ** synchronous=FULL: a commit is on disk before anyone is told about it.
