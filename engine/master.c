@@ -143,7 +143,7 @@ static void watch(struct run *r, int64_t now)
 	}
 }
 
-/* Read the signals that arrived; returns -1 when the master must give up starting. */
+/* Read the signals that arrived: reloads are passed on, stops start the stop. */
 static void on_signals(struct run *r)
 {
 	struct signalfd_siginfo si;
