@@ -120,7 +120,7 @@ function create(options) {
 
   function token() {
     var s = validSession();
-    return s ? Promise.resolve(s.token) : login().then(function () { return session.token; });
+    return s ? Promise.resolve(s.token) : login().then(function (r) { return r.token; });
   }
 
   // A call of the API as the logged-in user: logs in first when there is no valid session,
@@ -203,7 +203,7 @@ function create(options) {
     } catch (e) {
       withOrder(e, orderNo);
       if (e.code !== 'not_payable') throw e;
-      var now = await settle(orderNo, 0, true);   // paid already? then that is the answer
+      var now = await settle(orderNo, 0, true).catch(function () { return null; });   // paid already? that is the answer
       if (now && PAID[now.status]) { forget(orderNo); return now; }
       e.order = now;
       throw e;

@@ -441,6 +441,10 @@ M.LIST_MAX = 100
 --- `before` for the next page. The index orders_by_owner (openid, created_at) serves it: the
 --- rows are read in index order, only those of one millisecond are sorted, and the read
 --- stops after limit + 1 rows, however many orders the user has.
+M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?"
+M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR order_no < ?)
+                     ORDER BY created_at DESC, order_no DESC LIMIT ?]]
+
 function M.list_owned(openid, o)
   local limit = o.limit or M.LIST_DEFAULT
   assert(math.type(limit) == "integer" and limit >= 1 and limit <= M.LIST_MAX, "orders.list_owned: bad limit")
@@ -448,13 +452,9 @@ function M.list_owned(openid, o)
   if o.before then
     local cursor = M.load_owned(o.before, openid)
     if not cursor then app.fail(400, "invalid_request", "before must be the order_no of one of your orders") end
-    rows = db.query([[SELECT * FROM orders WHERE openid = ? AND created_at <= ?
-                        AND (created_at < ? OR order_no < ?)
-                      ORDER BY created_at DESC, order_no DESC LIMIT ?]],
-                    openid, cursor.created_at, cursor.created_at, cursor.order_no, limit + 1)
+    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.order_no, limit + 1)
   else
-    rows = db.query("SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?",
-                    openid, limit + 1)
+    rows = db.query(M.LIST_SQL, openid, limit + 1)
   end
   local next_no
   if #rows > limit then

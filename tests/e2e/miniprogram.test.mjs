@@ -7,6 +7,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ROOT, sleep } from './harness.mjs';
 import { startWorld } from './shopenv.mjs';
 import { fakeWx as makeFakeWx } from './fakewx.mjs';
@@ -17,9 +19,23 @@ let world, gw, gwReal;
 let users = 0;
 const newOpenid = () => `oMiniProgram${process.pid}x${++users}`;
 
+// How SQLite runs the order list's two queries (shop.orders.LIST_SQL, LIST_AFTER_SQL).
+const PLAN_HOOK = `
+local app = require "paygate"
+local orders = require "shop.orders"
+app.get("/test/plan/orders", function(req)
+  return 200, {
+    first = db.query("EXPLAIN QUERY PLAN " .. orders.LIST_SQL, "o", 21),
+    after = db.query("EXPLAIN QUERY PLAN " .. orders.LIST_AFTER_SQL, "o", 1, 1, "PG", 21),
+  }
+end)
+`;
+
 before(async () => {
   world = await startWorld();
-  gw = await world.startShop({ order_ttl_s: 600, reconcile_after_s: 1 });
+  const init = readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\nrequire "plan_hook"\n';
+  gw = await world.startShop({ order_ttl_s: 600, reconcile_after_s: 1 },
+    { files: { 'init.lua': init, 'plan_hook.lua': PLAN_HOOK } });
   // The status-query settings at their real defaults (3 s, then every 5 s) and no early reconciler.
   gwReal = await world.startShop({ order_ttl_s: 600, status_query_after_s: undefined, status_query_every_s: undefined });
   for (const g of [gw, gwReal]) {
@@ -268,6 +284,15 @@ test('GET /api/orders lists the caller\'s own orders, newest first, a page at a 
   await assert.rejects(shop.orders({ limit: 'x' }), (e) => e.status === 400 && e.code === 'invalid_request');
   assert.equal((await gw.get('/api/orders')).status, 401);
   for (const no of made) await shop.cancel(no);
+});
+
+test('a page of the order list reads the index orders_by_owner in order, never the whole table or a full sort', async () => {
+  const plans = (await gw.get('/test/plan/orders')).json;
+  for (const [which, plan] of Object.entries(plans)) {
+    const text = plan.map((r) => r.detail).join(' | ');
+    assert.match(text, /SEARCH orders USING INDEX orders_by_owner \(openid=\?/, `${which}: ${text}`);
+    assert.doesNotMatch(text, /SCAN orders|USE TEMP B-TREE FOR ORDER BY/, `${which}: ${text}`);
+  }
 });
 
 test('quote() shows the price with a coupon first, and buy() with the same coupon is charged that', async () => {
