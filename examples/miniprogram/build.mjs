@@ -29,6 +29,6 @@ for (const [name, text] of Object.entries(outputs)) {
   if (process.argv.includes('--check')) { console.error(`build.mjs: ${name} is out of date`); stale++; continue; }
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, text);
-  console.log('wrote ' + name);
+  console.error('wrote ' + name); // stderr: npm pack --json prints its manifest on stdout
 }
 process.exit(stale ? 1 : 0);
