@@ -78,12 +78,12 @@ shop_conf durable ""
 shop_conf nosync "unsafe_no_sync = true"
 shop_conf w2 "workers = 2"
 $PIN_SERVER ./build/paygate --config "$TMP/durable.conf.lua" >"$TMP/durable.out" 2>"$TMP/durable.err" & PIDS+=($!)
-PG_PID=$!
 PG=$(port_of "$TMP/durable.out")
+PG_PID=$(worker_pid "$PG") # profiled and watched: the worker, not its master
 PAYGATE_BENCH=1 $PIN_SERVER ./build/paygate --config "$TMP/nosync.conf.lua" >"$TMP/nosync.out" 2>"$TMP/nosync.err" &
 PIDS+=($!)
-NS_PID=$!
 NS=$(port_of "$TMP/nosync.out")
+NS_PID=$(worker_pid "$NS")
 $PIN_SERVER ./build/paygate --config "$TMP/w2.conf.lua" >"$TMP/w2.out" 2>"$TMP/w2.err" & PIDS+=($!)
 W2_PID=$!
 W2=$(port_of "$TMP/w2.out")
