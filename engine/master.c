@@ -182,15 +182,23 @@ static int all_ready(const struct run *r)
 	return 1;
 }
 
-/* Start every worker and wait until each serves: 0, or -1 when one could not start (the others are stopped). */
+/*
+** Start every worker and wait until each serves: 0, or -1 when one could not start (the others are
+** stopped). Worker 0 starts alone: it creates the database and applies the migrations, which SQLite
+** does not always let a second connection wait for (setting WAL mode on a new file answers "locked"
+** at once); then the others start together.
+*/
 static int start_all(struct run *r)
 {
 	int64_t deadline = clock_now_ms() + START_TIMEOUT_MS;
-	for (int i = 0; i < r->m->workers; i++)
-		spawn(r, i);
+	spawn(r, 0);
 	while (!all_ready(r)) {
+		if (r->m->board->slots[0].ready)
+			for (int i = 1; i < r->m->workers; i++)
+				if (!r->m->board->slots[i].pid)
+					spawn(r, i);
 		wait_tick(r, 10);
-		if (reap(r) > 0 || r->stopping || live_workers(r) < r->m->workers || clock_now_ms() > deadline) {
+		if (reap(r) > 0 || r->stopping || clock_now_ms() > deadline) { /* one died before it served */
 			if (clock_now_ms() > deadline)
 				log_error(r->m->log, NULL, "the workers did not start within %d s",
 				          START_TIMEOUT_MS / 1000);
