@@ -290,6 +290,64 @@ void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg),
  */
 void paygate_free(struct paygate *pg);
 
+/* ---- own-thread mode: embedding in any event loop ---- */
+
+/**
+ * Create an engine that runs on a thread and an event loop of its own, for
+ * hosts without libevent (a plain epoll or kqueue loop, libuv, Boost.Asio,
+ * skynet ...). The engine is built on the calling thread exactly like
+ * paygate_new (same options, same errors; NULL leaves nothing behind), then
+ * its loop moves to a new thread, which blocks every signal.
+ *
+ * The host's side, from one thread of its choice (the "host's thread"):
+ *
+ *   - paygate_fd(pg) is a descriptor that becomes readable when results or
+ *     host-function calls are waiting. Add it to your poller (epoll, uv_poll,
+ *     asio's posix::stream_descriptor ...) and, when it is readable, call
+ *     paygate_dispatch_completions(pg). Every paygate_call callback, every
+ *     host function (paygate_register, options.functions) and the done of
+ *     paygate_shutdown runs there, on your thread: your state needs no locks.
+ *   - paygate_call and paygate_emit may be called from any thread; they copy
+ *     their arguments, queue them and return at once (never blocking).
+ *   - paygate_listen, paygate_reload, paygate_register, paygate_generation and
+ *     paygate_shutdown run on the engine's thread while the caller waits for
+ *     them (a reload takes as long as loading the scripts); call them from the
+ *     host's thread, inside host functions and callbacks too.
+ *   - paygate_handle_request is not available (the request would be on your
+ *     loop, the engine on its own): serve paygate's routes with paygate_listen.
+ *   - log_fn is called on the engine's thread.
+ *   - A script calling a host function waits (without blocking the engine)
+ *     until your thread has run it, so a host function can be called only
+ *     where a script may wait: not inside db.tx, not while the scripts load.
+ *     During paygate_shutdown keep dispatching: a delivery in flight waits
+ *     for you.
+ *   - paygate_free(pg), from the host's thread, ends the loop, joins the
+ *     thread and frees everything; pending calls get their result (503 when
+ *     unfinished) from inside it, on the calling thread.
+ *
+ * @code
+ *   struct paygate *pg = paygate_start_thread(&o, err, sizeof err);
+ *   paygate_listen(pg, err, sizeof err);                  // WeChat Pay's notifications
+ *   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = pg };
+ *   epoll_ctl(ep, EPOLL_CTL_ADD, paygate_fd(pg), &ev);
+ *   ...  // in the loop, when paygate_fd(pg) is readable:
+ *   paygate_dispatch_completions(pg);
+ * @endcode
+ */
+struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen);
+
+/** Own-thread mode: the descriptor to poll for readability (an eventfd); -1 for an engine of paygate_new. */
+int paygate_fd(const struct paygate *pg);
+
+/**
+ * Own-thread mode: run, on the calling thread, what is waiting for the
+ * host: call results, host functions, a finished shutdown. Never blocks;
+ * reading the descriptor is part of it. Call it when paygate_fd(pg) is
+ * readable (calling it more often is harmless).
+ * @return how many were run; 0 for an engine of paygate_new.
+ */
+int paygate_dispatch_completions(struct paygate *pg);
+
 /* ---- JSON helpers for host functions (no JSON library needed for flat objects) ---- */
 
 /**

@@ -7,7 +7,7 @@
 // at the sandbox; checks what the game delivered. Then the same purchase once more with the game
 // under valgrind: create → purchase → reload → free must leak nothing. Everything is on
 // 127.0.0.1; every process is stopped by its PID. Prints "ok - ..." lines.
-import { spawn } from 'node:child_process';
+import { spawn, execSync } from 'node:child_process';
 import { writeFileSync, readFileSync, mkdirSync, cpSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,7 @@ import net from 'node:net';
 import http from 'node:http';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const { GAME, SANDBOX, LUALIB, KEYS, WORK } = process.env;
+const { GAME, GAME_EPOLL, GAME_TSAN, SANDBOX, LUALIB, KEYS, WORK } = process.env;
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
 const children = new Set();
@@ -26,6 +26,8 @@ function report(ok, name, detail) {
   if (!ok && detail !== undefined) console.log('#   ' + String(detail).split('\n').join('\n#   '));
   ok ? passed++ : failed++;
 }
+
+const specOf = (name, fn) => spec(name, fn);
 
 async function spec(name, fn) {
   try { await fn(); report(true, name); } catch (e) { report(false, name, e.stack || e); }
@@ -170,15 +172,15 @@ async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'ga
   return conf;
 }
 
-async function startGame(name, { valgrind = false, scripts, app } = {}) {
+async function startGame(name, { valgrind = false, scripts, app, bin = GAME } = {}) {
   const httpPort = await freePort();
   const conf = await gameConfig(name, httpPort, { scripts, app });
   const args = ['--config', conf, '--port', '0', '--http', String(httpPort)];
   const vlog = join(WORK, `${name}.valgrind.log`);
   const [cmd, argv] = valgrind
     ? ['valgrind', ['--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--error-exitcode=99',
-        `--log-file=${vlog}`, GAME, ...args]]
-    : [GAME, args];
+        `--log-file=${vlog}`, bin, ...args]]
+    : [bin, args];
   const { child, m } = await start(cmd, argv, /game listening on 127\.0\.0\.1:(\d+), http 127\.0\.0\.1:(\d+)/,
     join(WORK, `${name}.log`), valgrind ? 120000 : 15000);
   return { child, port: Number(m[1]), httpPort: Number(m[2]), vlog };
@@ -205,10 +207,13 @@ async function inventory(c, player) {
 
 // ---- the specifications ----
 
-async function mainRun() {
-  const game = await startGame('game');
+// kind: 'libevent' (examples/game-server: paygate on the game's event_base) or 'epoll'
+// (examples/epoll-game: a plain epoll loop, paygate on its own thread).
+async function mainRun(kind = 'libevent', bin = GAME) {
+  const game = await startGame(`game-${kind}`, { bin });
   const c = await connect(game.port);
   const OPENID = 'oGamePlayer42xxxxxxxxxxxxxxx';
+  const spec = (name, fn) => specOf(`${kind}: ${name}`, fn);
   let buy;
 
   await spec('a player logs in with a wx.login code (the game calls the exported "login")', async () => {
@@ -227,7 +232,11 @@ async function mainRun() {
     assert(JSON.stringify(inv) === '{"7":1}', JSON.stringify(inv));
     assert(game.child.output().includes(`delivered item 7 x1 to player 42 (order ${buy.json.order_no})`), 'delivery line');
   });
-  await spec('the game\'s own route and paygate\'s routes share the game\'s HTTP port', async () => {
+  if (kind === 'epoll') await spec('paygate serves its routes on its own port, from its own thread', async () => {
+    const health = await httpJson(game.httpPort, 'GET', '/healthz');
+    assert(health.status === 200 && health.json.status === 'ok', health.text);
+  });
+  if (kind === 'libevent') await spec('the game\'s own route and paygate\'s routes share the game\'s HTTP port', async () => {
     const own = await httpJson(game.httpPort, 'GET', '/game/status');
     const health = await httpJson(game.httpPort, 'GET', '/healthz');
     assert(own.status === 200 && own.json.shop_generation === 1, own.text);
@@ -389,11 +398,11 @@ async function libraryRun() {
   assert(code === 0, 'the game exited ' + code);
 }
 
-async function valgrindRun() {
+async function valgrindRun(kind = 'libevent', bin = GAME) {
   const OPENID = 'oGamePlayer7xxxxxxxxxxxxxxxx';
   let game;
-  await spec('under valgrind: create → login → buy → pay → delivery → reload → quit', async () => {
-    game = await startGame('game-valgrind', { valgrind: true });
+  await spec(`${kind} under valgrind: create → login → buy → pay → delivery → reload → quit`, async () => {
+    game = await startGame(`game-${kind}-valgrind`, { valgrind: true, bin });
     const c = await connect(game.port);
     const l = await login(c, 7, OPENID);
     assert(l.ok, l.line);
@@ -409,27 +418,59 @@ async function valgrindRun() {
     const { code } = await Promise.race([game.child.exited, sleep(60000).then(() => ({ code: 'timeout' }))]);
     assert(code === 0, `exit code ${code} (99: valgrind found errors or leaks; see ${game.vlog})`);
   });
-  await spec('valgrind: no leaks (definitely and indirectly lost: 0) and no memory errors', async () => {
+  await spec(`${kind} under valgrind: no leaks (definitely and indirectly lost: 0) and no memory errors`, async () => {
     const log = readFileSync(game.vlog, 'utf8');
     const summary = (log.match(/ERROR SUMMARY: .*/) || ['(none)'])[0];
     const definite = (log.match(/definitely lost: .*/) || ['definitely lost: 0 bytes in 0 blocks'])[0];
     const indirect = (log.match(/indirectly lost: .*/) || ['indirectly lost: 0 bytes in 0 blocks'])[0];
-    console.log(`# valgrind: ${summary}; ${definite}; ${indirect}`);
+    console.log(`# valgrind (${kind}): ${summary}; ${definite}; ${indirect}`);
     assert(/ERROR SUMMARY: 0 errors/.test(summary), summary);
     assert(/ 0 bytes in 0 blocks/.test(definite) && / 0 bytes in 0 blocks/.test(indirect), definite + '; ' + indirect);
+  });
+}
+
+// The epoll game and libpaygate built with -fsanitize=thread: the game's thread and paygate's
+// share only the two queues; ThreadSanitizer must find no race across a whole purchase.
+async function tsanRun(bin) {
+  const OPENID = 'oGamePlayer8xxxxxxxxxxxxxxxx';
+  const tlog = join(WORK, 'tsan');
+  process.env.TSAN_OPTIONS = `log_path=${tlog} exitcode=66 halt_on_error=0`;
+  await spec('epoll under ThreadSanitizer: create → login → buy → pay → delivery → reload → quit, no report', async () => {
+    const game = await startGame('game-epoll-tsan', { bin });
+    const c = await connect(game.port);
+    assert((await login(c, 8, OPENID)).ok, 'login');
+    const b = await c.send('BUY 8 7', 60000);
+    assert(b.ok, b.line);
+    await pay(b, OPENID);
+    await eventually(async () => (await inventory(c, 8))['7'] === 1, 60000, 'delivery under TSan');
+    const r = await c.send('RELOAD', 60000);
+    assert(r.ok && r.json.generation === 2, r.line);
+    assert((await c.send('QUIT')).ok, 'QUIT');
+    c.close();
+    const { code } = await Promise.race([game.child.exited, sleep(60000).then(() => ({ code: 'timeout' }))]);
+    let reports = '';
+    try {
+      reports = execSync(`cat ${tlog}.* 2>/dev/null || true`).toString();
+    } catch {}
+    assert(code === 0 && !/ThreadSanitizer/.test(reports), `exit ${code} (66: TSan reported)\n${reports.slice(0, 3000)}`);
   });
 }
 
 async function main() {
   mkdirSync(WORK, { recursive: true });
   const watchdog = setTimeout(() => { console.log('not ok - the game suite finished in time'); stopAll(); process.exit(1); },
-    170000);
+    230000);
   try {
     await startSandbox();
     report(true, 'the WeChat Pay sandbox starts (paygate-sandbox, built in the tree)');
-    await mainRun();
+    await mainRun('libevent', GAME);
+    if (GAME_EPOLL) await mainRun('epoll', GAME_EPOLL);
     await libraryRun();
-    if (process.env.SKIP_VALGRIND !== '1') await valgrindRun();
+    if (process.env.SKIP_VALGRIND !== '1') {
+      await valgrindRun('libevent', GAME);
+      if (GAME_EPOLL) await valgrindRun('epoll', GAME_EPOLL);
+    }
+    if (GAME_TSAN) await tsanRun(GAME_TSAN);
   } catch (e) {
     report(false, 'the game suite ran to its end', e.stack || e);
   } finally {
