@@ -1,5 +1,7 @@
 /* game.c — a game server on a plain epoll loop (no libevent of its own) selling items through paygate's own thread. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>

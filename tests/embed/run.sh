@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/embed/run.sh — libpaygate from the outside: install into a temporary prefix, build hosts with
-# pkg-config, run two engines in one process, run the game-server example end to end (and under valgrind).
+# pkg-config, run two engines in one process, run the game-server examples end to end (libevent host, epoll host
+# with paygate on its own thread; under valgrind, and the epoll one under ThreadSanitizer).
 # Prints "ok - ..." / "not ok - ..." lines and a final "N passed, N failed". Bounded: < 3 minutes.
 set -u
 cd "$(dirname "$0")/../.."
@@ -85,6 +86,20 @@ LUALIB=$(pkg-config --variable=lualibdir paygate)
 spec "examples/game-server builds with pkg-config, without warnings" \
 	sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/game-server OUT='$WORK' \
 	       CFLAGS='-O2 -g -Werror' && test -x '$WORK/game'"
+spec "examples/epoll-game (a plain epoll loop, paygate on its own thread) builds with pkg-config, without warnings" \
+	sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/epoll-game OUT='$WORK' \
+	       CFLAGS='-O2 -g -Werror' && test -x '$WORK/epoll-game'"
+spec "the epoll game's own code uses no libevent (only paygate.h and the C library)" \
+	sh -c "! grep -nE 'event2/|event_base|evhttp|bufferevent' examples/epoll-game/game.c"
+# The epoll game and libpaygate compiled with ThreadSanitizer (the engine from the tree, in its own build dir).
+if cc -fsanitize=thread -x c -o "$WORK/tsan-probe" - <<<'int main(void){return 0;}' >/dev/null 2>&1; then
+	spec "libpaygate and the epoll game build with -fsanitize=thread" \
+		sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s BUILD='$WORK/tsan' \
+		       CFLAGS='-O1 -g -fsanitize=thread' '$WORK/tsan/libpaygate.a' &&
+		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
+		       examples/epoll-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/epoll-game-tsan'"
+fi
 # libpaygate.a linked statically, its dependencies dynamically (Debian ships no static libcurl
 # dependencies, so `pkg-config --static` cannot link a fully static program there).
 spec "tests/embed/engines.c links the installed static library (no shared libpaygate needed)" \
@@ -107,8 +122,11 @@ fi
 
 if [ -x "$WORK/game" ] && examples/sandbox/keys.sh "$WORK/keys" >/dev/null 2>&1; then
 	command -v valgrind >/dev/null || export SKIP_VALGRIND=1
-	suite "game server" env GAME="$WORK/game" SANDBOX="$ROOT/build/paygate-sandbox" LUALIB="$LUALIB" KEYS="$WORK/keys" \
-		WORK="$WORK/game-run" timeout 175 node tests/embed/game.mjs
+	EXTRA=()
+	[ -x "$WORK/epoll-game" ] && EXTRA+=(GAME_EPOLL="$WORK/epoll-game")
+	[ -x "$WORK/epoll-game-tsan" ] && EXTRA+=(GAME_TSAN="$WORK/epoll-game-tsan")
+	suite "game server" env GAME="$WORK/game" "${EXTRA[@]}" SANDBOX="$ROOT/build/paygate-sandbox" LUALIB="$LUALIB" KEYS="$WORK/keys" \
+		WORK="$WORK/game-run" timeout 235 node tests/embed/game.mjs
 	[ "$FAIL" -eq 0 ] || cp -r "$WORK/game-run" "${BUILD:-build}/test-logs/embed-game-run" 2>/dev/null
 else
 	not_ok "the game server and the sandbox keys are there"
