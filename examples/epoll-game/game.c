@@ -368,9 +368,10 @@ static void handle(struct game *g, struct client *c, char *line)
 		else
 			answer(g, c, 200, "{\"sent\":true}");
 	} else {
-		answer(g, c, 400,
-		       "{\"error\":\"bad_command\",\"message\":"
-		       "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
+		answer(
+		    g, c, 400,
+		    "{\"error\":\"bad_command\",\"message\":"
+		    "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
 	}
 	free(args.data);
 }
