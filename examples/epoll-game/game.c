@@ -341,6 +341,7 @@ static void handle(struct game *g, struct client *c, char *line)
 {
 	char *save = NULL, *verb = strtok_r(line, " \t\r", &save);
 	char *a1 = strtok_r(NULL, " \t\r", &save), *a2 = strtok_r(NULL, " \t\r", &save);
+	char *a3 = strtok_r(NULL, " \t\r", &save);
 	struct buf args = { 0 };
 	long x, y;
 
@@ -359,7 +360,9 @@ static void handle(struct game *g, struct client *c, char *line)
 		buf_add(&args, "}", 1);
 		call(g, c, "login", args.data ? args.data : "");
 	} else if (strcmp(verb, "BUY") == 0 && parse_id(a1, &x) == 0 && parse_id(a2, &y) == 0) {
-		buf_printf(&args, "{\"player\":%ld,\"item\":%ld}", x, y);
+		buf_printf(&args, "{\"player\":%ld,\"item\":%ld,\"channel\":", x, y);
+		buf_json_string(&args, a3 ? a3 : "app");
+		buf_add(&args, "}", 1);
 		call(g, c, "buy", args.data ? args.data : "");
 	} else if (strcmp(verb, "PRICE") == 0 && parse_id(a1, &x) == 0 && parse_id(a2, &y) == 0) {
 		buf_printf(&args, "{\"item\":%ld,\"price\":%ld}", x, y);
@@ -371,7 +374,7 @@ static void handle(struct game *g, struct client *c, char *line)
 		answer(
 		    g, c, 400,
 		    "{\"error\":\"bad_command\",\"message\":"
-		    "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
+		    "\"LOGIN <player> <code> | BUY <player> <item> [app|miniprogram] | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
 	}
 	free(args.data);
 }

@@ -18,6 +18,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const { GAME, GAME_EPOLL, GAME_TSAN, SANDBOX, LUALIB, KEYS, WORK } = process.env;
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
+const APP_APPID = 'wx1a2b3c4d5e6f7a8b';   // the game on a phone: APP pay
 const children = new Set();
 let passed = 0, failed = 0;
 
@@ -145,7 +146,7 @@ async function startSandbox() {
   writeConfig(conf, {
     listen: '127.0.0.1:0', scripts: join(ROOT, 'examples', 'sandbox', 'scripts'), lualib: LUALIB,
     database: join(WORK, 'sandbox.db'), watch: false, log_level: 'info',
-    app: { mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
+    app: { mchid: MCHID, appid: APPID, app_appid: APP_APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
       keys: { platform_key_file: join(KEYS, 'platform_key.pem'), platform_cert_file: join(KEYS, 'platform_cert.pem'),
         merchant_cert_file: join(KEYS, 'merchant_cert.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
         public_key_file: join(KEYS, 'pubkey_key.pem'), public_key_id_file: join(KEYS, 'pubkey_id'),
@@ -162,7 +163,7 @@ async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'ga
   writeConfig(conf, {
     scripts, database: join(WORK, `${name}.db`),
     watch: false, log_level: 'info',
-    wechatpay: { mchid: MCHID, appid: APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
+    wechatpay: { mchid: MCHID, appid: APPID, app_appid: APP_APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
       private_key_file: join(KEYS, 'merchant_key.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
       app_secret_file: join(KEYS, 'app_secret'), platform_cert_files: [join(KEYS, 'platform_cert.pem')],
       download_certificates: false, base_url: base, login_base_url: base,
@@ -193,8 +194,14 @@ async function login(c, player, openid) {
   return c.send(`LOGIN ${player} ${code.json.code}`);
 }
 
-// The user pays at the sandbox (wx.requestPayment with the game's pay parameters).
+// The user pays at the sandbox: the app's user with the PayReq (APP pay, the OpenSDK), or the
+// mini game's with wx.requestPayment's parameters.
 async function pay(buy, openid) {
+  if (buy.json.channel === 'app') {
+    const r = await httpJson(sandboxPort, 'POST', '/sandbox/app-pay', { pay_req: buy.json.pay, openid });
+    assert(r.status === 200 && r.json.errCode === 0, 'sandbox app-pay: ' + r.text);
+    return;
+  }
   const prepay = buy.json.pay.package.replace(/^prepay_id=/, '');
   const r = await httpJson(sandboxPort, 'POST', '/sandbox/pay', { prepay_id: prepay, openid, pay_params: buy.json.pay });
   assert(r.status === 200 && /requestPayment:ok/.test(r.text), 'sandbox pay: ' + r.text);
@@ -220,16 +227,30 @@ async function mainRun(kind = 'libevent', bin = GAME) {
     const r = await login(c, 42, OPENID);
     assert(r.ok && r.json.openid === OPENID && r.json.player === 42, r.line);
   });
-  await spec('BUY answers the order and the parameters for wx.requestPayment', async () => {
+  await spec('BUY answers the order and the OpenSDK\'s PayReq (APP pay, the mobile app\'s appid)', async () => {
     buy = await c.send('BUY 42 7');
     assert(buy.ok && /^GM/.test(buy.json.order_no) && buy.json.amount === 1800 && buy.json.item === 7, buy.line);
-    assert(/^prepay_id=/.test(buy.json.pay.package) && buy.json.pay.signType === 'RSA' && buy.json.pay.paySign, buy.line);
+    const p = buy.json.pay;
+    assert(buy.json.channel === 'app' && p.appid === APP_APPID && p.partnerid === MCHID && p.package === 'Sign=WXPay',
+      buy.line);
+    assert(/^wx/.test(p.prepayid) && /^\d+$/.test(p.timestamp) && p.noncestr.length === 32 && p.sign, buy.line);
   });
-  await spec('the user pays at the sandbox; the notification reaches the game\'s evhttp and host.deliver gives the item', async () => {
+  await spec('the sandbox refuses a PayReq whose sign does not cover it (a changed noncestr): nothing is paid',
+    async () => {
+      const p = buy.json.pay;
+      const other = await httpJson(sandboxPort, 'POST', '/sandbox/app-pay',
+        { pay_req: { ...p, noncestr: p.noncestr.replace(/^./, (ch) => (ch === 'A' ? 'B' : 'A')) }, openid: OPENID });
+      assert(other.status === 409 && other.json.errCode === -1, other.text);
+      const order = await httpJson(sandboxPort, 'GET', `/sandbox/orders/${buy.json.order_no}`);
+      assert(order.status === 200 && order.json.trade_state === 'NOTPAY', order.text);
+    });
+  await spec('the app user pays at the sandbox; the notification (APP appid) reaches paygate and host.deliver gives the item', async () => {
     await pay(buy, OPENID);
     const inv = await eventually(async () => { const i = await inventory(c, 42); return i['7'] === 1 && i; }, 20000,
       'item 7 delivered to player 42');
     assert(JSON.stringify(inv) === '{"7":1}', JSON.stringify(inv));
+    const tx = await httpJson(sandboxPort, 'GET', `/sandbox/orders/${buy.json.order_no}`);
+    assert(tx.json.appid === APP_APPID && tx.json.trade_state === 'SUCCESS', tx.text);
     assert(game.child.output().includes(`delivered item 7 x1 to player 42 (order ${buy.json.order_no})`), 'delivery line');
   });
   if (kind === 'epoll') await spec('paygate serves its routes on its own port, from its own thread', async () => {
@@ -241,6 +262,15 @@ async function mainRun(kind = 'libevent', bin = GAME) {
     const health = await httpJson(game.httpPort, 'GET', '/healthz');
     assert(own.status === 200 && own.json.shop_generation === 1, own.text);
     assert(health.status === 200 && health.json.status === 'ok', health.text);
+  });
+  await spec('a mini-game purchase (BUY ... miniprogram) goes through JSAPI under the mini program\'s appid', async () => {
+    const b = await c.send('BUY 42 9 miniprogram');
+    assert(b.ok && b.json.channel === 'miniprogram' && b.json.pay.appId === APPID && /^prepay_id=/.test(b.json.pay.package) &&
+      b.json.pay.signType === 'RSA', b.line);
+    await pay(b, OPENID);
+    await eventually(async () => (await inventory(c, 42))['9'] === 1, 20000, 'item 9 delivered to player 42');
+    const bad = await c.send('BUY 42 9 pigeon');
+    assert(bad.status === 400, bad.line);
   });
   await spec('errors come back with their status: unknown item, unknown player, bad command', async () => {
     const item = await c.send('BUY 42 999');
@@ -261,7 +291,7 @@ async function mainRun(kind = 'libevent', bin = GAME) {
     const b = await c.send('BUY 42 1');
     assert(b.ok && b.json.amount === 600, b.line);
     await pay(b, OPENID);
-    await eventually(async () => { const i = await inventory(c, 42); return i['1'] === 1 && i['7'] === 1; }, 20000,
+    await eventually(async () => { const i = await inventory(c, 42); return i['1'] === 1 && i['7'] === 1 && i['9'] === 1; }, 20000,
       'item 1 delivered after the reload');
   });
   await spec('QUIT shuts the shop down gracefully and the game exits 0', async () => {
@@ -343,10 +373,11 @@ async function libraryRun() {
     assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAID', 'PAID');
   });
 
-  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4 }): its paid orders record ' +
+  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4, 5 }): its paid orders record ' +
              'their lifecycle events like the shop\'s', async () => {
     const m = (await hook('GET', '/test/migrations')).json.migrations;
-    assert(m.length === 4 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name), 'migrations: ' + JSON.stringify(m));
+    assert(m.length === 5 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name) && m[4].version === 5 &&
+      /^lualib\/shop 3:/.test(m[4].name), 'migrations: ' + JSON.stringify(m));
     const openid = 'oGameEvents53xxxxxxxxxxxxxxx';
     assert((await login(c, 53, openid)).ok, 'login');
     const b = await c.send('BUY 53 7');
