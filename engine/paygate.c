@@ -462,6 +462,7 @@ void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg),
 {
 	if (pg->thread) {
 		struct sync_call *s = calloc(1, sizeof *s);
+		thread_refuse_events(pg->thread);
 		if (!s) {
 			done(arg);
 			return;

@@ -74,6 +74,7 @@ struct thread {
 	struct queue in, out; /* under mu */
 	int stop;             /* under mu: the loop is to end */
 	int closing;          /* under mu: no more calls taken */
+	int no_events;        /* under mu: shutting down, events are refused */
 	int wake_fd, host_fd;
 	struct event *wake_ev;
 };
@@ -407,10 +408,21 @@ int thread_call(struct thread *t, const char *name, const char *json, host_call_
 	return 0;
 }
 
+void thread_refuse_events(struct thread *t)
+{
+	pthread_mutex_lock(&t->mu);
+	t->no_events = 1;
+	pthread_mutex_unlock(&t->mu);
+}
+
 int thread_emit(struct thread *t, const char *event, const char *json)
 {
 	struct msg *m;
-	if (!event || !*event || !(m = new_msg(t, MSG_EMIT, event, json)))
+	int refused;
+	pthread_mutex_lock(&t->mu);
+	refused = t->no_events;
+	pthread_mutex_unlock(&t->mu);
+	if (refused || !event || !*event || !(m = new_msg(t, MSG_EMIT, event, json)))
 		return -1;
 	if (post_in(t, m, 0) < 0) {
 		msg_free(m);

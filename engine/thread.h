@@ -36,6 +36,9 @@ int thread_dispatch(struct thread *t);
 int thread_call(struct thread *t, const char *name, const char *json, host_call_cb cb, void *arg);
 int thread_emit(struct thread *t, const char *event, const char *json);
 
+/* From now on thread_emit refuses events (the engine is shutting down), as host_emit does. */
+void thread_refuse_events(struct thread *t);
+
 /*
 ** Run fn(arg) on the engine's thread and wait for it to return (the host's
 ** synchronous calls: listen, reload, register, shutdown). Runs it at once

@@ -98,7 +98,10 @@ if cc -fsanitize=thread -x c -o "$WORK/tsan-probe" - <<<'int main(void){return 0
 		       CFLAGS='-O1 -g -fsanitize=thread' '$WORK/tsan/libpaygate.a' &&
 		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
 		       examples/epoll-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/epoll-game-tsan'"
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/epoll-game-tsan' &&
+		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
+		       tests/embed/engines.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/engines-tsan'"
 fi
 # libpaygate.a linked statically, its dependencies dynamically (Debian ships no static libcurl
 # dependencies, so `pkg-config --static` cannot link a fully static program there).
@@ -111,6 +114,11 @@ spec "tests/embed/engines.c links the installed static library (no shared libpay
 if [ -x "$WORK/engines" ]; then
 	mkdir -p "$WORK/engines-run" "$WORK/engines-vg"
 	suite "two engines in one process" "$WORK/engines" "$WORK/engines-run"
+	if [ -x "$WORK/engines-tsan" ]; then
+		mkdir -p "$WORK/engines-tsan-run"
+		spec "ThreadSanitizer: own-thread engines, calls from four threads at once, register, reload, free: no report" \
+			env TSAN_OPTIONS="exitcode=66 halt_on_error=0" "$WORK/engines-tsan" "$WORK/engines-tsan-run"
+	fi
 	if command -v valgrind >/dev/null; then
 		spec "valgrind: two engines, calls both ways, reload, shutdown and free leak nothing" \
 			valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
