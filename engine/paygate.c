@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "coro.h"
+#include "drive.h"
 #include "engine.h"
 #include "fetch.h"
 #include "gen.h"
@@ -37,6 +38,7 @@ struct paygate {
 	FILE *log_stream; /* fopencookie over log_sink, when opts->log_fn */
 	struct log_sink *sink;
 	struct thread *thread; /* own-thread mode (paygate_start_thread): the loop runs there */
+	struct drive *drive;   /* host-driven mode (paygate_new_driven): the host runs the loop */
 	int own_base;          /* the event_base is paygate's (own-thread mode) */
 };
 
@@ -279,7 +281,43 @@ struct paygate *paygate_start_thread(const struct paygate_options *opts, char *e
 
 int paygate_fd(const struct paygate *pg)
 {
-	return pg->thread ? thread_fd(pg->thread) : -1;
+	return pg->thread ? thread_fd(pg->thread) : pg->drive ? drive_fd(pg->drive) : -1;
+}
+
+/* ---- host-driven mode: the host's loop runs the engine's, one non-blocking round at a time ---- */
+
+struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct event_base *base = event_base_new();
+	struct paygate *pg;
+
+	if (!base) {
+		snprintf(err, errlen, "cannot create the engine's event loop");
+		return NULL;
+	}
+	if (!(pg = paygate_new(base, opts, err, errlen))) {
+		event_base_free(base);
+		return NULL;
+	}
+	pg->own_base = 1;
+	if (!(pg->drive = drive_new(base, err, errlen))) {
+		paygate_free(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int paygate_timeout(struct paygate *pg)
+{
+	return pg->drive ? drive_prepare(pg->drive) : -1;
+}
+
+int paygate_run_once(struct paygate *pg)
+{
+	if (!pg->drive)
+		return -1;
+	drive_run(pg->drive);
+	return 0;
 }
 
 int paygate_dispatch_completions(struct paygate *pg)
@@ -289,6 +327,8 @@ int paygate_dispatch_completions(struct paygate *pg)
 
 int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	if (pg->thread) {
 		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
 		thread_run(pg->thread, sync_listen, &s);
@@ -345,6 +385,8 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	struct engine *e = &pg->e;
 	if (pg->thread) {
 		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
@@ -370,6 +412,8 @@ long long paygate_generation(const struct paygate *pg)
 
 int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	if (pg->thread) {
 		struct sync_call s = { .pg = pg, .name = name, .fn = fn, .arg = arg };
 		thread_run(pg->thread, sync_register, &s);
@@ -380,6 +424,8 @@ int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, v
 
 int paygate_call(struct paygate *pg, const char *name, const char *json_args, paygate_call_cb cb, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	if (pg->thread)
 		return thread_call(pg->thread, name, json_args, cb, arg);
 	return host_call(&pg->e, name, json_args, cb, arg);
@@ -387,6 +433,8 @@ int paygate_call(struct paygate *pg, const char *name, const char *json_args, pa
 
 int paygate_emit(struct paygate *pg, const char *event, const char *json)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	if (pg->thread)
 		return thread_emit(pg->thread, event, json);
 	return host_emit(&pg->e, event, json);
@@ -460,6 +508,8 @@ static void sync_shutdown(void *arg)
 
 void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	if (pg->thread) {
 		struct sync_call *s = calloc(1, sizeof *s);
 		thread_refuse_events(pg->thread);
@@ -538,6 +588,7 @@ void paygate_free(struct paygate *pg)
 	config_free(&e->cfg);
 	free_modules(e);
 	thread_free(pg->thread); /* results the free produced reach the host's callbacks here */
+	drive_free(pg->drive);
 	if (pg->own_base)
 		event_base_free(e->base);
 	curl_global_cleanup();

@@ -336,7 +336,11 @@ void paygate_free(struct paygate *pg);
  */
 struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen);
 
-/** Own-thread mode: the descriptor to poll for readability (an eventfd); -1 for an engine of paygate_new. */
+/**
+ * The descriptor to poll for readability: own-thread mode, an eventfd (then
+ * call paygate_dispatch_completions); host-driven mode, an epoll set (then
+ * call paygate_run_once). -1 for an engine of paygate_new.
+ */
 int paygate_fd(const struct paygate *pg);
 
 /**
@@ -347,6 +351,45 @@ int paygate_fd(const struct paygate *pg);
  * @return how many were run; 0 for an engine of paygate_new.
  */
 int paygate_dispatch_completions(struct paygate *pg);
+
+/* ---- host-driven mode: the host's loop runs the engine's, no thread ---- */
+
+/**
+ * Create an engine whose loop the host runs from its own loop, on its own
+ * thread, with no thread of paygate's: the libcurl multi_socket / libuv
+ * uv_backend_fd shape. Built like paygate_new (same options, same errors).
+ * Then, in the host's loop:
+ *
+ *   - paygate_fd(pg) is a descriptor (an epoll set of paygate's) that is
+ *     readable when something the engine waits on is ready. Watch it for
+ *     readability.
+ *   - paygate_timeout(pg), called right before the host waits (after its own
+ *     work, paygate_call and paygate_emit included), brings that descriptor
+ *     up to date and returns how many milliseconds the host may wait at most:
+ *     0 means "call paygate_run_once now"; it is never more than 1000.
+ *   - paygate_run_once(pg), when the descriptor is readable or the timeout
+ *     passed, runs everything that is ready and returns without waiting.
+ *     Call results, host functions and shutdown's done run inside it, on the
+ *     host's thread.
+ *
+ * Everything else is as with paygate_new, on the host's thread only.
+ * paygate_handle_request is not meant for it (the host has no evhttp).
+ *
+ * @code
+ *   for (;;) {
+ *       int n = epoll_wait(ep, evs, 64, paygate_timeout(pg));   // paygate_fd(pg) is in ep
+ *       ... the host's own events ...
+ *       paygate_run_once(pg);                                     // cheap when nothing is ready
+ *   }
+ * @endcode
+ */
+struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen);
+
+/** Host-driven mode: update paygate_fd's set, and return the longest wait in ms (0..1000); -1 in other modes. */
+int paygate_timeout(struct paygate *pg);
+
+/** Host-driven mode: run what is ready now, never waiting. @return 0; -1 in other modes. */
+int paygate_run_once(struct paygate *pg);
 
 /* ---- JSON helpers for host functions (no JSON library needed for flat objects) ---- */
 

@@ -32,6 +32,9 @@
 **   paid order            scripts/delivery.lua ──host.deliver{...}──► deliver() below, on the game's thread
 **
 ** The line protocol is examples/game-server's: LOGIN, BUY, INV, PRICE, RELOAD, QUIT.
+**
+** With --mode driven there is no thread of paygate's at all: paygate_new_driven, and the
+** game's loop runs paygate's (paygate_timeout before each wait, paygate_run_once after).
 */
 
 #ifndef PAYGATE_LUALIB
@@ -67,6 +70,7 @@ struct game {
 	struct stack *inventory;
 	struct delivered *delivered;
 	int stopping, running;
+	int driven; /* --mode driven: paygate_new_driven, no thread; otherwise paygate_start_thread */
 };
 
 /* epoll's data.ptr: one of these tags, or a client. */
@@ -468,7 +472,8 @@ static int start(struct game *g, const char *config, int port, int http_port)
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	if ((g->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 || (g->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC)) < 0)
 		return -1;
-	if (!(g->pg = paygate_start_thread(&o, err, sizeof err)) || paygate_listen(g->pg, err, sizeof err) < 0) {
+	g->pg = g->driven ? paygate_new_driven(&o, err, sizeof err) : paygate_start_thread(&o, err, sizeof err);
+	if (!g->pg || paygate_listen(g->pg, err, sizeof err) < 0) {
 		fprintf(stderr, "game: the shop did not start: %s\n", err);
 		return -1;
 	}
@@ -496,7 +501,8 @@ static void run(struct game *g)
 	struct epoll_event evs[64];
 	g->running = 1;
 	while (g->running) {
-		int n = epoll_wait(g->ep, evs, 64, -1);
+		/* driven: paygate's descriptor is up to date and its next timer known only right before we wait */
+		int n = epoll_wait(g->ep, evs, 64, g->driven ? paygate_timeout(g->pg) : -1);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -504,7 +510,8 @@ static void run(struct game *g)
 		for (int i = 0; i < n; i++) {
 			void *tag = evs[i].data.ptr;
 			if (tag == &TAG_PAYGATE) {
-				paygate_dispatch_completions(g->pg); /* results, host.deliver, shutdown done */
+				if (!g->driven) /* results, host.deliver, shutdown done */
+					paygate_dispatch_completions(g->pg);
 			} else if (tag == &TAG_LISTEN) {
 				on_accept(g);
 			} else if (tag == &TAG_SIGNAL) {
@@ -521,6 +528,8 @@ static void run(struct game *g)
 					on_readable(g, c);
 			}
 		}
+		if (g->driven) /* whatever is ready: results, host.deliver and shutdown done run in here */
+			paygate_run_once(g->pg);
 	}
 }
 
@@ -577,8 +586,12 @@ int main(int argc, char **argv)
 			i++;
 		else if (ok && strcmp(argv[i], "--http") == 0 && parse_port(argv[i + 1], &http_port) == 0)
 			i++;
+		else if (ok && strcmp(argv[i], "--mode") == 0 &&
+		         (strcmp(argv[i + 1], "thread") == 0 || strcmp(argv[i + 1], "driven") == 0))
+			g.driven = strcmp(argv[++i], "driven") == 0;
 		else {
-			fprintf(stderr, "usage: game --config FILE [--port PORT] [--http PORT]\n");
+			fprintf(stderr,
+			        "usage: epoll-game --config FILE [--port PORT] [--http PORT] [--mode thread|driven]\n");
 			return 2;
 		}
 	}
