@@ -1,4 +1,4 @@
-/* drive.c — host-driven mode: what the engine's loop waits on, as one descriptor and a timeout for the host's loop. */
+/* drive.c — host-driven mode: the engine loop's waits as one descriptor and a timeout for the host's loop. */
 #include "drive.h"
 
 #include <errno.h>

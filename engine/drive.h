@@ -1,4 +1,4 @@
-/* drive.h — host-driven mode: what the engine's loop waits on, as one descriptor and a timeout for the host's loop. */
+/* drive.h — host-driven mode: the engine loop's waits as one descriptor and a timeout for the host's loop. */
 #ifndef PAYGATE_DRIVE_H
 #define PAYGATE_DRIVE_H
 
