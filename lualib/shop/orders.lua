@@ -85,7 +85,7 @@ function M.view(o)
   local subtotal = 0
   for _, it in ipairs(items) do subtotal = subtotal + it.qty * it.price end
   local v = {
-    order_no = o.order_no, status = o.status, amount = o.amount, subtotal = subtotal,
+    order_no = o.order_no, status = o.status, amount = o.amount, subtotal = subtotal, channel = o.channel,
     items = items, adjustments = json.array(M.adjustments(o.order_no)),
     created_at = timefmt.rfc3339(o.created_at), expires_at = timefmt.rfc3339(o.expires_at),
   }
