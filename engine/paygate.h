@@ -1,4 +1,4 @@
-/* paygate.h — the public API: run the paygate engine inside your own libevent program. */
+/* paygate.h — the public API: run the paygate engine inside your own program, on its loop or beside it. */
 #ifndef PAYGATE_H
 #define PAYGATE_H
 
@@ -6,11 +6,17 @@
  * @file paygate.h
  *
  * libpaygate runs the WeChat Pay gateway (HTTP routes, outbound HTTPS,
- * WeChat Pay signing, SQLite, durable jobs, hot-reloadable Lua scripts) on
- * an event_base that belongs to the host program: a game server, a shop
- * server, or the paygate daemon itself (engine/main.c).
+ * WeChat Pay signing, SQLite, durable jobs, hot-reloadable Lua scripts)
+ * inside a host program: a game server, a shop server, or the paygate daemon
+ * itself (engine/main.c). Three modes (docs/embedding.md has a table):
  *
- * The contract with the host:
+ *   - libevent host: paygate_new(base, ...) on the host's event_base.
+ *   - own thread: paygate_start_thread(...) for hosts on any other loop;
+ *     one descriptor (paygate_fd) and paygate_dispatch_completions.
+ *   - host-driven: paygate_new_driven(...), no thread; the host's loop waits
+ *     on paygate_fd for at most paygate_timeout and calls paygate_run_once.
+ *
+ * The contract with the host (libevent host; the other modes say what differs):
  *
  *   - Everything runs on the host's event_base, from the host's
  *     event_base_dispatch(). paygate starts no threads, installs no signal
