@@ -15,7 +15,7 @@ import net from 'node:net';
 import http from 'node:http';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const { GAME, GAME_EPOLL, GAME_TSAN, SANDBOX, LUALIB, KEYS, WORK } = process.env;
+const { GAME, GAME_EPOLL, GAME_UV, GAME_TSAN, GAME_TSAN_UV, SANDBOX, LUALIB, KEYS, WORK } = process.env;
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
 const APP_APPID = 'wx1a2b3c4d5e6f7a8b';   // the game on a phone: APP pay
@@ -217,7 +217,9 @@ async function inventory(c, player) {
 // kind: 'libevent' (examples/game-server: paygate on the game's event_base), 'epoll'
 // (examples/epoll-game: a plain epoll loop, paygate on its own thread) or 'driven' (the same
 // game with --mode driven: no thread, the game's loop runs paygate's).
-const MODE = { libevent: [], epoll: ['--mode', 'thread'], driven: ['--mode', 'driven'] };
+// 'uv' and 'uv-driven': examples/uv-game, the same on libuv.
+const MODE = { libevent: [], epoll: ['--mode', 'thread'], driven: ['--mode', 'driven'],
+  uv: ['--mode', 'thread'], 'uv-driven': ['--mode', 'driven'] };
 
 async function mainRun(kind = 'libevent', bin = GAME) {
   const game = await startGame(`game-${kind}`, { bin, extra: MODE[kind] });
@@ -230,12 +232,12 @@ async function mainRun(kind = 'libevent', bin = GAME) {
     const r = await login(c, 42, OPENID);
     assert(r.ok && r.json.openid === OPENID && r.json.player === 42, r.line);
   });
-  if (kind === 'driven') await spec('paygate\'s descriptors and timers reach the game\'s loop (ten logins ' +
+  if (kind === 'driven' || kind === 'uv-driven') await spec('paygate\'s descriptors and timers reach the game\'s loop (ten logins ' +
       'through WeChat in well under the 1 s safety cap each)', async () => {
     const t0 = Date.now();
     for (let i = 0; i < 10; i++) assert((await login(c, 42, OPENID)).ok, 'login');
     const each = (Date.now() - t0) / 10;
-    console.log(`# driven: ${each.toFixed(1)} ms per login round trip`);
+    console.log(`# ${kind}: ${each.toFixed(1)} ms per login round trip`);
     assert(each < 300, `${each} ms per login`);
   });
   await spec('BUY answers the order and the OpenSDK\'s PayReq (APP pay, the mobile app\'s appid)', async () => {
@@ -473,12 +475,12 @@ async function valgrindRun(kind = 'libevent', bin = GAME) {
 
 // The epoll game and libpaygate built with -fsanitize=thread: the game's thread and paygate's
 // share only the two queues; ThreadSanitizer must find no race across a whole purchase.
-async function tsanRun(bin) {
+async function tsanRun(bin, kind = 'epoll') {
   const OPENID = 'oGamePlayer8xxxxxxxxxxxxxxxx';
-  const tlog = join(WORK, 'tsan');
+  const tlog = join(WORK, `tsan-${kind}`);
   process.env.TSAN_OPTIONS = `log_path=${tlog} exitcode=66 halt_on_error=0`;
-  await spec('epoll under ThreadSanitizer: create → login → buy → pay → delivery → reload → quit, no report', async () => {
-    const game = await startGame('game-epoll-tsan', { bin, extra: MODE.epoll });
+  await spec(`${kind} under ThreadSanitizer: create → login → buy → pay → delivery → reload → quit, no report`, async () => {
+    const game = await startGame(`game-${kind}-tsan`, { bin, extra: MODE[kind] });
     const c = await connect(game.port);
     assert((await login(c, 8, OPENID)).ok, 'login');
     const b = await c.send('BUY 8 7', 60000);
@@ -508,13 +510,17 @@ async function main() {
     await mainRun('libevent', GAME);
     if (GAME_EPOLL) await mainRun('epoll', GAME_EPOLL);
     if (GAME_EPOLL) await mainRun('driven', GAME_EPOLL);
+    if (GAME_UV) await mainRun('uv', GAME_UV);
+    if (GAME_UV) await mainRun('uv-driven', GAME_UV);
     await libraryRun();
     if (process.env.SKIP_VALGRIND !== '1') {
       await valgrindRun('libevent', GAME);
       if (GAME_EPOLL) await valgrindRun('epoll', GAME_EPOLL);
       if (GAME_EPOLL) await valgrindRun('driven', GAME_EPOLL);
+      if (GAME_UV) await valgrindRun('uv', GAME_UV);
     }
-    if (GAME_TSAN) await tsanRun(GAME_TSAN);
+    if (GAME_TSAN) await tsanRun(GAME_TSAN, 'epoll');
+    if (GAME_TSAN_UV) await tsanRun(GAME_TSAN_UV, 'uv');
   } catch (e) {
     report(false, 'the game suite ran to its end', e.stack || e);
   } finally {
