@@ -353,7 +353,10 @@ int paygate_fd(const struct paygate *pg);
  * Own-thread mode: run, on the calling thread, what is waiting for the
  * host: call results, host functions, a finished shutdown. Never blocks;
  * reading the descriptor is part of it. Call it when paygate_fd(pg) is
- * readable (calling it more often is harmless).
+ * readable (calling it more often is harmless). It runs what was queued
+ * when it started; a callback may free the engine (what is still queued
+ * then gets its result from inside paygate_free); called from inside a
+ * callback it does nothing.
  * @return how many were run; 0 for an engine of paygate_new.
  */
 int paygate_dispatch_completions(struct paygate *pg);

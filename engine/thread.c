@@ -77,6 +77,7 @@ struct thread {
 	int no_events;        /* under mu: shutting down, events are refused */
 	int wake_fd, host_fd;
 	struct event *wake_ev;
+	int *alive; /* set while thread_dispatch runs: cleared when a callback frees us */
 };
 
 static void msg_free(struct msg *m)
@@ -359,20 +360,53 @@ static void handle_out(struct thread *t, struct msg *m)
 	}
 }
 
-int thread_dispatch(struct thread *t)
+/* The first message waiting for the host, or NULL. */
+static struct msg *take_one(struct thread *t)
 {
 	struct msg *m;
-	int n = 0;
+	pthread_mutex_lock(&t->mu);
+	m = t->out.head;
+	if (m) {
+		t->out.head = m->next;
+		if (!t->out.head)
+			t->out.tail = NULL;
+	}
+	pthread_mutex_unlock(&t->mu);
+	return m;
+}
+
+/*
+** One message at a time, and only those queued when we started (a callback
+** that calls paygate_call does not keep us here forever): a callback may
+** free the engine (paygate_free), and then what is still queued is
+** thread_free's to deliver, and t is gone (alive tells us).
+*/
+int thread_dispatch(struct thread *t)
+{
+	struct msg *m, *last;
+	int n = 0, alive = 1, more;
+	if (t->alive) /* called from inside a callback: the outer dispatch goes on */
+		return 0;
 	drain_fd(t->host_fd);
 	pthread_mutex_lock(&t->mu);
-	m = take_all(&t->out);
+	last = t->out.tail;
 	pthread_mutex_unlock(&t->mu);
-	while (m) {
-		struct msg *next = m->next;
+	t->alive = &alive;
+	while (last && (m = take_one(t))) {
+		int end = m == last;
 		handle_out(t, m);
 		n++;
-		m = next;
+		if (!alive)
+			return n;
+		if (end)
+			break;
 	}
+	t->alive = NULL;
+	pthread_mutex_lock(&t->mu);
+	more = t->out.head != NULL;
+	pthread_mutex_unlock(&t->mu);
+	if (more) /* queued meanwhile, behind others: no one poked for them */
+		poke(t->host_fd);
 	return n;
 }
 
@@ -480,6 +514,8 @@ void thread_free(struct thread *t)
 		msg_free(m);
 		m = next;
 	}
+	if (t->alive)
+		*t->alive = 0;
 	if (t->wake_ev)
 		event_free(t->wake_ev);
 	if (t->wake_fd >= 0)

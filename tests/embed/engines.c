@@ -383,6 +383,20 @@ static int results_done(struct caller *k, int n)
 	return done;
 }
 
+struct freeing {
+	struct paygate *pg;
+	int done;
+};
+
+static void free_engine(void *arg, int status, const char *json)
+{
+	struct freeing *f = arg;
+	(void)status;
+	(void)json;
+	f->done++;
+	paygate_free(f->pg);
+}
+
 static void own_threads(const char *root)
 {
 	char dir_c[256], dir_d[256], conf_c[512], conf_d[512], err[1024];
@@ -477,6 +491,27 @@ static void own_threads(const char *root)
 	      "own-thread mode: paygate_free joins the thread; a pending call gets its 503 from inside it");
 	r = tcall(d, "whoami", NULL);
 	check(contains(r, 200, "delta"), "own-thread mode: the other engine keeps working after one is freed");
+
+	/* A callback that frees the engine while more results are queued behind it. */
+	char dir_e[256], conf_e[512];
+	snprintf(dir_e, sizeof dir_e, "%s/thread-e", root);
+	snprintf(conf_e, sizeof conf_e, "%s/paygate.conf.lua", dir_e);
+	struct paygate_options oe = { .config_path = conf_e, .lualib_dir = PAYGATE_LUALIB, .log_file = stderr };
+	struct paygate *e = mkdir(dir_e, 0700) == 0 && make_world(dir_e, "echo") == 0
+	                        ? paygate_start_thread(&oe, err, sizeof err)
+	                        : NULL;
+	struct freeing f = { .pg = e };
+	struct result after[3];
+	memset(after, 0, sizeof after);
+	if (e) {
+		paygate_call(e, "whoami", NULL, free_engine, &f);
+		for (int i = 0; i < 3; i++)
+			paygate_call(e, "whoami", NULL, on_result, &after[i]);
+		usleep(200 * 1000); /* all four done on paygate's thread, queued for us */
+		pump(e, NULL, &f.done, 5000);
+	}
+	check(e && f.done == 1 && after[0].done == 1 && after[1].done == 1 && after[2].done == 1,
+	      "own-thread mode: a callback may free the engine; the results queued behind it still come, once each");
 
 	shut_down = 0;
 	paygate_shutdown(d, 5000, on_shut_down, NULL);
