@@ -139,6 +139,7 @@ test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
+	@pkg-config --exists libuv || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq libuv1-dev >/dev/null; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----

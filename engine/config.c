@@ -66,6 +66,7 @@ void config_free(struct config *cfg)
 	struct wxpay_config *w = &cfg->wxpay;
 	char **strs[] = { &w->mchid,
 		          &w->appid,
+		          &w->app_appid,
 		          &w->merchant_serial,
 		          &w->merchant_cert_file,
 		          &w->private_key_file,
@@ -360,6 +361,7 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 	w->enabled = 1;
 	read_str(r, "wechatpay", "mchid", 0, &w->mchid);
 	read_str(r, "wechatpay", "appid", 0, &w->appid);
+	read_str(r, "wechatpay", "app_appid", 0, &w->app_appid);
 	read_str(r, "wechatpay", "merchant_serial", 0, &w->merchant_serial);
 	read_str(r, "wechatpay", "merchant_cert_file", 1, &w->merchant_cert_file);
 	read_str(r, "wechatpay", "private_key_file", 1, &w->private_key_file);

@@ -48,6 +48,7 @@ struct config {
 	struct wxpay_config {
 		int enabled; /* a `wechatpay` table was given */
 		char *mchid, *appid;
+		char *app_appid;              /* APP pay: the mobile app's appid (open platform); NULL: no APP pay */
 		char *merchant_serial;        /* serial of the merchant API certificate ... */
 		char *merchant_cert_file;     /* ... or the certificate itself (apiclient_cert.pem) */
 		char *private_key_file;       /* apiclient_key.pem */

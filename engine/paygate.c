@@ -13,6 +13,7 @@
 
 #include "clock.h"
 #include "coro.h"
+#include "drive.h"
 #include "engine.h"
 #include "fetch.h"
 #include "gen.h"
@@ -24,6 +25,7 @@
 #include "routes.h"
 #include "secure.h"
 #include "store.h"
+#include "thread.h"
 #include "wxclient.h"
 
 /*
@@ -36,6 +38,9 @@ struct paygate {
 	struct shutdown_state *shutdown;
 	FILE *log_stream; /* fopencookie over log_sink, when opts->log_fn */
 	struct log_sink *sink;
+	struct thread *thread; /* own-thread mode (paygate_start_thread): the loop runs there */
+	struct drive *drive;   /* host-driven mode (paygate_new_driven): the host runs the loop */
+	int own_base;          /* the event_base is paygate's (own-thread mode) */
 };
 
 /* ---- the host's log callback, behind a FILE* so the logger stays one fprintf ---- */
@@ -243,7 +248,126 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
 	return paygate_new(base, &o, err, errlen);
 }
 
+/* ---- own-thread mode: the host's synchronous calls run on the engine's thread (thread_run) ---- */
+
+struct sync_call {
+	struct paygate *pg;
+	char *err;
+	size_t errlen;
+	const char *name;
+	paygate_host_fn fn;
+	void *arg;
+	void (*done)(void *arg);
+	int grace_ms;
+	long long result;
+};
+
+static int listen_here(struct paygate *pg, char *err, size_t errlen);
+
+static void sync_listen(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = listen_here(s->pg, s->err, s->errlen);
+}
+
+static void sync_reload(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = reload_run(&s->pg->e, "api", s->err, s->errlen) < 0 ? -1 : (long long)s->pg->e.gen->id;
+}
+
+static void sync_generation(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = s->pg->e.gen ? (long long)s->pg->e.gen->id : 0;
+}
+
+static void sync_register(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = host_register(&s->pg->e, s->name, s->fn, s->arg);
+}
+
+struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct event_base *base = event_base_new();
+	struct paygate *pg;
+
+	if (!base) {
+		snprintf(err, errlen, "cannot create the engine's event loop");
+		return NULL;
+	}
+	if (!(pg = paygate_new(base, opts, err, errlen))) {
+		event_base_free(base);
+		return NULL;
+	}
+	pg->own_base = 1;
+	if (!(pg->thread = thread_start(&pg->e, err, errlen))) {
+		paygate_free(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int paygate_fd(const struct paygate *pg)
+{
+	return pg->thread ? thread_fd(pg->thread) : pg->drive ? drive_fd(pg->drive) : -1;
+}
+
+/* ---- host-driven mode: the host's loop runs the engine's, one non-blocking round at a time ---- */
+
+struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct event_base *base = event_base_new();
+	struct paygate *pg;
+
+	if (!base) {
+		snprintf(err, errlen, "cannot create the engine's event loop");
+		return NULL;
+	}
+	if (!(pg = paygate_new(base, opts, err, errlen))) {
+		event_base_free(base);
+		return NULL;
+	}
+	pg->own_base = 1;
+	if (!(pg->drive = drive_new(base, err, errlen))) {
+		paygate_free(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int paygate_timeout(struct paygate *pg)
+{
+	return pg->drive ? drive_prepare(pg->drive) : -1;
+}
+
+int paygate_run_once(struct paygate *pg)
+{
+	if (!pg->drive)
+		return -1;
+	drive_run(pg->drive);
+	return 0;
+}
+
+int paygate_dispatch_completions(struct paygate *pg)
+{
+	return pg->thread ? thread_dispatch(pg->thread) : 0;
+}
+
 int paygate_listen(struct paygate *pg, char *err, size_t errlen)
+{
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
+		thread_run(pg->thread, sync_listen, &s);
+		return (int)s.result;
+	}
+	return listen_here(pg, err, errlen);
+}
+
+static int listen_here(struct paygate *pg, char *err, size_t errlen)
 {
 	struct engine *e = &pg->e;
 	if (e->worker.listen_fd >= 0 ? http_accept_on(e, e->worker.listen_fd, err, errlen) < 0
@@ -258,9 +382,24 @@ int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 	return 0;
 }
 
+struct sync_metrics {
+	struct paygate *pg;
+	struct evbuffer *out;
+};
+
+static void sync_metrics(void *arg)
+{
+	struct sync_metrics *m = arg;
+	routes_metrics(&m->pg->e, m->out);
+}
+
 void paygate_metrics(struct paygate *pg, struct evbuffer *out)
 {
-	routes_metrics(&pg->e, out);
+	struct sync_metrics m = { pg, out };
+	if (pg->thread) /* own-thread mode: the counters are the engine thread's */
+		thread_run(pg->thread, sync_metrics, &m);
+	else
+		sync_metrics(&m);
 }
 
 void paygate_supervision(const struct paygate *pg, struct paygate_supervision *out)
@@ -284,6 +423,10 @@ int paygate_port(const struct paygate *pg)
 void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 {
 	struct engine *e = &pg->e;
+	if (pg->thread) { /* the request is on the host's loop, the engine on its own thread */
+		evhttp_send_error(req, 500, "paygate_handle_request is not available in own-thread mode");
+		return;
+	}
 	if (e->stopping) {
 		struct evbuffer *b = evbuffer_new();
 		if (b)
@@ -301,7 +444,14 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	struct engine *e = &pg->e;
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
+		thread_run(pg->thread, sync_reload, &s);
+		return s.result;
+	}
 	if (reload_run(e, "api", err, errlen) < 0)
 		return -1;
 	return (long long)e->gen->id;
@@ -309,6 +459,11 @@ long long paygate_reload(struct paygate *pg, char *err, size_t errlen)
 
 long long paygate_generation(const struct paygate *pg)
 {
+	if (pg->thread) {
+		struct sync_call s = { .pg = (struct paygate *)pg };
+		thread_run(pg->thread, sync_generation, &s);
+		return s.result;
+	}
 	return pg->e.gen ? (long long)pg->e.gen->id : 0;
 }
 
@@ -316,16 +471,31 @@ long long paygate_generation(const struct paygate *pg)
 
 int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .name = name, .fn = fn, .arg = arg };
+		thread_run(pg->thread, sync_register, &s);
+		return (int)s.result;
+	}
 	return host_register(&pg->e, name, fn, arg);
 }
 
 int paygate_call(struct paygate *pg, const char *name, const char *json_args, paygate_call_cb cb, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread)
+		return thread_call(pg->thread, name, json_args, cb, arg);
 	return host_call(&pg->e, name, json_args, cb, arg);
 }
 
 int paygate_emit(struct paygate *pg, const char *event, const char *json)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread)
+		return thread_emit(pg->thread, event, json);
 	return host_emit(&pg->e, event, json);
 }
 
@@ -365,7 +535,58 @@ static void shutdown_tick(evutil_socket_t fd, short what, void *arg)
 	done(darg);
 }
 
+static void shutdown_here(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg);
+
+/* On the engine's thread: the shutdown finished; the host hears it at its next dispatch. */
+static void shutdown_relay(void *arg)
+{
+	struct sync_call *s = arg;
+	struct paygate *pg = s->pg;
+	void (*done)(void *) = s->done;
+	void *darg = s->arg;
+	free(s);
+	if (thread_notify(pg->thread, done, darg) < 0)
+		log_error(&pg->e.log, NULL, "out of memory: the host is not told that the shutdown finished");
+}
+
+static void ignore_done(void *arg)
+{
+	(void)arg;
+}
+
+static void sync_shutdown(void *arg)
+{
+	struct sync_call *s = arg;
+	if (s->pg->shutdown) { /* asked twice: the first one's done wins */
+		shutdown_here(s->pg, s->grace_ms, ignore_done, NULL);
+		free(s);
+		return;
+	}
+	shutdown_here(s->pg, s->grace_ms, shutdown_relay, s);
+}
+
 void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg)
+{
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call *s = calloc(1, sizeof *s);
+		thread_refuse_events(pg->thread);
+		if (!s) {
+			done(arg);
+			return;
+		}
+		s->pg = pg;
+		s->grace_ms = grace_ms;
+		s->done = done;
+		s->arg = arg;
+		thread_run(pg->thread, sync_shutdown, s);
+		return;
+	}
+	shutdown_here(pg, grace_ms, done, arg);
+}
+
+static void shutdown_here(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg)
 {
 	struct engine *e = &pg->e;
 	struct shutdown_state *s;
@@ -397,8 +618,11 @@ void paygate_free(struct paygate *pg)
 	if (!pg)
 		return;
 	e = &pg->e;
+	thread_stop(pg->thread); /* own-thread mode: the loop ends, the engine is ours again */
 	e->stopping = 1;
 	if (pg->shutdown) {
+		if (pg->thread) /* the pending shutdown's sync_call */
+			free(pg->shutdown->arg);
 		event_free(pg->shutdown->tick);
 		free(pg->shutdown);
 		pg->shutdown = NULL;
@@ -422,6 +646,10 @@ void paygate_free(struct paygate *pg)
 	metrics_free(&e->metrics);
 	config_free(&e->cfg);
 	free_modules(e);
+	thread_free(pg->thread); /* results the free produced reach the host's callbacks here */
+	drive_free(pg->drive);
+	if (pg->own_base)
+		event_base_free(e->base);
 	curl_global_cleanup();
 	if (pg->log_stream)
 		fclose(pg->log_stream);

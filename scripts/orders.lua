@@ -16,13 +16,13 @@ app.post("/api/quote", function(req)
   return 200, orders.quote{ openid = openid, items = body.items, body = body }
 end)
 
--- POST /api/orders {items: [{product_id, qty}], coupon?}: priced from our products table and
+-- POST /api/orders {items: [{product_id, qty}], coupon?, channel?}: priced from our products table and
 -- our rules, checked, the units reserved. The same Idempotency-Key gets the same answer again.
 app.post("/api/orders", function(req)
   local openid = auth.user(req)
   local body = app.read_json(req)
   return idempotency.run(req, openid, function()
-    local order = orders.create{ openid = openid, items = body.items, body = body }
+    local order = orders.create{ openid = openid, items = body.items, body = body, channel = body.channel }
     return 201, orders.view(order)
   end)
 end)
