@@ -73,6 +73,34 @@ function M.query_and_apply(order_no)
   end)
 end
 
+-- A prepay answer worth asking again for: no answer (network, timeout), an answer that did not
+-- verify (a signature probe, a bad signature), a 5xx, or 429 FREQUENCY_LIMITED.
+local function transient(res, why)
+  if not res then return why ~= "invalid" end
+  return res.status >= 500 or res.status == 429
+end
+
+--- JSAPI prepay for order, asked again on a transient failure with the same out_trade_no and
+--- the same parameters (WeChat answers the same prepay_id for them) at most
+--- config.prepay_attempts times in all (default 3), 100 ms, 200 ms ... apart. Returns what the
+--- last attempt returned.
+function M.prepay(order)
+  local attempts = math.tointeger(config.prepay_attempts) or 3
+  local res, why, msg
+  for attempt = 1, math.max(1, attempts) do
+    res, why, msg = wechatpay.jsapi_prepay({
+      out_trade_no = order.order_no, description = order.description, amount = order.amount,
+      openid = order.openid, time_expire = timefmt.rfc3339(order.expires_at),
+    })
+    if not transient(res, why) or attempt >= attempts then break end
+    metrics.inc("paygate_prepay_retries_total", { reason = why or tostring(res.status) })
+    log.warn("prepay failed on a transient cause; asking again", { order = order.order_no, attempt = attempt,
+             reason = why or (res.code or tostring(res.status)) })
+    clock.sleep(100 * attempt)
+  end
+  return res, why, msg
+end
+
 --- Start (or resume) paying order_no for its owner openid: WeChat's JSAPI prepay once, the
 --- order CREATED → PAYING, and a reconcile_order job in case the notification never comes.
 --- Asking again while the prepay_id is valid reuses it. Returns the parameters of
@@ -92,10 +120,7 @@ function M.pay(order_no, openid)
     return wechatpay.pay_params(order.prepay_id)
   end
 
-  local res, why, msg = wechatpay.jsapi_prepay({
-    out_trade_no = order.order_no, description = order.description, amount = order.amount,
-    openid = order.openid, time_expire = timefmt.rfc3339(order.expires_at),
-  })
+  local res, why, msg = M.prepay(order)
   if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.prepay_id) ~= "string" then
     if res and (res.code == "ORDERPAID" or res.code == "ORDER_CLOSED") then
       app.fail(409, "not_payable", "WeChat says the order is " .. (res.code == "ORDERPAID" and "paid" or "closed"))
