@@ -313,9 +313,15 @@ end
 
 --- Queue a run of date now (an operator's re-run). Returns true, or false when one is queued already.
 function M.queue(date)
-  local id = jobs.schedule("reconcile_bills", { date = date },
-                           { key = "reconcile_bills:" .. date, max_attempts = M.MAX_ATTEMPTS })
-  return id ~= nil
+  local key = "reconcile_bills:" .. date
+  if jobs.schedule("reconcile_bills", { date = date }, { key = key, max_attempts = M.MAX_ATTEMPTS }) then return true end
+  -- A run that used up its budget keeps its key (dead); an operator's new run gets its own.
+  local j = db.one("SELECT state FROM _paygate_jobs WHERE key = ?", key)
+  if j and j.state == "dead" then
+    return jobs.schedule("reconcile_bills", { date = date },
+                         { key = key .. ":" .. clock.now(), max_attempts = M.MAX_ATTEMPTS }) ~= nil
+  end
+  return false
 end
 
 -- The next 10:30 Beijing time after now (WeChat publishes the day before from 10:00).

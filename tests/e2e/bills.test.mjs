@@ -279,6 +279,26 @@ test('FREQUENCY_LIMITED on the bill calls: the job backs off and retries within 
   assert.equal((await sandbox.get('/sandbox/faults')).json.active.rate_limited, undefined, 'both 429s were used');
 });
 
+test('a day whose job used up its budget (dead) can still be run again by the operator', async () => {
+  const t = new Date(Date.parse(await today() + 'T00:00:00+08:00') - 86400000);
+  const date = new Date(t.getTime() + 8 * 3600000).toISOString().slice(0, 10);     // yesterday, Beijing
+  const key = `reconcile_bills:${date}`;
+  await faults({ rate_limited: { count: 10, match: '/v3/bill/tradebill' } });
+  assert.equal((await gw.post('/admin/reconciliation', { date })).status, 202);
+  await eventually(async () => (await gw.get(`/test/jobs/${key}`)).json.job?.attempts >= 1, 10000, 100);
+  await eventually(async () => {                                               // its last attempt, now
+    await gw.post(`/test/jobs/${key}/due`, { attempts: 15 });
+    return (await gw.get(`/test/jobs/${key}`)).json.job?.state === 'dead';
+  }, 10000, 200);
+  const failed = (await gw.get(`/admin/reconciliation?date=${date}`)).json.day;
+  assert.equal(failed.status, 'FAILED');
+  assert.match(failed.error, /429 FREQUENCY_LIMITED/);
+  await faults({ rate_limited: false });
+  const r = await gw.post('/admin/reconciliation', { date });
+  assert.equal(r.json.queued, true, r.body);
+  await eventually(async () => (await gw.get(`/admin/reconciliation?date=${date}`)).json.day.status === 'DONE', 10000, 100);
+});
+
 // ---- refunds that do not succeed ----
 
 test('a refund that ends ABNORMAL: shown with what to do, refund_failed told once, never sent again, settled at WeChat later', async () => {
