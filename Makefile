@@ -26,7 +26,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench crash fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench bench-bills crash fuzz clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -156,6 +156,14 @@ bench: all $(BUILD)/bench/bare_evhttp
 	@tests/bench/run.sh
 	@echo
 	@tests/bench/shop.sh
+
+# A 200,000-line trade bill read by engine/bill.c and lualib/wechatpay/bills.lua (N=... for another size).
+$(BUILD)/tests/bill_bench: tests/bench/bill_bench.c $(BUILD)/obj/bill.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $^ $(DEPLIBS) -o $@
+
+bench-bills: $(BUILD)/tests/bill_bench
+	@N=$${N:-200000} $(BUILD)/tests/bill_bench lualib tests/bench/bills.lua
 
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:

@@ -129,6 +129,7 @@ local function fetch(date)
     return false, e                                 -- a refusal that asking again will not change
   end
   local b, reason, message = wechatpay.download_bill(res.body.download_url, res.body)
+  if reason == "too_large" or reason == "bad_format" then return false, "download: " .. reason .. ": " .. message end
   if not b then error("download: " .. reason .. ": " .. tostring(message), 0) end
   return b
 end

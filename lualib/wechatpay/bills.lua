@@ -57,6 +57,9 @@ function M.install(W, core)
     end
     if type(url) ~= "string" then return nil, "invalid", "url is required" end
     local res, why, msg = core.download(url)
+    if not res and tostring(msg):find("^too_large") then
+      return nil, "too_large", tostring(msg) .. " (the file as downloaded: raise fetch.max_response_bytes, up to 64 MiB)"
+    end
     if not res then return nil, why, msg end
     if res.status ~= 200 then
       return nil, "http_error", string.format("download answered %d %s %s", res.status, tostring(res.code),
