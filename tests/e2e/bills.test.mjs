@@ -192,6 +192,8 @@ test('a day with every kind of difference: each found and classified, the safe o
   const f = await newOrder(user, 2, 1);                   // F: PAYING here, "paid" only in the bill
   await pay(user, f.order_no);
   const unknown = 'PGNOTOURS' + rand();                   // E: a payment that is not ours
+  const fee = await paidOrder(user, 2, 1);                // a fee that is not the line's rate
+  const tx = await paidOrder(user, 2, 1);                 // another transaction_id in the bill
   // a refund that succeeds, and one that ends ABNORMAL
   const g = await paidOrder(user, 1, 1);
   const h = await paidOrder(user, 1, 1);
@@ -202,12 +204,29 @@ test('a day with every kind of difference: each found and classified, the safe o
   assert.equal(rh.status, 202, rh.body);
   await eventually(async () => (await view(user, g.order_no)).status === 'REFUNDED', 10000, 100);
   await eventually(async () => (await admin(h.order_no)).refunds[0].status === 'ABNORMAL', 10000, 100);
+  // refunds the bill has otherwise: succeeded at WeChat but its notification lost (still PROCESSING
+  // here: the refund query waits a minute), missing from the bill, another amount, unknown here
+  const kOrder = await paidOrder(user, 2, 1);
+  await faults({ notify_drop: { count: 1, match: 'RF' } });
+  const rk = await gw.post(`/admin/orders/${kOrder.order_no}/refund`, {});
+  assert.equal(rk.status, 202, rk.body);
+  await eventually(async () => (await atWeChat(kOrder.order_no)).refunds[0]?.status === 'SUCCESS', 10000, 100);
+  assert.equal((await admin(kOrder.order_no)).refunds[0].status, 'PROCESSING');
+  const lOrder = await paidOrder(user, 2, 1);
+  const rl = await gw.post(`/admin/orders/${lOrder.order_no}/refund`, {});
+  const mOrder = await paidOrder(user, 2, 1);
+  const rm = await gw.post(`/admin/orders/${mOrder.order_no}/refund`, {});
+  await eventually(async () => (await view(user, lOrder.order_no)).status === 'REFUNDED' &&
+                               (await view(user, mOrder.order_no)).status === 'REFUNDED', 10000, 100);
+  const strangerRefund = 'RFNOTOURS' + rand();
   // (the operator's view: GET /api/orders/{no} would ask WeChat itself)
   assert.equal((await admin(b.order_no)).status, 'PAYING', 'B is not paid here before the reconciliation');
 
   assert.equal((await sandbox.post('/sandbox/bills/tamper', {
-    bill_date: date, drop: [c.order_no], amount: { [d.order_no]: 1 },
+    bill_date: date, drop: [c.order_no, rl.json.out_refund_no], amount: { [d.order_no]: 1, [rm.json.out_refund_no]: 5 },
+    fee: { [fee.order_no]: 300 }, transaction_id: { [tx.order_no]: '4200000000000000000000000001' },
     extra: [{ out_trade_no: unknown, total: 500 }, { out_trade_no: f.order_no, total: f.amount }],
+    extra_refunds: [{ out_refund_no: strangerRefund, out_trade_no: ok.order_no, refund: 100 }],
     summary: { count: 999 },
   })).status, 200);
 
@@ -222,6 +241,19 @@ test('a day with every kind of difference: each found and classified, the safe o
   assert.equal(k[`paid_only_at_wechat:${f.order_no}`], 'OPEN', 'WeChat\'s query says NOTPAY: the bill alone never pays an order');
   assert.equal(k[`refund_abnormal:${rh.json.out_refund_no}`], 'OPEN');
   assert.equal(k['summary_mismatch:count'], 'OPEN');
+  assert.equal(k[`fee_mismatch:${fee.order_no}`], 'OPEN');
+  assert.equal(k[`transaction_mismatch:${tx.order_no}`], 'OPEN');
+  assert.equal(k[`refund_state:${rk.json.out_refund_no}`], 'SETTLED', 'asked WeChat, applied like its notification');
+  assert.equal(k[`refund_missing_at_wechat:${rl.json.out_refund_no}`], 'OPEN');
+  assert.equal(k[`refund_amount_mismatch:${rm.json.out_refund_no}`], 'OPEN');
+  assert.equal(k[`refund_unknown:${strangerRefund}`], 'OPEN');
+  // every kind the reconciliation knows was found
+  const found = new Set(first.items.map((i) => i.kind));
+  for (const kind of ['paid_only_at_wechat', 'unknown_order', 'amount_mismatch', 'transaction_mismatch', 'missing_at_wechat',
+    'fee_mismatch', 'refund_unknown', 'refund_amount_mismatch', 'refund_state', 'refund_abnormal',
+    'refund_missing_at_wechat', 'summary_mismatch']) assert.ok(found.has(kind), 'kind found: ' + kind);
+  const feeItem = first.items.find((i) => i.kind === 'fee_mismatch');
+  assert.deepEqual([feeItem.bill_amount, feeItem.local_amount], [300000, 7000], '3.00 yuan charged, 0.07 due (thousandths of a fen)');
   assert.equal(k[`missing_at_wechat:${ok.order_no}`], undefined, 'an order that adds up is no difference');
   assert.equal(Object.keys(k).filter((x) => x.includes(g.order_no) || x.includes(rg.json.out_refund_no)).length, 0);
   const fItem = first.items.find((i) => i.ref === f.order_no);
@@ -233,13 +265,14 @@ test('a day with every kind of difference: each found and classified, the safe o
   // the safe one went through the state machine: B is PAID, as if the reconciler had asked
   assert.equal((await admin(b.order_no)).status, 'PAID');
   assert.equal((await admin(f.order_no)).status, 'PAYING');
+  assert.equal((await admin(kOrder.order_no)).status, 'REFUNDED');
   const log = (await gw.get(`/test/notification_log/${b.order_no}`)).json.log;
   assert.ok(log.some((l) => l.kind === 'query' && l.outcome === 'paid'), JSON.stringify(log));
 
   // the figures
   assert.equal(first.day.differences, first.items.length);
-  assert.equal(first.day.settled, 1);
-  assert.equal(first.day.open, first.items.length - 1);
+  assert.equal(first.day.settled, 2);
+  assert.equal(first.day.open, first.items.length - 2);
   assert.ok(first.day.bill_payments >= 6 && first.day.bill_refunds >= 2, JSON.stringify(first.day));
   assert.ok(first.day.local_payments >= 6);
   assert.match(first.day.bill_sha1, /^[0-9a-f]{40}$/);
@@ -247,7 +280,7 @@ test('a day with every kind of difference: each found and classified, the safe o
   // again: the same rows, nothing settled twice
   const again = await reconcile(date);
   assert.deepEqual(again.items.map((i) => [i.id, i.kind, i.ref, i.status]), first.items.map((i) => [i.id, i.kind, i.ref, i.status]));
-  assert.equal(again.day.settled, 1);
+  assert.equal(again.day.settled, 2);
   assert.equal(again.day.runs, first.day.runs + 1);
 
   // the bill put right: what no longer differs is RESOLVED, the rest stays
@@ -258,9 +291,14 @@ test('a day with every kind of difference: each found and classified, the safe o
   assert.equal(k3[`amount_mismatch:${d.order_no}`], 'RESOLVED');
   assert.equal(k3[`unknown_order:${unknown}`], 'RESOLVED');
   assert.equal(k3['summary_mismatch:count'], 'RESOLVED');
+  for (const ref of [fee.order_no, tx.order_no, rl.json.out_refund_no, rm.json.out_refund_no, strangerRefund]) {
+    assert.ok(third.items.filter((i) => i.ref === ref).every((i) => i.status === 'RESOLVED'), ref);
+  }
   assert.equal(k3[`paid_only_at_wechat:${b.order_no}`], 'SETTLED');
   assert.equal(k3[`refund_abnormal:${rh.json.out_refund_no}`], 'OPEN');
-  assert.equal(third.day.open, 1);
+  assert.equal(k3[`refund_state:${rk.json.out_refund_no}`], 'SETTLED');
+  assert.equal(k3[`paid_only_at_wechat:${f.order_no}`], 'RESOLVED', 'F is no longer in the bill');
+  assert.equal(third.day.open, 1, 'left: the ABNORMAL refund');
 
   const list = (await gw.get('/admin/reconciliation')).json.days;
   assert.ok(list.some((x) => x.bill_date === date && x.status === 'DONE'));

@@ -4,7 +4,8 @@
 --   GET /v3/bill/tradebill?bill_date=&bill_type=&tar_type=     → {hash_type, hash_value, download_url}
 --   GET /v3/bill/fundflowbill?bill_date=&account_type=&tar_type= → the same, for the fund flow
 --   GET /v3/billdownload/file?token=                            the file: signed request, unsigned answer
---   POST /sandbox/bills/tamper {bill_date, drop?, amount?, extra?, summary?}   a bill that disagrees
+--   POST /sandbox/bills/tamper {bill_date, drop?, amount?, fee?, transaction_id?, extra?, extra_refunds?,
+--                               summary?}                      a bill that disagrees
 --   DELETE /sandbox/bills/tamper                                every tamper cleared
 --
 -- A bill is made when it is asked for, from the orders and refunds of that Beijing day, in
@@ -77,8 +78,10 @@ local function records(date)
                                 ORDER BY success_time, out_trade_no]], date)) do
     if not contains(t.drop, o.out_trade_no) then
       local total = (type(t.amount) == "table" and math.tointeger(t.amount[o.out_trade_no])) or o.total
-      out[#out + 1] = { kind = "pay", time = bill_time(o.success_time), transaction_id = o.transaction_id,
+      local tid = type(t.transaction_id) == "table" and t.transaction_id[o.out_trade_no] or o.transaction_id
+      out[#out + 1] = { kind = "pay", time = bill_time(o.success_time), transaction_id = tid,
                         out_trade_no = o.out_trade_no, openid = o.openid, total = total,
+                        fee = type(t.fee) == "table" and math.tointeger(t.fee[o.out_trade_no]) or nil,
                         description = o.description, attach = o.attach or "" }
     end
   end
@@ -87,6 +90,13 @@ local function records(date)
                       ("420000" .. date:gsub("-", "") .. sandbox.random_digits(14)), out_trade_no = x.out_trade_no,
                       openid = x.openid or "oSandboxBillOnly", total = math.tointeger(x.total) or 1,
                       description = x.description or "bill only", attach = "" }
+  end
+  for _, x in ipairs(type(t.extra_refunds) == "table" and t.extra_refunds or {}) do
+    out[#out + 1] = { kind = "refund", time = date .. " 12:00:00", transaction_id = x.transaction_id or "0",
+                      out_trade_no = x.out_trade_no or "", openid = "oSandboxBillOnly", refund_id = x.refund_id or
+                      ("503000" .. date:gsub("-", "") .. sandbox.random_digits(15)), out_refund_no = x.out_refund_no,
+                      refund = math.tointeger(x.refund) or 1, status = x.status or "SUCCESS",
+                      description = "bill only", attach = "" }
   end
   for _, r in ipairs(db.query([[SELECT r.*, o.openid, o.description, o.attach FROM refunds r
                                 JOIN orders o ON o.out_trade_no = r.out_trade_no
@@ -110,7 +120,7 @@ function bills.trade(date)
   for _, r in ipairs(recs) do
     n = n + 1
     if r.kind == "pay" then
-      local fee = fee_of(r.total)
+      local fee = r.fee or fee_of(r.total)
       settle, totals, fees = settle + r.total, totals + r.total, fees + fee
       lines[#lines + 1] = line { r.time, state.appid, state.mchid, "0", "", r.transaction_id, r.out_trade_no, r.openid,
         "JSAPI", "SUCCESS", "OTHERS", "CNY", yuan(r.total), "0.00", "0", "0", "0.00", "0.00", "", "",
@@ -229,7 +239,8 @@ app.post("/sandbox/bills/tamper", function(req)
   if type(date) ~= "string" or not date:find("^%d%d%d%d%-%d%d%-%d%d$") then
     app.fail(400, "invalid_request", "bill_date (YYYY-MM-DD, Beijing) is required")
   end
-  local t = { drop = b.drop, amount = b.amount, extra = b.extra, summary = b.summary }
+  local t = { drop = b.drop, amount = b.amount, fee = b.fee, transaction_id = b.transaction_id, extra = b.extra,
+              extra_refunds = b.extra_refunds, summary = b.summary }
   for k, v in pairs(t) do
     if type(v) ~= "table" then app.fail(400, "invalid_request", k .. " must be an array or an object") end
   end
