@@ -388,6 +388,17 @@ test('a refund WeChat closes (REFUND.CLOSED from the sandbox): the order is PAID
 
 // ---- rate limits and transient prepay failures ----
 
+test('FREQUENCY_LIMITED on the refund call: the submit job backs off and the refund goes through, sent once', async () => {
+  const user = await plain();
+  const o = await paidOrder(user, 2, 1);
+  await faults({ rate_limited: { count: 2, match: '/v3/refund/domestic/refunds' } });
+  const r = await gw.post(`/admin/orders/${o.order_no}/refund`, {});
+  assert.equal(r.status, 202, r.body);
+  await eventually(async () => (await view(user, o.order_no)).status === 'REFUNDED', 15000, 200);
+  assert.equal((await atWeChat(o.order_no)).refunds.length, 1);
+  assert.equal((await sandbox.get('/sandbox/faults')).json.active.rate_limited, undefined, 'both 429s were met');
+});
+
 test('errcode 45011 on login answers 429 rate_limited, and the same wx.login code works afterwards', async () => {
   const code = (await sandbox.post('/sandbox/login-code', { openid: 'oLimit' + rand() })).json.code;
   await faults({ login_rate_limited: { count: 1 } });
