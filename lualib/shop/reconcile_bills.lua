@@ -35,8 +35,8 @@ M.KINDS = {
   fee_mismatch = "The fee is not the line's rate applied to its amount: raise it with WeChat Pay.",
   refund_unknown = "WeChat has a refund this shop never asked for (made at the merchant platform?): record it.",
   refund_amount_mismatch = "WeChat refunded another amount than was asked: check the refund at WeChat Pay.",
-  refund_state = "WeChat's bill has the refund succeeded but it is not SUCCESS here; paygate asked WeChat and "
-    .. "applied the answer. If it is still OPEN, follow it at WeChat Pay's merchant platform.",
+  refund_state = "WeChat's bill has the refund further on (SUCCESS, CLOSED, ABNORMAL) than it is here; paygate asked "
+    .. "WeChat and applied the answer. If it is still OPEN, follow it at WeChat Pay's merchant platform.",
   refund_abnormal = "The refund is ABNORMAL: the payer's card or account cannot take it. Do not start it again: "
     .. "at WeChat Pay's merchant platform send it to another account, or refund the payer offline.",
   refund_missing_at_wechat = "WeChat took this refund (it has a refund_id) but it is not in the bill of that "
@@ -105,7 +105,11 @@ local function settle_refund(item)
   local ok, reason = refunds.check(r)
   if not ok then mark(item, "OPEN", "refund query refused: " .. tostring(reason)) return end
   local status = db.tx(function() return refunds.apply(r) end)
-  if status == "SUCCESS" then mark(item, "SETTLED", "query_refund: SUCCESS") else mark(item, "OPEN", "WeChat says " .. status) end
+  if refunds.FINAL[status] or status == "ABNORMAL" then
+    mark(item, "SETTLED", "query_refund: " .. status)     -- an ABNORMAL one is then refund_abnormal, for the operator
+  else
+    mark(item, "OPEN", "WeChat says " .. tostring(status))
+  end
 end
 
 -- The fee a line's rate ("0.60%") gives its amount, in 1/1000 fen (WeChat rounds to the fen).
@@ -277,6 +281,9 @@ function M.payment_line(ctx, rec, seen, to_settle)
   end
 end
 
+-- Refund statuses in a bill that say the refund got further than PENDING / PROCESSING.
+local LATER = { SUCCESS = true, CLOSED = true, ABNORMAL = true }
+
 --- One refund line of the bill against our refund.
 function M.refund_line(ctx, rec, seen, to_settle)
   local no = rec.out_refund_no
@@ -290,11 +297,12 @@ function M.refund_line(ctx, rec, seen, to_settle)
     found(ctx, "refund_amount_mismatch", no, { order_no = r.order_no, bill_amount = rec.refund, local_amount = r.amount })
     return
   end
-  if r.status == "ABNORMAL" or rec.refund_status == "ABNORMAL" then
+  -- Ours is the fresher status (the bill keeps the one a refund had when the bill was made).
+  if r.status == "ABNORMAL" then
     found(ctx, "refund_abnormal", no, { order_no = r.order_no, bill_amount = rec.refund, local_amount = r.amount })
-  elseif rec.refund_status == "SUCCESS" and r.status ~= "SUCCESS" then
+  elseif LATER[rec.refund_status] and not refunds.FINAL[r.status] then
     local item = found(ctx, "refund_state", no, { order_no = r.order_no, bill_amount = rec.refund, local_amount = r.amount,
-      detail = "WeChat's bill has it SUCCESS, here it is " .. r.status .. ". " .. M.KINDS.refund_state })
+      detail = "WeChat's bill has it " .. rec.refund_status .. ", here it is " .. r.status .. ". " .. M.KINDS.refund_state })
     to_settle[#to_settle + 1] = { fn = settle_refund, item = item }
   end
 end
