@@ -31,7 +31,7 @@ local function handle(req, handler, ctx)
 end
 
 --- Declare an APIv3 endpoint: handler(req, ctx) returns status, body table (or nil for 204).
-function api.endpoint(method, path, handler)
+local function endpoint(method, path, handler)
   app.route(method, path, function(req)
     local latency = faults.latency_ms()
     if latency > 0 then clock.sleep(latency) end
@@ -68,32 +68,34 @@ local function query_mchid(req, ctx)
   protocol.check_string(mchid, { location = "query", path = "mchid", label = "直连商户号", required = true, max = 32 })
 end
 
+api.endpoint = endpoint     -- for the endpoints of other files (wx/bills.lua)
+
 local function order_or_404(o)
   if not o then protocol.fail(404, "ORDER_NOT_EXIST", "订单不存在") end
   return o
 end
 
-api.endpoint("POST", "/v3/pay/transactions/jsapi", function(req, ctx)
+endpoint("POST", "/v3/pay/transactions/jsapi", function(req, ctx)
   local b = protocol.read_body(ctx.raw)
   protocol.check_mchid(ctx.auth, b.mchid, "post payload")
   orders.check_prepay(b)
   return 200, { prepay_id = orders.place(b) }
 end)
 
-api.endpoint("GET", "/v3/pay/transactions/out-trade-no/{no}", function(req, ctx)
+endpoint("GET", "/v3/pay/transactions/out-trade-no/{no}", function(req, ctx)
   query_mchid(req, ctx)
   local no = trade_no_param(req)
   return 200, orders.transaction(order_or_404(orders.get(no)))
 end)
 
-api.endpoint("GET", "/v3/pay/transactions/id/{id}", function(req, ctx)
+endpoint("GET", "/v3/pay/transactions/id/{id}", function(req, ctx)
   query_mchid(req, ctx)
   local id = protocol.unescape(req.params.id)
   protocol.check_string(id, { location = "uri_template", path = "transaction_id", label = "微信支付订单号", max = 32 })
   return 200, orders.transaction(order_or_404(orders.get_by_transaction_id(id)))
 end)
 
-api.endpoint("POST", "/v3/pay/transactions/out-trade-no/{no}/close", function(req, ctx)
+endpoint("POST", "/v3/pay/transactions/out-trade-no/{no}/close", function(req, ctx)
   local b = protocol.read_body(ctx.raw)
   protocol.check_mchid(ctx.auth, b.mchid, "post payload")
   protocol.check_string(b.mchid, { path = "mchid", label = "直连商户号", required = true, max = 32 })
@@ -101,13 +103,13 @@ api.endpoint("POST", "/v3/pay/transactions/out-trade-no/{no}/close", function(re
   return 204, nil
 end)
 
-api.endpoint("POST", "/v3/refund/domestic/refunds", function(req, ctx)
+endpoint("POST", "/v3/refund/domestic/refunds", function(req, ctx)
   local b = protocol.read_body(ctx.raw)
   orders.check_refund(b)
   return 200, orders.refund_object(orders.refund(b))
 end)
 
-api.endpoint("GET", "/v3/refund/domestic/refunds/{no}", function(req, ctx)
+endpoint("GET", "/v3/refund/domestic/refunds/{no}", function(req, ctx)
   local no = protocol.unescape(req.params.no)
   protocol.check_string(no, { location = "uri_template", path = "out_refund_no", label = "商户退款单号", max = 64 })
   local r = orders.get_refund(no)
@@ -115,7 +117,7 @@ api.endpoint("GET", "/v3/refund/domestic/refunds/{no}", function(req, ctx)
   return 200, orders.refund_object(r)
 end)
 
-api.endpoint("GET", "/v3/certificates", function(req, ctx)
+endpoint("GET", "/v3/certificates", function(req, ctx)
   if state.mode == "public_key" then
     protocol.fail(404, "RESOURCE_NOT_EXISTS", "无可用的平台证书，请在商户平台-API安全申请使用微信支付公钥。可参考：https://pay.weixin.qq.com/docs/merchant/products/platform-certificate/wxp-pub-key-guide.html")
   end
