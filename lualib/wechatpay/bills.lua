@@ -127,8 +127,7 @@ local function convert(c, v, where)
   if v == "" and c[2] ~= "count" then return 0 end
   local n = bill.amount(v, c[2] == "fee" and 5 or c[2] == "count" and 0 or 2)
   if not n then error(string.format("bad_format: %s: %s is not an exact amount: '%s'", where, c[1], v), 0) end
-  if c[2] == "fee" then return n end         -- 1/100000 yuan = 1/1000 fen
-  return n
+  return n                                    -- fen; fees in 1/100000 yuan = 1/1000 fen
 end
 
 --- Iterate over the detail lines of bill b as records (kind "trade" or "fundflow"): column
