@@ -3,9 +3,9 @@
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 BUILD    := build
-PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3
+PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3 zlib
 # Debian package that provides each pkg-config name above, in the same order.
-DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev
+DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev zlib1g-dev
 TOOLS_DEB := pkg-config gcc make nodejs npm wrk
 
 CC       ?= cc
@@ -15,7 +15,7 @@ CPPFLAGS += -D_GNU_SOURCE -Iengine
 DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # lua-cjson is linked statically (liblua5.4-cjson.a) so the binary needs no Lua C modules at run time.
 DEPLIBS   = -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 2>/dev/null) -lm
+            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib 2>/dev/null) -lm
 
 # The library is every engine file but the daemon's (main.c, and DAEMON_SRC: the master, its
 # workers' board, options and signals), which the binaries add.
@@ -29,7 +29,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench crash fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench bench-bills crash fuzz clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -160,6 +160,14 @@ bench: all $(BUILD)/bench/bare_evhttp
 	@tests/bench/run.sh
 	@echo
 	@tests/bench/shop.sh
+
+# A 200,000-line trade bill read by engine/bill.c and lualib/wechatpay/bills.lua (N=... for another size).
+$(BUILD)/tests/bill_bench: tests/bench/bill_bench.c $(BUILD)/obj/bill.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $^ $(DEPLIBS) -o $@
+
+bench-bills: $(BUILD)/tests/bill_bench
+	@N=$${N:-200000} $(BUILD)/tests/bill_bench lualib tests/bench/bills.lua
 
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:

@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "bill.h"
 #include "clock.h"
 #include "coro.h"
 #include "engine.h"
@@ -288,6 +289,8 @@ static int load_protected(lua_State *L)
 	lua_getfield(L, env, "http");
 	wxc_push_lua(L, e);
 	lua_setfield(L, loaded, "wechatpay.core");
+	bill_push_lua(L);
+	lua_setfield(L, loaded, "wechatpay.bill");
 	for (int i = 0; i < e->nmodules; i++)
 		open_host_module(L, e, &e->modules[i], loaded);
 	lua_pushlightuserdata(L, e);

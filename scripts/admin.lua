@@ -1,9 +1,10 @@
 -- Operators: orders with their payment, adjustments, refunds, delivery and events; coupons;
--- putting the stock columns right when they disagree with the orders.
+-- putting the stock columns right when they disagree with the orders; the daily reconciliation.
 local app = require "paygate"
 local coupons = require "shop.coupons"
 local events = require "shop.events"
 local orders = require "shop.orders"
+local reconcile_bills = require "shop.reconcile_bills"
 local refunds = require "shop.refunds"
 local stock = require "shop.stock"
 
@@ -58,4 +59,26 @@ end)
 -- paygate_stock_mismatch_total counted a disagreement); answers the products it changed.
 app.post("/admin/stock/recompute", function(req)
   return 200, { changed = stock.recompute() }
+end)
+
+-- GET /admin/reconciliation?date=YYYY-MM-DD: that day against WeChat's trade bill — its figures
+-- and every difference (kind, status OPEN / SETTLED / RESOLVED, what to do); without date, the
+-- days reconciled, newest first. POST /admin/reconciliation {date}: run that day (again) now.
+app.get("/admin/reconciliation", function(req)
+  local date = param(req.query, "date")
+  if not date then return 200, { days = json.array(reconcile_bills.days(31)) } end
+  if not reconcile_bills.date_ok(date) then app.fail(400, "invalid_request", "date must be YYYY-MM-DD (Beijing)") end
+  local day, items = reconcile_bills.day(date)
+  if not day then app.fail(404, "not_found", "no reconciliation of " .. date .. " yet (POST /admin/reconciliation)") end
+  return 200, { day = day, items = json.array(items) }
+end)
+
+app.post("/admin/reconciliation", function(req)
+  local b = app.read_json(req)
+  if not reconcile_bills.date_ok(b.date) then app.fail(400, "invalid_request", "date must be YYYY-MM-DD (Beijing)") end
+  if b.date > reconcile_bills.date_of(clock.now()) then
+    app.fail(400, "invalid_request", "WeChat has no bill of " .. b.date .. " yet")
+  end
+  local queued = reconcile_bills.queue(b.date)
+  return 202, { date = b.date, queued = queued }
 end)

@@ -76,14 +76,39 @@ function M.query_and_apply(order_no)
   end)
 end
 
--- The prepay of the order's channel: JSAPI for the mini program (the payer's openid), APP
--- pay for the mobile app (no payer: WeChat learns who pays when the app's user pays).
-local function prepay(order)
+-- A prepay answer worth asking again for: no answer (network, timeout), an answer that did not
+-- verify (a signature probe, a bad signature), a 5xx, or 429 FREQUENCY_LIMITED.
+local function transient(res, why)
+  if not res then return why ~= "invalid" end
+  return res.status >= 500 or res.status == 429
+end
+
+-- One prepay of the order's channel: JSAPI for the mini program (the payer's openid), APP pay
+-- for the mobile app (no payer: WeChat learns who pays when the app's user pays).
+local function prepay_once(order)
   local o = { out_trade_no = order.order_no, description = order.description, amount = order.amount,
               time_expire = timefmt.rfc3339(order.expires_at) }
   if order.channel == "app" then return wechatpay.app_prepay(o) end
   o.openid = order.openid
   return wechatpay.jsapi_prepay(o)
+end
+
+--- The prepay of order's channel, asked again on a transient failure with the same
+--- out_trade_no and the same parameters (WeChat answers the same prepay_id for them) at most
+--- config.prepay_attempts times in all (default 3), 100 ms, 200 ms ... apart. Returns what the
+--- last attempt returned.
+function M.prepay(order)
+  local attempts = math.tointeger(config.prepay_attempts) or 3
+  local res, why, msg
+  for attempt = 1, math.max(1, attempts) do
+    res, why, msg = prepay_once(order)
+    if not transient(res, why) or attempt >= attempts then break end
+    metrics.inc("paygate_prepay_retries_total", { reason = why or tostring(res.status) })
+    log.warn("prepay failed on a transient cause; asking again", { order = order.order_no, attempt = attempt,
+             reason = why or (res.code or tostring(res.status)) })
+    clock.sleep(100 * attempt)
+  end
+  return res, why, msg
 end
 
 --- Start (or resume) paying order_no for its owner openid: WeChat's prepay once (JSAPI, or
@@ -93,8 +118,8 @@ end
 --- order the OpenSDK's PayReq (appid, partnerid, prepayid, package "Sign=WXPay", noncestr,
 --- timestamp, sign). Raises app.fail: 404 not_found (no such order of this user),
 --- 409 not_payable (not open, about to expire, WeChat has it paid or closed, or APP pay is not
---- configured), 502 upstream_error (WeChat did not take it; the order is kept and can be paid
---- again). Waits for WeChat: call it outside db.tx.
+--- configured), 502 upstream_error (WeChat did not take it after its attempts; the order is
+--- kept and can be paid again). Waits for WeChat: call it outside db.tx.
 function M.pay(order_no, openid)
   local order = orders.load_owned(order_no, openid)
   if not order then app.fail(404, "not_found", "no such order") end
@@ -112,7 +137,7 @@ function M.pay(order_no, openid)
     return params(order.prepay_id)
   end
 
-  local res, why, msg = prepay(order)
+  local res, why, msg = M.prepay(order)
   if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.prepay_id) ~= "string" then
     if res and (res.code == "ORDERPAID" or res.code == "ORDER_CLOSED") then
       app.fail(409, "not_payable", "WeChat says the order is " .. (res.code == "ORDERPAID" and "paid" or "closed"))

@@ -14,6 +14,11 @@ local M = {}
 local FINAL = { SUCCESS = true, CLOSED = true, FAILED = true }
 local KNOWN = { SUCCESS = true, CLOSED = true, ABNORMAL = true, PROCESSING = true }
 
+-- What the operator does about an ABNORMAL refund (shown with the refund and in its event).
+M.ABNORMAL_ACTION = "WeChat Pay could not pay this refund back: the payer's card or account is closed or frozen. "
+  .. "Do not start it again here. At WeChat Pay's merchant platform send it to another account of the payer "
+  .. "(abnormal refund), or refund the payer offline; paygate keeps following it until WeChat reports it final."
+
 --- Does a refund result (notification resource) match a refund we asked for?
 function M.check(r)
   if r.mchid ~= nil and r.mchid ~= wechatpay.settings().mchid then return nil, "mchid_mismatch" end
@@ -39,6 +44,7 @@ function M.describe(out_refund_no)
     items[#items + 1] = it
   end
   row.items = items
+  if row.status == "ABNORMAL" then row.action = M.ABNORMAL_ACTION end
   return row
 end
 
@@ -69,8 +75,14 @@ function M.apply(r)
           status, r.refund_id, clock.now(), row.out_refund_no)
   orders.settle_refunds(row.order_no)
   if FINAL[status] then finished(row.out_refund_no, status) end
-  if status == "ABNORMAL" then
-    log.error("refund abnormal: needs an operator", { refund = row.out_refund_no, order = row.order_no })
+  if status == "ABNORMAL" and row.status ~= "ABNORMAL" then
+    -- Not final at WeChat, and never sent again from here: the operator settles it at WeChat
+    -- Pay (another account, or offline). The merchant's on_refund_failed hears of it once.
+    events.queue(row.order_no, "refund_failed", { refund = M.describe(row.out_refund_no), action = M.ABNORMAL_ACTION },
+                 "refund_failed:" .. row.out_refund_no)
+    metrics.inc("paygate_refunds_total", { status = "ABNORMAL" })
+    log.error("refund abnormal: needs an operator", { refund = row.out_refund_no, order = row.order_no,
+                                                     action = M.ABNORMAL_ACTION })
   end
   if status == "SUCCESS" then metrics.inc("paygate_refunds_total", { status = "SUCCESS" }) end
   return status

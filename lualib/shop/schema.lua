@@ -173,6 +173,38 @@ M.UPGRADES = {
   ALTER TABLE orders ADD COLUMN channel TEXT NOT NULL DEFAULT 'miniprogram';  -- 'miniprogram' | 'app' (orders.CHANNELS):
                                                    -- which appid it is paid under (wechatpay.appid_of)
 ]] },
+  { name = "lualib/shop 4: reconciliation against WeChat Pay's daily bills", sql = [[
+  CREATE TABLE reconciliation_days (               -- one day's reconciliation (shop.reconcile_bills)
+    bill_date      TEXT PRIMARY KEY,                -- YYYY-MM-DD, Beijing time, as WeChat's bills
+    status         TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE', 'FAILED')),
+    runs           INTEGER NOT NULL DEFAULT 0,      -- runs started (a re-run adds one)
+    error          TEXT,                            -- why the last run did not finish
+    bill_sha1      TEXT,
+    bill_payments  INTEGER, bill_payments_amount INTEGER,   -- the bill's payment lines; fen
+    bill_refunds   INTEGER, bill_refunds_amount INTEGER,    -- the bill's refund lines; fen
+    bill_fees      INTEGER,                         -- the fees of the bill's lines: 1/1000 fen
+    local_payments INTEGER, local_payments_amount INTEGER,  -- ours: orders paid that day
+    local_refunds  INTEGER, local_refunds_amount INTEGER,   -- ours: refunds WeChat took that day
+    differences    INTEGER, settled INTEGER, open INTEGER,  -- reconciliation_items of the day
+    started_at     INTEGER, finished_at INTEGER, updated_at INTEGER NOT NULL
+  );
+  CREATE TABLE reconciliation_items (              -- each difference found, with its kind
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    bill_date    TEXT NOT NULL,
+    kind         TEXT NOT NULL,                     -- paid_only_at_wechat, missing_at_wechat, amount_mismatch, ...
+    ref          TEXT NOT NULL,                     -- out_trade_no, out_refund_no, or the summary column
+    order_no     TEXT,
+    bill_amount  INTEGER,                           -- fen (fees: 1/1000 fen)
+    local_amount INTEGER,
+    detail       TEXT NOT NULL,                     -- what differs, and for OPEN what the operator does
+    status       TEXT NOT NULL CHECK (status IN ('OPEN', 'SETTLED', 'RESOLVED')),
+    outcome      TEXT,                              -- what settling did (SETTLED), or why it is left OPEN
+    run          INTEGER NOT NULL,                  -- the day's run that last found it
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    UNIQUE (bill_date, kind, ref)
+  );
+]] },
 }
 
 local declared = {}

@@ -386,11 +386,12 @@ async function libraryRun() {
     assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAID', 'PAID');
   });
 
-  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4, 5 }): its paid orders record ' +
+  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4, 5, 6 }): its paid orders record ' +
              'their lifecycle events like the shop\'s', async () => {
     const m = (await hook('GET', '/test/migrations')).json.migrations;
-    assert(m.length === 5 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name) && m[4].version === 5 &&
-      /^lualib\/shop 3:/.test(m[4].name), 'migrations: ' + JSON.stringify(m));
+    assert(m.length === 6 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name) &&
+           m[4].version === 5 && /^lualib\/shop 3:/.test(m[4].name) &&
+           m[5].version === 6 && /^lualib\/shop 4:/.test(m[5].name), 'migrations: ' + JSON.stringify(m));
     const openid = 'oGameEvents53xxxxxxxxxxxxxxx';
     assert((await login(c, 53, openid)).ok, 'login');
     const b = await c.send('BUY 53 7');

@@ -119,7 +119,7 @@ fi
 # dependencies, so `pkg-config --static` cannot link a fully static program there).
 spec "tests/embed/engines.c links the installed static library (no shared libpaygate needed)" \
 	sh -c "cc -O1 -g $WARN -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags paygate) tests/embed/engines.c \
-	       '$PREFIX/lib/libpaygate.a' \$(pkg-config --libs libevent lua5.4 libcurl libcrypto sqlite3) \
+	       '$PREFIX/lib/libpaygate.a' \$(pkg-config --libs libevent lua5.4 libcurl libcrypto sqlite3 zlib) \
 	       -llua5.4-cjson -lm -o '$WORK/engines' &&
 	       ! ldd '$WORK/engines' | grep -q libpaygate"
 
