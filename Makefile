@@ -127,15 +127,18 @@ run: all
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq openssl curl >/dev/null; }
 	@PAYGATE_BIN=$(CURDIR)/$(BUILD)/paygate examples/run-demo.sh
 
+# make check [CONFIG=path]: load any config and its scripts, report errors (the demo's by default).
+CONFIG ?= examples/paygate.conf.lua
 check: all
-	@examples/sandbox/keys.sh var/sandbox >/dev/null
-	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
+	@if [ "$(CONFIG)" = examples/paygate.conf.lua ]; then examples/sandbox/keys.sh var/sandbox >/dev/null; fi
+	./$(BUILD)/paygate --config "$(CONFIG)" --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
 test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----
@@ -180,6 +183,7 @@ install: all $(BUILD)/embed/libpaygate.a
 	rm -rf $(DESTDIR)$(DATADIR)/lualib $(DESTDIR)$(DATADIR)/scripts
 	cp -R lualib $(DESTDIR)$(DATADIR)/lualib
 	cp -R scripts $(DESTDIR)$(DATADIR)/scripts
+	rm -rf $(DESTDIR)$(DATADIR)/console && cp -R console $(DESTDIR)$(DATADIR)/console
 	chmod -R u=rwX,go=rX $(DESTDIR)$(DATADIR)
 	install -m 644 man/paygate.1 $(DESTDIR)$(MAN1DIR)/paygate.1
 
