@@ -139,6 +139,7 @@ test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || true
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----

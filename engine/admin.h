@@ -10,6 +10,7 @@ struct engine;
 ** The admin front, tried for every request before the scripts' routes:
 ** - /admin/ and /admin/console/<file>: the web console's files (anyone: they hold no data);
 ** - POST /admin/login {token}, POST /admin/logout, GET /admin/session: the console's session;
+** - POST /admin/backup (let in as below): VACUUM INTO <database>-backup-<UTC time>.db;
 ** - any other /admin/ path and /metrics: let in a caller with a configured token (Bearer), a
 **   valid session cookie (plus X-CSRF-Token on writes), or a loopback peer when
 **   admin.trust_loopback is set (for /metrics also when no token is configured at all).
