@@ -136,7 +136,7 @@ function barChart(title, values, cls, start, bucketMs) {
   });
   svg.append(s('line', { x1: 0, y1: H + 0.5, x2: W, y2: H + 0.5, stroke: '#d9dee7' }));
   svg.append(s('text', { x: 0, y: H + pad - 2 }, '-60 min'), s('text', { x: W - 22, y: H + pad - 2 }, 'now'),
-             s('text', { x: W - 2, y: 10, 'text-anchor': 'end' }, 'max ' + max));
+             s('text', { x: 2, y: 10 }, 'max ' + max));
   return h('div', { class: 'card chart' }, h('div', { class: 'l' }, title), svg);
 }
 
@@ -172,7 +172,8 @@ async function overview() {
       card(o.jobs.dead, 'jobs dead'),
       card(rate, 'upstream error rate (since start)')),
     h('h2', {}, 'Orders by status today'),
-    table(['status', { label: 'orders', num: true }], Object.entries(o.orders).map(([k, v]) => [badge(k), v])),
+    table(['status', { label: 'orders', num: true }],
+      ['CREATED', 'PAYING', 'PAID', 'REFUNDING', 'REFUNDED', 'CLOSED'].map((k) => [badge(k), o.orders[k] || 0])),
     h('h2', {}, 'The last hour'),
     h('div', { class: 'charts' },
       barChart('orders created', o.series.created, '', o.series.start, o.series.bucket_ms),

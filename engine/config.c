@@ -615,12 +615,14 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	struct reader r = { 0 };
 	lua_State *L = luaL_newstate();
 	char *dir = strdup(path), *slash;
+	const char *base;
 	int rc = -1;
 
 	if (!L || !dir) {
 		snprintf(err, errlen, "config: out of memory");
 		goto done;
 	}
+	base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
 	slash = strrchr(dir, '/');
 	if (slash)
 		*slash = '\0';
@@ -635,7 +637,7 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	free(cfg->path);
 	cfg->path = malloc(strlen(dir) + strlen(path) + 2);
 	if (cfg->path)
-		snprintf(cfg->path, strlen(dir) + strlen(path) + 2, "%s/%s", dir, slash ? slash + 1 : path);
+		snprintf(cfg->path, strlen(dir) + strlen(path) + 2, "%s/%s", dir, base);
 	r.file = cfg->path ? cfg->path : path;
 
 	/* The file sees no library: it can only build tables of values. */
