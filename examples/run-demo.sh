@@ -48,13 +48,14 @@ wait_up() {
 
 # Each in a session of its own: Ctrl-C reaches this script only, which then stops both (the
 # daemons would otherwise take the terminal's SIGINT themselves and look as if they had died).
-run_own_session() { if command -v setsid >/dev/null 2>&1; then setsid "$@"; else "$@"; fi; }
-run_own_session "$SANDBOX_BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
+# (setsid runs the program itself in this process, so $! stays its pid.)
+SETSID=$(command -v setsid || true)
+$SETSID "$SANDBOX_BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
 sandbox_pid=$!
 wait_up sandbox "$S" "$sandbox_pid"
 # The sandbox keeps its faults in its database: a demo starts without any.
 curl -fs -X DELETE "$S/sandbox/faults" >/dev/null || echo "run-demo: could not clear the sandbox's faults; see $S/sandbox/faults" >&2
-run_own_session "$BIN" --config "$GATEWAY_CONF" >var/gateway.log 2>&1 &
+$SETSID "$BIN" --config "$GATEWAY_CONF" >var/gateway.log 2>&1 &
 gateway_pid=$!
 wait_up gateway "$G" "$gateway_pid"
 

@@ -123,6 +123,28 @@ test('a notification that does not match the order is refused, and the refusal w
   assert.ok(notes.some((n) => n.order_no === no && n.reason === 'amount_mismatch'));
 });
 
+test('a payment that arrives after the order closed is in the trail as paid after close; a refund WeChat refuses is there as refund_failed', async () => {
+  const user = await world.login(gw);
+  const { no, pay } = await buy(user);
+  await world.sandbox.post('/sandbox/faults', { notify_delay: { count: 1, ms: 1500, match: no } });
+  await world.userPays(user, pay);
+  assert.equal((await gw.post(`/test/force-close/${no}`, {})).json.closed, true);
+  await eventually(async () => (await detail(no)).status === 'PAID', 10000, 100);
+  const t = (await detail(no)).timeline;
+  const paid = t.find((e) => e.event === 'paid');
+  assert.equal(paid.data.after_close, true);
+  assert.equal(paid.data.via, 'notification');
+  assert.ok(t.findIndex((e) => e.event === 'closed') < t.indexOf(paid), 'closed, then paid');
+
+  await world.sandbox.post('/sandbox/faults', { system_error: { count: 1, status: 400, match: '/v3/refund/domestic/refunds' } });
+  const r = await gw.post(`/admin/orders/${no}/refund`, { amount: 100, reason: 'goodwill' }, { headers: { Authorization: 'Bearer ' + TOKENS.bob } });
+  assert.equal(r.status, 202, r.body);
+  const failed = await eventually(async () => (await detail(no)).timeline.find((e) => e.event === 'refund_failed'), 10000, 100);
+  assert.equal(failed.data.refund.out_refund_no, r.json.out_refund_no);
+  const asked = (await detail(no)).timeline.find((e) => e.event === 'refund_requested');
+  assert.deepEqual([asked.actor, asked.data.reason, asked.data.amount], ['bob', 'goodwill', 100]);
+});
+
 test('the audit trail is append-only: a script can neither delete its rows nor change what they say', async () => {
   const user = await world.login(gw);
   const { no } = await buy(user);
