@@ -203,7 +203,15 @@ async function ordersPage(params) {
     table(['order', 'status', { label: 'amount', num: true }, 'openid', 'created', 'transaction'],
       r.orders.map((o) => [h('a', { href: '#/orders/' + encodeURIComponent(o.order_no) }, o.order_no), badge(o.status),
         yuan(o.amount), o.openid, when(o.created_at), o.transaction_id || '']),
-      'No order matches.'));
+      'No order matches.'),
+    r.orders.length >= Number(q.get('limit')) ? h('p', {}, h('a', { href: '#/orders?' + older(q, r.orders[r.orders.length - 1]) }, 'Older orders →')) : null);
+}
+
+// The next page of a search: the same filters, created before the last order shown.
+function older(q, last) {
+  const next = new URLSearchParams(q);
+  next.set('to', String(last.created_ms));
+  return next.toString();
 }
 
 function timeline(events) {

@@ -135,6 +135,30 @@ static int cross_site(struct http_req *h)
 	return !host || !o || strcmp(o + 3, host) != 0;
 }
 
+/* A Host naming this machine's loopback (localhost, 127.x.x.x, [::1], with or without a port). A
+   page of another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) sends its own
+   name, so loopback trust never extends to it. */
+static int loopback_host(struct http_req *h)
+{
+	const char *host = header(h, "Host");
+	if (!host)
+		return 1; /* HTTP/1.0 tools without Host: not a browser */
+	size_t n = strlen(host);
+	const char *colon = strrchr(host, ':');
+	if (host[0] != '[' && colon)
+		n = (size_t)(colon - host);
+	else if (host[0] == '[')
+		return strncmp(host, "[::1]", 5) == 0 && (host[5] == '\0' || host[5] == ':');
+	if (n == 9 && strncmp(host, "localhost", 9) == 0)
+		return 1;
+	if (n < 7 || strncmp(host, "127.", 4) != 0)
+		return 0;
+	for (size_t i = 4; i < n; i++)
+		if (!((host[i] >= '0' && host[i] <= '9') || host[i] == '.'))
+			return 0;
+	return 1;
+}
+
 static void refuse(struct http_req *h, int status, const char *code, const char *message)
 {
 	http_answer_error(h, status, code, message);
@@ -383,7 +407,8 @@ int admin_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
 		snprintf(who, sizeof who, "%s", name);
 	} else if (session_of(h, session, sizeof session, who, sizeof who)) {
 		by_cookie = 1;
-	} else if (is_loopback_peer(h) && (e->cfg.admin_trust_loopback || (metrics && e->cfg.n_admin_tokens == 0))) {
+	} else if (is_loopback_peer(h) && loopback_host(h) &&
+	           (e->cfg.admin_trust_loopback || (metrics && e->cfg.n_admin_tokens == 0))) {
 		snprintf(who, sizeof who, "loopback");
 		loopback_trust = 1;
 	} else {

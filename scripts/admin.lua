@@ -16,6 +16,7 @@ app.get("/admin/orders", function(req)
   for _, o in ipairs(console.search(req.query)) do
     local v = orders.view(o)
     v.openid = o.openid
+    v.created_ms = o.created_at                       -- for the next page: ?to=<created_ms of the last>
     local f = db.one("SELECT status, attempts, last_error FROM fulfillments WHERE order_no = ?", o.order_no)
     v.fulfillment = f or json.null
     v.refunds = json.array()

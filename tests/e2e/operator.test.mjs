@@ -145,6 +145,27 @@ test('a payment that arrives after the order closed is in the trail as paid afte
   assert.deepEqual([asked.actor, asked.data.reason, asked.data.amount], ['bob', 'goodwill', 100]);
 });
 
+test('orders are found by number, openid or transaction id (or their start), status and time range, a page at a time', async () => {
+  const user = await world.login(gw);
+  const first = await buy(user);
+  await world.userPays(user, first.pay);
+  await eventually(async () => (await detail(first.no)).status === 'PAID', 10000, 100);
+  const second = await buy(user);
+  const find = async (query) => (await gw.get('/admin/orders?' + query, { headers: alice })).json.orders.map((o) => o.order_no);
+  assert.deepEqual(await find('q=' + user.openid), [second.no, first.no], 'newest first');
+  assert.deepEqual(await find('q=' + encodeURIComponent(user.openid.slice(0, 12))), [second.no, first.no]);
+  const tx = (await detail(first.no)).payment.transaction_id;
+  assert.deepEqual(await find('q=' + tx), [first.no]);
+  assert.deepEqual(await find('q=' + first.no), [first.no]);
+  assert.deepEqual(await find(`q=${user.openid}&status=paying`), [second.no]);
+  const page1 = (await gw.get(`/admin/orders?q=${user.openid}&limit=1`, { headers: alice })).json.orders;
+  assert.deepEqual(page1.map((o) => o.order_no), [second.no]);
+  assert.deepEqual(await find(`q=${user.openid}&limit=1&to=${page1[0].created_ms}`), [first.no], 'the next page');
+  assert.deepEqual(await find(`q=${user.openid}&from=${page1[0].created_ms + 1}`), []);
+  assert.equal((await gw.get('/admin/orders?from=yesterday', { headers: alice })).status, 400);
+  assert.deepEqual(await find('q=100%25_'), [], 'LIKE wildcards are plain characters');
+});
+
 test('the audit trail is append-only: a script can neither delete its rows nor change what they say', async () => {
   const user = await world.login(gw);
   const { no } = await buy(user);
@@ -199,6 +220,10 @@ test('admin is closed by default, open to loopback only with admin.trust_loopbac
     assert.match(trusting.log, /level=warn .*admin is reachable without a token/);
     assert.equal((await trusting.post('/admin/x', {}, { headers: { Origin: 'http://evil.example' } })).status, 403);
     assert.equal((await trusting.post('/admin/x', {}, { headers: { 'Sec-Fetch-Site': 'cross-site' } })).status, 403);
+    // DNS rebinding: another site's name resolved to 127.0.0.1 is still another site.
+    assert.equal((await trusting.post('/admin/x', {}, { headers: { Host: 'evil.example:' + trusting.port, Origin: 'http://evil.example:' + trusting.port } })).status, 403);
+    assert.equal((await trusting.get('/admin/x', { headers: { Host: 'evil.example' } })).status, 403);
+    assert.equal((await trusting.post('/admin/x', {}, { headers: { Host: 'localhost:' + trusting.port } })).status, 200);
     const m = await trusting.request('GET', '/admin/reload');
     assert.deepEqual([m.status, m.headers.allow], [405, 'POST']);
   } finally {
