@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually, runPaygate, startGateway, ROOT } from './harness.mjs';
@@ -280,6 +281,44 @@ end)`;
     const ready = await g.get('/readyz');
     assert.deepEqual([ready.status, ready.json.ready], [200, true]);
   } finally {
+    await g.stop();
+  }
+});
+
+// One HTTP/1.1 exchange on an open keep-alive socket: the status line's code and the body.
+function ask(sock, path) {
+  return new Promise((resolve) => {
+    let buf = '';
+    const onData = (d) => {
+      buf += d;
+      const end = buf.indexOf('\r\n\r\n');
+      const len = end >= 0 && Number((buf.match(/content-length: (\d+)/i) || [])[1]);
+      if (end >= 0 && buf.length >= end + 4 + len) {
+        sock.off('data', onData);
+        resolve({ status: Number(buf.split(' ')[1]), body: JSON.parse(buf.slice(end + 4, end + 4 + len)) });
+      }
+    };
+    sock.on('data', onData);
+    sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  });
+}
+
+test('while the gateway stops, /healthz still answers 200 and /readyz 503, so a balancer stops sending traffic', async () => {
+  const g = await startGateway({ scripts: { 'init.lua': 'require("paygate").get("/slow", function() clock.sleep(1500) return 200, {} end)' } });
+  const sock = net.connect(g.port, '127.0.0.1');
+  await new Promise((r) => sock.once('connect', r));
+  try {
+    assert.deepEqual(await ask(sock, '/readyz'), { status: 200, body: { ready: true, generation: 1 } });
+    const slow = g.get('/slow');                                  // keeps the gateway draining for a while
+    await new Promise((r) => setTimeout(r, 100));
+    process.kill(g.pid, 'SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
+    const ready = await ask(sock, '/readyz');
+    assert.deepEqual([ready.status, ready.body.ready], [503, false]);
+    assert.equal((await ask(sock, '/healthz')).status, 200);
+    assert.equal((await slow).status, 200, 'the request in flight is still answered');
+  } finally {
+    sock.destroy();
     await g.stop();
   }
 });
