@@ -130,9 +130,11 @@ run: all
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq openssl curl >/dev/null; }
 	@PAYGATE_BIN=$(CURDIR)/$(BUILD)/paygate examples/run-demo.sh
 
+# make check [CONFIG=path]: load any config and its scripts, report errors (the demo's by default).
+CONFIG ?= examples/paygate.conf.lua
 check: all
-	@examples/sandbox/keys.sh var/sandbox >/dev/null
-	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
+	@if [ "$(CONFIG)" = examples/paygate.conf.lua ]; then examples/sandbox/keys.sh var/sandbox >/dev/null; fi
+	./$(BUILD)/paygate --config "$(CONFIG)" --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
 test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
@@ -140,6 +142,8 @@ test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@pkg-config --exists libuv || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq libuv1-dev >/dev/null; } || true
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || true
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----
@@ -192,6 +196,7 @@ install: all $(BUILD)/embed/libpaygate.a
 	rm -rf $(DESTDIR)$(DATADIR)/lualib $(DESTDIR)$(DATADIR)/scripts
 	cp -R lualib $(DESTDIR)$(DATADIR)/lualib
 	cp -R scripts $(DESTDIR)$(DATADIR)/scripts
+	rm -rf $(DESTDIR)$(DATADIR)/console && cp -R console $(DESTDIR)$(DATADIR)/console
 	chmod -R u=rwX,go=rX $(DESTDIR)$(DATADIR)
 	install -m 644 man/paygate.1 $(DESTDIR)$(MAN1DIR)/paygate.1
 

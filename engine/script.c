@@ -60,6 +60,8 @@ static int l_require(lua_State *L)
 	char path[1024], err[512];
 
 	lua_settop(L, 1);
+	if (strcmp(name, "wechatpay") == 0 || strcmp(name, "wechatpay.core") == 0)
+		((struct gen *)jail_of(L)->owner)->uses_wechatpay = 1;
 	lua_getfield(L, lua_upvalueindex(3), name);
 	if (lua_toboolean(L, -1)) {
 		if (lua_islightuserdata(L, -1))

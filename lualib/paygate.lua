@@ -157,7 +157,17 @@ function app._dispatch(req, method, path)
   end
   if not handler then
     if allowed then
-      return answer(405, { error = "method_not_allowed", message = method .. " is not allowed on " .. path })
+      -- Allow: every method some route of this path answers (HEAD with GET).
+      local set, list = {}, {}
+      for m in pairs(by_method or {}) do set[m] = true end
+      for i = 1, #patterns do
+        if path:match(patterns[i].pattern) then set[patterns[i].method] = true end
+      end
+      if set.GET then set.HEAD = true end
+      for m in pairs(set) do list[#list + 1] = m end
+      table.sort(list)
+      return answer(405, { error = "method_not_allowed", message = method .. " is not allowed on " .. path },
+                    { Allow = table.concat(list, ", ") })
     end
     return not_found(req)
   end

@@ -57,6 +57,7 @@ for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
 done
 run "embed:libpaygate" tests/embed/run.sh
+run "browser:console" env BUILD="$BUILD" tests/console/run.sh
 
 echo
 echo "$PASS passed, $FAIL failed"

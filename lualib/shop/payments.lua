@@ -4,6 +4,7 @@ local app = require "paygate"
 local orders = require "shop.orders"
 local timefmt = require "timefmt"
 local wechatpay = require "wechatpay"
+local events = require "shop.events"
 
 local M = {}
 
@@ -31,13 +32,13 @@ end
 
 --- Apply a checked payment inside the caller's db.tx: PAID at most once, a late payment
 --- for a closed order re-sold or refunded, a repeat changes nothing. Returns the outcome.
-function M.apply(order, tx)
+function M.apply(order, tx, via)
   local paid_at = timefmt.parse(tx.success_time) or clock.now()
-  if orders.OPEN[order.status] and orders.mark_paid(order, tx.transaction_id, paid_at) then
+  if orders.OPEN[order.status] and orders.mark_paid(order, tx.transaction_id, paid_at, via) then
     return "paid"
   end
   if order.status == "CLOSED" then
-    return orders.paid_after_close(order, tx.transaction_id, paid_at) == "PAID" and "paid_after_close"
+    return orders.paid_after_close(order, tx.transaction_id, paid_at, via) == "PAID" and "paid_after_close"
         or "refunding_after_close"
   end
   if order.transaction_id == tx.transaction_id then return "duplicate" end
@@ -46,16 +47,22 @@ function M.apply(order, tx)
   return "conflict"
 end
 
---- Record a notification's fate for the audit trail (accepted or refused, with why).
+--- Record a notification's fate for the audit trail (accepted or refused, with why); a refusal
+--- about an order we have is also an event of that order.
 function M.log(kind, notify_id, order_no, outcome, reason)
   db.exec([[INSERT INTO notification_log(kind, notify_id, order_no, outcome, reason, received_at)
             VALUES (?, ?, ?, ?, ?, ?)]], kind, notify_id, order_no, outcome, reason, clock.now())
+  if outcome == "refused" and type(order_no) == "string" and orders.load(order_no) then
+    events.record(order_no, "notification_refused", { kind = kind, reason = reason, notify_id = notify_id },
+                  "notification_refused:" .. (notify_id or secure.random_id(12)) .. ":" .. order_no, "wechat")
+  end
   metrics.inc("paygate_notifications_total", { kind = kind, outcome = outcome })
 end
 
 --- Ask WeChat about an order and apply the answer exactly like a notification.
 --- Returns the outcome ("paid", "notpay", ...) or nil, reason when WeChat could not be asked.
-function M.query_and_apply(order_no)
+--- via: who asked, for the audit trail (default "query").
+function M.query_and_apply(order_no, via)
   local res, why, msg = wechatpay.query(order_no)
   if not res then return nil, why .. ": " .. tostring(msg) end
   if res.status == 404 then return "not_found" end
@@ -70,7 +77,7 @@ function M.query_and_apply(order_no)
       M.log("query", nil, tx.out_trade_no, "refused", reason)
       return "refused:" .. reason
     end
-    local outcome = M.apply(order, tx)
+    local outcome = M.apply(order, tx, via or "query")
     M.log("query", nil, order.order_no, outcome, nil)
     return outcome
   end)
@@ -154,6 +161,8 @@ function M.pay(order_no, openid)
                               WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
                             prepay_id, clock.now(), clock.now(), order.order_no)
     if changed == 1 then
+      events.record(order.order_no, "prepay_requested", { prepay_id = prepay_id, amount = order.amount },
+                    "prepay_requested:" .. prepay_id, "user")
       jobs.schedule("reconcile_order", { order_no = order.order_no, attempt = 1 },
                     { delay_ms = reconcile_ms, key = "reconcile:" .. order.order_no })
     end
@@ -176,7 +185,7 @@ function M.refresh(order_no, openid)
   if order.status == "PAYING" and now - (order.prepay_at or 0) >= after_ms
      and now - (order.checked_at or 0) >= every_ms then
     db.exec("UPDATE orders SET checked_at = ? WHERE order_no = ?", now, order.order_no)
-    local outcome, why = M.query_and_apply(order.order_no)
+    local outcome, why = M.query_and_apply(order.order_no, "status_query")
     if not outcome then log.warn("status query failed", { order = order.order_no, reason = why }) end
     order = orders.load(order.order_no)
   end
@@ -193,7 +202,7 @@ local BACKOFF_S = { 60, 120, 300, 600, 1800, 3600 }
 function M.reconcile(order_no, attempt)
   local order = orders.load(order_no)
   if not order or order.status ~= "PAYING" then return nil end
-  local outcome, why = M.query_and_apply(order.order_no)
+  local outcome, why = M.query_and_apply(order.order_no, "reconciler")
   if not outcome then error("query failed: " .. tostring(why), 0) end
   order = orders.load(order.order_no)
   if order.status == "PAYING" and clock.now() < order.expires_at + 3600 * 1000 then

@@ -118,7 +118,7 @@ end
 --- Start a refund of order_no. o.amount: fen (default: all that is left); or o.items: the
 --- lines to refund, {product_id, qty}, priced by what those units were paid, and o.restock:
 --- put those units back on sale once the refund succeeded. o.reason: at most 80 bytes, shown
---- to the payer. Records the refund (PENDING) and schedules submit_refund in one transaction;
+--- to the payer. o.by: who asks (an admin token's name, "loopback"), for the audit trail. Records the refund (PENDING) and schedules submit_refund in one transaction;
 --- returns the refund row {out_refund_no, order_no, amount, reason, status, items}.
 --- Raises app.fail: 400 invalid_request, 404 not_found, 409 not_refundable (never paid),
 --- 409 refund_exceeds_paid (more than the payment, or more units than are left),
@@ -153,7 +153,7 @@ function M.start(order_no, o)
     if amount > left or left == 0 then
       app.fail(409, "refund_exceeds_paid", string.format("only %d fen can still be refunded", left))
     end
-    local no = orders.start_refund(order.order_no, amount, o.reason, items)
+    local no = orders.start_refund(order.order_no, amount, o.reason, items, o.by)
     local row = M.describe(no)
     row.error = nil
     return row

@@ -294,7 +294,7 @@ test('a reload re-reads the config file\'s app settings; a broken config file re
     gw.writeConfig({ app: 'not a table' });
     const bad = await gw.reload();
     assert.equal(bad.status, 422);
-    assert.match(bad.json.message, /config: app must be a table/);
+    assert.match(bad.json.message, /config: .*paygate\.conf\.lua: app must be a table/);
     assert.equal((await health(gw)).status, 'degraded');
     assert.deepEqual((await gw.get('/config')).json, { greeting: 'bonjour', limit: 3 }, 'the running generation keeps its settings');
 
