@@ -111,6 +111,17 @@ function app.read_json(req)
   return value
 end
 
+--- The value of name in the request's query string ("status=PAID&limit=10"), percent-decoded
+--- ("+" is a space); nil when it is absent or empty.
+function app.query(req, name)
+  for k, v in (req.query or ""):gmatch("([^&=]+)=([^&]*)") do
+    if k == name then
+      v = v:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+      return v ~= "" and v or nil
+    end
+  end
+end
+
 --- An integer field within [min, max], or a 400 naming the field.
 --- (JSON has one number type; 1 and 1.0 are the same integer, 1.5 and "1" are not.)
 function app.integer(value, min, max, field)

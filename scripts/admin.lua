@@ -85,7 +85,7 @@ end)
 -- and every difference (kind, status OPEN / SETTLED / RESOLVED, what to do); without date, the
 -- days reconciled, newest first. POST /admin/reconciliation {date}: run that day (again) now.
 app.get("/admin/reconciliation", function(req)
-  local date = param(req.query, "date")
+  local date = app.query(req, "date")
   if not date then return 200, { days = json.array(reconcile_bills.days(31)) } end
   if not reconcile_bills.date_ok(date) then app.fail(400, "invalid_request", "date must be YYYY-MM-DD (Beijing)") end
   local day, items = reconcile_bills.day(date)

@@ -11,14 +11,9 @@ local M = {}
 
 local STATUSES = { CREATED = true, PAYING = true, PAID = true, CLOSED = true, REFUNDING = true, REFUNDED = true }
 
---- The value of name in a query string like "status=PAID&limit=10" (percent-decoded), or nil.
+--- The value of name in a query string like "status=PAID&limit=10" (app.query on a request).
 function M.param(query, name)
-  for k, v in (query or ""):gmatch("([^&=]+)=([^&]*)") do
-    if k == name then
-      v = v:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-      return v ~= "" and v or nil
-    end
-  end
+  return app.query({ query = query }, name)
 end
 
 -- A time bound: milliseconds, or RFC 3339.

@@ -364,7 +364,7 @@ test('a refund that ends ABNORMAL: shown with what to do, refund_failed told onc
   assert.equal(res.status, 200, res.body);
   await eventually(async () => (await view(user, o.order_no)).status === 'REFUNDED', 10000, 100);
   const events = (await gw.get(`/test/order_events/${o.order_no}`)).json.events.map((e) => e.event);
-  assert.deepEqual(events.filter((e) => e.startsWith('refund')), ['refund_failed', 'refunded']);
+  assert.deepEqual(events.filter((e) => e.startsWith('refund')), ['refund_requested', 'refund_failed', 'refunded']);
 });
 
 test('a refund WeChat closes (REFUND.CLOSED from the sandbox): the order is PAID again with nothing refunded, refund_failed told', async () => {
