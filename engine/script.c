@@ -187,6 +187,9 @@ static int l_sleep(lua_State *L)
 	coro_check_suspend(L, "clock.sleep");
 	struct event *ev = evtimer_new(e->base, sleep_done, c);
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	/* libevent counts a timeout from the time it read when this loop turn began; after a long
+	   turn that is in the past, and the sleep would end early. Count from now. */
+	event_base_update_cache_time(e->base);
 	if (!ev || evtimer_add(ev, &tv) < 0) {
 		if (ev)
 			event_free(ev);
