@@ -111,15 +111,29 @@ $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
-# ---- fuzz: libFuzzer + ASan/UBSan on the notification path, bounded time ----
+# The other fuzz targets (tests/fuzz/fuzz_*.c), built as corpus replayers for `make test`.
+FUZZ_TARGETS := json config http lua_args
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
+$(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.h tests/fuzz/fixture.h $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
+
+# ---- fuzz: libFuzzer + ASan/UBSan, each target for FUZZ_SECONDS ----
 FUZZ_SECONDS ?= 60
+FUZZ_CC := clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DPAYGATE_LIBFUZZER
 fuzz: deps
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; }
-	@mkdir -p $(BUILD)/fuzz-corpus
-	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
+	@mkdir -p $(BUILD)/fuzz-corpus/notify $(FUZZ_TARGETS:%=$(BUILD)/fuzz-corpus/%)
+	$(FUZZ_CC) $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
 	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c examples/sandbox/wxserver.c $$(pkg-config --libs libcrypto)
-	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus tests/fuzz/corpus/notify
+	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/notify tests/fuzz/corpus/notify
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ_CC) $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_$${t}_lf tests/fuzz/fuzz_$$t.c $(ENGINE_SRC) $(DEPLIBS) \
+	    || exit 1; \
+	  ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$${t}_lf -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    $(BUILD)/fuzz-corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
@@ -132,7 +146,7 @@ check: all
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(FUZZ_REPLAY) $(BUILD)/tests/paygate-crash
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }

@@ -427,10 +427,49 @@ static void read_app(struct reader *r, struct config *cfg)
 	lua_pop(L, 3);
 }
 
+/*
+** ---- bounds: a config file only assigns values, so one that loops or grows
+** without end is refused instead of hanging or exhausting the start-up ----
+*/
+#define CONFIG_MAX_BYTES        ((size_t)64 << 20)
+#define CONFIG_MAX_INSTRUCTIONS 10000000
+
+static void *bounded_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	size_t *used = ud, old = ptr ? osize : 0;
+	if (nsize == 0) {
+		free(ptr);
+		*used -= old;
+		return NULL;
+	}
+	if (nsize > old && nsize - old > CONFIG_MAX_BYTES - *used)
+		return NULL;
+	void *np = realloc(ptr, nsize);
+	if (np)
+		*used = *used - old + nsize;
+	return np;
+}
+
+static void too_long(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	luaL_error(L, "the file runs too long (a config file only assigns values)");
+}
+
+static lua_State *bounded_state(size_t *used)
+{
+	*used = 0;
+	lua_State *L = lua_newstate(bounded_alloc, used);
+	if (L)
+		lua_sethook(L, too_long, LUA_MASKCOUNT, CONFIG_MAX_INSTRUCTIONS);
+	return L;
+}
+
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	struct reader r = { 0 };
-	lua_State *L = luaL_newstate();
+	size_t used;
+	lua_State *L = bounded_state(&used);
 	char *dir = strdup(path), *slash;
 	int rc = -1;
 
