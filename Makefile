@@ -106,6 +106,11 @@ $(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/cr
 	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
 	  $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
+# The daemon whose Nth SQLite write, read, commit or allocation fails (tests/faults/): the fault sweep's gateway.
+$(BUILD)/tests/paygate-faults: tests/faults/main.c $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
 $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
@@ -132,6 +137,7 @@ fuzz: deps
 	  $(FUZZ_CC) $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_$${t}_lf tests/fuzz/fuzz_$$t.c $(ENGINE_SRC) $(DEPLIBS) \
 	    || exit 1; \
 	  ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$${t}_lf -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    -artifact_prefix=$(BUILD)/fuzz-$$t- \
 	    $(BUILD)/fuzz-corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
 	done
 
@@ -146,7 +152,7 @@ check: all
 	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(FUZZ_REPLAY) $(BUILD)/tests/paygate-crash
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(FUZZ_REPLAY) $(BUILD)/tests/paygate-crash $(BUILD)/tests/paygate-faults
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }

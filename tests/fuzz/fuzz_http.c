@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fprintf(stderr, "fuzz_http: %.*s\n",
 		        (int)(memchr(answer, '\r', got) ? (char *)memchr(answer, '\r', got) - answer : (ptrdiff_t)got),
 		        answer);
-	if (got > 0 && (got < 7 || memcmp(answer, "HTTP/1.", 7) != 0)) {
+	if (got > 0 && (got < 5 || memcmp(answer, "HTTP/", 5) != 0)) { /* evhttp answers in the client's version */
 		fprintf(stderr, "fuzz_http: the answer does not start with a status line\n");
 		abort();
 	}

@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		jail_push_env(L);
 		json_push_lua(L);
 		jail_set_global(L, -2, "json");
-		if (luaL_loadbufferx(L, ROUND_TRIP, sizeof ROUND_TRIP - 1, "=round_trip", "t") != LUA_OK)
+		if (luaL_loadbufferx(L, ROUND_TRIP, strlen(ROUND_TRIP), "=round_trip", "t") != LUA_OK)
 			abort();
 		lua_pushvalue(L, -2);
 		lua_setupvalue(L, -2, 1);
@@ -59,6 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		}
 	}
+	if (getenv("FUZZ_SHOW"))
+		fprintf(stderr, "fuzz_json: %s %s\n", luaL_typename(L, -1), lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
 	lua_settop(L, 0);
 	lua_gc(L, LUA_GCCOLLECT);
 	return 0;
