@@ -26,7 +26,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench crash fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench crash fuzz faults clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -122,6 +122,10 @@ FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
 $(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.h tests/fuzz/fixture.h $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
+
+# ---- faults: every SQLite write, read and commit of a purchase failing in turn, allocations at a stride ----
+faults: all $(BUILD)/tests/paygate-faults
+	FAULT_SWEEP=full node --test --test-reporter=tap --test-timeout=3600000 tests/e2e/faults.test.mjs
 
 # ---- fuzz: libFuzzer + ASan/UBSan, each target for FUZZ_SECONDS ----
 FUZZ_SECONDS ?= 60
