@@ -12,6 +12,8 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "jail.h"
+
 static char *dupstr(const char *s)
 {
 	return s ? strdup(s) : NULL;
@@ -428,48 +430,19 @@ static void read_app(struct reader *r, struct config *cfg)
 }
 
 /*
-** ---- bounds: a config file only assigns values, so one that loops or grows
-** without end is refused instead of hanging or exhausting the start-up ----
+** A config file only assigns values: it runs in a jail (capped memory, an
+** instruction budget), so one that loops or grows without end is a start-up
+** error instead of a hang.
 */
 #define CONFIG_MAX_BYTES        ((size_t)64 << 20)
 #define CONFIG_MAX_INSTRUCTIONS 10000000
 
-static void *bounded_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-	size_t *used = ud, old = ptr ? osize : 0;
-	if (nsize == 0) {
-		free(ptr);
-		*used -= old;
-		return NULL;
-	}
-	if (nsize > old && nsize - old > CONFIG_MAX_BYTES - *used)
-		return NULL;
-	void *np = realloc(ptr, nsize);
-	if (np)
-		*used = *used - old + nsize;
-	return np;
-}
-
-static void too_long(lua_State *L, lua_Debug *ar)
-{
-	(void)ar;
-	luaL_error(L, "the file runs too long (a config file only assigns values)");
-}
-
-static lua_State *bounded_state(size_t *used)
-{
-	*used = 0;
-	lua_State *L = lua_newstate(bounded_alloc, used);
-	if (L)
-		lua_sethook(L, too_long, LUA_MASKCOUNT, CONFIG_MAX_INSTRUCTIONS);
-	return L;
-}
-
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	struct reader r = { 0 };
-	size_t used;
-	lua_State *L = bounded_state(&used);
+	struct jail jail;
+	struct jail_budget budget = { 0 };
+	lua_State *L = jail_newstate(&jail, CONFIG_MAX_BYTES, NULL);
 	char *dir = strdup(path), *slash;
 	int rc = -1;
 
@@ -495,8 +468,15 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	}
 	lua_pushvalue(L, -2);
 	lua_setupvalue(L, -2, 1); /* _ENV of the chunk = the fresh table */
-	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+	jail_budget(L, &budget, CONFIG_MAX_INSTRUCTIONS);
+	int status = lua_pcall(L, 0, 0, 0);
+	jail_unbudget(L);
+	if (status != LUA_OK) {
+		if (budget.killed)
+			snprintf(err, errlen, "config: %s runs too long (a config file only assigns values)", path);
+		else
+			snprintf(err, errlen, "config: %s",
+			         lua_tostring(L, -1) ? lua_tostring(L, -1) : "out of memory");
 		goto done;
 	}
 	r.L = L;

@@ -60,7 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	if (getenv("FUZZ_SHOW"))
-		fprintf(stderr, "fuzz_json: %s %s\n", luaL_typename(L, -1), lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+		fprintf(stderr, "fuzz_json: %s %s\n", luaL_typename(L, -1),
+		        lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
 	lua_settop(L, 0);
 	lua_gc(L, LUA_GCCOLLECT);
 	return 0;
