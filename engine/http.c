@@ -560,6 +560,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	}
 	h->co = c;
 	c->abandon = req_abandon;
+	c->what = path;
 	h->counted = 1;
 	e->http_inflight++;
 	evhttp_connection_set_closecb(h->evcon, on_close, h);
@@ -610,13 +611,9 @@ int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen)
 	return 0;
 }
 
-int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen)
+/* Serve on the bound socket s: remember it and the port it has. */
+static void listening(struct engine *e, struct evhttp_bound_socket *s)
 {
-	struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(e->http, host, (ev_uint16_t)port);
-	if (!s) {
-		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not a local address?)", host, port);
-		return -1;
-	}
 	e->listener = s;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;
@@ -624,6 +621,27 @@ int http_listen(struct engine *e, const char *host, int port, char *err, size_t 
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
 		e->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
 		                                         : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
+int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen)
+{
+	struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(e->http, host, (ev_uint16_t)port);
+	if (!s) {
+		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not a local address?)", host, port);
+		return -1;
+	}
+	listening(e, s);
+	return 0;
+}
+
+int http_accept_on(struct engine *e, int fd, char *err, size_t errlen)
+{
+	struct evhttp_bound_socket *s = evhttp_accept_socket_with_handle(e->http, fd);
+	if (!s) {
+		snprintf(err, errlen, "cannot accept on the shared listening socket (fd %d)", fd);
+		return -1;
+	}
+	listening(e, s);
 	return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <event2/buffer.h>
@@ -157,6 +158,33 @@ static void free_modules(struct engine *e)
 	free(e->modules);
 }
 
+/* Who this engine is among the gateway's workers (or alone): the names its jobs are claimed under. */
+static void set_worker(struct engine *e, const struct paygate_worker *w)
+{
+	struct engine_worker *ew = &e->worker;
+	if (!w) {
+		ew->index = -1;
+		ew->listen_fd = -1;
+		snprintf(ew->job_owner, sizeof ew->job_owner, "solo.%ld.%lld", (long)getpid(),
+		         (long long)clock_now_ms());
+		snprintf(ew->run_owners, sizeof ew->run_owners, "%s", ew->job_owner);
+		ew->predecessors[0] = '\0'; /* alone: every job left running belongs to a dead engine */
+		return;
+	}
+	ew->index = w->index;
+	ew->count = w->count;
+	ew->listen_fd = w->listen_fd;
+	snprintf(ew->job_owner, sizeof ew->job_owner, "%.40s.%d.%d", w->run_id, w->index, w->incarnation);
+	snprintf(ew->run_owners, sizeof ew->run_owners, "%.40s.", w->run_id);
+	snprintf(ew->predecessors, sizeof ew->predecessors, "%.40s.%d.", w->run_id, w->index);
+	ew->running = w->running_len ? w->running : NULL;
+	ew->running_len = w->running_len;
+	ew->peers_metrics = w->peers_metrics;
+	ew->peers_health = w->peers_health;
+	ew->reload_peers = w->reload_peers;
+	ew->arg = w->arg;
+}
+
 struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts, char *err, size_t errlen)
 {
 	static const struct paygate_options defaults;
@@ -175,6 +203,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 	gettimeofday(&e->started, NULL);
 	metrics_init(&e->metrics);
 	curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted by libcurl; undone in paygate_free */
+	set_worker(e, o->worker);
 	if (load_config(e, o, err, errlen) < 0)
 		goto fail;
 	if (!(log_out = open_log(pg, o)) || host_init(e) < 0 || sched_init(e) < 0 || !(e->fetch = fetch_new(e))) {
@@ -198,6 +227,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 		goto fail;
 	if (e->cfg.watch && reload_watch_start(e, err, errlen) < 0)
 		log_warn(&e->log, NULL, "not watching scripts for changes: %s", err);
+	store_sleep_ok(e->store, 0); /* from now on, waiting for another worker's lock never sleeps the loop */
 	if (!o->check_only)
 		jobs_kick(e->jobs);
 	return pg;
@@ -216,7 +246,8 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
 int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 {
 	struct engine *e = &pg->e;
-	if (http_listen(e, e->cfg.listen_host, e->cfg.listen_port, err, errlen) < 0)
+	if (e->worker.listen_fd >= 0 ? http_accept_on(e, e->worker.listen_fd, err, errlen) < 0
+	                             : http_listen(e, e->cfg.listen_host, e->cfg.listen_port, err, errlen) < 0)
 		return -1;
 	if (!e->cfg.admin_token && strncmp(e->cfg.listen_host, "127.", 4) != 0 &&
 	    strcmp(e->cfg.listen_host, "::1") != 0 && strcmp(e->cfg.listen_host, "localhost") != 0)
@@ -225,6 +256,19 @@ int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 		         "peers only; behind a local reverse proxy configure a token",
 		         e->cfg.listen_host);
 	return 0;
+}
+
+void paygate_metrics(struct paygate *pg, struct evbuffer *out)
+{
+	routes_metrics(&pg->e, out);
+}
+
+void paygate_supervision(const struct paygate *pg, struct paygate_supervision *out)
+{
+	out->workers = pg->e.cfg.workers;
+	out->watchdog_ms = pg->e.cfg.watchdog_ms;
+	snprintf(out->listen_host, sizeof out->listen_host, "%s", pg->e.cfg.listen_host);
+	out->listen_port = pg->e.cfg.listen_port;
 }
 
 const char *paygate_host(const struct paygate *pg)

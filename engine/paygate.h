@@ -98,6 +98,37 @@ struct paygate_lua_module {
 	void *arg; /**< handed to open */
 };
 
+/**
+ * When the engine is one of several worker processes that serve one
+ * gateway on one database (what the paygate daemon runs with `workers = N`
+ * in its config). A host with one engine leaves paygate_options.worker NULL.
+ * Every pointer must stay valid while the engine lives.
+ */
+struct paygate_worker {
+	int index; /**< 0 .. count-1: in log lines and as the `worker` label in /metrics */
+	int count;
+	/** A listening socket the workers share: paygate_listen accepts on it instead of binding. */
+	int listen_fd;
+	/** Names this run of the gateway; with index and incarnation it names the owner of the jobs
+	    this engine runs, so that it never re-queues a job another live worker is running. */
+	const char *run_id;
+	/** How many times this worker index was started before in this run: at start the engine
+	    re-queues the jobs its dead predecessors left running. */
+	int incarnation;
+	/** A buffer (shared memory) of running_len bytes where the engine keeps a note of the script
+	    running now ("request 3f2a... POST /api/orders"; "" when none), for a watchdog outside the
+	    loop to log when the loop stops making progress. */
+	char *running;
+	size_t running_len;
+	/** /metrics: append the other workers' series to `text` (this engine's, already rendered). */
+	void (*peers_metrics)(void *arg, struct evbuffer *text);
+	/** /healthz: append `,"workers":...` to the JSON object being written (not yet closed). */
+	void (*peers_health)(void *arg, struct evbuffer *json);
+	/** A reload asked of this engine (POST /admin/reload) succeeded: have the others reload too. */
+	void (*reload_peers)(void *arg);
+	void *arg;
+};
+
 /** One entry of paygate_options.functions. */
 struct paygate_function {
 	const char *name; /**< [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes */
@@ -139,6 +170,8 @@ struct paygate_options {
 	/** Lua modules in C for the scripts, ended by an entry whose name is
 	    NULL; the array need not outlive the call. */
 	const struct paygate_lua_module *lua_modules;
+	/** This engine is one of a gateway's worker processes (see struct paygate_worker); NULL: alone. */
+	const struct paygate_worker *worker;
 };
 
 /**
@@ -167,6 +200,15 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
  * @return 0, or -1 with err filled (address in use, ...); nothing changed then.
  */
 int paygate_listen(struct paygate *pg, char *err, size_t errlen);
+
+/** How the config asks the daemon to run this gateway (`workers`, `watchdog_ms`). */
+struct paygate_supervision {
+	int workers;           /**< worker processes serving the listener */
+	int watchdog_ms;       /**< a worker whose loop makes no progress this long is ended; 0: no watchdog */
+	char listen_host[256]; /**< where to listen, as configured (or overridden by paygate_options.listen) */
+	int listen_port;
+};
+void paygate_supervision(const struct paygate *pg, struct paygate_supervision *out);
 
 /** The host it listens on, as configured. */
 const char *paygate_host(const struct paygate *pg);
@@ -210,6 +252,9 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req);
  *         generation then keeps serving.
  */
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen);
+
+/** Append this engine's /metrics text (Prometheus text format; its own figures only) to out. */
+void paygate_metrics(struct paygate *pg, struct evbuffer *out);
 
 /** The id of the generation serving now (1 after paygate_new, +1 per reload that went live). */
 long long paygate_generation(const struct paygate *pg);

@@ -431,4 +431,37 @@ function M.queue_fulfillment(order_no)
   jobs.schedule("fulfill", { order_no = order_no }, { key = "fulfill:" .. order_no, max_attempts = M.UNTIL_DONE })
 end
 
+
+M.LIST_DEFAULT = 20               -- orders per page of a user's list
+M.LIST_MAX = 100
+
+--- One page of openid's own orders, newest first (created_at, then order_no, both descending).
+--- o: {limit (1..LIST_MAX, default LIST_DEFAULT), before (an order_no of this user: the page
+--- starts after it)}. Returns the rows and, when more remain, the order_no to pass as
+--- `before` for the next page. The index orders_by_owner (openid, created_at) serves it: the
+--- rows are read in index order, only those of one millisecond are sorted, and the read
+--- stops after limit + 1 rows, however many orders the user has.
+M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?"
+M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR order_no < ?)
+                     ORDER BY created_at DESC, order_no DESC LIMIT ?]]
+
+function M.list_owned(openid, o)
+  local limit = o.limit or M.LIST_DEFAULT
+  assert(math.type(limit) == "integer" and limit >= 1 and limit <= M.LIST_MAX, "orders.list_owned: bad limit")
+  local rows
+  if o.before then
+    local cursor = M.load_owned(o.before, openid)
+    if not cursor then app.fail(400, "invalid_request", "before must be the order_no of one of your orders") end
+    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.order_no, limit + 1)
+  else
+    rows = db.query(M.LIST_SQL, openid, limit + 1)
+  end
+  local next_no
+  if #rows > limit then
+    rows[#rows] = nil
+    next_no = rows[#rows].order_no
+  end
+  return rows, next_no
+end
+
 return M

@@ -339,7 +339,16 @@ static void install(struct paygate_options *o)
 	}
 }
 
+/* One process (--single): the test's SIGUSR2 and the faults concern the engine itself. */
 int main(int argc, char **argv)
 {
-	return daemon_main("paygate-faults", argc, argv, install);
+	char **args = calloc((size_t)argc + 2, sizeof *args);
+	if (!args)
+		return 1;
+	for (int i = 0; i < argc; i++)
+		args[i] = argv[i];
+	args[argc] = "--single";
+	int rc = daemon_main("paygate-faults", argc + 1, args, install);
+	free(args);
+	return rc;
 }
