@@ -97,8 +97,10 @@ async function withGateway(fn) {
   try { await fn(gw); } finally { await gw.stop({ signal: 'SIGKILL' }); }
 }
 
-// GET /healthz every 20 ms on a connection of its own until `until` settles: the slowest answer.
-async function healthzWhile(gw, until) {
+// GET /healthz back to back on a connection of its own, from before `start()` sends the request
+// until its answer: the slowest answer (a poll that arrives while the request runs waits for the
+// loop, so it measures the stall).
+async function healthzWhile(gw, start) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const one = () => new Promise((resolve) => {
     const t0 = performance.now();
@@ -109,16 +111,16 @@ async function healthzWhile(gw, until) {
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', () => resolve(Infinity));
   });
-  await one(); // the connection is open before the evil request goes out
+  await one(); // the connection is open before the request goes out
   let done = false, slowest = 0, polls = 0;
-  until.then(() => { done = true; }, () => { done = true; });
   const poller = (async () => {
     do {
       slowest = Math.max(slowest, await one());
       polls++;
-      await new Promise((r) => setTimeout(r, 20));
     } while (!done);
   })();
+  const until = start();
+  until.then(() => { done = true; }, () => { done = true; });
   const result = await until.catch((e) => ({ status: 0, error: e.message }));
   await poller;
   agent.destroy();
@@ -126,7 +128,9 @@ async function healthzWhile(gw, until) {
 }
 
 async function expectStopped(gw, name) {
-  const { result, slowest } = await healthzWhile(gw, gw.get(`/evil/${name}`, { timeout: 5000 }));
+  const t0 = performance.now();
+  const { result, slowest, polls } = await healthzWhile(gw, () => gw.get(`/evil/${name}`, { timeout: 5000 }));
+  console.log(`# ${name}: stopped after ${(performance.now() - t0).toFixed(0)} ms; /healthz slowest ${slowest.toFixed(1)} ms of ${polls}`);
   assert.equal(result.status, 500, `${name}: must be stopped (got ${result.error || result.status + ' ' + result.body})`);
   assert.equal(result.json.error, 'script_timeout', `${name}: ${result.body}`);
   assert.ok(slowest < 100, `${name}: /healthz took ${slowest.toFixed(1)} ms while it ran`);
@@ -160,7 +164,7 @@ function peakRssMb(pid) {
 
 test('SELECT length(zeroblob(600000000) || \'x\') is an ordinary script error; the process stays small', async () => {
   await withGateway(async (gw) => {
-    const { result, slowest } = await healthzWhile(gw, gw.get('/sql/zeroblob', { timeout: 5000 }));
+    const { result, slowest } = await healthzWhile(gw, () => gw.get('/sql/zeroblob', { timeout: 5000 }));
     assert.equal(result.status, 200, result.error || result.body);
     assert.equal(result.json.ok, false, 'pcall sees an error');
     assert.match(result.json.err, /too big|memory/);
@@ -177,7 +181,7 @@ test('SELECT length(zeroblob(600000000) || \'x\') is an ordinary script error; t
 
 test('the library\'s module tables are read-only to scripts and nothing leaks into the next request', async () => {
   await withGateway(async (gw) => {
-    const { result: t, slowest } = await healthzWhile(gw, gw.get('/shared/tamper'));
+    const { result: t, slowest } = await healthzWhile(gw, () => gw.get('/shared/tamper'));
     assert.equal(t.status, 200, t.body);
     for (const k of ['nested', 'field', 'app']) {
       assert.equal(t.json[k].ok, false, `${k}: the write went through`);
