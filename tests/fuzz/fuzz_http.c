@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,8 +59,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		fprintf(stderr, "fuzz_http: cannot connect: %s\n", strerror(errno));
 		abort();
+	}
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	size_t off = 0;
 	int eof = 0;
@@ -87,6 +90,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (!eof)
 			fx_run_until(&none, 1);
 	}
+	struct linger now = { 1, 0 }; /* reset, not TIME_WAIT: thousands of inputs would use up the local ports */
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
 	close(fd);
 	if (!eof) {
 		fprintf(stderr, "fuzz_http: no answer and no close within 2 s\n");
