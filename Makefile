@@ -29,7 +29,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench bench-bills crash fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench bench-bills crash fuzz faults clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -109,20 +109,44 @@ $(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/cr
 	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
 	  $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
+# The daemon whose Nth SQLite write, read, commit or allocation fails (tests/faults/): the fault sweep's gateway.
+$(BUILD)/tests/paygate-faults: tests/faults/main.c $(DAEMON_OBJ) $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
 $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
-# ---- fuzz: libFuzzer + ASan/UBSan on the notification path, bounded time ----
+# The other fuzz targets (tests/fuzz/fuzz_*.c), built as corpus replayers for `make test`.
+FUZZ_TARGETS := json config http lua_args
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
+$(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.h tests/fuzz/fixture.h $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
+
+# ---- faults: every SQLite write, read and commit of a purchase failing in turn, allocations at a stride ----
+faults: all $(BUILD)/tests/paygate-faults
+	FAULT_SWEEP=full node --test --test-reporter=tap --test-timeout=3600000 tests/e2e/faults.test.mjs
+
+# ---- fuzz: libFuzzer + ASan/UBSan, each target for FUZZ_SECONDS ----
 FUZZ_SECONDS ?= 60
+FUZZ_CC := clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DPAYGATE_LIBFUZZER
 fuzz: deps
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; }
-	@mkdir -p $(BUILD)/fuzz-corpus
-	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
+	@mkdir -p $(BUILD)/fuzz-corpus/notify $(FUZZ_TARGETS:%=$(BUILD)/fuzz-corpus/%)
+	$(FUZZ_CC) $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
 	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c examples/sandbox/wxserver.c $$(pkg-config --libs libcrypto)
-	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus tests/fuzz/corpus/notify
+	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/notify tests/fuzz/corpus/notify
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ_CC) $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_$${t}_lf tests/fuzz/fuzz_$$t.c $(ENGINE_SRC) $(DEPLIBS) \
+	    || exit 1; \
+	  ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$${t}_lf -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    -artifact_prefix=$(BUILD)/fuzz-$$t- \
+	    $(BUILD)/fuzz-corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
@@ -137,7 +161,7 @@ check: all
 	./$(BUILD)/paygate --config "$(CONFIG)" --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(FUZZ_REPLAY) $(BUILD)/tests/paygate-crash $(BUILD)/tests/paygate-faults
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }

@@ -13,6 +13,8 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "jail.h"
+
 static char *dupstr(const char *s)
 {
 	return s ? strdup(s) : NULL;
@@ -623,11 +625,20 @@ static void check_keys(struct reader *r)
 	if (r->failed)
 		lua_settop(L, 1);
 }
+/*
+** A config file only assigns values: it runs in a jail (capped memory, an
+** instruction budget), so one that loops or grows without end is a start-up
+** error instead of a hang.
+*/
+#define CONFIG_MAX_BYTES        ((size_t)64 << 20)
+#define CONFIG_MAX_INSTRUCTIONS 10000000
 
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	struct reader r = { 0 };
-	lua_State *L = luaL_newstate();
+	struct jail jail;
+	struct jail_budget budget = { 0 };
+	lua_State *L = jail_newstate(&jail, CONFIG_MAX_BYTES, NULL);
 	char *dir = strdup(path), *slash;
 	const char *base;
 	int rc = -1;
@@ -664,8 +675,15 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	}
 	lua_pushvalue(L, -2);
 	lua_setupvalue(L, -2, 1); /* _ENV of the chunk = the fresh table */
-	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+	jail_budget(L, &budget, CONFIG_MAX_INSTRUCTIONS);
+	int status = lua_pcall(L, 0, 0, 0);
+	jail_unbudget(L);
+	if (status != LUA_OK) {
+		if (budget.killed)
+			snprintf(err, errlen, "config: %s runs too long (a config file only assigns values)", path);
+		else
+			snprintf(err, errlen, "config: %s",
+			         lua_tostring(L, -1) ? lua_tostring(L, -1) : "out of memory");
 		goto done;
 	}
 	r.L = L;

@@ -27,6 +27,11 @@ function M.check(tx)
   if amount.total ~= order.amount then return nil, "amount_mismatch" end
   if amount.currency ~= "CNY" then return nil, "currency_mismatch" end
   if type(tx.transaction_id) ~= "string" or tx.transaction_id == "" then return nil, "no_transaction_id" end
+  -- One WeChat transaction pays one order: another order's id is a forgery or a mix-up.
+  if db.one("SELECT 1 AS taken FROM orders WHERE transaction_id = ? AND order_no <> ?",
+            tx.transaction_id, order.order_no) then
+    return nil, "transaction_of_another_order"
+  end
   return order
 end
 

@@ -281,6 +281,31 @@ test('tampered amount, wrong mchid or appid, unknown order, bad signature, a 6-m
   }
 });
 
+test('a notification reusing another order\'s transaction_id is refused with 400 and changes neither order', async () => {
+  const user = await login();
+  const a = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  const b = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await pay(user, a.order_no);
+  await pay(user, b.order_no);
+  const txA = transaction({ ...a, openid: user.openid });
+  const na = signedNotification(txA);
+  assert.equal((await gw.post('/wechat/notify/pay', na.body, { headers: na.headers })).status, 204);
+  const before = (await gw.get('/api/products')).json;
+  const forged = signedNotification(transaction({ ...b, openid: user.openid }, { transaction_id: txA.transaction_id }));
+  const r = await gw.post('/wechat/notify/pay', forged.body, { headers: forged.headers });
+  assert.equal(r.status, 400, r.body);
+  assert.equal(r.json.code, 'FAIL');
+  const nowB = (await get(user, b.order_no)).json;
+  assert.equal(nowB.status, 'PAYING');
+  assert.equal(nowB.transaction_id, undefined);
+  const nowA = (await get(user, a.order_no)).json;
+  assert.equal(nowA.status, 'PAID');
+  assert.equal(nowA.transaction_id, txA.transaction_id);
+  assert.deepEqual((await gw.get('/api/products')).json, before, 'stock unchanged');
+  const refused = (await gw.get('/test/refused')).json.log.map((l) => l.reason);
+  assert.ok(refused.includes('transaction_of_another_order'), `refusal recorded: ${refused}`);
+});
+
 test('a genuine notification replayed after it was applied changes nothing (same id, then same transaction)', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
