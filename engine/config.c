@@ -43,6 +43,7 @@ int config_defaults(struct config *cfg)
 	cfg->jobs_max_running = 64;
 	cfg->jobs_lease_ms = 10 * 60 * 1000;
 	cfg->db_busy_timeout_ms = 5000;
+	cfg->db_checkpoint_pages = 1000;
 	cfg->workers = 1;
 	cfg->watchdog_ms = 2000;
 	cfg->log_level = LOG_INFO;
@@ -411,6 +412,9 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->db_busy_timeout_ms;
 	read_int(r, "db_busy_timeout_ms", NULL, 0, 60000, &v);
 	cfg->db_busy_timeout_ms = (int)v;
+	v = cfg->db_checkpoint_pages;
+	read_int(r, "db_checkpoint_pages", NULL, 10, 1000000, &v);
+	cfg->db_checkpoint_pages = (int)v;
 	v = cfg->workers;
 	read_int(r, "workers", NULL, 1, 64, &v);
 	cfg->workers = (int)v;

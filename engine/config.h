@@ -45,6 +45,7 @@ struct config {
 	int jobs_max_running;
 	int64_t jobs_lease_ms;  /* a claimed job another worker may take over after this long */
 	int db_busy_timeout_ms; /* how long a write waits for another worker's lock (its coroutine, not the loop) */
+	int db_checkpoint_pages; /* a WAL this long after a commit is checkpointed (on the checkpointer's thread) */
 	int workers;            /* worker processes (the daemon) */
 	int watchdog_ms;        /* a worker loop stuck this long is ended and restarted; 0: off */
 	int unsafe_no_sync;     /* benchmarks only (PAYGATE_BENCH): commits are not synced */

@@ -183,6 +183,10 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 	        m->db_batches_lost);
 	counter(b, "paygate_db_lock_waits_total", "Times a writer waited for another worker's write lock.",
 	        m->db_lock_waits);
+	counter(b, "paygate_db_checkpoints_total", "WAL checkpoints run off the loop (a failed one is run again).",
+	        m->db_checkpoints);
+	counter(b, "paygate_db_checkpoints_failed_total", "WAL checkpoints that failed (an I/O error).",
+	        m->db_checkpoints_failed);
 	gauge(b, "paygate_uptime_seconds", "Seconds since start.", (double)g->uptime_s);
 	render_series(m, b);
 }

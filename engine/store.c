@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "checkpoint.h"
 #include "clock.h"
 #include "coro.h"
 #include "engine.h"
@@ -37,12 +38,13 @@ struct cached_stmt {
 struct store {
 	struct engine *eng;
 	sqlite3 *db;
-	int tx_depth;    /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
-	int engine_sql;  /* the engine's own statement: no restrictions */
-	int batch_open;  /* BEGIN issued, COMMIT not yet */
-	int batch_wrote; /* a statement that writes ran in it (a read-only db.tx holds nothing back) */
-	int sleep_ok;    /* waiting for another worker's lock may sleep: start-up and migrations only */
-	int locked_out;  /* the last batch could not begin: another worker holds the write lock */
+	int tx_depth;              /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
+	int engine_sql;            /* the engine's own statement: no restrictions */
+	int batch_open;            /* BEGIN issued, COMMIT not yet */
+	int batch_wrote;           /* a statement that writes ran in it (a read-only db.tx holds nothing back) */
+	int sleep_ok;              /* waiting for another worker's lock may sleep: start-up and migrations only */
+	struct checkpointer *ckpt; /* WAL checkpoints off the loop (NULL: SQLite's own, in the COMMIT) */
+	int locked_out;            /* the last batch could not begin: another worker holds the write lock */
 	struct event *commit_ev;
 	struct store_waiter waiters; /* list head: who waits for the open batch */
 	char last_error[512];        /* why the last batch was lost */
@@ -408,6 +410,34 @@ static int is_vacuum(const char *sql)
 	return strncasecmp(sql, "vacuum", 6) == 0;
 }
 
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	struct store *st = arg;
+	unsigned long ran, failed;
+	(void)db;
+	(void)name;
+	if (pages >= st->eng->cfg.db_checkpoint_pages) /* time to copy the WAL back into the database */
+		checkpointer_poke(st->ckpt);
+	checkpointer_counts(st->ckpt, &ran, &failed);
+	st->eng->metrics.db_checkpoints = ran;
+	st->eng->metrics.db_checkpoints_failed = failed;
+	return SQLITE_OK;
+}
+
+/* Move checkpoints to their own thread; where that cannot be, SQLite keeps doing them in the COMMIT. */
+static void checkpoint_off_loop(struct store *st)
+{
+	char err[256];
+	const char *file = sqlite3_db_filename(st->db, "main");
+	if (!file || !*file)
+		return; /* in memory: no WAL */
+	if (!(st->ckpt = checkpointer_start(file, err, sizeof err))) {
+		log_warn(&st->eng->log, NULL, "%s; checkpoints run inside commits", err);
+		return;
+	}
+	sqlite3_wal_hook(st->db, on_wal, st); /* replaces SQLite's automatic checkpoint */
+}
+
 struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen)
 {
 	struct store *st = calloc(1, sizeof *st);
@@ -444,6 +474,7 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 		snprintf(err, errlen, "cannot set up database %s: %s", path, e2);
 		goto fail;
 	}
+	checkpoint_off_loop(st);
 	return st;
 fail:
 	sqlite3_close(st->db);
@@ -459,6 +490,7 @@ void store_close(struct store *st)
 		return;
 	if (store_flush(st, err, sizeof err) < 0)
 		log_error(&st->eng->log, NULL, "closing the database: %s", err);
+	checkpointer_stop(st->ckpt); /* closing the last connection checkpoints what is left */
 	event_free(st->commit_ev);
 	for (int i = 0; i < STMT_CACHE; i++) {
 		sqlite3_finalize(st->cache[i].stmt);

@@ -1,6 +1,7 @@
 /* crashvfs.c — a SQLite VFS that loses what was not synced: simulated power cuts for the durability tests. */
 #include "crashvfs.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -251,9 +252,53 @@ static int c_shm_unmap(sqlite3_file *file, int delete_flag)
 	return REAL(file)->pMethods->xShmUnmap(REAL(file), delete_flag);
 }
 
+/*
+** One lock for all of it: the engine's WAL checkpoints run on a thread of their own, with their own
+** connection, and the pending writes, the list of open files and the event count are shared.
+*/
+static pthread_mutex_t vfs_mu = PTHREAD_MUTEX_INITIALIZER;
+
+#define LOCKED(call)                           \
+	do {                                   \
+		pthread_mutex_lock(&vfs_mu);   \
+		int rc_ = (call);              \
+		pthread_mutex_unlock(&vfs_mu); \
+		return rc_;                    \
+	} while (0)
+
+static int l_close(sqlite3_file *file)
+{
+	LOCKED(c_close(file));
+}
+
+static int l_read(sqlite3_file *file, void *buf, int amt, sqlite3_int64 off)
+{
+	LOCKED(c_read(file, buf, amt, off));
+}
+
+static int l_write(sqlite3_file *file, const void *buf, int amt, sqlite3_int64 off)
+{
+	LOCKED(c_write(file, buf, amt, off));
+}
+
+static int l_truncate(sqlite3_file *file, sqlite3_int64 size)
+{
+	LOCKED(c_truncate(file, size));
+}
+
+static int l_sync(sqlite3_file *file, int flags)
+{
+	LOCKED(c_sync(file, flags));
+}
+
+static int l_file_size(sqlite3_file *file, sqlite3_int64 *size)
+{
+	LOCKED(c_file_size(file, size));
+}
+
 static const sqlite3_io_methods crash_io = {
-	2, /* shared memory, no memory-mapped I/O (every read goes through c_read) */
-	c_close,   c_read,     c_write,          c_truncate,     c_sync,        c_file_size,
+	2, /* shared memory, no memory-mapped I/O (every read goes through l_read) */
+	l_close,   l_read,     l_write,          l_truncate,     l_sync,        l_file_size,
 	c_lock,    c_unlock,   c_check_reserved, c_file_control, c_sector_size, c_device_characteristics,
 	c_shm_map, c_shm_lock, c_shm_barrier,    c_shm_unmap,    NULL,          NULL,
 };
@@ -273,8 +318,10 @@ static int c_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int fl
 	f->is_db = (flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL)) != 0;
 	f->buffered = cut_at && f->is_db;
 	if (f->buffered) {
+		pthread_mutex_lock(&vfs_mu);
 		f->next_open = open_files;
 		open_files = f;
+		pthread_mutex_unlock(&vfs_mu);
 	}
 	return SQLITE_OK;
 }

@@ -88,8 +88,10 @@ for (const seed of SEEDS) {
       const cutAt = 10 + (rnd() % 1500);
       const home = mkdtempSync(join(tmpdir(), 'paygate-crash-'));
       try {
+        // A short WAL between checkpoints: the checkpointer's thread copies pages into the database
+        // file all through the load, so the power also goes in the middle of checkpoints.
         const gw = await world.startShop({}, {
-          bin: CRASH_BIN, dir: home, expectExit: true,
+          bin: CRASH_BIN, dir: home, expectExit: true, config: { db_checkpoint_pages: 10 },
           env: { PAYGATE_CRASH_AT: String(cutAt), PAYGATE_CRASH_SEED: String(seed) },
         });
         for (const id of PRODUCTS) {

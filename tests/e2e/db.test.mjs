@@ -1,7 +1,7 @@
 // The `db` API: statements, values, transactions, concurrency, migrations and durability.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway, eventually } from './harness.mjs';
@@ -537,4 +537,28 @@ app.migration(2, "steal", "CREATE TABLE loot AS SELECT value FROM _paygate_secre
     const health = await own.get('/healthz');
     assert.equal(health.json.generation, 1);
   });
+});
+
+test('WAL checkpoints run on their own thread while the gateway serves, and lose nothing', async () => {
+  const init = `
+local app = require "paygate"
+app.migration(1, "rows", "CREATE TABLE rows(id INTEGER PRIMARY KEY, pad TEXT NOT NULL)")
+app.post("/rows", function(req)
+  db.tx(function() for _ = 1, 20 do db.exec("INSERT INTO rows(pad) VALUES (?)", string.rep("x", 500)) end end)
+  return 201, {}
+end)
+app.get("/rows", function() return 200, db.one("SELECT count(*) AS n FROM rows") end)
+`;
+  const own = await startGateway({ scripts: { 'init.lua': init }, config: { watch: false, db_checkpoint_pages: 10 } });
+  try {
+    const dbFile = join(own.dir, 'paygate.db');
+    const before = statSync(dbFile).size;
+    const posts = await Promise.all(Array.from({ length: 200 }, () => own.post('/rows', {})));
+    assert.deepEqual([...new Set(posts.map((r) => r.status))], [201]);
+    // the pages reach the database file while the gateway runs: the checkpointer copied them
+    await eventually(async () => (await own.metric('paygate_db_checkpoints_total')) > 0, 5000, 50);
+    await eventually(() => statSync(dbFile).size > before + 1000000, 5000, 50);
+    assert.equal(await own.metric('paygate_db_checkpoints_failed_total'), 0);
+    assert.equal((await own.get('/rows')).json.n, 4000);
+  } finally { await own.stop(); }
 });
