@@ -26,6 +26,7 @@ struct board_slot {
 	volatile int64_t beat_ms;          /* the worker's loop turned at this time */
 	volatile int64_t generation;       /* its script generation */
 	char running[BOARD_RUNNING_BYTES]; /* what its loop runs now (struct paygate_worker.running) */
+	char where[BOARD_RUNNING_BYTES];   /* ... at which script line (struct paygate_worker.where) */
 	volatile uint64_t metrics_seq;     /* odd while the text is being written */
 	volatile uint32_t metrics_len;
 	char metrics[BOARD_METRICS_BYTES];

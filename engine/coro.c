@@ -127,6 +127,8 @@ static void coro_run(struct coro *c, int nargs)
 	jail_unbudget(L);
 	if (c->eng->worker.running)
 		c->eng->worker.running[0] = '\0';
+	if (c->eng->worker.where)
+		c->eng->worker.where[0] = '\0';
 	s->current = NULL;
 
 	if (status == LUA_YIELD && c->suspended)

@@ -220,6 +220,8 @@ static int worker_main(struct master *m, int index, int incarnation)
 		.incarnation = incarnation,
 		.running = s->running,
 		.running_len = sizeof s->running,
+		.where = s->where,
+		.where_len = sizeof s->where,
 		.peers_metrics = m->workers > 1 ? merge_metrics : NULL, /* one worker: its figures are the gateway's */
 		.peers_health = gateway_health,
 		.reload_peers = reload_others,

@@ -45,6 +45,8 @@ struct engine_worker {
 	char predecessors[80]; /* "<run>.<index>.": this index's earlier incarnations */
 	char *running;         /* shared note of the script running now, for the watchdog */
 	size_t running_len;
+	char *where; /* ... and of its script line, kept by the jail's hook */
+	size_t where_len;
 	void (*peers_metrics)(void *arg, struct evbuffer *text);
 	void (*peers_health)(void *arg, struct evbuffer *json);
 	void (*reload_peers)(void *arg);

@@ -21,6 +21,8 @@ struct gen *gen_new(struct engine *e, size_t limit)
 		free(g);
 		return NULL;
 	}
+	g->jail.where = e->worker.where; /* the watchdog's note of the script line running now */
+	g->jail.where_len = e->worker.where_len;
 	return g;
 }
 

@@ -67,9 +67,10 @@ static void jail_hook(lua_State *L, lua_Debug *ar)
 	struct jail *s = jail_of(L);
 	struct jail_budget *b = s->active;
 
-	(void)ar;
 	if (!b)
 		return;
+	if (s->where && (++s->where_tick & 15) == 0 && lua_getinfo(L, "Sl", ar)) /* every 16,000 instructions */
+		snprintf(s->where, s->where_len, "%s:%d", ar->short_src, ar->currentline);
 	if (!b->killed) {
 		b->left -= JAIL_HOOK_EVERY;
 		if (b->left > 0)

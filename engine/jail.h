@@ -27,6 +27,11 @@ struct jail {
 	size_t limit;               /* allocations past this fail: LUA_ERRMEM */
 	struct jail_budget *active; /* whose instructions are being counted */
 	void *owner;                /* back pointer for engine callbacks (the generation) */
+	/* Where the running script is, written now and then by the hook ("scripts/orders.lua:42"),
+	   for a watchdog outside the loop (NULL: not kept). */
+	char *where;
+	size_t where_len;
+	unsigned where_tick;
 };
 
 /*

@@ -44,6 +44,7 @@ static void spawn(struct run *r, int i)
 	s->ready = 0;
 	s->beat_ms = 0;
 	s->running[0] = '\0';
+	s->where[0] = '\0';
 	pid_t pid = fork();
 	if (pid < 0) {
 		log_error(m->log, NULL, "cannot start worker %d: %s; trying again in a second", i, strerror(errno));
@@ -131,13 +132,17 @@ static void watch(struct run *r, int64_t now)
 		struct board_slot *s = &m->board->slots[i];
 		if (!s->pid || !s->ready || r->w[i].killed || !s->beat_ms || now - s->beat_ms <= m->watchdog_ms)
 			continue;
-		char running[BOARD_RUNNING_BYTES];
+		char running[BOARD_RUNNING_BYTES], where[BOARD_RUNNING_BYTES];
 		memcpy(running, s->running, sizeof running);
 		running[sizeof running - 1] = '\0';
-		log_error(m->log, NULL,
-		          "watchdog: worker %d (pid %d) made no progress for %lld ms, running: %s; killing it (what it "
-		          "committed is safe; its requests in flight are lost to their clients)",
-		          i, (int)s->pid, (long long)(now - s->beat_ms), running[0] ? running : "(no script)");
+		memcpy(where, s->where, sizeof where);
+		where[sizeof where - 1] = '\0';
+		log_error(
+		    m->log, NULL,
+		    "watchdog: worker %d (pid %d) made no progress for %lld ms, running: %s%s%s; killing it (what "
+		    "it committed is safe; its requests in flight are lost to their clients)",
+		    i, (int)s->pid, (long long)(now - s->beat_ms), running[0] ? running : "(no script)",
+		    where[0] ? " at " : "", where);
 		r->w[i].killed = 1;
 		kill(s->pid, SIGKILL);
 	}

@@ -184,6 +184,8 @@ static void set_worker(struct engine *e, const struct paygate_worker *w)
 	snprintf(ew->predecessors, sizeof ew->predecessors, "%.40s.%d.", w->run_id, w->index);
 	ew->running = w->running_len ? w->running : NULL;
 	ew->running_len = w->running_len;
+	ew->where = w->where_len ? w->where : NULL;
+	ew->where_len = w->where_len;
 	ew->peers_metrics = w->peers_metrics;
 	ew->peers_health = w->peers_health;
 	ew->reload_peers = w->reload_peers;

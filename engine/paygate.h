@@ -126,6 +126,9 @@ struct paygate_worker {
 	    loop to log when the loop stops making progress. */
 	char *running;
 	size_t running_len;
+	/** ... and a buffer of where_len bytes where it keeps the script line that runs ("" when none). */
+	char *where;
+	size_t where_len;
 	/** /metrics: append the other workers' series to `text` (this engine's, already rendered). */
 	void (*peers_metrics)(void *arg, struct evbuffer *text);
 	/** /healthz: append `,"workers":...` to the JSON object being written (not yet closed). */

@@ -102,7 +102,7 @@ test('the watchdog ends a worker whose loop is stuck, names what it ran, and the
   }
   const r = await stuck;
   assert.ok(r instanceof Error || r.status >= 500, 'the stuck request ends with the connection');
-  assert.match(g.log, /watchdog: worker \d \(pid \d+\) made no progress for \d+ ms, running: \S+ \/spin; killing it/);
+  assert.match(g.log, /watchdog: worker \d \(pid \d+\) made no progress for \d+ ms, running: \S+ \/spin at \S*init.lua:\d+; killing it/);
   await eventually(async () => (await health(g)).workers.ready === 2, 5000, 50);
   assert.equal((await g.get('/hello')).status, 200);
 });
