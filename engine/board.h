@@ -25,6 +25,7 @@ struct board_slot {
 	volatile int64_t started_ms;
 	volatile int64_t beat_ms;          /* the worker's loop turned at this time */
 	volatile int64_t generation;       /* its script generation */
+	volatile long long lock_wanted_ms; /* it last found the database's write lock taken (ms) */
 	char running[BOARD_RUNNING_BYTES]; /* what its loop runs now (struct paygate_worker.running) */
 	char where[BOARD_RUNNING_BYTES];   /* ... at which script line (struct paygate_worker.where) */
 	volatile uint64_t metrics_seq;     /* odd while the text is being written */

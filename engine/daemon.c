@@ -181,6 +181,15 @@ static void gateway_health(void *arg, struct evbuffer *json)
 	board_health(d->board, d->index, clock_now_ms(), json);
 }
 
+static int peers_want_lock(void *arg, long long since_ms)
+{
+	struct daemon *d = arg;
+	for (int i = 0; i < d->board->count; i++)
+		if (i != d->index && d->board->slots[i].pid && d->board->slots[i].lock_wanted_ms >= since_ms)
+			return 1;
+	return 0;
+}
+
 static void reload_others(void *arg)
 {
 	(void)arg;
@@ -222,6 +231,8 @@ static int worker_main(struct master *m, int index, int incarnation)
 		.running_len = sizeof s->running,
 		.where = s->where,
 		.where_len = sizeof s->where,
+		.lock_wanted = &s->lock_wanted_ms,
+		.peers_want_lock = m->workers > 1 ? peers_want_lock : NULL,
 		.peers_metrics = m->workers > 1 ? merge_metrics : NULL, /* one worker: its figures are the gateway's */
 		.peers_health = gateway_health,
 		.reload_peers = reload_others,

@@ -47,6 +47,8 @@ struct engine_worker {
 	size_t running_len;
 	char *where; /* ... and of its script line, kept by the jail's hook */
 	size_t where_len;
+	volatile long long *lock_wanted; /* shared: when this worker last found the write lock taken */
+	int (*peers_want_lock)(void *arg, long long since_ms);
 	void (*peers_metrics)(void *arg, struct evbuffer *text);
 	void (*peers_health)(void *arg, struct evbuffer *json);
 	void (*reload_peers)(void *arg);

@@ -186,6 +186,8 @@ static void set_worker(struct engine *e, const struct paygate_worker *w)
 	ew->running_len = w->running_len;
 	ew->where = w->where_len ? w->where : NULL;
 	ew->where_len = w->where_len;
+	ew->lock_wanted = w->lock_wanted;
+	ew->peers_want_lock = w->peers_want_lock;
 	ew->peers_metrics = w->peers_metrics;
 	ew->peers_health = w->peers_health;
 	ew->reload_peers = w->reload_peers;

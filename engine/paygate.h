@@ -129,6 +129,11 @@ struct paygate_worker {
 	/** ... and a buffer of where_len bytes where it keeps the script line that runs ("" when none). */
 	char *where;
 	size_t where_len;
+	/** Shared memory where the engine notes when it last found the database's write lock taken
+	    by another worker (ms) ... */
+	volatile long long *lock_wanted;
+	/** ... and whether another worker did since since_ms: then, just after a commit, it makes way. */
+	int (*peers_want_lock)(void *arg, long long since_ms);
 	/** /metrics: append the other workers' series to `text` (this engine's, already rendered). */
 	void (*peers_metrics)(void *arg, struct evbuffer *text);
 	/** /healthz: append `,"workers":...` to the JSON object being written (not yet closed). */

@@ -45,6 +45,7 @@ struct store {
 	int sleep_ok;              /* waiting for another worker's lock may sleep: start-up and migrations only */
 	struct checkpointer *ckpt; /* WAL checkpoints off the loop (NULL: SQLite's own, in the COMMIT) */
 	int locked_out;            /* the last batch could not begin: another worker holds the write lock */
+	int64_t last_commit_ms;
 	struct event *commit_ev;
 	struct store_waiter waiters; /* list head: who waits for the open batch */
 	char last_error[512];        /* why the last batch was lost */
@@ -236,6 +237,7 @@ static int batch_commit(struct store *st)
 		st->eng->metrics.db_batches++;
 	}
 	st->batch_open = st->batch_wrote = 0;
+	st->last_commit_ms = clock_now_ms();
 	batch_ended(st, rc == 0);
 	return rc;
 }
@@ -248,14 +250,39 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Make sure the turn's batch is open before a write: 0, or -1 with err (the database is busy or failing). */
+/*
+** The write lock is not fair: a worker that commits and begins again at once
+** can keep it from another that only looks every millisecond. So for
+** POLITE_MS after its commit, a worker whose peers found the lock taken
+** lately lets them have it: its own writers wait as if it were taken.
+*/
+#define POLITE_MS       2
+#define PEERS_RECENT_MS 20
+
+static int let_peers_write(struct store *st)
+{
+	struct engine_worker *w = &st->eng->worker;
+	if (!w->peers_want_lock || st->sleep_ok)
+		return 0;
+	int64_t now = clock_now_ms();
+	return now - st->last_commit_ms < POLITE_MS && w->peers_want_lock(w->arg, now - PEERS_RECENT_MS);
+}
+
 static int batch_begin(struct store *st, char *err, size_t errlen)
 {
 	batch_lost(st);
 	st->locked_out = 0;
 	if (st->batch_open)
 		return 0;
+	if (let_peers_write(st)) {
+		snprintf(err, errlen, "another worker waits for the write lock");
+		st->locked_out = 1;
+		return -1;
+	}
 	if (exec_simple(st, "BEGIN IMMEDIATE", err, errlen) < 0) {
 		st->locked_out = (sqlite3_extended_errcode(st->db) & 0xff) == SQLITE_BUSY;
+		if (st->locked_out && st->eng->worker.lock_wanted) /* tell the holder someone waits */
+			*st->eng->worker.lock_wanted = clock_now_ms();
 		return -1;
 	}
 	if (st->eng->sched->current)
@@ -388,8 +415,9 @@ int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again)
 		lua_setfield(L, -2, "message");
 		return lua_error(L);
 	}
-	/* Short waits first (a commit takes about a sync), then spread out; jitter keeps workers apart. */
-	int64_t step = waited < 10 ? 1 : waited < 100 ? 4 : 16;
+	/* Look again every millisecond or so (a commit takes about a sync; the holder makes way for a
+	   waiter for POLITE_MS after it); jitter keeps workers apart. */
+	int64_t step = 1;
 	int64_t us = step * 1000 + rand() % (int)(step * 1000);
 	struct timeval tv = { 0, (suseconds_t)us };
 	if (!(w = calloc(1, sizeof *w)) || !(w->ev = evtimer_new(st->eng->base, lock_retry, w))) {
