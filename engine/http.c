@@ -1,6 +1,7 @@
 /* http.c — the inbound HTTP server: evhttp with explicit limits, each request a Lua coroutine. */
 #include "http.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -644,7 +645,9 @@ static void on_conn_closed(struct evhttp_connection *evcon, void *arg)
 
 static void conn_close(struct http_conn *c)
 {
-	evhttp_connection_free(conn_evcon(c)); /* on_conn_closed frees c */
+	struct evhttp_connection *evcon = conn_evcon(c);
+	assert(evcon);                 /* evhttp clears its callbacks only after calling on_conn_closed */
+	evhttp_connection_free(evcon); /* on_conn_closed frees c */
 }
 
 static void conn_refuse(struct http_conn *c, const char *why)
