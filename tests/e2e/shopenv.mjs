@@ -98,6 +98,8 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
   const sandboxDir = keepSandbox ? mkdtempSync(join(tmpdir(), 'paygate-sandbox-')) : undefined;
   const sandboxConfig = {
     scripts: join(ROOT, 'examples/sandbox/scripts'), watch: false, log_level: 'info',
+    // The gateways' calls and the tests' own all come from 127.0.0.1: no per-address cap.
+    limits: { max_connections_per_client: 0 },
     ...(keepSandbox ? { listen: `127.0.0.1:${await freePort()}` } : {}),
     app: {
       mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
