@@ -83,7 +83,7 @@ struct http_conns {
 	TAILQ_HEAD(, http_conn) pending; /* accepted, not yet admitted */
 	TAILQ_HEAD(, http_conn) waiting; /* waiting for a head, oldest first */
 	struct client_count *clients[CLIENT_BUCKETS];
-	uint64_t refused, evicted, expired, refused_warned;
+	uint64_t refused_warned; /* metrics.conns_refused when the last warning was logged */
 	time_t last_warn;
 };
 
@@ -653,16 +653,17 @@ static void conn_close(struct http_conn *c)
 static void conn_refuse(struct http_conn *c, const char *why)
 {
 	struct http_conns *all = c->all;
-	all->refused++;
+	uint64_t *refused = &all->eng->metrics.conns_refused;
+	++*refused;
 	/* One try to say why, without waiting or reading: whatever does not fit the socket is not sent. */
 	ssize_t sent = send(c->fd, over_cap_answer, sizeof over_cap_answer - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 	(void)sent;
 	time_t now = time(NULL);
 	if (now != all->last_warn) {
 		log_warn(&all->eng->log, NULL, "refused %llu connection(s) at accept: %s",
-		         (unsigned long long)(all->refused - all->refused_warned), why);
+		         (unsigned long long)(*refused - all->refused_warned), why);
 		all->last_warn = now;
-		all->refused_warned = all->refused;
+		all->refused_warned = *refused;
 	}
 	conn_close(c);
 }
@@ -772,7 +773,7 @@ static void conn_admit(struct http_conn *c)
 			conn_refuse(c, "limits.max_connections reached, every connection busy with a request");
 			return;
 		}
-		all->evicted++;
+		e->metrics.conns_evicted++;
 		conn_close(old);
 	}
 	c->incb = evbuffer_add_cb(bufferevent_get_input(c->bev), on_conn_input, c);
@@ -789,7 +790,7 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 		conn_admit(c);
 		return;
 	}
-	c->all->expired++;
+	e->metrics.conns_expired++;
 	log_info(&e->log, NULL, "closed a connection that took over %d ms to send its request %s",
 	         c->phase == CONN_HEAD ? e->cfg.header_timeout_ms : e->cfg.body_timeout_ms,
 	         c->phase == CONN_HEAD ? "head" : "body");

@@ -115,6 +115,7 @@ test('100 connections sending their head one byte at a time are closed by the he
   assertFast(times, 'the slow heads');
   assert.match(gw.log, /took over 1500 ms to send its request head/);
   assert.equal((await gw.get('/hello')).status, 200);
+  assert.equal(await gw.metric('paygate_http_connections_expired_total'), 100);
 });
 
 test('a body sent one byte at a time is cut off by the body deadline; a prompt one is served', { timeout: 30000 }, async () => {
@@ -163,6 +164,7 @@ test('a client address over its connection cap is refused at once with 503; othe
   held.forEach((s) => s.destroy());
   assertFast(times, 'the per-address cap');
   assert.match(gw.log, /max_connections_per_client reached/);
+  assert.equal(await gw.metric('paygate_http_connections_refused_total'), 1);
 });
 
 test('300 idle connections against a cap of 100 and 200 open files do not take the gateway offline', { timeout: 60000 }, async () => {
@@ -191,6 +193,7 @@ test('300 idle connections against a cap of 100 and 200 open files do not take t
   // A real request still works afterwards, and the gateway never ran out of descriptors.
   assert.equal((await gw.get('/hello')).status, 200);
   assert.doesNotMatch(gw.log, /Too many open files/);
+  assert.ok(await gw.metric('paygate_http_connections_evicted_total') >= 200, 'the oldest idle connections made room');
 });
 
 test('a cap the open-files limit cannot hold, or a limit above the hard one, stops the start with a clear error', async () => {
