@@ -17,8 +17,11 @@ DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   = -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
             $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 2>/dev/null) -lm
 
-# The library is every engine file but the daemon (daemon.c, main.c), which the binaries add.
-ENGINE_SRC := $(filter-out engine/main.c engine/daemon.c,$(wildcard engine/*.c))
+# The library is every engine file but the daemon's (main.c, and DAEMON_SRC: the master, its
+# workers' board, options and signals), which the binaries add.
+DAEMON_SRC := engine/daemon.c engine/master.c engine/board.c
+DAEMON_OBJ := $(DAEMON_SRC:engine/%.c=$(BUILD)/obj/%.o)
+ENGINE_SRC := $(filter-out engine/main.c $(DAEMON_SRC),$(wildcard engine/*.c))
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 # WeChat Pay's side of the protocol (examples/sandbox/): only in paygate-sandbox and the tests.
 SANDBOX_SRC := $(wildcard examples/sandbox/*.c)
@@ -82,11 +85,11 @@ $(BUILD)/embed/libpaygate.a: $(ENGINE_OBJ)
 	objcopy --wildcard --keep-global-symbol='paygate_*' $(BUILD)/embed/paygate.o
 	rm -f $@ && ar rcs $@ $(BUILD)/embed/paygate.o
 
-$(BUILD)/paygate: engine/main.c $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a
+$(BUILD)/paygate: engine/main.c $(DAEMON_OBJ) $(BUILD)/libpaygate.a
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $^ $(DEPLIBS) -o $@
 
 # The local WeChat Pay sandbox: the same daemon plus WeChat Pay's side (TEST ONLY).
-$(BUILD)/paygate-sandbox: $(BUILD)/sandbox/main.o $(BUILD)/obj/daemon.o $(BUILD)/libwxsandbox.a $(BUILD)/libpaygate.a
+$(BUILD)/paygate-sandbox: $(BUILD)/sandbox/main.o $(DAEMON_OBJ) $(BUILD)/libwxsandbox.a $(BUILD)/libpaygate.a
 	$(CC) $(CFLAGS) $^ $(DEPLIBS) -o $@
 
 TEST_LIBS = $(BUILD)/libwxsandbox.a $(BUILD)/libpaygate.a
@@ -100,11 +103,11 @@ $(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(TEST_LIBS)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
 # The daemon on a VFS that can cut the power (tests/crash/): the durability specs' gateway.
-$(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/crash/crashvfs.h $(BUILD)/obj/daemon.o \
+$(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/crash/crashvfs.h $(DAEMON_OBJ) \
                               $(BUILD)/libpaygate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
-	  $(BUILD)/obj/daemon.o $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+	  $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
 $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
@@ -137,6 +140,7 @@ test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@command -v sqlite3 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq sqlite3 >/dev/null; }
+	@pkg-config --exists libuv || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq libuv1-dev >/dev/null; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----

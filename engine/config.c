@@ -42,7 +42,10 @@ int config_defaults(struct config *cfg)
 	cfg->fetch_max_inflight = 4096;
 	cfg->fetch_max_response_bytes = 1u << 20;
 	cfg->jobs_max_running = 64;
-	cfg->db_busy_timeout_ms = 200;
+	cfg->jobs_lease_ms = 10 * 60 * 1000;
+	cfg->db_busy_timeout_ms = 5000;
+	cfg->workers = 1;
+	cfg->watchdog_ms = 2000;
 	cfg->log_level = LOG_INFO;
 	cfg->app_json = dupstr("{}");
 	if (!cfg->listen_host || !cfg->scripts_dir || !cfg->lualib_dir || !cfg->db_path || !cfg->app_json)
@@ -67,6 +70,7 @@ void config_free(struct config *cfg)
 	struct wxpay_config *w = &cfg->wxpay;
 	char **strs[] = { &w->mchid,
 		          &w->appid,
+		          &w->app_appid,
 		          &w->merchant_serial,
 		          &w->merchant_cert_file,
 		          &w->private_key_file,
@@ -337,9 +341,18 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->jobs_max_running;
 	read_int(r, "jobs", "max_running", 1, 10000, &v);
 	cfg->jobs_max_running = (int)v;
+	read_int(r, "jobs", "lease_ms", 1000, INT64_C(7) * 24 * 3600 * 1000, &cfg->jobs_lease_ms);
 	v = cfg->db_busy_timeout_ms;
 	read_int(r, "db_busy_timeout_ms", NULL, 0, 60000, &v);
 	cfg->db_busy_timeout_ms = (int)v;
+	v = cfg->workers;
+	read_int(r, "workers", NULL, 1, 64, &v);
+	cfg->workers = (int)v;
+	v = cfg->watchdog_ms;
+	read_int(r, "watchdog_ms", NULL, 0, 600000, &v);
+	if (v > 0 && v < 100)
+		bad(r, "watchdog_ms", NULL, "0 (off) or at least 100");
+	cfg->watchdog_ms = (int)v;
 	/* Benchmarks only: how fast paygate would be if it did not keep its word on a power cut. */
 	read_bool(r, "unsafe_no_sync", NULL, &cfg->unsafe_no_sync);
 	if (cfg->unsafe_no_sync && !getenv("PAYGATE_BENCH"))
@@ -367,6 +380,7 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 	w->enabled = 1;
 	read_str(r, "wechatpay", "mchid", 0, &w->mchid);
 	read_str(r, "wechatpay", "appid", 0, &w->appid);
+	read_str(r, "wechatpay", "app_appid", 0, &w->app_appid);
 	read_str(r, "wechatpay", "merchant_serial", 0, &w->merchant_serial);
 	read_str(r, "wechatpay", "merchant_cert_file", 1, &w->merchant_cert_file);
 	read_str(r, "wechatpay", "private_key_file", 1, &w->private_key_file);

@@ -40,8 +40,11 @@ struct config {
 	char *fetch_ca_file;
 
 	int jobs_max_running;
-	int db_busy_timeout_ms;
-	int unsafe_no_sync; /* benchmarks only (PAYGATE_BENCH): commits are not synced */
+	int64_t jobs_lease_ms;  /* a claimed job another worker may take over after this long */
+	int db_busy_timeout_ms; /* how long a write waits for another worker's lock (its coroutine, not the loop) */
+	int workers;            /* worker processes (the daemon) */
+	int watchdog_ms;        /* a worker loop stuck this long is ended and restarted; 0: off */
+	int unsafe_no_sync;     /* benchmarks only (PAYGATE_BENCH): commits are not synced */
 	enum log_level log_level;
 
 	char *app_json;            /* the `app` table as JSON; scripts see it as `config` */
@@ -50,6 +53,7 @@ struct config {
 	struct wxpay_config {
 		int enabled; /* a `wechatpay` table was given */
 		char *mchid, *appid;
+		char *app_appid;              /* APP pay: the mobile app's appid (open platform); NULL: no APP pay */
 		char *merchant_serial;        /* serial of the merchant API certificate ... */
 		char *merchant_cert_file;     /* ... or the certificate itself (apiclient_cert.pem) */
 		char *private_key_file;       /* apiclient_key.pem */

@@ -119,9 +119,14 @@ static void coro_run(struct coro *c, int nargs)
 	int nres, status;
 
 	s->current = c;
+	if (c->eng->worker.running) /* for the watchdog: who holds the loop if it stops */
+		snprintf(c->eng->worker.running, c->eng->worker.running_len, "%s %s", c->reqid ? c->reqid : "-",
+		         c->what ? c->what : "");
 	jail_budget(L, &c->budget, 0);
 	status = lua_resume(c->co, NULL, nargs, &nres);
 	jail_unbudget(L);
+	if (c->eng->worker.running)
+		c->eng->worker.running[0] = '\0';
 	s->current = NULL;
 
 	if (status == LUA_YIELD && c->suspended)

@@ -2,6 +2,8 @@
 #ifndef PAYGATE_CORO_H
 #define PAYGATE_CORO_H
 
+#include <stdint.h>
+
 #include <lua.h>
 
 #include "jail.h"
@@ -35,6 +37,8 @@ struct coro {
 	coro_retvals_fn retvals;
 	void *wait;              /* the pending operation, owned by its module */
 	const char *waiting_for; /* "http.request", "sleep": for errors and logs */
+	const char *what;        /* what it runs ("POST /api/orders", "job expire_order"), for the watchdog */
+	int64_t lock_wait_since; /* waiting for another worker's write lock since (ms; store.c), 0: not */
 
 	coro_done_fn done;
 	void (*abandon)(struct coro *c); /* owner's clean-up when cancelled by sched_cancel_all */

@@ -35,6 +35,23 @@ struct lua_module {
 ** All per-worker state lives here so that N workers sharing one listener is
 ** a matter of creating N engines on N event bases.
 */
+struct evbuffer;
+
+/* The engine as one of a gateway's worker processes (paygate_options.worker; index -1: alone). */
+struct engine_worker {
+	int index, count;
+	int listen_fd;
+	char job_owner[80];    /* "<run>.<index>.<incarnation>": who runs a claimed job */
+	char run_owners[80];   /* "<run>.": every owner of this run (LIKE prefix) */
+	char predecessors[80]; /* "<run>.<index>.": this index's earlier incarnations */
+	char *running;         /* shared note of the script running now, for the watchdog */
+	size_t running_len;
+	void (*peers_metrics)(void *arg, struct evbuffer *text);
+	void (*peers_health)(void *arg, struct evbuffer *json);
+	void (*reload_peers)(void *arg);
+	void *arg;
+};
+
 struct engine {
 	struct event_base *base;
 	struct config cfg;
@@ -73,6 +90,7 @@ struct engine {
 	uint64_t reqid_state; /* request-id generator (http.c); per engine, like all state */
 	int http_inflight;    /* requests received and not yet finished */
 	int stopping;
+	struct engine_worker worker;
 };
 
 #endif

@@ -1,6 +1,7 @@
 /* host.c — the embedding host and the scripts calling each other: host functions, host calls, host events. */
 #include "host.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,9 +63,24 @@ struct host_call {
 	struct host_call *prev, *next;
 };
 
+/* A host function forwarded to the host's thread (own-thread mode), its script waiting. */
+struct host_wait {
+	struct host *h;
+	unsigned long long id;
+	struct coro *co;
+	int rc;
+	char *reply; /* NULL until the host answered */
+	size_t len;
+	struct host_wait *prev, *next;
+};
+
 struct host {
 	struct engine *eng;
 	struct host_fn *fns;
+	host_forward_fn forward; /* own-thread mode: host functions run on the host's thread */
+	void *forward_arg;
+	struct host_wait *waits;
+	unsigned long long wait_seq;
 	struct host_call *calls; /* every call not yet delivered */
 	int ncalls;
 	unsigned long long seq; /* for request ids: call-1, event-2 ... */
@@ -393,6 +409,7 @@ void host_free(struct engine *e)
 			set_error(k, 503, "cancelled", "the engine was freed before the function ran");
 		deliver(k);
 	}
+	assert(!h->waits); /* their coroutines were cancelled (sched_cancel_all) */
 	while (h->fns) {
 		struct host_fn *f = h->fns;
 		h->fns = f->next;
@@ -413,6 +430,102 @@ static int reply_gc(lua_State *L)
 	return 0;
 }
 
+/* ---- own-thread mode: the host function runs on the host's thread while the script waits ---- */
+
+void host_set_forward(struct engine *e, host_forward_fn fwd, void *arg)
+{
+	e->host->forward = fwd;
+	e->host->forward_arg = arg;
+}
+
+static void wait_cleanup(struct coro *c)
+{
+	struct host_wait *w = c->wait;
+	struct host *h = w->h;
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		h->waits = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	free(w->reply);
+	free(w);
+}
+
+/* The host's answer: its return code and reply text. */
+static int wait_retvals(struct coro *c, lua_State *L)
+{
+	struct host_wait *w = c->wait;
+	lua_pushinteger(L, w->rc);
+	lua_pushlstring(L, w->reply ? w->reply : "", w->reply ? w->len : 0);
+	return 2;
+}
+
+void host_forward_done(struct engine *e, unsigned long long id, int rc, const char *reply, size_t len)
+{
+	struct host_wait *w = e->host ? e->host->waits : NULL;
+	while (w && w->id != id)
+		w = w->next;
+	if (!w || w->reply) /* the script was cancelled meanwhile */
+		return;
+	w->rc = rc;
+	w->len = len;
+	if (!(w->reply = malloc(len + 1))) {
+		w->rc = -1;
+		w->reply = NULL;
+		w->len = 0;
+	} else {
+		memcpy(w->reply, reply, len);
+		w->reply[len] = '\0';
+	}
+	coro_wake(w->co);
+}
+
+/* Resumed with [1 value, 2 json, 3 rc, 4 reply]: the same ending as a direct call. */
+static int forward_after(lua_State *L, int status, lua_KContext ctx)
+{
+	const char *name = lua_tostring(L, lua_upvalueindex(2));
+	size_t n = 0;
+	(void)status;
+	(void)ctx;
+	lua_tolstring(L, 4, &n);
+	if (lua_tointeger(L, 3) != 0)
+		return luaL_error(L, "host.%s failed: %s", name, n ? lua_tostring(L, 4) : "(no message)");
+	if (n == 0)
+		return 0;
+	lua_pushvalue(L, lua_upvalueindex(3));
+	lua_pushvalue(L, 4);
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+		return luaL_error(L, "host.%s returned invalid JSON: %s", name, lua_tostring(L, -1));
+	return 1;
+}
+
+/* Stack [1 value, 2 json]: hand the call to the host's thread and wait for its answer. */
+static int forward_invoke(lua_State *L, struct host *h, struct host_fn *f, const char *name)
+{
+	struct host_wait *w;
+
+	if (!coro_can_wait(L))
+		return luaL_error(L,
+		                  "host.%s: in own-thread mode a host function runs on the host's thread, so the "
+		                  "script must be able to wait (not inside db.tx, not while the scripts load)",
+		                  name);
+	if (!(w = calloc(1, sizeof *w)))
+		return luaL_error(L, "host.%s: out of memory", name);
+	w->h = h;
+	w->id = ++h->wait_seq;
+	w->co = coro_of(L);
+	if (h->forward(h->forward_arg, f->fn, f->arg, lua_tostring(L, 2), w->id) < 0) {
+		free(w);
+		return luaL_error(L, "host.%s: out of memory", name);
+	}
+	w->next = h->waits;
+	if (w->next)
+		w->next->prev = w;
+	h->waits = w;
+	return coro_suspendk(L, "a host function", w, wait_cleanup, wait_retvals, 0, forward_after);
+}
+
 /*
 ** host.<name>(value) → the decoded reply, or nil for an empty one.
 ** Upvalues: 1 = engine, 2 = name, 3 = json.decode. The reply buffer lives in
@@ -430,7 +543,9 @@ static int l_host_invoke(lua_State *L)
 	if (lua_isnil(L, 1))
 		lua_pushliteral(L, "null");
 	else
-		json_encode_value(L, 1);                              /* 2: the argument as JSON */
+		json_encode_value(L, 1); /* 2: the argument as JSON */
+	if (e->host->forward)
+		return forward_invoke(L, e->host, f, name);
 	struct evbuffer **box = lua_newuserdatauv(L, sizeof *box, 0); /* 3 */
 	*box = NULL;
 	luaL_setmetatable(L, REPLY_MT);

@@ -2,6 +2,8 @@
 #ifndef PAYGATE_HOST_H
 #define PAYGATE_HOST_H
 
+#include <stddef.h>
+
 #include <lua.h>
 
 struct engine;
@@ -32,6 +34,20 @@ int host_call(struct engine *e, const char *name, const char *json, host_call_cb
 
 /* Queue app._emit(event, json) for the next loop turn. 0, or -1. */
 int host_emit(struct engine *e, const char *event, const char *json);
+
+/*
+** Own-thread mode (thread.c): host functions run on the host's thread, not
+** the engine's. Then `host.<name>(value)` hands fn, its arg and the JSON
+** argument to `fwd` and suspends the script's coroutine until
+** host_forward_done(e, id, ...) brings the reply back (on the engine's
+** thread). fwd returns 0, or -1 when memory ran out. A script that cannot
+** wait there (inside db.tx, at load) gets an error instead.
+*/
+typedef int (*host_forward_fn)(void *arg, host_fn fn, void *fn_arg, const char *json, unsigned long long id);
+void host_set_forward(struct engine *e, host_forward_fn fwd, void *arg);
+
+/* The host function of forwarded call id returned rc with reply[0..len) (ignored when the script is gone). */
+void host_forward_done(struct engine *e, unsigned long long id, int rc, const char *reply, size_t len);
 
 /* Calls and events not yet finished (for a graceful shutdown). */
 int host_inflight(const struct engine *e);

@@ -931,6 +931,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	}
 	h->co = c;
 	c->abandon = req_abandon;
+	c->what = path;
 	h->counted = 1;
 	e->http_inflight++;
 	if (conn)
@@ -1027,6 +1028,18 @@ static int fd_limit(struct engine *e, char *err, size_t errlen)
 	return 0;
 }
 
+/* Serve on the bound socket s: remember it and the port it has. */
+static void listening(struct engine *e, struct evhttp_bound_socket *s)
+{
+	e->listener = s;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	evutil_socket_t fd = evhttp_bound_socket_get_fd(s);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+		e->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+		                                         : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
 int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen)
 {
 	if (fd_limit(e, err, errlen) < 0)
@@ -1036,13 +1049,20 @@ int http_listen(struct engine *e, const char *host, int port, char *err, size_t 
 		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not a local address?)", host, port);
 		return -1;
 	}
-	e->listener = s;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof ss;
-	evutil_socket_t fd = evhttp_bound_socket_get_fd(s);
-	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
-		e->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-		                                         : ((struct sockaddr_in *)&ss)->sin_port);
+	listening(e, s);
+	return 0;
+}
+
+int http_accept_on(struct engine *e, int fd, char *err, size_t errlen)
+{
+	if (fd_limit(e, err, errlen) < 0)
+		return -1;
+	struct evhttp_bound_socket *s = evhttp_accept_socket_with_handle(e->http, fd);
+	if (!s) {
+		snprintf(err, errlen, "cannot accept on the shared listening socket (fd %d)", fd);
+		return -1;
+	}
+	listening(e, s);
 	return 0;
 }
 

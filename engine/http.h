@@ -24,6 +24,8 @@ int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen);
 
 /* Bind host:port (port 0 picks a free one, stored in e->port). */
 int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen);
+/* Serve on a socket already listening (shared by the workers; closed when the engine stops accepting). */
+int http_accept_on(struct engine *e, int fd, char *err, size_t errlen);
 
 /*
 ** Serve a request received by another evhttp (the embedding host's): the

@@ -22,17 +22,27 @@
 ** max_attempts, when it becomes "dead" and stays for an operator to see.
 ** Because jobs.schedule() writes through the same connection, a job
 ** scheduled inside db.tx() exists exactly when the transaction commits.
+**
+** Several workers may share the table. A claim names its owner (the
+** engine's job_owner) and a lease; the owner renews the leases of the jobs
+** it runs. At start an engine re-queues only the jobs of owners it knows to
+** be dead (an earlier run of the gateway, its own earlier incarnations);
+** any job whose lease ran out is re-queued by whoever notices. So a worker
+** that starts never takes a job another live worker is running.
 */
 
 #define BACKOFF_BASE_MS 1000
 #define BACKOFF_MAX_MS  (3600 * 1000)
 #define POLL_IDLE_MS    60000 /* safety net: look again at least this often */
+#define POLL_PEERS_MS   1000  /* ... or this often when other workers may have scheduled jobs */
+#define LOCKED_RETRY_MS 5     /* another worker holds the write lock: try the bookkeeping again soon */
 
 struct jobs {
 	struct engine *eng;
 	struct event *timer;
 	int running;
 	struct store_waiter commit; /* a kick waiting for the store's open batch */
+	int64_t next_lease_check;   /* when to renew our leases and look for expired ones (ms) */
 };
 
 struct job_run {
@@ -42,6 +52,8 @@ struct job_run {
 	char name[64];
 	char *payload;
 	char reqid[32];
+	char *error;         /* the failed run's error, until its outcome is recorded */
+	struct event *retry; /* recording the outcome again (the write lock was held) */
 };
 
 static const char *const JOBS_DDL =
@@ -49,8 +61,50 @@ static const char *const JOBS_DDL =
     " id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, key TEXT UNIQUE, payload TEXT NOT NULL,"
     " run_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
-    " last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    " last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    " owner TEXT, lease_until INTEGER);"
     "CREATE INDEX IF NOT EXISTS _paygate_jobs_due ON _paygate_jobs(state, run_at);";
+
+/* Tables made before workers had no owner or lease: add them (once; "duplicate column" means done). */
+static const char *const JOBS_UPGRADE[] = { "ALTER TABLE _paygate_jobs ADD COLUMN owner TEXT",
+	                                    "ALTER TABLE _paygate_jobs ADD COLUMN lease_until INTEGER" };
+
+/* The jobs left running by engines that are gone: earlier runs of the gateway, our own earlier incarnations. */
+static const char *const REQUEUE_DEAD =
+    "UPDATE _paygate_jobs SET state = 'queued', owner = NULL WHERE state = 'running' AND (owner IS NULL"
+    " OR substr(owner, 1, length(?1)) <> ?1 OR (substr(owner, 1, length(?2)) = ?2 AND owner <> ?3))";
+
+static int requeue_dead(struct engine *e, char *err, size_t errlen)
+{
+	sqlite3 *db = store_db(e->store);
+	sqlite3_stmt *s = NULL;
+	for (size_t i = 0; i < sizeof JOBS_UPGRADE / sizeof JOBS_UPGRADE[0]; i++) {
+		char *msg = NULL;
+		if (sqlite3_exec(db, JOBS_UPGRADE[i], NULL, NULL, &msg) != SQLITE_OK &&
+		    !(msg && strstr(msg, "duplicate column"))) {
+			snprintf(err, errlen, "jobs: %s", msg ? msg : "out of memory");
+			sqlite3_free(msg);
+			return -1;
+		}
+		sqlite3_free(msg);
+	}
+	if (sqlite3_prepare_v2(db, REQUEUE_DEAD, -1, &s, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "jobs: %s", sqlite3_errmsg(db));
+		return -1;
+	}
+	sqlite3_bind_text(s, 1, e->worker.run_owners, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, e->worker.predecessors, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, e->worker.job_owner, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE) {
+		snprintf(err, errlen, "jobs: %s", sqlite3_errmsg(db));
+		return -1;
+	}
+	if (sqlite3_changes(db) > 0)
+		log_info(&e->log, NULL, "re-queued %d job(s) left running by a stopped engine", sqlite3_changes(db));
+	return 0;
+}
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -70,11 +124,13 @@ struct jobs *jobs_new(struct engine *e, char *err, size_t errlen)
 	}
 	j->eng = e;
 	j->timer = evtimer_new(e->base, on_timer, j);
-	if (!j->timer || sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK ||
-	    sqlite3_exec(store_db(e->store), "UPDATE _paygate_jobs SET state = 'queued' WHERE state = 'running'", NULL,
-	                 NULL, &msg) != SQLITE_OK) {
+	if (!j->timer || sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK) {
 		snprintf(err, errlen, "jobs: %s", msg ? msg : "out of memory");
 		sqlite3_free(msg);
+		jobs_free(j);
+		return NULL;
+	}
+	if (requeue_dead(e, err, errlen) < 0) {
 		jobs_free(j);
 		return NULL;
 	}
@@ -108,22 +164,24 @@ static int64_t backoff_ms(int attempts)
 	return ms + (int64_t)(rand() % (int)(ms / 4 + 1)); /* jitter spreads retries */
 }
 
-static void record_outcome(struct job_run *r, const char *error)
+/* Record how the run ended: 0, or -1 when another worker holds the write lock (try again later). */
+static int record_outcome(struct job_run *r, const char *error)
 {
 	struct engine *e = r->j->eng;
 	char err[256];
 	sqlite3_stmt *s;
+	int dead = error && r->attempts >= r->max_attempts;
 
 	if (!error) {
-		s = store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE id = ?", err, sizeof err);
-		if (s)
+		s = store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE id = ? AND owner = ?", err, sizeof err);
+		if (s) {
 			sqlite3_bind_int64(s, 1, r->id);
-		e->metrics.jobs_ok++;
+			sqlite3_bind_text(s, 2, e->worker.job_owner, -1, SQLITE_STATIC);
+		}
 	} else {
-		int dead = r->attempts >= r->max_attempts;
 		s = store_prepare(e->store,
 		                  "UPDATE _paygate_jobs SET state = ?, run_at = ?, last_error = ?,"
-		                  " updated_at = ? WHERE id = ?",
+		                  " updated_at = ?, owner = NULL WHERE id = ? AND owner = ?",
 		                  err, sizeof err);
 		if (s) {
 			int64_t now = clock_now_ms();
@@ -132,7 +190,27 @@ static void record_outcome(struct job_run *r, const char *error)
 			sqlite3_bind_text(s, 3, error, -1, SQLITE_TRANSIENT);
 			sqlite3_bind_int64(s, 4, now);
 			sqlite3_bind_int64(s, 5, r->id);
+			sqlite3_bind_text(s, 6, e->worker.job_owner, -1, SQLITE_STATIC);
 		}
+	}
+	if (!s && store_locked_out(e->store))
+		return -1;
+	int rc = s ? sqlite3_step(s) : SQLITE_ERROR;
+	if (s)
+		sqlite3_reset(s);
+	if (rc != SQLITE_DONE) {
+		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s", r->name, (long long)r->id,
+		          s ? sqlite3_errmsg(store_db(e->store)) : err);
+		return 0;
+	}
+	if (sqlite3_changes(store_db(e->store)) == 0)
+		log_warn(&e->log, r->reqid,
+		         "job %s #%lld ran past its lease and was taken over by another worker; "
+		         "this run's outcome is not recorded",
+		         r->name, (long long)r->id);
+	if (!error) {
+		e->metrics.jobs_ok++;
+	} else {
 		if (dead) {
 			e->metrics.jobs_dead++;
 			log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s", r->name,
@@ -143,11 +221,7 @@ static void record_outcome(struct job_run *r, const char *error)
 			         (long long)r->id, r->attempts, error);
 		}
 	}
-	if (!s || sqlite3_step(s) != SQLITE_DONE)
-		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s", r->name, (long long)r->id,
-		          s ? sqlite3_errmsg(store_db(e->store)) : err);
-	if (s)
-		sqlite3_reset(s);
+	return 0;
 }
 
 static void jobs_soon(struct jobs *j)
@@ -156,14 +230,48 @@ static void jobs_soon(struct jobs *j)
 	evtimer_add(j->timer, &now);
 }
 
-static void run_finish(struct job_run *r)
+static void run_free(struct job_run *r)
 {
 	struct jobs *j = r->j;
 	assert(j->running > 0);
 	j->running--;
+	if (r->retry)
+		event_free(r->retry);
+	free(r->error);
 	free(r->payload);
 	free(r);
+}
+
+static void run_finish(struct job_run *r)
+{
+	struct jobs *j = r->j;
+	run_free(r);
 	jobs_soon(j); /* look again on the next loop turn */
+}
+
+static void later(struct event *ev, int64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	evtimer_add(ev, &tv);
+}
+
+/* Record the run's outcome, or try again shortly while another worker holds the write lock. */
+static void settle(evutil_socket_t fd, short what, void *arg)
+{
+	struct job_run *r = arg;
+	(void)fd;
+	(void)what;
+	if (record_outcome(r, r->error) == 0) {
+		run_finish(r);
+		return;
+	}
+	if (!r->retry && !(r->retry = evtimer_new(r->j->eng->base, settle, r))) {
+		log_error(&r->j->eng->log, r->reqid, "job %s #%lld: out of memory; its lease will re-queue it", r->name,
+		          (long long)r->id);
+		run_finish(r);
+		return;
+	}
+	later(r->retry, LOCKED_RETRY_MS);
 }
 
 static void job_done(struct coro *c, int status)
@@ -171,25 +279,21 @@ static void job_done(struct coro *c, int status)
 	struct job_run *r = c->owner;
 	char buf[4096];
 
-	if (status == LUA_OK) {
-		record_outcome(r, NULL);
-	} else {
+	if (status != LUA_OK) {
 		if (c->budget.killed)
 			r->j->eng->metrics.script_kills++;
-		record_outcome(r, coro_error_text(c, status, buf, sizeof buf));
+		r->error = strdup(coro_error_text(c, status, buf, sizeof buf));
+		if (!r->error)
+			r->error = strdup("out of memory");
 	}
 	coro_free(c);
-	run_finish(r);
+	settle(-1, 0, r);
 }
 
 /* Engine shutdown while the job waits: its row stays 'running' and is re-queued at the next start. */
 static void job_abandon(struct coro *c)
 {
-	struct job_run *r = c->owner;
-	assert(r->j->running > 0);
-	r->j->running--;
-	free(r->payload);
-	free(r);
+	run_free(c->owner);
 }
 
 /* Push app._run_job, name, payload, {id=, attempt=}. */
@@ -225,43 +329,89 @@ static struct job_run *read_due(struct jobs *j, sqlite3_stmt *due)
 	return r;
 }
 
-/* Claim the run's row (queued → running) and start its coroutine. */
-static void start_job(struct jobs *j, struct job_run *r)
+/* Claim the run's row (queued → running, ours, leased) and start its coroutine; -1: the write lock is held. */
+static int start_job(struct jobs *j, struct job_run *r)
 {
 	struct engine *e = j->eng;
 	char err[256];
+	int64_t now = clock_now_ms();
 	sqlite3_stmt *claim = store_prepare(e->store,
-	                                    "UPDATE _paygate_jobs SET state = 'running', attempts = ?,"
-	                                    " updated_at = ? WHERE id = ? AND state = 'queued'",
+	                                    "UPDATE _paygate_jobs SET state = 'running', attempts = ?, updated_at = ?,"
+	                                    " owner = ?, lease_until = ? WHERE id = ? AND state = 'queued'",
 	                                    err, sizeof err);
+	if (!claim && store_locked_out(e->store)) {
+		run_free(r);
+		return -1;
+	}
 	if (!r->payload || !claim) {
 		run_finish(r);
-		return;
+		return 0;
 	}
 	sqlite3_bind_int(claim, 1, r->attempts);
-	sqlite3_bind_int64(claim, 2, clock_now_ms());
-	sqlite3_bind_int64(claim, 3, r->id);
+	sqlite3_bind_int64(claim, 2, now);
+	sqlite3_bind_text(claim, 3, e->worker.job_owner, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(claim, 4, now + e->cfg.jobs_lease_ms);
+	sqlite3_bind_int64(claim, 5, r->id);
 	int rc = sqlite3_step(claim);
 	sqlite3_reset(claim);
 	if (rc != SQLITE_DONE || sqlite3_changes(store_db(e->store)) != 1) {
 		run_finish(r);
-		return;
+		return 0;
 	}
 	struct coro *c = coro_start(e, e->gen, push_job, r, job_done, r, r->reqid);
 	if (!c) {
-		record_outcome(r, "out of memory starting the job");
-		run_finish(r);
-		return;
+		r->error = strdup("out of memory starting the job");
+		settle(-1, 0, r);
+		return 0;
 	}
 	c->abandon = job_abandon;
+	c->what = r->name;
 	coro_go(c);
+	return 0;
+}
+
+/*
+** Every third of a lease: renew the leases of the jobs we run, and re-queue
+** the jobs whose owner let its lease run out (a worker that died or hangs).
+** Another worker holding the write lock only postpones this by a second.
+*/
+static void check_leases(struct jobs *j)
+{
+	struct engine *e = j->eng;
+	char err[256];
+	int64_t now = clock_now_ms();
+	if (now < j->next_lease_check)
+		return;
+	j->next_lease_check = now + 1000;
+	sqlite3_stmt *s =
+	    store_prepare(e->store, "UPDATE _paygate_jobs SET lease_until = ? WHERE state = 'running' AND owner = ?",
+	                  err, sizeof err);
+	if (!s)
+		return;
+	sqlite3_bind_int64(s, 1, now + e->cfg.jobs_lease_ms);
+	sqlite3_bind_text(s, 2, e->worker.job_owner, -1, SQLITE_STATIC);
+	sqlite3_step(s);
+	sqlite3_reset(s);
+	s = store_prepare(e->store,
+	                  "UPDATE _paygate_jobs SET state = 'queued', owner = NULL"
+	                  " WHERE state = 'running' AND lease_until < ? AND owner <> ?",
+	                  err, sizeof err);
+	if (!s)
+		return;
+	sqlite3_bind_int64(s, 1, now);
+	sqlite3_bind_text(s, 2, e->worker.job_owner, -1, SQLITE_STATIC);
+	if (sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(store_db(e->store)) > 0)
+		log_warn(&e->log, NULL, "re-queued %d job(s) whose owner's lease ran out",
+		         sqlite3_changes(store_db(e->store)));
+	sqlite3_reset(s);
+	j->next_lease_check = now + e->cfg.jobs_lease_ms / 3;
 }
 
 /* Arm the timer for the earliest queued job (or the idle poll). */
 static void arm(struct jobs *j)
 {
 	char err[256];
-	int64_t delay = POLL_IDLE_MS;
+	int64_t idle = j->eng->worker.count > 1 ? POLL_PEERS_MS : POLL_IDLE_MS, delay = idle;
 	sqlite3_stmt *s = store_prepare(j->eng->store, "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'",
 	                                err, sizeof err);
 	if (s && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
@@ -271,9 +421,8 @@ static void arm(struct jobs *j)
 	if (s)
 		sqlite3_reset(s);
 	if (j->running >= j->eng->cfg.jobs_max_running)
-		delay = POLL_IDLE_MS; /* a finishing job kicks us again */
-	struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
-	evtimer_add(j->timer, &tv);
+		delay = idle; /* a finishing job kicks us again */
+	later(j->timer, delay);
 }
 
 static void kick_after_commit(struct store_waiter *w, int ok)
@@ -296,8 +445,9 @@ void jobs_kick(struct jobs *j)
 	j->commit.fn = kick_after_commit;
 	if (store_wait_commit(e->store, &j->commit))
 		return;
-	int room = e->cfg.jobs_max_running - j->running;
-	while (room > 0) {
+	check_leases(j);
+	int room = e->cfg.jobs_max_running - j->running, locked = 0;
+	while (room > 0 && !locked) {
 		sqlite3_stmt *due = store_prepare(e->store,
 		                                  "SELECT id, name, payload, attempts, max_attempts FROM _paygate_jobs"
 		                                  " WHERE state = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT 1",
@@ -313,10 +463,13 @@ void jobs_kick(struct jobs *j)
 		sqlite3_reset(due); /* before start_job prepares other statements */
 		if (!r)
 			break;
-		start_job(j, r);
+		locked = start_job(j, r) < 0;
 		room = e->cfg.jobs_max_running - j->running;
 	}
-	arm(j);
+	if (locked)
+		later(j->timer, LOCKED_RETRY_MS);
+	else
+		arm(j);
 }
 
 /* ---- Lua: jobs.schedule(name, payload, {delay_ms=, run_at=, key=, max_attempts=}) → id, created ---- */
@@ -360,6 +513,10 @@ static int l_schedule(lua_State *L)
 	                  "INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at, updated_at)"
 	                  " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
 	                  err, sizeof err);
+	if (!s && store_locked_out(e->store) && coro_can_wait(L)) {
+		lua_settop(L, 3);
+		return store_wait_lock(L, e->store, l_schedule);
+	}
 	if (!s)
 		return luaL_error(L, "jobs.schedule: %s", err);
 	sqlite3_bind_text(s, 1, name, -1, SQLITE_TRANSIENT);
@@ -393,6 +550,8 @@ static int l_cancel(lua_State *L)
 	char err[256];
 	sqlite3_stmt *s =
 	    store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued'", err, sizeof err);
+	if (!s && store_locked_out(e->store) && coro_can_wait(L))
+		return store_wait_lock(L, e->store, l_cancel);
 	if (!s)
 		return luaL_error(L, "jobs.cancel: %s", err);
 	sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);

@@ -186,6 +186,8 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 	        m->db_batches);
 	counter(b, "paygate_db_batches_lost_total", "Batches whose commit failed (their writes were refused).",
 	        m->db_batches_lost);
+	counter(b, "paygate_db_lock_waits_total", "Times a writer waited for another worker's write lock.",
+	        m->db_lock_waits);
 	gauge(b, "paygate_uptime_seconds", "Seconds since start.", (double)g->uptime_s);
 	render_series(m, b);
 }

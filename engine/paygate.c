@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <event2/buffer.h>
@@ -12,6 +13,7 @@
 
 #include "clock.h"
 #include "coro.h"
+#include "drive.h"
 #include "engine.h"
 #include "fetch.h"
 #include "gen.h"
@@ -23,6 +25,7 @@
 #include "routes.h"
 #include "secure.h"
 #include "store.h"
+#include "thread.h"
 #include "wxclient.h"
 
 /*
@@ -35,6 +38,9 @@ struct paygate {
 	struct shutdown_state *shutdown;
 	FILE *log_stream; /* fopencookie over log_sink, when opts->log_fn */
 	struct log_sink *sink;
+	struct thread *thread; /* own-thread mode (paygate_start_thread): the loop runs there */
+	struct drive *drive;   /* host-driven mode (paygate_new_driven): the host runs the loop */
+	int own_base;          /* the event_base is paygate's (own-thread mode) */
 };
 
 /* ---- the host's log callback, behind a FILE* so the logger stays one fprintf ---- */
@@ -157,6 +163,33 @@ static void free_modules(struct engine *e)
 	free(e->modules);
 }
 
+/* Who this engine is among the gateway's workers (or alone): the names its jobs are claimed under. */
+static void set_worker(struct engine *e, const struct paygate_worker *w)
+{
+	struct engine_worker *ew = &e->worker;
+	if (!w) {
+		ew->index = -1;
+		ew->listen_fd = -1;
+		snprintf(ew->job_owner, sizeof ew->job_owner, "solo.%ld.%lld", (long)getpid(),
+		         (long long)clock_now_ms());
+		snprintf(ew->run_owners, sizeof ew->run_owners, "%s", ew->job_owner);
+		ew->predecessors[0] = '\0'; /* alone: every job left running belongs to a dead engine */
+		return;
+	}
+	ew->index = w->index;
+	ew->count = w->count;
+	ew->listen_fd = w->listen_fd;
+	snprintf(ew->job_owner, sizeof ew->job_owner, "%.40s.%d.%d", w->run_id, w->index, w->incarnation);
+	snprintf(ew->run_owners, sizeof ew->run_owners, "%.40s.", w->run_id);
+	snprintf(ew->predecessors, sizeof ew->predecessors, "%.40s.%d.", w->run_id, w->index);
+	ew->running = w->running_len ? w->running : NULL;
+	ew->running_len = w->running_len;
+	ew->peers_metrics = w->peers_metrics;
+	ew->peers_health = w->peers_health;
+	ew->reload_peers = w->reload_peers;
+	ew->arg = w->arg;
+}
+
 struct paygate *paygate_new(struct event_base *base, const struct paygate_options *opts, char *err, size_t errlen)
 {
 	static const struct paygate_options defaults;
@@ -175,6 +208,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 	gettimeofday(&e->started, NULL);
 	metrics_init(&e->metrics);
 	curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted by libcurl; undone in paygate_free */
+	set_worker(e, o->worker);
 	if (load_config(e, o, err, errlen) < 0)
 		goto fail;
 	if (!(log_out = open_log(pg, o)) || host_init(e) < 0 || sched_init(e) < 0 || !(e->fetch = fetch_new(e))) {
@@ -198,6 +232,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 		goto fail;
 	if (e->cfg.watch && reload_watch_start(e, err, errlen) < 0)
 		log_warn(&e->log, NULL, "not watching scripts for changes: %s", err);
+	store_sleep_ok(e->store, 0); /* from now on, waiting for another worker's lock never sleeps the loop */
 	if (!o->check_only)
 		jobs_kick(e->jobs);
 	return pg;
@@ -213,10 +248,130 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
 	return paygate_new(base, &o, err, errlen);
 }
 
+/* ---- own-thread mode: the host's synchronous calls run on the engine's thread (thread_run) ---- */
+
+struct sync_call {
+	struct paygate *pg;
+	char *err;
+	size_t errlen;
+	const char *name;
+	paygate_host_fn fn;
+	void *arg;
+	void (*done)(void *arg);
+	int grace_ms;
+	long long result;
+};
+
+static int listen_here(struct paygate *pg, char *err, size_t errlen);
+
+static void sync_listen(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = listen_here(s->pg, s->err, s->errlen);
+}
+
+static void sync_reload(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = reload_run(&s->pg->e, "api", s->err, s->errlen) < 0 ? -1 : (long long)s->pg->e.gen->id;
+}
+
+static void sync_generation(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = s->pg->e.gen ? (long long)s->pg->e.gen->id : 0;
+}
+
+static void sync_register(void *arg)
+{
+	struct sync_call *s = arg;
+	s->result = host_register(&s->pg->e, s->name, s->fn, s->arg);
+}
+
+struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct event_base *base = event_base_new();
+	struct paygate *pg;
+
+	if (!base) {
+		snprintf(err, errlen, "cannot create the engine's event loop");
+		return NULL;
+	}
+	if (!(pg = paygate_new(base, opts, err, errlen))) {
+		event_base_free(base);
+		return NULL;
+	}
+	pg->own_base = 1;
+	if (!(pg->thread = thread_start(&pg->e, err, errlen))) {
+		paygate_free(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int paygate_fd(const struct paygate *pg)
+{
+	return pg->thread ? thread_fd(pg->thread) : pg->drive ? drive_fd(pg->drive) : -1;
+}
+
+/* ---- host-driven mode: the host's loop runs the engine's, one non-blocking round at a time ---- */
+
+struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct event_base *base = event_base_new();
+	struct paygate *pg;
+
+	if (!base) {
+		snprintf(err, errlen, "cannot create the engine's event loop");
+		return NULL;
+	}
+	if (!(pg = paygate_new(base, opts, err, errlen))) {
+		event_base_free(base);
+		return NULL;
+	}
+	pg->own_base = 1;
+	if (!(pg->drive = drive_new(base, err, errlen))) {
+		paygate_free(pg);
+		return NULL;
+	}
+	return pg;
+}
+
+int paygate_timeout(struct paygate *pg)
+{
+	return pg->drive ? drive_prepare(pg->drive) : -1;
+}
+
+int paygate_run_once(struct paygate *pg)
+{
+	if (!pg->drive)
+		return -1;
+	drive_run(pg->drive);
+	return 0;
+}
+
+int paygate_dispatch_completions(struct paygate *pg)
+{
+	return pg->thread ? thread_dispatch(pg->thread) : 0;
+}
+
 int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
+		thread_run(pg->thread, sync_listen, &s);
+		return (int)s.result;
+	}
+	return listen_here(pg, err, errlen);
+}
+
+static int listen_here(struct paygate *pg, char *err, size_t errlen)
+{
 	struct engine *e = &pg->e;
-	if (http_listen(e, e->cfg.listen_host, e->cfg.listen_port, err, errlen) < 0)
+	if (e->worker.listen_fd >= 0 ? http_accept_on(e, e->worker.listen_fd, err, errlen) < 0
+	                             : http_listen(e, e->cfg.listen_host, e->cfg.listen_port, err, errlen) < 0)
 		return -1;
 	if (!e->cfg.admin_token && strncmp(e->cfg.listen_host, "127.", 4) != 0 &&
 	    strcmp(e->cfg.listen_host, "::1") != 0 && strcmp(e->cfg.listen_host, "localhost") != 0)
@@ -225,6 +380,34 @@ int paygate_listen(struct paygate *pg, char *err, size_t errlen)
 		         "peers only; behind a local reverse proxy configure a token",
 		         e->cfg.listen_host);
 	return 0;
+}
+
+struct sync_metrics {
+	struct paygate *pg;
+	struct evbuffer *out;
+};
+
+static void sync_metrics(void *arg)
+{
+	struct sync_metrics *m = arg;
+	routes_metrics(&m->pg->e, m->out);
+}
+
+void paygate_metrics(struct paygate *pg, struct evbuffer *out)
+{
+	struct sync_metrics m = { pg, out };
+	if (pg->thread) /* own-thread mode: the counters are the engine thread's */
+		thread_run(pg->thread, sync_metrics, &m);
+	else
+		sync_metrics(&m);
+}
+
+void paygate_supervision(const struct paygate *pg, struct paygate_supervision *out)
+{
+	out->workers = pg->e.cfg.workers;
+	out->watchdog_ms = pg->e.cfg.watchdog_ms;
+	snprintf(out->listen_host, sizeof out->listen_host, "%s", pg->e.cfg.listen_host);
+	out->listen_port = pg->e.cfg.listen_port;
 }
 
 const char *paygate_host(const struct paygate *pg)
@@ -240,6 +423,10 @@ int paygate_port(const struct paygate *pg)
 void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 {
 	struct engine *e = &pg->e;
+	if (pg->thread) { /* the request is on the host's loop, the engine on its own thread */
+		evhttp_send_error(req, 500, "paygate_handle_request is not available in own-thread mode");
+		return;
+	}
 	if (e->stopping) {
 		struct evbuffer *b = evbuffer_new();
 		if (b)
@@ -257,7 +444,14 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req)
 
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
 	struct engine *e = &pg->e;
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .err = err, .errlen = errlen };
+		thread_run(pg->thread, sync_reload, &s);
+		return s.result;
+	}
 	if (reload_run(e, "api", err, errlen) < 0)
 		return -1;
 	return (long long)e->gen->id;
@@ -265,6 +459,11 @@ long long paygate_reload(struct paygate *pg, char *err, size_t errlen)
 
 long long paygate_generation(const struct paygate *pg)
 {
+	if (pg->thread) {
+		struct sync_call s = { .pg = (struct paygate *)pg };
+		thread_run(pg->thread, sync_generation, &s);
+		return s.result;
+	}
 	return pg->e.gen ? (long long)pg->e.gen->id : 0;
 }
 
@@ -272,16 +471,31 @@ long long paygate_generation(const struct paygate *pg)
 
 int paygate_register(struct paygate *pg, const char *name, paygate_host_fn fn, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call s = { .pg = pg, .name = name, .fn = fn, .arg = arg };
+		thread_run(pg->thread, sync_register, &s);
+		return (int)s.result;
+	}
 	return host_register(&pg->e, name, fn, arg);
 }
 
 int paygate_call(struct paygate *pg, const char *name, const char *json_args, paygate_call_cb cb, void *arg)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread)
+		return thread_call(pg->thread, name, json_args, cb, arg);
 	return host_call(&pg->e, name, json_args, cb, arg);
 }
 
 int paygate_emit(struct paygate *pg, const char *event, const char *json)
 {
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread)
+		return thread_emit(pg->thread, event, json);
 	return host_emit(&pg->e, event, json);
 }
 
@@ -321,7 +535,58 @@ static void shutdown_tick(evutil_socket_t fd, short what, void *arg)
 	done(darg);
 }
 
+static void shutdown_here(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg);
+
+/* On the engine's thread: the shutdown finished; the host hears it at its next dispatch. */
+static void shutdown_relay(void *arg)
+{
+	struct sync_call *s = arg;
+	struct paygate *pg = s->pg;
+	void (*done)(void *) = s->done;
+	void *darg = s->arg;
+	free(s);
+	if (thread_notify(pg->thread, done, darg) < 0)
+		log_error(&pg->e.log, NULL, "out of memory: the host is not told that the shutdown finished");
+}
+
+static void ignore_done(void *arg)
+{
+	(void)arg;
+}
+
+static void sync_shutdown(void *arg)
+{
+	struct sync_call *s = arg;
+	if (s->pg->shutdown) { /* asked twice: the first one's done wins */
+		shutdown_here(s->pg, s->grace_ms, ignore_done, NULL);
+		free(s);
+		return;
+	}
+	shutdown_here(s->pg, s->grace_ms, shutdown_relay, s);
+}
+
 void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg)
+{
+	if (pg->drive) /* host-driven mode: the next paygate_timeout answers 0 */
+		drive_kick(pg->drive);
+	if (pg->thread) {
+		struct sync_call *s = calloc(1, sizeof *s);
+		thread_refuse_events(pg->thread);
+		if (!s) {
+			done(arg);
+			return;
+		}
+		s->pg = pg;
+		s->grace_ms = grace_ms;
+		s->done = done;
+		s->arg = arg;
+		thread_run(pg->thread, sync_shutdown, s);
+		return;
+	}
+	shutdown_here(pg, grace_ms, done, arg);
+}
+
+static void shutdown_here(struct paygate *pg, int grace_ms, void (*done)(void *arg), void *arg)
 {
 	struct engine *e = &pg->e;
 	struct shutdown_state *s;
@@ -353,8 +618,11 @@ void paygate_free(struct paygate *pg)
 	if (!pg)
 		return;
 	e = &pg->e;
+	thread_stop(pg->thread); /* own-thread mode: the loop ends, the engine is ours again */
 	e->stopping = 1;
 	if (pg->shutdown) {
+		if (pg->thread) /* the pending shutdown's sync_call */
+			free(pg->shutdown->arg);
 		event_free(pg->shutdown->tick);
 		free(pg->shutdown);
 		pg->shutdown = NULL;
@@ -378,6 +646,10 @@ void paygate_free(struct paygate *pg)
 	metrics_free(&e->metrics);
 	config_free(&e->cfg);
 	free_modules(e);
+	thread_free(pg->thread); /* results the free produced reach the host's callbacks here */
+	drive_free(pg->drive);
+	if (pg->own_base)
+		event_base_free(e->base);
 	curl_global_cleanup();
 	if (pg->log_stream)
 		fclose(pg->log_stream);

@@ -1,4 +1,4 @@
-/* paygate.h — the public API: run the paygate engine inside your own libevent program. */
+/* paygate.h — the public API: run the paygate engine inside your own program, on its loop or beside it. */
 #ifndef PAYGATE_H
 #define PAYGATE_H
 
@@ -6,11 +6,17 @@
  * @file paygate.h
  *
  * libpaygate runs the WeChat Pay gateway (HTTP routes, outbound HTTPS,
- * WeChat Pay signing, SQLite, durable jobs, hot-reloadable Lua scripts) on
- * an event_base that belongs to the host program: a game server, a shop
- * server, or the paygate daemon itself (engine/main.c).
+ * WeChat Pay signing, SQLite, durable jobs, hot-reloadable Lua scripts)
+ * inside a host program: a game server, a shop server, or the paygate daemon
+ * itself (engine/main.c). Three modes (docs/embedding.md has a table):
  *
- * The contract with the host:
+ *   - libevent host: paygate_new(base, ...) on the host's event_base.
+ *   - own thread: paygate_start_thread(...) for hosts on any other loop;
+ *     one descriptor (paygate_fd) and paygate_dispatch_completions.
+ *   - host-driven: paygate_new_driven(...), no thread; the host's loop waits
+ *     on paygate_fd for at most paygate_timeout and calls paygate_run_once.
+ *
+ * The contract with the host (libevent host; the other modes say what differs):
  *
  *   - Everything runs on the host's event_base, from the host's
  *     event_base_dispatch(). paygate starts no threads, installs no signal
@@ -98,6 +104,37 @@ struct paygate_lua_module {
 	void *arg; /**< handed to open */
 };
 
+/**
+ * When the engine is one of several worker processes that serve one
+ * gateway on one database (what the paygate daemon runs with `workers = N`
+ * in its config). A host with one engine leaves paygate_options.worker NULL.
+ * Every pointer must stay valid while the engine lives.
+ */
+struct paygate_worker {
+	int index; /**< 0 .. count-1: in log lines and as the `worker` label in /metrics */
+	int count;
+	/** A listening socket the workers share: paygate_listen accepts on it instead of binding. */
+	int listen_fd;
+	/** Names this run of the gateway; with index and incarnation it names the owner of the jobs
+	    this engine runs, so that it never re-queues a job another live worker is running. */
+	const char *run_id;
+	/** How many times this worker index was started before in this run: at start the engine
+	    re-queues the jobs its dead predecessors left running. */
+	int incarnation;
+	/** A buffer (shared memory) of running_len bytes where the engine keeps a note of the script
+	    running now ("request 3f2a... POST /api/orders"; "" when none), for a watchdog outside the
+	    loop to log when the loop stops making progress. */
+	char *running;
+	size_t running_len;
+	/** /metrics: append the other workers' series to `text` (this engine's, already rendered). */
+	void (*peers_metrics)(void *arg, struct evbuffer *text);
+	/** /healthz: append `,"workers":...` to the JSON object being written (not yet closed). */
+	void (*peers_health)(void *arg, struct evbuffer *json);
+	/** A reload asked of this engine (POST /admin/reload) succeeded: have the others reload too. */
+	void (*reload_peers)(void *arg);
+	void *arg;
+};
+
 /** One entry of paygate_options.functions. */
 struct paygate_function {
 	const char *name; /**< [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes */
@@ -139,6 +176,8 @@ struct paygate_options {
 	/** Lua modules in C for the scripts, ended by an entry whose name is
 	    NULL; the array need not outlive the call. */
 	const struct paygate_lua_module *lua_modules;
+	/** This engine is one of a gateway's worker processes (see struct paygate_worker); NULL: alone. */
+	const struct paygate_worker *worker;
 };
 
 /**
@@ -167,6 +206,15 @@ struct paygate *paygate_new_ex(struct event_base *base, const char *config_path,
  * @return 0, or -1 with err filled (address in use, ...); nothing changed then.
  */
 int paygate_listen(struct paygate *pg, char *err, size_t errlen);
+
+/** How the config asks the daemon to run this gateway (`workers`, `watchdog_ms`). */
+struct paygate_supervision {
+	int workers;           /**< worker processes serving the listener */
+	int watchdog_ms;       /**< a worker whose loop makes no progress this long is ended; 0: no watchdog */
+	char listen_host[256]; /**< where to listen, as configured (or overridden by paygate_options.listen) */
+	int listen_port;
+};
+void paygate_supervision(const struct paygate *pg, struct paygate_supervision *out);
 
 /** The host it listens on, as configured. */
 const char *paygate_host(const struct paygate *pg);
@@ -210,6 +258,9 @@ void paygate_handle_request(struct paygate *pg, struct evhttp_request *req);
  *         generation then keeps serving.
  */
 long long paygate_reload(struct paygate *pg, char *err, size_t errlen);
+
+/** Append this engine's /metrics text (Prometheus text format; its own figures only) to out. */
+void paygate_metrics(struct paygate *pg, struct evbuffer *out);
 
 /** The id of the generation serving now (1 after paygate_new, +1 per reload that went live). */
 long long paygate_generation(const struct paygate *pg);
@@ -289,6 +340,110 @@ void paygate_shutdown(struct paygate *pg, int grace_ms, void (*done)(void *arg),
  * Never call it from inside a host function. pg may be NULL.
  */
 void paygate_free(struct paygate *pg);
+
+/* ---- own-thread mode: embedding in any event loop ---- */
+
+/**
+ * Create an engine that runs on a thread and an event loop of its own, for
+ * hosts without libevent (a plain epoll or kqueue loop, libuv, Boost.Asio,
+ * skynet ...). The engine is built on the calling thread exactly like
+ * paygate_new (same options, same errors; NULL leaves nothing behind), then
+ * its loop moves to a new thread, which blocks every signal.
+ *
+ * The host's side, from one thread of its choice (the "host's thread"):
+ *
+ *   - paygate_fd(pg) is a descriptor that becomes readable when results or
+ *     host-function calls are waiting. Add it to your poller (epoll, uv_poll,
+ *     asio's posix::stream_descriptor ...) and, when it is readable, call
+ *     paygate_dispatch_completions(pg). Every paygate_call callback, every
+ *     host function (paygate_register, options.functions) and the done of
+ *     paygate_shutdown runs there, on your thread: your state needs no locks.
+ *   - paygate_call and paygate_emit may be called from any thread; they copy
+ *     their arguments, queue them and return at once (never blocking).
+ *   - paygate_listen, paygate_reload, paygate_register, paygate_generation and
+ *     paygate_shutdown run on the engine's thread while the caller waits for
+ *     them (a reload takes as long as loading the scripts); call them from the
+ *     host's thread, inside host functions and callbacks too.
+ *   - paygate_handle_request is not available (the request would be on your
+ *     loop, the engine on its own): serve paygate's routes with paygate_listen.
+ *   - log_fn is called on the engine's thread.
+ *   - A script calling a host function waits (without blocking the engine)
+ *     until your thread has run it, so a host function can be called only
+ *     where a script may wait: not inside db.tx, not while the scripts load.
+ *     During paygate_shutdown keep dispatching: a delivery in flight waits
+ *     for you.
+ *   - paygate_free(pg), from the host's thread, ends the loop, joins the
+ *     thread and frees everything; pending calls get their result (503 when
+ *     unfinished) from inside it, on the calling thread.
+ *
+ * @code
+ *   struct paygate *pg = paygate_start_thread(&o, err, sizeof err);
+ *   paygate_listen(pg, err, sizeof err);                  // WeChat Pay's notifications
+ *   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = pg };
+ *   epoll_ctl(ep, EPOLL_CTL_ADD, paygate_fd(pg), &ev);
+ *   ...  // in the loop, when paygate_fd(pg) is readable:
+ *   paygate_dispatch_completions(pg);
+ * @endcode
+ */
+struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen);
+
+/**
+ * The descriptor to poll for readability: own-thread mode, an eventfd (then
+ * call paygate_dispatch_completions); host-driven mode, an epoll set (then
+ * call paygate_run_once). -1 for an engine of paygate_new.
+ */
+int paygate_fd(const struct paygate *pg);
+
+/**
+ * Own-thread mode: run, on the calling thread, what is waiting for the
+ * host: call results, host functions, a finished shutdown. Never blocks;
+ * reading the descriptor is part of it. Call it when paygate_fd(pg) is
+ * readable (calling it more often is harmless). It runs what was queued
+ * when it started; a callback may free the engine (what is still queued
+ * then gets its result from inside paygate_free); called from inside a
+ * callback it does nothing.
+ * @return how many were run; 0 for an engine of paygate_new.
+ */
+int paygate_dispatch_completions(struct paygate *pg);
+
+/* ---- host-driven mode: the host's loop runs the engine's, no thread ---- */
+
+/**
+ * Create an engine whose loop the host runs from its own loop, on its own
+ * thread, with no thread of paygate's: the libcurl multi_socket / libuv
+ * uv_backend_fd shape. Built like paygate_new (same options, same errors).
+ * Then, in the host's loop:
+ *
+ *   - paygate_fd(pg) is a descriptor (an epoll set of paygate's) that is
+ *     readable when something the engine waits on is ready. Watch it for
+ *     readability.
+ *   - paygate_timeout(pg), called right before the host waits (after its own
+ *     work, paygate_call and paygate_emit included), brings that descriptor
+ *     up to date and returns how many milliseconds the host may wait at most:
+ *     0 means "call paygate_run_once now"; it is never more than 1000.
+ *   - paygate_run_once(pg), when the descriptor is readable or the timeout
+ *     passed, runs everything that is ready and returns without waiting.
+ *     Call results, host functions and shutdown's done run inside it, on the
+ *     host's thread.
+ *
+ * Everything else is as with paygate_new, on the host's thread only.
+ * paygate_handle_request is not meant for it (the host has no evhttp).
+ *
+ * @code
+ *   for (;;) {
+ *       int n = epoll_wait(ep, evs, 64, paygate_timeout(pg));   // paygate_fd(pg) is in ep
+ *       ... the host's own events ...
+ *       paygate_run_once(pg);                                     // cheap when nothing is ready
+ *   }
+ * @endcode
+ */
+struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen);
+
+/** Host-driven mode: update paygate_fd's set, and return the longest wait in ms (0..1000); -1 in other modes. */
+int paygate_timeout(struct paygate *pg);
+
+/** Host-driven mode: run what is ready now, never waiting. @return 0; -1 in other modes. */
+int paygate_run_once(struct paygate *pg);
 
 /* ---- JSON helpers for host functions (no JSON library needed for flat objects) ---- */
 

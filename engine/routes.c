@@ -58,7 +58,10 @@ static void send_health(struct http_req *h)
 		evbuffer_add_printf(b, ",\"error\":");
 		json_add_string(b, e->last_reload_error);
 	}
-	evbuffer_add_printf(b, "}}");
+	evbuffer_add_printf(b, "}");
+	if (e->worker.peers_health) /* ,"worker":i,"workers":{...}: the whole gateway */
+		e->worker.peers_health(e->worker.arg, b);
+	evbuffer_add_printf(b, "}");
 	http_answer(h, e->gen ? 200 : 503, "application/json; charset=utf-8", b);
 }
 
@@ -71,11 +74,13 @@ static void send_reload(struct http_req *h)
 		return;
 	}
 	struct evbuffer *b = evbuffer_new();
+	if (e->worker.reload_peers)
+		e->worker.reload_peers(e->worker.arg);
 	evbuffer_add_printf(b, "{\"ok\":true,\"generation\":%llu}", (unsigned long long)e->gen->id);
 	http_answer(h, 200, "application/json; charset=utf-8", b);
 }
 
-static void render_metrics(struct engine *e, struct evbuffer *b)
+void routes_metrics(struct engine *e, struct evbuffer *b)
 {
 	struct timeval now;
 	gettimeofday(&now, NULL);
@@ -105,7 +110,10 @@ int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
 	}
 	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
 		struct evbuffer *b = evbuffer_new();
-		render_metrics(http_engine(h), b);
+		struct engine *e = http_engine(h);
+		routes_metrics(e, b);
+		if (e->worker.peers_metrics) /* one of several workers: the gateway's figures are all of theirs */
+			e->worker.peers_metrics(e->worker.arg, b);
 		http_answer(h, 200, "text/plain; version=0.0.4", b);
 		return 1;
 	}

@@ -11,4 +11,7 @@
 */
 int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd);
 
+/* This engine's /metrics text (without the other workers'), appended to b. */
+void routes_metrics(struct engine *e, struct evbuffer *b);
+
 #endif

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "clock.h"
 #include "coro.h"
 #include "engine.h"
 
@@ -39,6 +40,8 @@ struct store {
 	int engine_sql;  /* the engine's own statement: no restrictions */
 	int batch_open;  /* BEGIN issued, COMMIT not yet */
 	int batch_wrote; /* a statement that writes ran in it (a read-only db.tx holds nothing back) */
+	int sleep_ok;    /* waiting for another worker's lock may sleep: start-up and migrations only */
+	int locked_out;  /* the last batch could not begin: another worker holds the write lock */
 	struct event *commit_ev;
 	struct store_waiter waiters; /* list head: who waits for the open batch */
 	char last_error[512];        /* why the last batch was lost */
@@ -194,10 +197,15 @@ static void on_commit(evutil_socket_t fd, short what, void *arg)
 static int batch_begin(struct store *st, char *err, size_t errlen)
 {
 	batch_lost(st);
+	st->locked_out = 0;
 	if (st->batch_open)
 		return 0;
-	if (exec_simple(st, "BEGIN IMMEDIATE", err, errlen) < 0)
+	if (exec_simple(st, "BEGIN IMMEDIATE", err, errlen) < 0) {
+		st->locked_out = (sqlite3_extended_errcode(st->db) & 0xff) == SQLITE_BUSY;
 		return -1;
+	}
+	if (st->eng->sched->current)
+		st->eng->sched->current->lock_wait_since = 0;
 	st->batch_open = 1;
 	event_active(st->commit_ev, EV_TIMEOUT, 0);
 	return 0;
@@ -243,6 +251,103 @@ const char *store_last_error(const struct store *st)
 	return st->last_error[0] ? st->last_error : "the database failed";
 }
 
+int store_locked_out(const struct store *st)
+{
+	return st->locked_out;
+}
+
+void store_sleep_ok(struct store *st, int ok)
+{
+	st->sleep_ok = ok;
+}
+
+/*
+** Another worker holds the write lock. In the loop nobody sleeps for it:
+** SQLite hears "busy" at once and the writer's coroutine waits on a timer
+** (store_wait_lock). Only start-up and migrations, which run before or
+** between serving, wait here, up to db_busy_timeout_ms.
+*/
+static int on_busy(void *arg, int count)
+{
+	struct store *st = arg;
+	if (!st->sleep_ok || count * 2 >= st->eng->cfg.db_busy_timeout_ms)
+		return 0;
+	sqlite3_sleep(2);
+	return 1;
+}
+
+/* ---- a writer's coroutine waits for another worker's lock ---- */
+
+struct lock_wait {
+	struct event *ev;
+	struct coro *c;
+};
+
+static void lock_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct lock_wait *w = arg;
+	(void)fd;
+	(void)what;
+	coro_wake(w->c);
+}
+
+static void lock_cleanup(struct coro *c)
+{
+	struct lock_wait *w = c->wait;
+	event_free(w->ev);
+	free(w);
+}
+
+static int no_retvals(struct coro *c, lua_State *L)
+{
+	(void)c;
+	(void)L;
+	return 0;
+}
+
+static int after_lock_wait(lua_State *L, int status, lua_KContext again)
+{
+	(void)status;
+	return ((lua_CFunction)again)(L); /* the call again, on the stack it had */
+}
+
+int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again)
+{
+	struct coro *c = coro_of(L);
+	struct lock_wait *w;
+	int64_t now = clock_now_ms();
+	if (!coro_can_wait(L) || !c)
+		return luaL_error(L, "db: the database is locked by another worker (this code cannot wait for it)");
+	if (!c->lock_wait_since)
+		c->lock_wait_since = now;
+	int64_t waited = now - c->lock_wait_since;
+	if (waited >= st->eng->cfg.db_busy_timeout_ms) {
+		c->lock_wait_since = 0;
+		lua_createtable(L, 0, 3);
+		lua_pushinteger(L, 503);
+		lua_setfield(L, -2, "status");
+		lua_pushliteral(L, "busy");
+		lua_setfield(L, -2, "error");
+		lua_pushfstring(
+		    L, "the database stayed locked by another worker for %d ms; nothing was written, try again",
+		    (int)waited);
+		lua_setfield(L, -2, "message");
+		return lua_error(L);
+	}
+	/* Short waits first (a commit takes about a sync), then spread out; jitter keeps workers apart. */
+	int64_t step = waited < 10 ? 1 : waited < 100 ? 4 : 16;
+	int64_t us = step * 1000 + rand() % (int)(step * 1000);
+	struct timeval tv = { 0, (suseconds_t)us };
+	if (!(w = calloc(1, sizeof *w)) || !(w->ev = evtimer_new(st->eng->base, lock_retry, w))) {
+		free(w);
+		return luaL_error(L, "db: out of memory");
+	}
+	w->c = c;
+	evtimer_add(w->ev, &tv);
+	st->eng->metrics.db_lock_waits++;
+	return coro_suspendk(L, "db lock", w, lock_cleanup, no_retvals, (lua_KContext)again, after_lock_wait);
+}
+
 /* VACUUM (INTO 'file') has no authorizer action; refuse it by its first word. */
 static int is_vacuum(const char *sql)
 {
@@ -273,7 +378,8 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 	}
 	sqlite3_extended_result_codes(st->db, 1);
 	sqlite3_set_authorizer(st->db, authorize, st);
-	sqlite3_busy_timeout(st->db, e->cfg.db_busy_timeout_ms);
+	st->sleep_ok = 1; /* until the engine serves */
+	sqlite3_busy_handler(st->db, on_busy, st);
 	char e2[256];
 	const char *sync = e->cfg.unsafe_no_sync ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
 	if (e->cfg.unsafe_no_sync)
@@ -564,12 +670,14 @@ static int return_durable(lua_State *L, struct store *st, int nres)
 	return coro_suspendk(L, "db commit", d, durable_cleanup, durable_retvals, nres, after_durable);
 }
 
-/* Prepare sql (arg 1) and bind the rest; raises on error. */
+/* Prepare sql (arg 1) and bind the rest; raises on error. NULL: another worker holds the lock (wait for it). */
 static sqlite3_stmt *prepare_args(lua_State *L, struct store *st)
 {
 	char err[512];
 	const char *sql = luaL_checkstring(L, 1);
 	sqlite3_stmt *stmt = store_prepare(st, sql, err, sizeof err);
+	if (!stmt && st->locked_out && coro_can_wait(L))
+		return NULL;
 	if (!stmt)
 		luaL_error(L, "db: %s in: %s", err, sql);
 	bind_args(L, stmt, 2);
@@ -590,6 +698,8 @@ static int l_exec(lua_State *L)
 {
 	struct store *st = upstore(L);
 	sqlite3_stmt *stmt = prepare_args(L, st);
+	if (!stmt)
+		return store_wait_lock(L, st, l_exec);
 	int rc;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
 		;
@@ -607,6 +717,8 @@ static int l_query(lua_State *L)
 {
 	struct store *st = upstore(L);
 	sqlite3_stmt *stmt = prepare_args(L, st);
+	if (!stmt)
+		return store_wait_lock(L, st, l_query);
 	int rc, n = 0;
 	lua_newtable(L);
 	luaL_setmetatable(L, "paygate.json.array");
@@ -625,6 +737,8 @@ static int l_one(lua_State *L)
 {
 	struct store *st = upstore(L);
 	sqlite3_stmt *stmt = prepare_args(L, st);
+	if (!stmt)
+		return store_wait_lock(L, st, l_one);
 	int rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		push_row(L, stmt);
@@ -648,8 +762,11 @@ static int l_tx(lua_State *L)
 	char err[512];
 
 	luaL_checktype(L, 1, LUA_TFUNCTION);
-	if (store_begin(st, err, sizeof err) < 0)
+	if (store_begin(st, err, sizeof err) < 0) {
+		if (st->locked_out)
+			return store_wait_lock(L, st, l_tx);
 		return luaL_error(L, "db.tx: cannot begin: %s", err);
+	}
 	if (lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0) != LUA_OK) {
 		store_rollback(st);
 		return lua_error(L);
@@ -776,10 +893,10 @@ static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char
 	return apply_one(st, L, v, name, sum, err, errlen);
 }
 
-int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
+/* Apply the migrations not yet applied, in one transaction of their own, durable before it returns. */
+static int migrate_all(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
 {
 	lua_Integer last = 0;
-	idx = lua_absindex(L, idx);
 	/* Migrations are a batch of their own, durable before the generation that needs them serves. */
 	if (store_flush(st, err, errlen) < 0 || exec_simple(st, MIGRATIONS_DDL, err, errlen) < 0 ||
 	    store_begin(st, err, errlen) < 0)
@@ -801,4 +918,13 @@ int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t err
 		return -1;
 	}
 	return store_flush(st, err, errlen);
+}
+
+int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
+{
+	int sleep_ok = st->sleep_ok;
+	st->sleep_ok = 1; /* migrations run before their generation serves: they may wait for the lock */
+	int rc = migrate_all(st, L, lua_absindex(L, idx), err, errlen);
+	st->sleep_ok = sleep_ok;
+	return rc;
 }

@@ -75,6 +75,35 @@ int store_flush(struct store *st, char *err, size_t errlen);
 /* Why the last batch was lost, for the error that its waiters report. */
 const char *store_last_error(const struct store *st);
 
+/*
+** Several worker processes may share the database; only one holds the write
+** lock at a time (from its turn's first write to that turn's commit). A
+** writer that finds it held never sleeps in the loop:
+**
+**   - db.exec/query/one/tx (and jobs.schedule) in a coroutine that can wait
+**     suspend it on a short timer and run again (store_wait_lock), for up
+**     to db_busy_timeout_ms in all; then they raise {status=503,
+**     error="busy"} with nothing written. Elsewhere they raise at once.
+**   - The engine's own writes hear "busy" at once (store_locked_out) and
+**     try again later (the jobs bookkeeping does so on a timer).
+**   - Only start-up and migrations wait inside SQLite (store_sleep_ok),
+**     up to db_busy_timeout_ms: they run before their generation serves.
+*/
+
+/* Did the last store_prepare/store_begin fail because another worker holds the write lock? */
+int store_locked_out(const struct store *st);
+
+/* Allow (1) or forbid (0) waiting for the lock inside SQLite: 1 from store_open until the engine serves. */
+void store_sleep_ok(struct store *st, int ok);
+
+/*
+** `return store_wait_lock(L, st, again)` from the C function `again` whose
+** write found the lock held: its coroutine waits a little and `again` runs
+** once more on the same arguments (or raises when it may not wait or has
+** waited long enough).
+*/
+int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again);
+
 /* Is a db.tx() running now? (Then no coroutine may yield.) */
 int store_in_tx(const struct store *st);
 

@@ -635,6 +635,29 @@ int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char
 	return sign_lines(key, parts, 4, out, err, errlen);
 }
 
+int wxp_app_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce, const char *prepay_id,
+                     struct crypto_buf *out, char *err, size_t errlen)
+{
+	char ts[24];
+	struct part parts[4];
+
+	out->data = NULL;
+	out->len = 0;
+	if (!header_safe(appid) || !header_safe(nonce) || !header_safe(prepay_id) || timestamp < 0 ||
+	    strlen(prepay_id) > 140) {
+		seterr(err, errlen,
+		       "appid, noncestr and prepayid must be printable ASCII (prepayid up to 140), "
+		       "timestamp non-negative");
+		return -1;
+	}
+	snprintf(ts, sizeof ts, "%" PRId64, timestamp);
+	parts[0] = str_part(appid);
+	parts[1] = str_part(ts);
+	parts[2] = str_part(nonce);
+	parts[3] = str_part(prepay_id);
+	return sign_lines(key, parts, 4, out, err, errlen);
+}
+
 /* ================================================================
 ** Field checks (docs/wechatpay.md, "Fields checked before sending")
 ** ================================================================ */

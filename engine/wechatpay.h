@@ -157,6 +157,15 @@ enum wxp_decrypt_result wxp_decrypt_resource(const void *apiv3_key, size_t keyle
 int wxp_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce, const char *prepay_id,
                  struct crypto_buf *out, char *err, size_t errlen);
 
+/*
+** APP pay (the OpenSDK's PayReq): sign = RSA-SHA256 over "appid\ntimestamp\nnoncestr\nprepayid\n" with
+** the merchant key, Base64. appid is the mobile app's; the PayReq also carries partnerid (the
+** mchid) and package WXP_APP_PACKAGE, neither of which is signed. 0, or -1 with err filled.
+*/
+#define WXP_APP_PACKAGE "Sign=WXPay"
+int wxp_app_pay_sign(EVP_PKEY *key, const char *appid, int64_t timestamp, const char *nonce, const char *prepay_id,
+                     struct crypto_buf *out, char *err, size_t errlen);
+
 /* ---- field checks for the prepay request ---- */
 
 /* 6..32 bytes of [0-9A-Za-z_-|*]. */

@@ -440,6 +440,36 @@ static int l_pay_params(lua_State *L)
 	return 1;
 }
 
+/*
+** ---- wechatpay.app_pay_params(prepay_id) → the OpenSDK's PayReq: {appid, partnerid, prepayid,
+** package = "Sign=WXPay", noncestr, timestamp, sign} (APP pay, the mobile app's appid) ----
+*/
+static int l_app_pay_params(lua_State *L)
+{
+	struct wxclient *w = client(L);
+	const char *prepay_id = luaL_checkstring(L, 1);
+	char nonce[33], ts[24], err[CRYPTO_ERRLEN];
+	struct crypto_buf sig = { 0 };
+	int64_t t = now_s();
+
+	if (!w->cfg->app_appid)
+		return luaL_error(L, "wechatpay.app_pay_params: APP pay needs wechatpay.app_appid in the config");
+	if (crypto_nonce_alnum(nonce, 32, err, sizeof err) < 0 ||
+	    wxp_app_pay_sign(w->merchant_key, w->cfg->app_appid, t, nonce, prepay_id, &sig, err, sizeof err) < 0)
+		return luaL_error(L, "wechatpay.app_pay_params: %s", err);
+	snprintf(ts, sizeof ts, "%lld", (long long)t);
+	lua_createtable(L, 0, 7);
+	set_header(L, "appid", w->cfg->app_appid);
+	set_header(L, "partnerid", w->cfg->mchid);
+	set_header(L, "prepayid", prepay_id);
+	set_header(L, "package", WXP_APP_PACKAGE);
+	set_header(L, "noncestr", nonce);
+	set_header(L, "timestamp", ts);
+	set_header(L, "sign", (const char *)sig.data);
+	crypto_buf_free(&sig);
+	return 1;
+}
+
 /* ---- wechatpay.login(code) → {openid=, unionid=} | nil, reason, message ---- */
 
 static const char *login_reason(lua_Integer errcode)
@@ -637,6 +667,8 @@ static int l_settings(lua_State *L)
 	lua_createtable(L, 0, 8);
 	set_header(L, "mchid", c->mchid);
 	set_header(L, "appid", c->appid);
+	if (c->app_appid)
+		set_header(L, "app_appid", c->app_appid);
 	if (c->notify_url)
 		set_header(L, "notify_url", c->notify_url);
 	if (c->refund_notify_url)
@@ -664,6 +696,7 @@ void wxc_push_lua(lua_State *L, struct engine *e)
 	static const luaL_Reg fns[] = { { "request", l_request },
 		                        { "notification", l_notification },
 		                        { "pay_params", l_pay_params },
+		                        { "app_pay_params", l_app_pay_params },
 		                        { "login", l_login },
 		                        { "refresh_certificates", l_refresh_certificates },
 		                        { "check_order", l_check_order },

@@ -17,6 +17,7 @@ local core = require "wechatpay.core"
 local M = {
   notification = core.notification,   -- (req) -> resource, envelope | nil, reason, message
   pay_params = core.pay_params,       -- (prepay_id) -> {appId, timeStamp, nonceStr, package, signType, paySign}
+  app_pay_params = core.app_pay_params, -- (prepay_id) -> {appid, partnerid, prepayid, package, noncestr, timestamp, sign}
   login = core.login,                 -- (code) -> {openid, unionid?} | nil, reason, message
   refresh_certificates = core.refresh_certificates,
   settings = core.settings,
@@ -54,6 +55,34 @@ function M.jsapi_prepay(o)
     amount = { total = o.amount, currency = "CNY" }, payer = { openid = o.openid },
   })
   return core.request("POST", "/v3/pay/transactions/jsapi", body)
+end
+
+--- APP prepay (a mobile app paying through the OpenSDK). o: out_trade_no, description,
+--- amount (fen), time_expire (RFC 3339), attach?, notify_url?. No payer: WeChat learns who
+--- pays when the app's user pays. The appid is the mobile app's (wechatpay.app_appid).
+--- Hand res.body.prepay_id to app_pay_params for the app's PayReq.
+function M.app_prepay(o)
+  local ok, err = core.check_order(o)
+  if not ok then return nil, "invalid", err end
+  local s = core.settings()
+  if not s.app_appid then return nil, "invalid", "APP pay needs wechatpay.app_appid in the config" end
+  local notify_url = o.notify_url or s.notify_url
+  if not notify_url then return nil, "invalid", "no notify_url (configure wechatpay.notify_url)" end
+  local body = json.encode({
+    appid = s.app_appid, mchid = s.mchid, description = o.description, out_trade_no = o.out_trade_no,
+    time_expire = o.time_expire, attach = o.attach, notify_url = notify_url,
+    amount = { total = o.amount, currency = "CNY" },
+  })
+  return core.request("POST", "/v3/pay/transactions/app", body)
+end
+
+--- The appid an order of this channel is paid under: "miniprogram" (JSAPI, wechatpay.appid)
+--- or "app" (APP pay, wechatpay.app_appid). nil for an unknown or unconfigured channel.
+function M.appid_of(channel)
+  local s = core.settings()
+  if channel == nil or channel == "miniprogram" then return s.appid end
+  if channel == "app" then return s.app_appid end
+  return nil
 end
 
 --- Query an order by our out_trade_no (the only way before it is paid).

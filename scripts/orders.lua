@@ -16,15 +16,43 @@ app.post("/api/quote", function(req)
   return 200, orders.quote{ openid = openid, items = body.items, body = body }
 end)
 
--- POST /api/orders {items: [{product_id, qty}], coupon?}: priced from our products table and
+-- POST /api/orders {items: [{product_id, qty}], coupon?, channel?}: priced from our products table and
 -- our rules, checked, the units reserved. The same Idempotency-Key gets the same answer again.
 app.post("/api/orders", function(req)
   local openid = auth.user(req)
   local body = app.read_json(req)
   return idempotency.run(req, openid, function()
-    local order = orders.create{ openid = openid, items = body.items, body = body }
+    local order = orders.create{ openid = openid, items = body.items, body = body, channel = body.channel }
     return 201, orders.view(order)
   end)
+end)
+
+-- The value of name in a query string like "limit=10&before=PG...", or nil.
+local function param(query, name)
+  for k, v in (query or ""):gmatch("([^&=]+)=([^&]*)") do
+    if k == name then return v end
+  end
+end
+
+-- GET /api/orders?limit=&before=: the caller's own orders, newest first, a page at a time;
+-- `next` (when more remain) is the `before` of the next page. The mini program finds here an
+-- order it lost track of (killed mid-payment). Stored as they are: WeChat is not asked.
+app.get("/api/orders", function(req)
+  local openid = auth.user(req)
+  local limit = param(req.query, "limit")
+  if limit then
+    limit = math.tointeger(tonumber(limit))
+    if not limit or limit < 1 then
+      app.fail(400, "invalid_request", "limit must be a whole number from 1 to " .. orders.LIST_MAX)
+    end
+    limit = math.min(limit, orders.LIST_MAX)
+  end
+  local before = param(req.query, "before")
+  if before == "" then before = nil end
+  local rows, next_no = orders.list_owned(openid, { limit = limit, before = before })
+  local list = json.array()
+  for _, o in ipairs(rows) do list[#list + 1] = orders.view(o) end
+  return 200, { orders = list, next = next_no }
 end)
 
 -- GET /api/orders/{no}: a PAYING order is checked with WeChat first.

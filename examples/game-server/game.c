@@ -21,14 +21,16 @@
 ** 127.0.0.1 and its HTTP port. paygate is a guest on that loop:
 **
 **   game protocol (TCP)    BUY 42 7  ──paygate_call("buy")──►  scripts/store.lua
-**                          OK {...}  ◄──callback, later──────  (order + WeChat prepay)
+**                          OK {...}  ◄──callback, later──────  (order + WeChat APP prepay → PayReq)
 **   game HTTP port         /game/status answered here; every other path
 **                          (WeChat Pay's notifications) ──paygate_handle_request──► scripts
 **   paid order             scripts/delivery.lua ──host.deliver{...}──► deliver() below
 **
 ** Commands, one per line, one answer line each ("OK <json>" or "ERR <status> <json>"):
 **   LOGIN <player> <code>   the code of wx.login in the WeChat mini game
-**   BUY <player> <item>     → {order_no, item, amount, pay}: pay goes to wx.requestPayment
+**   BUY <player> <item> [app|miniprogram]
+**                           → {order_no, item, amount, channel, pay}: pay is the OpenSDK's PayReq
+**                             (APP pay, the default) or what wx.requestPayment takes
 **   INV <player>            → {"<item>": count, ...}, what was delivered
 **   PRICE <item> <fen>      tells the shop a new price (an event, nothing comes back)
 **   RELOAD                  reloads the shop's scripts → {"generation": n}
@@ -247,7 +249,7 @@ static void on_bye_event(struct bufferevent *bev, short what, void *arg)
 static void handle(struct client *c, char *line)
 {
 	char *save = NULL, *verb = strtok_r(line, " \t", &save);
-	char *a1 = strtok_r(NULL, " \t", &save), *a2 = strtok_r(NULL, " \t", &save);
+	char *a1 = strtok_r(NULL, " \t", &save), *a2 = strtok_r(NULL, " \t", &save), *a3 = strtok_r(NULL, " \t", &save);
 	struct evbuffer *args;
 	long x, y;
 
@@ -269,7 +271,9 @@ static void handle(struct client *c, char *line)
 			evbuffer_add(args, "}", 1);
 			call(c, "login", args);
 		} else if (strcmp(verb, "BUY") == 0 && parse_id(a1, &x) == 0 && parse_id(a2, &y) == 0) {
-			evbuffer_add_printf(args, "{\"player\":%ld,\"item\":%ld}", x, y);
+			evbuffer_add_printf(args, "{\"player\":%ld,\"item\":%ld,\"channel\":", x, y);
+			paygate_json_add_string(args, a3 ? a3 : "app");
+			evbuffer_add(args, "}", 1);
 			call(c, "buy", args);
 		} else if (strcmp(verb, "PRICE") == 0 && parse_id(a1, &x) == 0 && parse_id(a2, &y) == 0) {
 			evbuffer_add_printf(args, "{\"item\":%ld,\"price\":%ld}", x, y);
@@ -282,7 +286,7 @@ static void handle(struct client *c, char *line)
 			answer(
 			    c, 400,
 			    "{\"error\":\"bad_command\",\"message\":"
-			    "\"LOGIN <player> <code> | BUY <player> <item> | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
+			    "\"LOGIN <player> <code> | BUY <player> <item> [app|miniprogram] | INV <player> | PRICE <item> <fen> | RELOAD | QUIT\"}");
 		}
 		evbuffer_free(args);
 	}

@@ -10,6 +10,7 @@ log_level = "info"
 wechatpay = {
   mchid = "1900007291",
   appid = "wxd678efh567hg6787",
+  app_appid = "wx1a2b3c4d5e6f7a8b",   -- APP pay: the mobile app\'s appid
   merchant_cert_file = "../../var/sandbox/merchant_cert.pem",
   private_key_file = "../../var/sandbox/merchant_key.pem",
   apiv3_key_file = "../../var/sandbox/apiv3_key",

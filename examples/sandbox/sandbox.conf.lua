@@ -12,6 +12,7 @@ limits   = { max_connections_per_client = 0 }
 app = {                            -- visible to the scripts as `config`
   mchid = "1900007291",
   appid = "wxd678efh567hg6787",
+  app_appid = "wx1a2b3c4d5e6f7a8b",   -- APP pay: the mobile app\'s appid
   mode = "certificate",            -- "certificate" | "public_key" | "mixed" (public key when asked)
   clock_speed = 1,                 -- divides every notification retry delay (1000: 15 s → 15 ms)
   notify_timeout_ms = 5000,        -- a notification not answered 200/204 within this failed

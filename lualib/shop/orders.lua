@@ -85,7 +85,7 @@ function M.view(o)
   local subtotal = 0
   for _, it in ipairs(items) do subtotal = subtotal + it.qty * it.price end
   local v = {
-    order_no = o.order_no, status = o.status, amount = o.amount, subtotal = subtotal,
+    order_no = o.order_no, status = o.status, amount = o.amount, subtotal = subtotal, channel = o.channel,
     items = items, adjustments = json.array(M.adjustments(o.order_no)),
     created_at = timefmt.rfc3339(o.created_at), expires_at = timefmt.rfc3339(o.expires_at),
   }
@@ -201,6 +201,10 @@ local function describe(lines)
   return #text <= 120 and text or text:sub(1, 120)
 end
 
+--- The channels an order is paid through: "miniprogram" (JSAPI, wx.requestPayment, the
+--- mini program's appid) and "app" (APP pay, the OpenSDK's PayReq, the mobile app's appid).
+M.CHANNELS = { miniprogram = true, app = true }
+
 --- Create an order (CREATED) and reserve its units, in one transaction (a savepoint when
 --- the caller has one open; nothing in it waits). o:
 ---   openid  who orders (the payer)
@@ -211,6 +215,7 @@ end
 ---           payment after close re-sells the order
 ---   ttl_s   how long it may stay unpaid (default config.order_ttl_s or 900)
 ---   prefix  of the order number (default "PG")
+---   channel "miniprogram" (default) or "app": how it will be paid, hence under which appid
 --- In order: price (list prices, then the quote hooks), check hooks, stock decisions, reserve,
 --- insert the order, its items and adjustments, claim hooks, schedule the expiry.
 --- Returns the order row. Refusals raise app.fail: 409 out_of_stock, limit_reached, a check's
@@ -222,6 +227,10 @@ function M.create(o)
   assert(o.body == nil or type(o.body) == "table", "orders.create: body must be the request's table")
   assert(o.prefix == nil or (type(o.prefix) == "string" and o.prefix:match("^%w?%w?%w?%w?$")),
          "orders.create: prefix must be at most 4 letters or digits")
+  local channel = o.channel or "miniprogram"
+  if not M.CHANNELS[channel] then
+    app.fail(400, "invalid_request", "channel must be \"miniprogram\" or \"app\"")
+  end
   return db.tx(function()
     local lines = priced_lines(o.items)
     local ctx = pricing.context{ purpose = "order", openid = o.openid, body = o.body }
@@ -235,9 +244,10 @@ function M.create(o)
     local now = clock.now()
     local no = M.new_order_no(o.prefix or "PG", now)
     db.exec([[INSERT INTO orders(order_no, openid, status, amount, description, created_at, expires_at, updated_at,
-                                 units, context)
-              VALUES (?, ?, 'CREATED', ?, ?, ?, ?, ?, 'reserved', ?)]],
-            no, o.openid, priced.amount, describe(lines), now, now + ttl_s * 1000, now, request_context(o.body))
+                                 units, context, channel)
+              VALUES (?, ?, 'CREATED', ?, ?, ?, ?, ?, 'reserved', ?, ?)]],
+            no, o.openid, priced.amount, describe(lines), now, now + ttl_s * 1000, now, request_context(o.body),
+            channel)
     for _, l in ipairs(lines) do
       db.exec("INSERT INTO order_items(order_no, product_id, name, qty, price, net) VALUES (?, ?, ?, ?, ?, ?)",
               no, l.product_id, l.name, l.qty, l.price, l.net)
@@ -429,6 +439,39 @@ function M.queue_fulfillment(order_no)
   db.exec([[INSERT INTO fulfillments(order_no, status, attempts, created_at) VALUES (?, 'PENDING', 0, ?)
             ON CONFLICT(order_no) DO NOTHING]], order_no, clock.now())
   jobs.schedule("fulfill", { order_no = order_no }, { key = "fulfill:" .. order_no, max_attempts = M.UNTIL_DONE })
+end
+
+
+M.LIST_DEFAULT = 20               -- orders per page of a user's list
+M.LIST_MAX = 100
+
+--- One page of openid's own orders, newest first (created_at, then order_no, both descending).
+--- o: {limit (1..LIST_MAX, default LIST_DEFAULT), before (an order_no of this user: the page
+--- starts after it)}. Returns the rows and, when more remain, the order_no to pass as
+--- `before` for the next page. The index orders_by_owner (openid, created_at) serves it: the
+--- rows are read in index order, only those of one millisecond are sorted, and the read
+--- stops after limit + 1 rows, however many orders the user has.
+M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?"
+M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR order_no < ?)
+                     ORDER BY created_at DESC, order_no DESC LIMIT ?]]
+
+function M.list_owned(openid, o)
+  local limit = o.limit or M.LIST_DEFAULT
+  assert(math.type(limit) == "integer" and limit >= 1 and limit <= M.LIST_MAX, "orders.list_owned: bad limit")
+  local rows
+  if o.before then
+    local cursor = M.load_owned(o.before, openid)
+    if not cursor then app.fail(400, "invalid_request", "before must be the order_no of one of your orders") end
+    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.order_no, limit + 1)
+  else
+    rows = db.query(M.LIST_SQL, openid, limit + 1)
+  end
+  local next_no
+  if #rows > limit then
+    rows[#rows] = nil
+    next_no = rows[#rows].order_no
+  end
+  return rows, next_no
 end
 
 return M

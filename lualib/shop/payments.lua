@@ -11,13 +11,16 @@ local PREPAY_LIFE_MS = 110 * 60 * 1000     -- WeChat keeps a prepay_id 2 hours; 
 
 --- Check a transaction against our records. Returns the order, or nil and the reason
 --- the transaction is refused (nothing is changed then).
+--- The appid is the one of the order's own channel (a mini-program order paid under the
+--- app's appid, or the other way round, is refused).
 function M.check(tx)
   local s = wechatpay.settings()
-  if tx.appid ~= s.appid then return nil, "appid_mismatch" end
   if tx.mchid ~= s.mchid then return nil, "mchid_mismatch" end
   if type(tx.out_trade_no) ~= "string" then return nil, "no_out_trade_no" end
   local order = orders.load(tx.out_trade_no)
   if not order then return nil, "unknown_order" end
+  local appid = wechatpay.appid_of(order.channel)
+  if not appid or tx.appid ~= appid then return nil, "appid_mismatch" end
   if tx.trade_state ~= "SUCCESS" then return nil, "trade_state_" .. tostring(tx.trade_state) end
   local amount = type(tx.amount) == "table" and tx.amount or {}
   if amount.total ~= order.amount then return nil, "amount_mismatch" end
@@ -73,13 +76,25 @@ function M.query_and_apply(order_no)
   end)
 end
 
---- Start (or resume) paying order_no for its owner openid: WeChat's JSAPI prepay once, the
---- order CREATED → PAYING, and a reconcile_order job in case the notification never comes.
---- Asking again while the prepay_id is valid reuses it. Returns the parameters of
---- wx.requestPayment. Raises app.fail: 404 not_found (no such order of this user),
---- 409 not_payable (not open, about to expire, or WeChat has it paid or closed),
---- 502 upstream_error (WeChat did not take it; the order is kept and can be paid again).
---- Waits for WeChat: call it outside db.tx.
+-- The prepay of the order's channel: JSAPI for the mini program (the payer's openid), APP
+-- pay for the mobile app (no payer: WeChat learns who pays when the app's user pays).
+local function prepay(order)
+  local o = { out_trade_no = order.order_no, description = order.description, amount = order.amount,
+              time_expire = timefmt.rfc3339(order.expires_at) }
+  if order.channel == "app" then return wechatpay.app_prepay(o) end
+  o.openid = order.openid
+  return wechatpay.jsapi_prepay(o)
+end
+
+--- Start (or resume) paying order_no for its owner openid: WeChat's prepay once (JSAPI, or
+--- APP pay for an order of the "app" channel), the order CREATED → PAYING, and a
+--- reconcile_order job in case the notification never comes. Asking again while the
+--- prepay_id is valid reuses it. Returns the parameters of wx.requestPayment, or for an "app"
+--- order the OpenSDK's PayReq (appid, partnerid, prepayid, package "Sign=WXPay", noncestr,
+--- timestamp, sign). Raises app.fail: 404 not_found (no such order of this user),
+--- 409 not_payable (not open, about to expire, WeChat has it paid or closed, or APP pay is not
+--- configured), 502 upstream_error (WeChat did not take it; the order is kept and can be paid
+--- again). Waits for WeChat: call it outside db.tx.
 function M.pay(order_no, openid)
   local order = orders.load_owned(order_no, openid)
   if not order then app.fail(404, "not_found", "no such order") end
@@ -88,14 +103,16 @@ function M.pay(order_no, openid)
   if not orders.OPEN[order.status] or order.expires_at - now < min_left_ms then
     app.fail(409, "not_payable", "the order is " .. (orders.OPEN[order.status] and "about to expire" or order.status))
   end
+  local app_pay = order.channel == "app"
+  local params = app_pay and wechatpay.app_pay_params or wechatpay.pay_params
+  if app_pay and not wechatpay.appid_of("app") then
+    app.fail(409, "not_payable", "APP pay is not set up (wechatpay.app_appid)")
+  end
   if order.prepay_id and now - order.prepay_at < PREPAY_LIFE_MS then
-    return wechatpay.pay_params(order.prepay_id)
+    return params(order.prepay_id)
   end
 
-  local res, why, msg = wechatpay.jsapi_prepay({
-    out_trade_no = order.order_no, description = order.description, amount = order.amount,
-    openid = order.openid, time_expire = timefmt.rfc3339(order.expires_at),
-  })
+  local res, why, msg = prepay(order)
   if not res or res.status ~= 200 or type(res.body) ~= "table" or type(res.body.prepay_id) ~= "string" then
     if res and (res.code == "ORDERPAID" or res.code == "ORDER_CLOSED") then
       app.fail(409, "not_payable", "WeChat says the order is " .. (res.code == "ORDERPAID" and "paid" or "closed"))
@@ -118,7 +135,7 @@ function M.pay(order_no, openid)
     return changed == 1
   end)
   if not stored then app.fail(409, "not_payable", "the order closed while WeChat was asked") end
-  return wechatpay.pay_params(prepay_id)
+  return params(prepay_id)
 end
 
 --- The order of openid as it stands now: a PAYING order is first checked at WeChat (after

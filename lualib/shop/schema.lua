@@ -169,6 +169,10 @@ M.UPGRADES = {
   );
   CREATE INDEX coupon_redemptions_by_user ON coupon_redemptions(code, openid, status);
 ]] },
+  { name = "lualib/shop 3: an order's payment channel (mini program or APP pay)", sql = [[
+  ALTER TABLE orders ADD COLUMN channel TEXT NOT NULL DEFAULT 'miniprogram';  -- 'miniprogram' | 'app' (orders.CHANNELS):
+                                                   -- which appid it is paid under (wechatpay.appid_of)
+]] },
 }
 
 local declared = {}

@@ -15,3 +15,7 @@ port_of() { # wait for "listening on http://127.0.0.1:PORT" in $1; prints PORT
 	done
 	echo "server did not start: $(cat "$1")" >&2; exit 1
 }
+
+worker_pid() { # PORT: the pid of the first worker of the paygate on PORT (its master only supervises)
+	curl -sf "http://127.0.0.1:$1/healthz" | grep -o '"pid":[0-9]*' | head -1 | cut -d: -f2
+}

@@ -44,7 +44,7 @@ curl -sf "http://127.0.0.1:$PG/hello" >/dev/null
 # run hits both alike. Two figures: throughput (requests/s, as wrk sees it) and the server's
 # own CPU per request (from /proc), which the load generator's limits cannot hide.
 ROUNDS=${BENCH_ROUNDS:-3}
-BARE_PID=${PIDS[0]}; PG_PID=${PIDS[1]}
+BARE_PID=${PIDS[0]}; PG_PID=$(worker_pid "$PG") # the worker's CPU: the master only supervises
 run "$BARE_PID" "http://127.0.0.1:$BARE/hello" >/dev/null        # warm-up
 run "$PG_PID" "http://127.0.0.1:$PG/hello" >/dev/null
 : >"$TMP/bare.runs"; : >"$TMP/pg.runs"

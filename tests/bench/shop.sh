@@ -2,7 +2,8 @@
 # tests/bench/shop.sh — the shop's real routes, paygate against the OpenResty reference peer, in one run.
 #
 # paygate runs the real scripts/ (signed session tokens, stock/reserved/sold, the expiry job) wired to
-# the WeChat Pay sandbox, twice: durable (the default) and with the bench-only unsafe_no_sync knob.
+# the WeChat Pay sandbox, three times: durable (the default), with the bench-only unsafe_no_sync knob,
+# and durable with workers = 2 (on the same core as the others: no collapse is what it shows).
 # The peer (PEERS, default ../shared/peers: not part of this repository) is started with its own
 # start.sh at synchronous=FULL. wrk -t1 -c$CONN; servers on core 1, wrk on core 0 when there are
 # two cores; the servers take turns, ROUNDS times, and the medians are reported with their ratios.
@@ -75,13 +76,17 @@ CONF
 }
 shop_conf durable ""
 shop_conf nosync "unsafe_no_sync = true"
+shop_conf w2 "workers = 2"
 $PIN_SERVER ./build/paygate --config "$TMP/durable.conf.lua" >"$TMP/durable.out" 2>"$TMP/durable.err" & PIDS+=($!)
-PG_PID=$!
 PG=$(port_of "$TMP/durable.out")
+PG_PID=$(worker_pid "$PG") # profiled and watched: the worker, not its master
 PAYGATE_BENCH=1 $PIN_SERVER ./build/paygate --config "$TMP/nosync.conf.lua" >"$TMP/nosync.out" 2>"$TMP/nosync.err" &
 PIDS+=($!)
-NS_PID=$!
 NS=$(port_of "$TMP/nosync.out")
+NS_PID=$(worker_pid "$NS")
+$PIN_SERVER ./build/paygate --config "$TMP/w2.conf.lua" >"$TMP/w2.out" 2>"$TMP/w2.err" & PIDS+=($!)
+W2_PID=$!
+W2=$(port_of "$TMP/w2.out")
 
 # ---- the peer (when its folder is there: it is not part of this repository) ----
 PEER=""
@@ -96,7 +101,7 @@ fi
 
 # ---- data: five products with a deep stock everywhere; users and notifications for paygate ----
 for id in 1 2 3 4 5; do
-	for port in "$PG" "$NS" $PEER; do
+	for port in "$PG" "$NS" "$W2" $PEER; do
 		curl -sf -X PUT "http://127.0.0.1:$port/admin/products/$id" -H 'Content-Type: application/json' \
 			-d "{\"name\":\"product $id\",\"price\":$((100 * id)),\"stock\":100000000}" >/dev/null
 	done
@@ -139,8 +144,10 @@ for _ in $(seq "$ROUNDS"); do
 	[ -z "$PEER" ] || run "$PEER_PID" peer_orders -s "$PEERS/wrk/create_order.lua" "http://127.0.0.1:$PEER"
 	run "$PG_PID" pg_orders -s "$S/create_order.lua" "http://127.0.0.1:$PG"
 	run "$NS_PID" ns_orders -s "$S/create_order.lua" "http://127.0.0.1:$NS"
+	run "$W2_PID" w2_orders -s "$S/create_order.lua" "http://127.0.0.1:$W2"
 	[ -z "$PEER" ] || run "$PEER_PID" peer_products -s "$PEERS/wrk/products.lua" "http://127.0.0.1:$PEER/api/products"
 	run "$PG_PID" pg_products -s "$S/products.lua" "http://127.0.0.1:$PG/api/products"
+	run "$W2_PID" w2_products -s "$S/products.lua" "http://127.0.0.1:$W2/api/products"
 done
 
 line() { # LABEL FILE
@@ -150,8 +157,10 @@ line() { # LABEL FILE
 [ -z "$PEER" ] || line "OpenResty peer, POST /api/orders (synchronous=FULL)" "$TMP/peer_orders.runs"
 line "paygate, POST /api/orders, durable (group commit)" "$TMP/pg_orders.runs"
 line "paygate, POST /api/orders, unsafe_no_sync (bench only)" "$TMP/ns_orders.runs"
+line "paygate, POST /api/orders, durable, 2 workers" "$TMP/w2_orders.runs"
 [ -z "$PEER" ] || line "OpenResty peer, GET /api/products" "$TMP/peer_products.runs"
 line "paygate, GET /api/products" "$TMP/pg_products.runs"
+line "paygate, GET /api/products, 2 workers" "$TMP/w2_products.runs"
 line "paygate, POST /wechat/notify/pay, durable (1 round)" "$TMP/notify.runs"
 NOTES=$(awk '{print int($1 * '"$DUR"')}' "$TMP/notify.runs")
 [ "$NOTES" -le "$NOTIFY" ] || echo "  (the notification run needed more than the $NOTIFY made: some were duplicates)"
@@ -161,10 +170,11 @@ PO=0; PP=0
 GO=$(median "$TMP/pg_orders.runs" 1); NO=$(median "$TMP/ns_orders.runs" 1)
 GP=$(median "$TMP/pg_products.runs" 1)
 awk -v po="$PO" -v go="$GO" -v no="$NO" -v pp="$PP" -v gp="$GP" -v p99="$(median "$TMP/pg_orders.runs" 2)" \
-	-v nr="$(median "$TMP/notify.runs" 1)" 'BEGIN {
+	-v nr="$(median "$TMP/notify.runs" 1)" -v w2p99="$(median "$TMP/w2_orders.runs" 2)" 'BEGIN {
 	if (po > 0) printf "create order, durable / OpenResty peer at FULL:  %.2fx  (target >= 3x)\n", go / po
 	printf "create order p99, durable:                        %.1f ms (target <= 10 ms)\n", p99
 	printf "create order, durable / paygate unsafe_no_sync:  %.0f%%  (target >= 70%%)\n", 100 * go / no
 	if (pp > 0) printf "GET /api/products / OpenResty peer:              %.2fx  (target >= 1.0x)\n", gp / pp
 	printf "payment notifications, durable:                  %.0f/s (target >= 10,000/s)\n", nr
+	printf "create order p99, 2 workers / 1 worker:          %.2fx  (target <= 2x)\n", w2p99 / p99
 }'

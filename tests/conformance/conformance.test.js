@@ -6,6 +6,7 @@
 //   Pay#verifySign({timestamp, nonce, body, serial, signature}) response/notification check
 //   Pay#decipher_gcm(ciphertext, associated_data, nonce, key)  notification resource
 //   Pay#transactions_jsapi(params)  JSAPI prepay + mini-program pay params (paySign),
+//   Pay#transactions_app(params)    APP prepay + the OpenSDK PayReq (sign),
 //                                   run against an in-memory http service (Pay#createHttp)
 //   Pay#getSN(cert)                 certificate serial
 // The keys are a fresh RSA-2048 pair and self-signed certificate made with the openssl CLI.
@@ -192,4 +193,45 @@ test('the SDK transactions_jsapi request verifies with wxp_tool, and its paySign
   assert.equal(ours, p.paySign);
   const message = `${p.appId}\n${p.timeStamp}\n${p.nonceStr}\n${p.package}\n`;
   assert.equal(crypto.verify('RSA-SHA256', Buffer.from(message), certPem, Buffer.from(ours, 'base64')), true);
+});
+
+// APP pay: the SDK's transactions_app builds the OpenSDK's PayReq (appid of the mobile app,
+// partnerid, prepayid, package "Sign=WXPay", noncestr, timestamp, sign). Its sign must equal
+// ours (wxp_tool app-pay-sign: wxp_app_pay_sign, what wechatpay.app_pay_params uses), and the
+// request it sends to /v3/pay/transactions/app must verify like any other.
+test('the SDK transactions_app request verifies with wxp_tool, and its PayReq sign equals ours', async () => {
+  const APP_APPID = 'wx8888888888888888';
+  const appPay = new Pay({ appid: APP_APPID, mchid: MCHID, publicKey: certPem, privateKey: keyPem, serial_no: serial });
+  const sent = [];
+  appPay.createHttp({
+    post: async (url, params, headers) => {
+      sent.push({ url, params, headers });
+      return { status: 200, data: { prepay_id: 'wx201410272009395522657a690389285100' } };
+    },
+  });
+  const result = await appPay.transactions_app({
+    description: '游戏道具-龙蛋', out_trade_no: 'GM1217752501201407033233368018',
+    notify_url: 'https://example.com/wechat/notify/pay', amount: { total: 1800 },
+  });
+  assert.equal(sent.length, 1);
+  const req = sent[0];
+  assert.equal(req.url, 'https://api.mch.weixin.qq.com/v3/pay/transactions/app');
+  assert.equal(req.params.appid, APP_APPID);
+  assert.equal(req.params.payer, undefined);
+  const verdict = tool(['verify-authorization', certFile, 'POST', '/v3/pay/transactions/app',
+    writeTemp(JSON.stringify(req.params)), req.headers.Authorization], true);
+  assert.equal(verdict.status, 0, verdict.err);
+
+  const p = result.data;
+  assert.equal(p.appid, APP_APPID);
+  assert.equal(p.partnerid, MCHID);
+  assert.equal(p.package, 'Sign=WXPay');
+  assert.equal(p.prepayid, 'wx201410272009395522657a690389285100');
+  const ours = tool(['app-pay-sign', keyFile, p.appid, p.timestamp, p.noncestr, p.prepayid]);
+  assert.equal(ours, p.sign);
+  const message = `${p.appid}\n${p.timestamp}\n${p.noncestr}\n${p.prepayid}\n`;
+  assert.equal(crypto.verify('RSA-SHA256', Buffer.from(message), certPem, Buffer.from(ours, 'base64')), true);
+  // the mini-program signature over the same fields is a different message: it must not pass as an APP sign
+  const jsapi = tool(['pay-sign', keyFile, p.appid, p.timestamp, p.noncestr, p.prepayid]);
+  assert.notEqual(jsapi, p.sign);
 });

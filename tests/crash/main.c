@@ -20,7 +20,16 @@ static void arm_crash_vfs(struct paygate_options *o)
 	}
 }
 
+/* One process (--single): the test's signals (SIGUSR1, SIGUSR2) and its power cut concern the engine itself. */
 int main(int argc, char **argv)
 {
-	return daemon_main("paygate-crash", argc, argv, arm_crash_vfs);
+	char **args = calloc((size_t)argc + 2, sizeof *args);
+	if (!args)
+		return 1;
+	for (int i = 0; i < argc; i++)
+		args[i] = argv[i];
+	args[argc] = "--single";
+	int rc = daemon_main("paygate-crash", argc + 1, args, arm_crash_vfs);
+	free(args);
+	return rc;
 }

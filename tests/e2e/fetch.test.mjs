@@ -305,7 +305,8 @@ test('a client that disconnects during an outbound call frees everything (50 tim
     };
     await abortOnce(0);
     await eventually(() => up.stats.open === 0, 3000, 10);
-    const fds0 = fdCount(g.pid);
+    const [worker] = await g.workerPids();
+    const fds0 = fdCount(worker);
     const t0 = Date.now();
     for (let i = 1; i <= 50; i++) await abortOnce(i);
     assert.ok(Date.now() - t0 < 20000, 'each abort was noticed promptly');
@@ -315,7 +316,7 @@ test('a client that disconnects during an outbound call frees everything (50 tim
     await eventually(async () => (await g.metric('paygate_http_inflight')) === idleInflight);
     const h = await g.get('/healthz');
     assert.equal(h.json.inflight, idleInflight);
-    const fds1 = fdCount(g.pid);
+    const fds1 = fdCount(worker);
     assert.ok(fds1 <= fds0 + 3, `gateway fds grew from ${fds0} to ${fds1}`);
     assert.equal((await g.get('/ping')).status, 200);
     assert.match(g.log, /client disconnected; handler cancelled/);

@@ -134,6 +134,8 @@ export async function startGateway(opts = {}) {
     put: (path, body, o = {}) => request(port, 'PUT', path, { ...o, body }),
     writeScripts: (files) => writeScripts(scriptsDir, files),
     async reload() { return request(port, 'POST', '/admin/reload'); },
+    /** The worker processes serving now (the daemon's master is child.pid), from /healthz. */
+    async workerPids() { return (await request(port, 'GET', '/healthz')).json.workers.list.map((w) => w.pid); },
     async metric(name) {
       const r = await request(port, 'GET', '/metrics');
       const line = r.body.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{') && l.includes(name));

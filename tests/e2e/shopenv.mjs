@@ -10,6 +10,7 @@ import { ROOT, SANDBOX_BIN, startGateway, sleep } from './harness.mjs';
 
 export const MCHID = '1900007291';
 export const APPID = 'wxd678efh567hg6787';
+export const APP_APPID = 'wx1a2b3c4d5e6f7a8b';   // the mobile app (APP pay)
 
 export function freePort() {
   return new Promise((resolve) => {
@@ -102,7 +103,7 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
     limits: { max_connections_per_client: 0 },
     ...(keepSandbox ? { listen: `127.0.0.1:${await freePort()}` } : {}),
     app: {
-      mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
+      mchid: MCHID, appid: APPID, app_appid: APP_APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
       refund_settle_s: 1, latency_ms: 0,
       keys: {
         platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
@@ -138,7 +139,7 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
         config: {
           listen: `127.0.0.1:${port}`, scripts: dir, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
           wechatpay: {
-            mchid: MCHID, appid: APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
+            mchid: MCHID, appid: APPID, app_appid: APP_APPID, merchant_serial: readFileSync(k('merchant_serial'), 'utf8').trim(),
             private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
             platform_cert_files: [k('platform_cert.pem')], download_certificates: false,
             base_url: `http://127.0.0.1:${sandbox.port}`, login_base_url: `http://127.0.0.1:${sandbox.port}`,

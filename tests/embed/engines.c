@@ -1,4 +1,6 @@
-/* engines.c — the embedding API from a host's side: two engines on one loop, calls both ways, events, free. */
+/* engines.c — the embedding API from a host's side: two engines on one loop, two on their own threads, calls both ways, free. */
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,6 +319,209 @@ static void json_helpers(void)
 	evbuffer_free(b);
 }
 
+/* ---- own-thread mode: two engines, each on a thread of its own, the host on this thread ---- */
+
+static pthread_t host_thread;
+static int host_fn_elsewhere; /* a host function ran on another thread than the host's */
+
+static int tag_here(void *arg, const char *json, struct evbuffer *reply)
+{
+	if (!pthread_equal(pthread_self(), host_thread))
+		host_fn_elsewhere++;
+	return tag(arg, json, reply);
+}
+
+/* Poll both engines' descriptors and dispatch, until *flag is set or ms passed; returns *flag. */
+static int pump(struct paygate *c, struct paygate *d, const int *flag, int ms)
+{
+	int64_t end = now_ms() + ms;
+	while (!*flag && now_ms() < end) {
+		struct pollfd fds[2] = { { .fd = c ? paygate_fd(c) : -1, .events = POLLIN },
+			                 { .fd = d ? paygate_fd(d) : -1, .events = POLLIN } };
+		if (poll(fds, 2, 50) < 0)
+			break;
+		if (c && (fds[0].revents & POLLIN))
+			paygate_dispatch_completions(c);
+		if (d && (fds[1].revents & POLLIN))
+			paygate_dispatch_completions(d);
+	}
+	return *flag;
+}
+
+static struct result *tcall(struct paygate *pg, const char *fn, const char *args)
+{
+	static struct result r;
+	memset(&r, 0, sizeof r);
+	if (paygate_call(pg, fn, args, on_result, &r) < 0)
+		return &r;
+	pump(pg, NULL, &r.done, 10000);
+	return &r;
+}
+
+/* Callers on other threads: each makes 25 calls to "hit"; results come back on the host's thread. */
+struct caller {
+	struct paygate *pg;
+	struct result results[25];
+	int refused;
+};
+
+static void *caller_main(void *arg)
+{
+	struct caller *k = arg;
+	for (int i = 0; i < 25; i++)
+		if (paygate_call(k->pg, "hit", NULL, on_result, &k->results[i]) < 0)
+			k->refused++;
+	return NULL;
+}
+
+static int results_done(struct caller *k, int n)
+{
+	int done = 0;
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < 25; j++)
+			done += k[i].results[j].done == 1 && k[i].results[j].status == 200;
+	return done;
+}
+
+struct freeing {
+	struct paygate *pg;
+	int done;
+};
+
+static void free_engine(void *arg, int status, const char *json)
+{
+	struct freeing *f = arg;
+	(void)status;
+	(void)json;
+	f->done++;
+	paygate_free(f->pg);
+}
+
+static void own_threads(const char *root)
+{
+	char dir_c[256], dir_d[256], conf_c[512], conf_d[512], err[1024];
+	struct paygate_function fc[] = { { "tag", tag_here, "C" }, { NULL, NULL, NULL } };
+	struct paygate_function fd[] = { { "tag", tag_here, "D" }, { NULL, NULL, NULL } };
+	struct result *r;
+
+	host_thread = pthread_self();
+	snprintf(dir_c, sizeof dir_c, "%s/thread-c", root);
+	snprintf(dir_d, sizeof dir_d, "%s/thread-d", root);
+	snprintf(conf_c, sizeof conf_c, "%s/paygate.conf.lua", dir_c);
+	snprintf(conf_d, sizeof conf_d, "%s/paygate.conf.lua", dir_d);
+	if (mkdir(dir_c, 0700) < 0 || mkdir(dir_d, 0700) < 0 || make_world(dir_c, "charlie") < 0 ||
+	    make_world(dir_d, "delta") < 0) {
+		check(0, "own-thread set-up");
+		return;
+	}
+	struct paygate_options oc = { .config_path = conf_c,
+		                      .lualib_dir = PAYGATE_LUALIB,
+		                      .functions = fc,
+		                      .log_file = stderr };
+	struct paygate_options od = { .config_path = conf_d,
+		                      .lualib_dir = PAYGATE_LUALIB,
+		                      .functions = fd,
+		                      .log_file = stderr };
+	struct paygate *c = paygate_start_thread(&oc, err, sizeof err);
+	if (!c)
+		fprintf(stderr, "engine c: %s\n", err);
+	struct paygate *d = paygate_start_thread(&od, err, sizeof err);
+	if (!d)
+		fprintf(stderr, "engine d: %s\n", err);
+	check(c && d && paygate_fd(c) >= 0 && paygate_fd(d) >= 0 && paygate_fd(c) != paygate_fd(d) &&
+	          paygate_generation(c) == 1 && paygate_generation(d) == 1,
+	      "own-thread mode: two engines, each on its own thread, each with its own descriptor");
+	if (!c || !d) {
+		paygate_free(c);
+		paygate_free(d);
+		return;
+	}
+	r = tcall(c, "whoami", NULL);
+	int charlie = contains(r, 200, "\"charlie\"");
+	r = tcall(d, "whoami", NULL);
+	check(charlie && contains(r, 200, "\"delta\""), "own-thread mode: each engine runs its own scripts and config");
+
+	struct result pending = { 0 };
+	paygate_call(c, "whoami", NULL, on_result, &pending);
+	usleep(100 * 1000);
+	int not_yet = pending.done == 0; /* done on paygate's thread, but handed over only by a dispatch */
+	pump(c, NULL, &pending.done, 5000);
+	check(not_yet && pending.done == 1,
+	      "own-thread mode: a result reaches the callback only inside paygate_dispatch_completions");
+
+	r = tcall(c, "tag", NULL);
+	int tag_c = contains(r, 200, "\"tag\":\"C\"") && strstr(r->json, "\"asked_by\":\"charlie\"");
+	r = tcall(d, "tag", NULL);
+	check(tag_c && contains(r, 200, "\"tag\":\"D\"") && host_fn_elsewhere == 0,
+	      "own-thread mode: host functions are per engine and run on the host's thread, never on paygate's");
+
+	struct caller k[4];
+	pthread_t tids[4];
+	memset(k, 0, sizeof k);
+	for (int i = 0; i < 4; i++) {
+		k[i].pg = c;
+		pthread_create(&tids[i], NULL, caller_main, &k[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(tids[i], NULL);
+	int64_t end = now_ms() + 20000;
+	while (results_done(k, 4) < 100 && now_ms() < end) {
+		int none = 0;
+		pump(c, NULL, &none, 50);
+	}
+	r = tcall(c, "hit", NULL);
+	int hundred = contains(r, 200, "\"n\":101");
+	r = tcall(d, "hit", NULL);
+	check(results_done(k, 4) == 100 && k[0].refused + k[1].refused + k[2].refused + k[3].refused == 0 && hundred &&
+	          contains(r, 200, "\"n\":1"),
+	      "own-thread mode: paygate_call from four other threads at once: 100 results, 100 writes, "
+	      "none in the other engine's database");
+
+	int reg = paygate_register(d, "late", late, NULL);
+	r = tcall(d, "late", "{\"k\":2}");
+	check(reg == 0 && contains(r, 200, "\"late\":true") && paygate_reload(c, err, sizeof err) == 2 &&
+	          paygate_generation(c) == 2 && paygate_generation(d) == 1,
+	      "own-thread mode: register and reload run on the engine's thread; reloading one leaves the other alone");
+
+	memset(&pending, 0, sizeof pending);
+	paygate_call(c, "nap", "{\"ms\":60000}", on_result, &pending);
+	usleep(50 * 1000);
+	paygate_free(c);
+	check(pending.done == 1 && pending.status == 503 && strstr(pending.json, "cancelled"),
+	      "own-thread mode: paygate_free joins the thread; a pending call gets its 503 from inside it");
+	r = tcall(d, "whoami", NULL);
+	check(contains(r, 200, "delta"), "own-thread mode: the other engine keeps working after one is freed");
+
+	/* A callback that frees the engine while more results are queued behind it. */
+	char dir_e[256], conf_e[512];
+	snprintf(dir_e, sizeof dir_e, "%s/thread-e", root);
+	snprintf(conf_e, sizeof conf_e, "%s/paygate.conf.lua", dir_e);
+	struct paygate_options oe = { .config_path = conf_e, .lualib_dir = PAYGATE_LUALIB, .log_file = stderr };
+	struct paygate *e = mkdir(dir_e, 0700) == 0 && make_world(dir_e, "echo") == 0
+	                        ? paygate_start_thread(&oe, err, sizeof err)
+	                        : NULL;
+	struct freeing f = { .pg = e };
+	struct result after[3];
+	memset(after, 0, sizeof after);
+	if (e) {
+		paygate_call(e, "whoami", NULL, free_engine, &f);
+		for (int i = 0; i < 3; i++)
+			paygate_call(e, "whoami", NULL, on_result, &after[i]);
+		usleep(200 * 1000); /* all four done on paygate's thread, queued for us */
+		pump(e, NULL, &f.done, 5000);
+	}
+	check(e && f.done == 1 && after[0].done == 1 && after[1].done == 1 && after[2].done == 1,
+	      "own-thread mode: a callback may free the engine; the results queued behind it still come, once each");
+
+	shut_down = 0;
+	paygate_shutdown(d, 5000, on_shut_down, NULL);
+	int not_inside = shut_down == 0;
+	pump(d, NULL, &shut_down, 6000);
+	check(not_inside && shut_down && paygate_emit(d, "bump", NULL) < 0,
+	      "own-thread mode: shutdown's done comes through the dispatch; events are refused afterwards");
+	paygate_free(d);
+}
+
 int main(int argc, char **argv)
 {
 	char dir_a[256], dir_b[256], conf_a[512], conf_b[512], err[1024];
@@ -475,6 +680,7 @@ int main(int argc, char **argv)
 	check(paygate_emit(b, "bump", NULL) < 0, "events are refused while shutting down");
 	paygate_free(b);
 	host_evhttp(base, argv[1]);
+	own_threads(argv[1]);
 	event_base_free(base);
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;

@@ -7,7 +7,7 @@
 // at the sandbox; checks what the game delivered. Then the same purchase once more with the game
 // under valgrind: create → purchase → reload → free must leak nothing. Everything is on
 // 127.0.0.1; every process is stopped by its PID. Prints "ok - ..." lines.
-import { spawn } from 'node:child_process';
+import { spawn, execSync } from 'node:child_process';
 import { writeFileSync, readFileSync, mkdirSync, cpSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,9 +15,10 @@ import net from 'node:net';
 import http from 'node:http';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const { GAME, SANDBOX, LUALIB, KEYS, WORK } = process.env;
+const { GAME, GAME_EPOLL, GAME_UV, GAME_TSAN, GAME_TSAN_UV, SANDBOX, LUALIB, KEYS, WORK } = process.env;
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';
+const APP_APPID = 'wx1a2b3c4d5e6f7a8b';   // the game on a phone: APP pay
 const children = new Set();
 let passed = 0, failed = 0;
 
@@ -26,6 +27,8 @@ function report(ok, name, detail) {
   if (!ok && detail !== undefined) console.log('#   ' + String(detail).split('\n').join('\n#   '));
   ok ? passed++ : failed++;
 }
+
+const specOf = (name, fn) => spec(name, fn);
 
 async function spec(name, fn) {
   try { await fn(); report(true, name); } catch (e) { report(false, name, e.stack || e); }
@@ -143,7 +146,7 @@ async function startSandbox() {
   writeConfig(conf, {
     listen: '127.0.0.1:0', scripts: join(ROOT, 'examples', 'sandbox', 'scripts'), lualib: LUALIB,
     database: join(WORK, 'sandbox.db'), watch: false, log_level: 'info',
-    app: { mchid: MCHID, appid: APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
+    app: { mchid: MCHID, appid: APPID, app_appid: APP_APPID, mode: 'certificate', clock_speed: 100, notify_timeout_ms: 5000,
       keys: { platform_key_file: join(KEYS, 'platform_key.pem'), platform_cert_file: join(KEYS, 'platform_cert.pem'),
         merchant_cert_file: join(KEYS, 'merchant_cert.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
         public_key_file: join(KEYS, 'pubkey_key.pem'), public_key_id_file: join(KEYS, 'pubkey_id'),
@@ -160,7 +163,7 @@ async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'ga
   writeConfig(conf, {
     scripts, database: join(WORK, `${name}.db`),
     watch: false, log_level: 'info',
-    wechatpay: { mchid: MCHID, appid: APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
+    wechatpay: { mchid: MCHID, appid: APPID, app_appid: APP_APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
       private_key_file: join(KEYS, 'merchant_key.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
       app_secret_file: join(KEYS, 'app_secret'), platform_cert_files: [join(KEYS, 'platform_cert.pem')],
       download_certificates: false, base_url: base, login_base_url: base,
@@ -170,15 +173,15 @@ async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'ga
   return conf;
 }
 
-async function startGame(name, { valgrind = false, scripts, app } = {}) {
+async function startGame(name, { valgrind = false, scripts, app, bin = GAME, extra = [] } = {}) {
   const httpPort = await freePort();
   const conf = await gameConfig(name, httpPort, { scripts, app });
-  const args = ['--config', conf, '--port', '0', '--http', String(httpPort)];
+  const args = ['--config', conf, '--port', '0', '--http', String(httpPort), ...extra];
   const vlog = join(WORK, `${name}.valgrind.log`);
   const [cmd, argv] = valgrind
     ? ['valgrind', ['--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--error-exitcode=99',
-        `--log-file=${vlog}`, GAME, ...args]]
-    : [GAME, args];
+        `--log-file=${vlog}`, bin, ...args]]
+    : [bin, args];
   const { child, m } = await start(cmd, argv, /game listening on 127\.0\.0\.1:(\d+), http 127\.0\.0\.1:(\d+)/,
     join(WORK, `${name}.log`), valgrind ? 120000 : 15000);
   return { child, port: Number(m[1]), httpPort: Number(m[2]), vlog };
@@ -191,8 +194,14 @@ async function login(c, player, openid) {
   return c.send(`LOGIN ${player} ${code.json.code}`);
 }
 
-// The user pays at the sandbox (wx.requestPayment with the game's pay parameters).
+// The user pays at the sandbox: the app's user with the PayReq (APP pay, the OpenSDK), or the
+// mini game's with wx.requestPayment's parameters.
 async function pay(buy, openid) {
+  if (buy.json.channel === 'app') {
+    const r = await httpJson(sandboxPort, 'POST', '/sandbox/app-pay', { pay_req: buy.json.pay, openid });
+    assert(r.status === 200 && r.json.errCode === 0, 'sandbox app-pay: ' + r.text);
+    return;
+  }
   const prepay = buy.json.pay.package.replace(/^prepay_id=/, '');
   const r = await httpJson(sandboxPort, 'POST', '/sandbox/pay', { prepay_id: prepay, openid, pay_params: buy.json.pay });
   assert(r.status === 200 && /requestPayment:ok/.test(r.text), 'sandbox pay: ' + r.text);
@@ -205,33 +214,76 @@ async function inventory(c, player) {
 
 // ---- the specifications ----
 
-async function mainRun() {
-  const game = await startGame('game');
+// kind: 'libevent' (examples/game-server: paygate on the game's event_base), 'epoll'
+// (examples/epoll-game: a plain epoll loop, paygate on its own thread) or 'driven' (the same
+// game with --mode driven: no thread, the game's loop runs paygate's).
+// 'uv' and 'uv-driven': examples/uv-game, the same on libuv.
+const MODE = { libevent: [], epoll: ['--mode', 'thread'], driven: ['--mode', 'driven'],
+  uv: ['--mode', 'thread'], 'uv-driven': ['--mode', 'driven'] };
+
+async function mainRun(kind = 'libevent', bin = GAME) {
+  const game = await startGame(`game-${kind}`, { bin, extra: MODE[kind] });
   const c = await connect(game.port);
   const OPENID = 'oGamePlayer42xxxxxxxxxxxxxxx';
+  const spec = (name, fn) => specOf(`${kind}: ${name}`, fn);
   let buy;
 
   await spec('a player logs in with a wx.login code (the game calls the exported "login")', async () => {
     const r = await login(c, 42, OPENID);
     assert(r.ok && r.json.openid === OPENID && r.json.player === 42, r.line);
   });
-  await spec('BUY answers the order and the parameters for wx.requestPayment', async () => {
+  if (kind === 'driven' || kind === 'uv-driven') await spec('paygate\'s descriptors and timers reach the game\'s loop (ten logins ' +
+      'through WeChat in well under the 1 s safety cap each)', async () => {
+    const t0 = Date.now();
+    for (let i = 0; i < 10; i++) assert((await login(c, 42, OPENID)).ok, 'login');
+    const each = (Date.now() - t0) / 10;
+    console.log(`# ${kind}: ${each.toFixed(1)} ms per login round trip`);
+    assert(each < 300, `${each} ms per login`);
+  });
+  await spec('BUY answers the order and the OpenSDK\'s PayReq (APP pay, the mobile app\'s appid)', async () => {
     buy = await c.send('BUY 42 7');
     assert(buy.ok && /^GM/.test(buy.json.order_no) && buy.json.amount === 1800 && buy.json.item === 7, buy.line);
-    assert(/^prepay_id=/.test(buy.json.pay.package) && buy.json.pay.signType === 'RSA' && buy.json.pay.paySign, buy.line);
+    const p = buy.json.pay;
+    assert(buy.json.channel === 'app' && p.appid === APP_APPID && p.partnerid === MCHID && p.package === 'Sign=WXPay',
+      buy.line);
+    assert(/^wx/.test(p.prepayid) && /^\d+$/.test(p.timestamp) && p.noncestr.length === 32 && p.sign, buy.line);
   });
-  await spec('the user pays at the sandbox; the notification reaches the game\'s evhttp and host.deliver gives the item', async () => {
+  await spec('the sandbox refuses a PayReq whose sign does not cover it (a changed noncestr): nothing is paid',
+    async () => {
+      const p = buy.json.pay;
+      const other = await httpJson(sandboxPort, 'POST', '/sandbox/app-pay',
+        { pay_req: { ...p, noncestr: p.noncestr.replace(/^./, (ch) => (ch === 'A' ? 'B' : 'A')) }, openid: OPENID });
+      assert(other.status === 409 && other.json.errCode === -1, other.text);
+      const order = await httpJson(sandboxPort, 'GET', `/sandbox/orders/${buy.json.order_no}`);
+      assert(order.status === 200 && order.json.trade_state === 'NOTPAY', order.text);
+    });
+  await spec('the app user pays at the sandbox; the notification (APP appid) reaches paygate and host.deliver gives the item', async () => {
     await pay(buy, OPENID);
     const inv = await eventually(async () => { const i = await inventory(c, 42); return i['7'] === 1 && i; }, 20000,
       'item 7 delivered to player 42');
     assert(JSON.stringify(inv) === '{"7":1}', JSON.stringify(inv));
+    const tx = await httpJson(sandboxPort, 'GET', `/sandbox/orders/${buy.json.order_no}`);
+    assert(tx.json.appid === APP_APPID && tx.json.trade_state === 'SUCCESS', tx.text);
     assert(game.child.output().includes(`delivered item 7 x1 to player 42 (order ${buy.json.order_no})`), 'delivery line');
   });
-  await spec('the game\'s own route and paygate\'s routes share the game\'s HTTP port', async () => {
+  if (kind !== 'libevent') await spec('paygate serves its routes on its own port (paygate_listen)', async () => {
+    const health = await httpJson(game.httpPort, 'GET', '/healthz');
+    assert(health.status === 200 && health.json.status === 'ok', health.text);
+  });
+  if (kind === 'libevent') await spec('the game\'s own route and paygate\'s routes share the game\'s HTTP port', async () => {
     const own = await httpJson(game.httpPort, 'GET', '/game/status');
     const health = await httpJson(game.httpPort, 'GET', '/healthz');
     assert(own.status === 200 && own.json.shop_generation === 1, own.text);
     assert(health.status === 200 && health.json.status === 'ok', health.text);
+  });
+  await spec('a mini-game purchase (BUY ... miniprogram) goes through JSAPI under the mini program\'s appid', async () => {
+    const b = await c.send('BUY 42 9 miniprogram');
+    assert(b.ok && b.json.channel === 'miniprogram' && b.json.pay.appId === APPID && /^prepay_id=/.test(b.json.pay.package) &&
+      b.json.pay.signType === 'RSA', b.line);
+    await pay(b, OPENID);
+    await eventually(async () => (await inventory(c, 42))['9'] === 1, 20000, 'item 9 delivered to player 42');
+    const bad = await c.send('BUY 42 9 pigeon');
+    assert(bad.status === 400, bad.line);
   });
   await spec('errors come back with their status: unknown item, unknown player, bad command', async () => {
     const item = await c.send('BUY 42 999');
@@ -252,7 +304,7 @@ async function mainRun() {
     const b = await c.send('BUY 42 1');
     assert(b.ok && b.json.amount === 600, b.line);
     await pay(b, OPENID);
-    await eventually(async () => { const i = await inventory(c, 42); return i['1'] === 1 && i['7'] === 1; }, 20000,
+    await eventually(async () => { const i = await inventory(c, 42); return i['1'] === 1 && i['7'] === 1 && i['9'] === 1; }, 20000,
       'item 1 delivered after the reload');
   });
   await spec('QUIT shuts the shop down gracefully and the game exits 0', async () => {
@@ -334,10 +386,11 @@ async function libraryRun() {
     assert((await hook('GET', `/test/orders/${no}`)).json.order.status === 'PAID', 'PAID');
   });
 
-  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4 }): its paid orders record ' +
+  await spec('the game declares lualib/shop\'s later table changes (shop.schema.declare{ 4, 5 }): its paid orders record ' +
              'their lifecycle events like the shop\'s', async () => {
     const m = (await hook('GET', '/test/migrations')).json.migrations;
-    assert(m.length === 4 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name), 'migrations: ' + JSON.stringify(m));
+    assert(m.length === 5 && m[3].version === 4 && /^lualib\/shop 2:/.test(m[3].name) && m[4].version === 5 &&
+      /^lualib\/shop 3:/.test(m[4].name), 'migrations: ' + JSON.stringify(m));
     const openid = 'oGameEvents53xxxxxxxxxxxxxxx';
     assert((await login(c, 53, openid)).ok, 'login');
     const b = await c.send('BUY 53 7');
@@ -389,11 +442,11 @@ async function libraryRun() {
   assert(code === 0, 'the game exited ' + code);
 }
 
-async function valgrindRun() {
+async function valgrindRun(kind = 'libevent', bin = GAME) {
   const OPENID = 'oGamePlayer7xxxxxxxxxxxxxxxx';
   let game;
-  await spec('under valgrind: create → login → buy → pay → delivery → reload → quit', async () => {
-    game = await startGame('game-valgrind', { valgrind: true });
+  await spec(`${kind} under valgrind: create → login → buy → pay → delivery → reload → quit`, async () => {
+    game = await startGame(`game-${kind}-valgrind`, { valgrind: true, bin, extra: MODE[kind] });
     const c = await connect(game.port);
     const l = await login(c, 7, OPENID);
     assert(l.ok, l.line);
@@ -409,27 +462,65 @@ async function valgrindRun() {
     const { code } = await Promise.race([game.child.exited, sleep(60000).then(() => ({ code: 'timeout' }))]);
     assert(code === 0, `exit code ${code} (99: valgrind found errors or leaks; see ${game.vlog})`);
   });
-  await spec('valgrind: no leaks (definitely and indirectly lost: 0) and no memory errors', async () => {
+  await spec(`${kind} under valgrind: no leaks (definitely and indirectly lost: 0) and no memory errors`, async () => {
     const log = readFileSync(game.vlog, 'utf8');
     const summary = (log.match(/ERROR SUMMARY: .*/) || ['(none)'])[0];
     const definite = (log.match(/definitely lost: .*/) || ['definitely lost: 0 bytes in 0 blocks'])[0];
     const indirect = (log.match(/indirectly lost: .*/) || ['indirectly lost: 0 bytes in 0 blocks'])[0];
-    console.log(`# valgrind: ${summary}; ${definite}; ${indirect}`);
+    console.log(`# valgrind (${kind}): ${summary}; ${definite}; ${indirect}`);
     assert(/ERROR SUMMARY: 0 errors/.test(summary), summary);
     assert(/ 0 bytes in 0 blocks/.test(definite) && / 0 bytes in 0 blocks/.test(indirect), definite + '; ' + indirect);
+  });
+}
+
+// The epoll game and libpaygate built with -fsanitize=thread: the game's thread and paygate's
+// share only the two queues; ThreadSanitizer must find no race across a whole purchase.
+async function tsanRun(bin, kind = 'epoll') {
+  const OPENID = 'oGamePlayer8xxxxxxxxxxxxxxxx';
+  const tlog = join(WORK, `tsan-${kind}`);
+  process.env.TSAN_OPTIONS = `log_path=${tlog} exitcode=66 halt_on_error=0`;
+  await spec(`${kind} under ThreadSanitizer: create → login → buy → pay → delivery → reload → quit, no report`, async () => {
+    const game = await startGame(`game-${kind}-tsan`, { bin, extra: MODE[kind] });
+    const c = await connect(game.port);
+    assert((await login(c, 8, OPENID)).ok, 'login');
+    const b = await c.send('BUY 8 7', 60000);
+    assert(b.ok, b.line);
+    await pay(b, OPENID);
+    await eventually(async () => (await inventory(c, 8))['7'] === 1, 60000, 'delivery under TSan');
+    const r = await c.send('RELOAD', 60000);
+    assert(r.ok && r.json.generation === 2, r.line);
+    assert((await c.send('QUIT')).ok, 'QUIT');
+    c.close();
+    const { code } = await Promise.race([game.child.exited, sleep(60000).then(() => ({ code: 'timeout' }))]);
+    let reports = '';
+    try {
+      reports = execSync(`cat ${tlog}.* 2>/dev/null || true`).toString();
+    } catch {}
+    assert(code === 0 && !/ThreadSanitizer/.test(reports), `exit ${code} (66: TSan reported)\n${reports.slice(0, 3000)}`);
   });
 }
 
 async function main() {
   mkdirSync(WORK, { recursive: true });
   const watchdog = setTimeout(() => { console.log('not ok - the game suite finished in time'); stopAll(); process.exit(1); },
-    170000);
+    230000);
   try {
     await startSandbox();
     report(true, 'the WeChat Pay sandbox starts (paygate-sandbox, built in the tree)');
-    await mainRun();
+    await mainRun('libevent', GAME);
+    if (GAME_EPOLL) await mainRun('epoll', GAME_EPOLL);
+    if (GAME_EPOLL) await mainRun('driven', GAME_EPOLL);
+    if (GAME_UV) await mainRun('uv', GAME_UV);
+    if (GAME_UV) await mainRun('uv-driven', GAME_UV);
     await libraryRun();
-    if (process.env.SKIP_VALGRIND !== '1') await valgrindRun();
+    if (process.env.SKIP_VALGRIND !== '1') {
+      await valgrindRun('libevent', GAME);
+      if (GAME_EPOLL) await valgrindRun('epoll', GAME_EPOLL);
+      if (GAME_EPOLL) await valgrindRun('driven', GAME_EPOLL);
+      if (GAME_UV) await valgrindRun('uv', GAME_UV);
+    }
+    if (GAME_TSAN) await tsanRun(GAME_TSAN, 'epoll');
+    if (GAME_TSAN_UV) await tsanRun(GAME_TSAN_UV, 'uv');
   } catch (e) {
     report(false, 'the game suite ran to its end', e.stack || e);
   } finally {

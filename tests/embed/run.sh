@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/embed/run.sh — libpaygate from the outside: install into a temporary prefix, build hosts with
-# pkg-config, run two engines in one process, run the game-server example end to end (and under valgrind).
+# pkg-config, run four engines in one process, run the game-server examples end to end (libevent host; epoll and
+# libuv hosts, paygate on its own thread or driven; under valgrind, and own-thread ones under ThreadSanitizer).
 # Prints "ok - ..." / "not ok - ..." lines and a final "N passed, N failed". Bounded: < 3 minutes.
 set -u
 cd "$(dirname "$0")/../.."
@@ -85,6 +86,35 @@ LUALIB=$(pkg-config --variable=lualibdir paygate)
 spec "examples/game-server builds with pkg-config, without warnings" \
 	sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/game-server OUT='$WORK' \
 	       CFLAGS='-O2 -g -Werror' && test -x '$WORK/game'"
+spec "examples/epoll-game (a plain epoll loop, paygate on its own thread) builds with pkg-config, without warnings" \
+	sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/epoll-game OUT='$WORK' \
+	       CFLAGS='-O2 -g -Werror' && test -x '$WORK/epoll-game'"
+spec "the epoll game's own code uses no libevent (only paygate.h and the C library)" \
+	sh -c "! grep -nE 'event2/|event_base|evhttp|bufferevent' examples/epoll-game/game.c"
+if pkg-config --exists libuv; then
+	spec "examples/uv-game (libuv: paygate on its own thread or driven by the libuv loop) builds, without warnings" \
+		sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/uv-game OUT='$WORK' \
+		       CFLAGS='-O2 -g -Werror' && test -x '$WORK/uv-game' &&
+		       ! grep -nE 'event2/|event_base|evhttp|bufferevent' examples/uv-game/game.c"
+else
+	not_ok "libuv is installed (apt-get install libuv1-dev; make test installs it as root)"
+fi
+# The epoll game and libpaygate compiled with ThreadSanitizer (the engine from the tree, in its own build dir).
+if cc -fsanitize=thread -x c -o "$WORK/tsan-probe" - <<<'int main(void){return 0;}' >/dev/null 2>&1; then
+	spec "libpaygate and the epoll game build with -fsanitize=thread" \
+		sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s BUILD='$WORK/tsan' \
+		       CFLAGS='-O1 -g -fsanitize=thread' '$WORK/tsan/libpaygate.a' &&
+		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
+		       examples/epoll-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/epoll-game-tsan' &&
+		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
+		       tests/embed/engines.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3) -lm -o '$WORK/engines-tsan' &&
+		       { ! pkg-config --exists libuv ||
+		         cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libuv) \
+		         examples/uv-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		         \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 libuv) -lm -o '$WORK/uv-game-tsan'; }"
+fi
 # libpaygate.a linked statically, its dependencies dynamically (Debian ships no static libcurl
 # dependencies, so `pkg-config --static` cannot link a fully static program there).
 spec "tests/embed/engines.c links the installed static library (no shared libpaygate needed)" \
@@ -96,6 +126,11 @@ spec "tests/embed/engines.c links the installed static library (no shared libpay
 if [ -x "$WORK/engines" ]; then
 	mkdir -p "$WORK/engines-run" "$WORK/engines-vg"
 	suite "two engines in one process" "$WORK/engines" "$WORK/engines-run"
+	if [ -x "$WORK/engines-tsan" ]; then
+		mkdir -p "$WORK/engines-tsan-run"
+		spec "ThreadSanitizer: own-thread engines, calls from four threads at once, register, reload, free: no report" \
+			env TSAN_OPTIONS="exitcode=66 halt_on_error=0" "$WORK/engines-tsan" "$WORK/engines-tsan-run"
+	fi
 	if command -v valgrind >/dev/null; then
 		spec "valgrind: two engines, calls both ways, reload, shutdown and free leak nothing" \
 			valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
@@ -107,8 +142,13 @@ fi
 
 if [ -x "$WORK/game" ] && examples/sandbox/keys.sh "$WORK/keys" >/dev/null 2>&1; then
 	command -v valgrind >/dev/null || export SKIP_VALGRIND=1
-	suite "game server" env GAME="$WORK/game" SANDBOX="$ROOT/build/paygate-sandbox" LUALIB="$LUALIB" KEYS="$WORK/keys" \
-		WORK="$WORK/game-run" timeout 175 node tests/embed/game.mjs
+	EXTRA=()
+	[ -x "$WORK/epoll-game" ] && EXTRA+=(GAME_EPOLL="$WORK/epoll-game")
+	[ -x "$WORK/epoll-game-tsan" ] && EXTRA+=(GAME_TSAN="$WORK/epoll-game-tsan")
+	[ -x "$WORK/uv-game" ] && EXTRA+=(GAME_UV="$WORK/uv-game")
+	[ -x "$WORK/uv-game-tsan" ] && EXTRA+=(GAME_TSAN_UV="$WORK/uv-game-tsan")
+	suite "game server" env GAME="$WORK/game" "${EXTRA[@]}" SANDBOX="$ROOT/build/paygate-sandbox" LUALIB="$LUALIB" KEYS="$WORK/keys" \
+		WORK="$WORK/game-run" timeout 235 node tests/embed/game.mjs
 	[ "$FAIL" -eq 0 ] || cp -r "$WORK/game-run" "${BUILD:-build}/test-logs/embed-game-run" 2>/dev/null
 else
 	not_ok "the game server and the sandbox keys are there"

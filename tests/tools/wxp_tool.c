@@ -23,6 +23,7 @@ static const char usage[] = "usage: wxp_tool COMMAND ARGS...\n"
                             "  encrypt-resource APIV3KEYFILE NONCE ASSOCIATED_DATA PLAINTEXTFILE\n"
                             "  decrypt-resource APIV3KEYFILE NONCE ASSOCIATED_DATA CIPHERTEXT\n"
                             "  pay-sign KEY.pem APPID TIMESTAMP NONCE PREPAY_ID\n"
+                            "  app-pay-sign KEY.pem APPID TIMESTAMP NONCESTR PREPAYID\n"
                             "  serial CERT.pem\n";
 
 static char err[CRYPTO_ERRLEN];
@@ -259,6 +260,23 @@ static int cmd_pay_sign(char **a)
 	return rc;
 }
 
+static int cmd_app_pay_sign(char **a)
+{
+	EVP_PKEY *key = crypto_private_key_from_file(a[0], err, sizeof err);
+	struct crypto_buf sig = { NULL, 0 };
+	int64_t ts;
+	int rc;
+
+	if (key == NULL)
+		return fail("key");
+	if (parse_int64(a[2], &ts) < 0 || wxp_app_pay_sign(key, a[1], ts, a[3], a[4], &sig, err, sizeof err) < 0)
+		rc = fail("app-pay-sign");
+	else
+		rc = emit(&sig);
+	crypto_key_free(key);
+	return rc;
+}
+
 static int cmd_serial(char **a)
 {
 	struct crypto_cert c;
@@ -283,6 +301,7 @@ static const struct command {
 	{ "encrypt-resource", 4, cmd_encrypt_resource },
 	{ "decrypt-resource", 4, cmd_decrypt_resource },
 	{ "pay-sign", 5, cmd_pay_sign },
+	{ "app-pay-sign", 5, cmd_app_pay_sign },
 	{ "serial", 1, cmd_serial },
 };
 

@@ -79,6 +79,13 @@ endpoint("POST", "/v3/pay/transactions/jsapi", function(req, ctx)
   return 200, { prepay_id = orders.place(b) }
 end)
 
+endpoint("POST", "/v3/pay/transactions/app", function(req, ctx)
+  local b = protocol.read_body(ctx.raw)
+  protocol.check_mchid(ctx.auth, b.mchid, "post payload")
+  orders.check_app_prepay(b)
+  return 200, { prepay_id = orders.place_app(b) }
+end)
+
 endpoint("GET", "/v3/pay/transactions/out-trade-no/{no}", function(req, ctx)
   query_mchid(req, ctx)
   local no = trade_no_param(req)

@@ -3,6 +3,7 @@
 --   POST /sandbox/login-code {openid?}            → {code, openid, expires_in}  (what wx.login gives the mini program)
 --   GET  /sns/jscode2session?appid&secret&js_code  → {openid, session_key} | {errcode, errmsg}
 --   POST /sandbox/pay {prepay_id, openid, result?, pay_params?}  plays wx.requestPayment
+--   POST /sandbox/app-pay {pay_req, openid?, result?}  plays the mobile app's user paying a PayReq (APP pay)
 --   GET/POST/DELETE /sandbox/faults                fault switches (see wx/faults.lua)
 --   POST /sandbox/clock {advance_s}                move business time forward
 --   GET  /sandbox/orders/{out_trade_no}            the order, its prepay_ids, refunds and notifications
@@ -73,6 +74,23 @@ app.post("/sandbox/pay", function(req)
   return orders.pay(b.prepay_id, b.openid, result, b.pay_params)
 end)
 
+-- The mobile app's user pays through the OpenSDK: pay_req is the PayReq the merchant's server
+-- gave the app (wechatpay.app_pay_params), its sign checked; openid is the user's openid under
+-- the mobile app (made up when not given). Answers the OpenSDK's PayResp {errCode, errStr}.
+app.post("/sandbox/app-pay", function(req)
+  local b = app.read_json(req)
+  if type(b.pay_req) ~= "table" then app.fail(400, "invalid_request", "pay_req (the app's PayReq) is required") end
+  local openid = b.openid
+  if openid ~= nil and (type(openid) ~= "string" or not openid:find("^[%w_%-]+$") or #openid > 128) then
+    app.fail(400, "invalid_request", "openid must be 1-128 letters, digits, _ or -")
+  end
+  local result = b.result or "SUCCESS"
+  if result ~= "SUCCESS" and result ~= "FAIL" and result ~= "CANCEL" then
+    app.fail(400, "invalid_request", "result must be SUCCESS, FAIL or CANCEL")
+  end
+  return orders.app_pay(b.pay_req, openid or ("o" .. sandbox.random_alnum(27)), result)
+end)
+
 -- ---- faults ----
 
 app.get("/sandbox/faults", function() return 200, faults.list() end)
@@ -121,7 +139,7 @@ end)
 
 app.get("/sandbox/info", function()
   return 200, {
-    mchid = state.mchid, appid = state.appid, mode = state.mode, clock_speed = state.setting("clock_speed", 1),
+    mchid = state.mchid, appid = state.appid, app_appid = state.app_appid, mode = state.mode, clock_speed = state.setting("clock_speed", 1),
     platform_serial = protocol.info.platform_serial, merchant_serial = protocol.info.merchant_serial,
     public_key_id = protocol.info.public_key_id,
   }

@@ -80,7 +80,7 @@ function orders.transaction(o)
   }
   if o.transaction_id then
     t.transaction_id = o.transaction_id
-    t.trade_type = "JSAPI"
+    t.trade_type = o.appid == state.app_appid and "APP" or "JSAPI"
     t.bank_type = "OTHERS"
     t.attach = o.attach or ""
     t.success_time = o.success_time
@@ -94,7 +94,7 @@ end
 
 local function fingerprint(b)
   return json.encode({ b.appid, b.mchid, b.description, b.attach or "", b.notify_url, b.amount.total,
-    b.amount.currency or "CNY", b.payer.openid, b.time_expire or "", b.goods_tag or "" })
+    b.amount.currency or "CNY", b.payer and b.payer.openid or "", b.time_expire or "", b.goods_tag or "" })
 end
 
 --- Field checks of the prepay body, in the order of its fields.
@@ -205,6 +205,81 @@ function orders.pay(prepay_id, openid, result, pay_params)
     notify.create("TRANSACTION.SUCCESS", "transaction", o.out_trade_no, o.notify_url, orders.transaction(paid))
   end)
   return 200, { errMsg = "requestPayment:ok", transaction_id = tid, out_trade_no = o.out_trade_no }
+end
+
+-- ---- APP pay: the mobile app's prepay and its user paying through the OpenSDK ----
+
+--- Field checks of the APP prepay body: the JSAPI ones without payer (the app's user is not known yet).
+function orders.check_app_prepay(b)
+  if b.payer ~= nil then
+    protocol.fail(400, "PARAM_ERROR", "APP下单不需要payer参数", { location = "body", path = "payer" })
+  end
+  local jsapi = { payer = { openid = "-" } }   -- the JSAPI checks, on a copy with a stand-in payer
+  for k, v in pairs(b) do jsapi[k] = v end
+  orders.check_prepay(jsapi)
+end
+
+--- Place (or re-place) an APP order under the mobile app's appid; returns the prepay_id.
+function orders.place_app(b)
+  if b.appid ~= state.app_appid then protocol.fail(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配") end
+  local fp = fingerprint(b)
+  return db.tx(function()
+    local o = orders.get(b.out_trade_no)
+    if o then
+      if o.fingerprint ~= fp then protocol.fail(400, "INVALID_REQUEST", "201 商户订单号重复") end
+      if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then
+        protocol.fail(400, "ORDERPAID", "该订单已支付")
+      end
+      if o.trade_state == "CLOSED" then protocol.fail(400, "ORDER_CLOSED", "该订单已关闭") end
+      local p = db.one("SELECT prepay_id FROM prepays WHERE out_trade_no = ? AND expires_at > ? ORDER BY expires_at DESC",
+        b.out_trade_no, state.now_ms())
+      return p and p.prepay_id or issue_prepay(b.out_trade_no)
+    end
+    local now = state.now_ms()
+    db.exec([[INSERT INTO orders(out_trade_no, mchid, appid, description, attach, notify_url, total, currency,
+                openid, time_expire, expire_at, fingerprint, trade_state, created_at, updated_at)
+              VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, 'NOTPAY', ?, ?)]],
+      b.out_trade_no, b.mchid, b.appid, b.description, b.attach, b.notify_url, b.amount.total,
+      b.amount.currency or "CNY", b.time_expire, expire_at(b.time_expire, now), fp, now, now)
+    return issue_prepay(b.out_trade_no)
+  end)
+end
+
+-- The PayReq as WeChat checks it when the app calls sendReq: partnerid is the merchant,
+-- package "Sign=WXPay", and sign is the merchant key's over appid, timestamp, noncestr, prepayid.
+local function pay_req_ok(o, prepay_id, r)
+  if type(r) ~= "table" then return false end
+  local fields = { r.appid, r.partnerid, r.prepayid, r.package, r.noncestr, r.timestamp, r.sign }
+  for i = 1, 7 do if type(fields[i]) ~= "string" then return false end end
+  return r.appid == o.appid and r.partnerid == o.mchid and r.prepayid == prepay_id and r.package == "Sign=WXPay"
+    and protocol.keys:verify_pay_sign(r.appid, r.timestamp, r.noncestr, r.prepayid, r.sign)
+end
+
+--- Play the app's user paying the PayReq pay_req (required: the OpenSDK always sends it) as
+--- openid (the user's openid under the mobile app); result SUCCESS | FAIL | CANCEL. The answer
+--- is the OpenSDK's PayResp: errCode 0 paid, -1 failed, -2 cancelled.
+function orders.app_pay(pay_req, openid, result)
+  local function resp(status, code, str) return status, { errCode = code, errStr = str } end
+  local prepay_id = type(pay_req) == "table" and pay_req.prepayid
+  local pp = type(prepay_id) == "string" and db.one("SELECT * FROM prepays WHERE prepay_id = ?", prepay_id)
+  if not pp then return resp(404, -1, "prepayid不存在") end
+  local o = orders.get(pp.out_trade_no)
+  if o.appid ~= state.app_appid then return resp(409, -1, "该订单不是APP支付订单") end
+  if not pay_req_ok(o, prepay_id, pay_req) then return resp(409, -1, "支付验证签名失败") end
+  if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then return resp(409, -1, "该订单已支付") end
+  if o.trade_state == "CLOSED" then return resp(409, -1, "该订单已关闭") end
+  if state.now_ms() >= pp.expires_at then return resp(409, -1, "prepayid已失效，请重新下单") end
+  if result == "CANCEL" then return resp(200, -2, "用户取消") end
+  if result == "FAIL" then return resp(200, -1, "支付失败") end
+  local tid = new_transaction_id()
+  db.tx(function()
+    db.exec([[UPDATE orders SET trade_state = 'SUCCESS', transaction_id = ?, success_time = ?, openid = ?,
+              updated_at = ? WHERE out_trade_no = ?]],
+      tid, sandbox.beijing_time(state.now_s()), openid, state.now_ms(), o.out_trade_no)
+    local paid = orders.get(o.out_trade_no)
+    notify.create("TRANSACTION.SUCCESS", "transaction", o.out_trade_no, o.notify_url, orders.transaction(paid))
+  end)
+  return 200, { errCode = 0, errStr = "", transaction_id = tid, out_trade_no = o.out_trade_no }
 end
 
 -- ---- refunds ----

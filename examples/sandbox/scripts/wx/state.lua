@@ -52,6 +52,7 @@ end
 
 state.mchid = state.setting("mchid", "1900007291")
 state.appid = state.setting("appid", "wxd678efh567hg6787")
+state.app_appid = state.setting("app_appid", "wx1a2b3c4d5e6f7a8b")   -- the mobile app (APP pay)
 state.mode = state.setting("mode", "certificate")   -- "certificate" | "public_key" | "mixed"
 assert(state.mode == "certificate" or state.mode == "public_key" or state.mode == "mixed",
   "config app.mode must be certificate, public_key or mixed")
