@@ -243,7 +243,9 @@ for (const seed of SEEDS) {
       try {
         const shopApp = { order_ttl_s: 2 + (rnd() % 3), reconcile_after_s: 1, deliver_url: receiver.url };
         const port = await freePort();
-        ctx.startShop = () => world.startShop(shopApp, { files: { 'fulfillment.lua': FULFILLMENT }, dir: home, port });
+        ctx.workers = 1 + ((rnd() >>> 16) % 2); // a master with one or two workers on the same database
+        ctx.startShop = () => world.startShop(shopApp, { files: { 'fulfillment.lua': FULFILLMENT }, dir: home, port,
+          config: { workers: ctx.workers } });
         ctx.gw = await ctx.startShop();
         for (const id of PRODUCTS) {
           const r = await ctx.gw.put(`/admin/products/${id}`, { name: `product ${id}`, price: 100 * id + (rnd() % 50), stock: STOCK });
@@ -256,8 +258,9 @@ for (const seed of SEEDS) {
 
         // The kills: 1 to 3 of the gateway, 0 or 1 of the sandbox, at seeded moments of the storm.
         const plan = [];
-        for (let i = 0, n = 1 + (rnd() % 3); i < n; i++) plan.push({ who: 'gateway', at: 200 + (rnd() % (STORM_MS - 400)), down: rnd() % 300 });
-        if (rnd() % 2) plan.push({ who: 'sandbox', at: 200 + (rnd() % (STORM_MS - 400)), down: rnd() % 300 });
+        const hi = () => rnd() >>> 16; // the high bits: the low ones of nearby seeds start alike
+        for (let i = 0, n = 1 + (hi() % 3); i < n; i++) plan.push({ who: 'gateway', at: 200 + (rnd() % (STORM_MS - 400)), down: rnd() % 300 });
+        if (hi() % 2) plan.push({ who: 'sandbox', at: 200 + (rnd() % (STORM_MS - 400)), down: rnd() % 300 });
         plan.sort((a, b) => a.at - b.at);
 
         ctx.stormEnd = Date.now() + STORM_MS;
@@ -294,7 +297,7 @@ for (const seed of SEEDS) {
         const redeliveries = [...receiver.calls.values()].reduce((a, n) => a + n - 1, 0);
         const line = { orders: count(['CREATED', 'PAYING', 'PAID', 'CLOSED', 'REFUNDING', 'REFUNDED']), paid: count(['PAID', 'REFUNDING', 'REFUNDED']),
           refunded: count(['REFUNDED']), closed: count(['CLOSED']) };
-        console.log(`# chaos seed ${seed}: ${line.orders} orders (${line.paid} paid, ${line.refunded} of them refunded, ${line.closed} closed; ` +
+        console.log(`# chaos seed ${seed} (${ctx.workers} worker${ctx.workers > 1 ? 's' : ''}): ${line.orders} orders (${line.paid} paid, ${line.refunded} of them refunded, ${line.closed} closed; ` +
           `${ctx.stats.cancels} cancels, ${ctx.stats.abandoned} left to expire), ${ctx.kills.gateway} gateway kills, ` +
           `${ctx.kills.sandbox} sandbox kills, ${redeliveries} deliveries repeated after a kill; violations ${violations.length}`);
         totals.seeds.push(seed);
