@@ -3,9 +3,9 @@
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 BUILD    := build
-PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3
+PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3 zlib
 # Debian package that provides each pkg-config name above, in the same order.
-DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev
+DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev zlib1g-dev
 TOOLS_DEB := pkg-config gcc make nodejs npm wrk sqlite3
 
 CC       ?= cc
@@ -15,7 +15,7 @@ CPPFLAGS += -D_GNU_SOURCE -Iengine
 DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # lua-cjson is linked statically (liblua5.4-cjson.a) so the binary needs no Lua C modules at run time.
 DEPLIBS   = -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 2>/dev/null) -lm
+            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib 2>/dev/null) -lm
 
 # The library is every engine file but the daemon's (main.c, and DAEMON_SRC: the master, its
 # workers' board, options and signals), which the binaries add.
@@ -29,7 +29,7 @@ SANDBOX_OBJ := $(patsubst examples/sandbox/%.c,$(BUILD)/sandbox/%.o,$(filter-out
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test check bench crash chaos fuzz clean sanitize install uninstall
+.PHONY: all deps run test check bench bench-bills crash chaos fuzz faults clean sanitize install uninstall
 
 all: deps $(BUILD)/paygate $(BUILD)/paygate-sandbox $(BUILD)/libpaygate.so
 
@@ -109,20 +109,44 @@ $(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/cr
 	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
 	  $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
+# The daemon whose Nth SQLite write, read, commit or allocation fails (tests/faults/): the fault sweep's gateway.
+$(BUILD)/tests/paygate-faults: tests/faults/main.c $(DAEMON_OBJ) $(BUILD)/libpaygate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
+
 # The notification fuzz target, built as a corpus replayer (libFuzzer build: `make fuzz`).
 $(BUILD)/tests/fuzz_notify: tests/fuzz/fuzz_notify.c $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
-# ---- fuzz: libFuzzer + ASan/UBSan on the notification path, bounded time ----
+# The other fuzz targets (tests/fuzz/fuzz_*.c), built as corpus replayers for `make test`.
+FUZZ_TARGETS := json config http lua_args
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz_%)
+$(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.h tests/fuzz/fixture.h $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Wno-missing-prototypes $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
+
+# ---- faults: every SQLite write, read and commit of a purchase failing in turn, allocations at a stride ----
+faults: all $(BUILD)/tests/paygate-faults
+	FAULT_SWEEP=full node --test --test-reporter=tap --test-timeout=3600000 tests/e2e/faults.test.mjs
+
+# ---- fuzz: libFuzzer + ASan/UBSan, each target for FUZZ_SECONDS ----
 FUZZ_SECONDS ?= 60
+FUZZ_CC := clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DPAYGATE_LIBFUZZER
 fuzz: deps
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; }
-	@mkdir -p $(BUILD)/fuzz-corpus
-	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -DPAYGATE_LIBFUZZER $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
+	@mkdir -p $(BUILD)/fuzz-corpus/notify $(FUZZ_TARGETS:%=$(BUILD)/fuzz-corpus/%)
+	$(FUZZ_CC) $(CPPFLAGS) -Iexamples/sandbox $(DEPCFLAGS) -o $(BUILD)/fuzz_notify_lf \
 	  tests/fuzz/fuzz_notify.c engine/wechatpay.c engine/crypto.c examples/sandbox/wxserver.c $$(pkg-config --libs libcrypto)
-	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus tests/fuzz/corpus/notify
+	$(BUILD)/fuzz_notify_lf -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus/notify tests/fuzz/corpus/notify
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ_CC) $(CPPFLAGS) $(DEPCFLAGS) -o $(BUILD)/fuzz_$${t}_lf tests/fuzz/fuzz_$$t.c $(ENGINE_SRC) $(DEPLIBS) \
+	    || exit 1; \
+	  ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$${t}_lf -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	    -artifact_prefix=$(BUILD)/fuzz-$$t- \
+	    $(BUILD)/fuzz-corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 # ---- run: the gateway with demo scripts on 127.0.0.1 ----
 run: all
@@ -130,17 +154,21 @@ run: all
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq openssl curl >/dev/null; }
 	@PAYGATE_BIN=$(CURDIR)/$(BUILD)/paygate examples/run-demo.sh
 
+# make check [CONFIG=path]: load any config and its scripts, report errors (the demo's by default).
+CONFIG ?= examples/paygate.conf.lua
 check: all
-	@examples/sandbox/keys.sh var/sandbox >/dev/null
-	./$(BUILD)/paygate --config examples/paygate.conf.lua --check
+	@if [ "$(CONFIG)" = examples/paygate.conf.lua ]; then examples/sandbox/keys.sh var/sandbox >/dev/null; fi
+	./$(BUILD)/paygate --config "$(CONFIG)" --check
 
 # ---- tests: C units, Lua units, end-to-end over real HTTP; ends with "N passed, N failed" ----
-test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(BUILD)/tests/paygate-crash
+test: all $(UNIT_BIN) $(BUILD)/tests/wxp_tool $(BUILD)/tests/fuzz_notify $(FUZZ_REPLAY) $(BUILD)/tests/paygate-crash $(BUILD)/tests/paygate-faults
 	@command -v node >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs >/dev/null; }
 	@command -v lua5.4 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq lua5.4 >/dev/null; }
 	@command -v clang-format >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang-format >/dev/null; }
 	@command -v sqlite3 >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq sqlite3 >/dev/null; }
 	@pkg-config --exists libuv || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq libuv1-dev >/dev/null; } || true
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || true
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || true
 	@BUILD=$(BUILD) tests/run.sh
 
 # ---- crash: the power-cut durability specs with many seeds (make test runs seeds 1,2,3) ----
@@ -172,6 +200,14 @@ bench: all $(BUILD)/bench/bare_evhttp
 	@echo
 	@tests/bench/shop.sh
 
+# A 200,000-line trade bill read by engine/bill.c and lualib/wechatpay/bills.lua (N=... for another size).
+$(BUILD)/tests/bill_bench: tests/bench/bill_bench.c $(BUILD)/obj/bill.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $^ $(DEPLIBS) -o $@
+
+bench-bills: $(BUILD)/tests/bill_bench
+	@N=$${N:-200000} $(BUILD)/tests/bill_bench lualib tests/bench/bills.lua
+
 # ---- sanitizers: the whole suite under ASan + UBSan ----
 sanitize:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
@@ -195,6 +231,7 @@ install: all $(BUILD)/embed/libpaygate.a
 	rm -rf $(DESTDIR)$(DATADIR)/lualib $(DESTDIR)$(DATADIR)/scripts
 	cp -R lualib $(DESTDIR)$(DATADIR)/lualib
 	cp -R scripts $(DESTDIR)$(DATADIR)/scripts
+	rm -rf $(DESTDIR)$(DATADIR)/console && cp -R console $(DESTDIR)$(DATADIR)/console
 	chmod -R u=rwX,go=rX $(DESTDIR)$(DATADIR)
 	install -m 644 man/paygate.1 $(DESTDIR)$(MAN1DIR)/paygate.1
 

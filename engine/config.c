@@ -1,6 +1,7 @@
 /* config.c — the gateway's configuration file (a Lua table file, secrets by file path). */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -11,6 +12,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <lua-cjson.h>
+
+#include "jail.h"
 
 static char *dupstr(const char *s)
 {
@@ -60,10 +63,12 @@ void config_free(struct config *cfg)
 	free(cfg->scripts_dir);
 	free(cfg->lualib_dir);
 	free(cfg->db_path);
-	if (cfg->admin_token) {
-		memset(cfg->admin_token, 0, strlen(cfg->admin_token));
-		free(cfg->admin_token);
+	for (int i = 0; i < cfg->n_admin_tokens; i++) {
+		memset(cfg->admin_tokens[i].token, 0, strlen(cfg->admin_tokens[i].token));
+		free(cfg->admin_tokens[i].token);
+		free(cfg->admin_tokens[i].name);
 	}
+	free(cfg->console_dir);
 	free(cfg->fetch_ca_file);
 	free(cfg->session_secret_file);
 	free(cfg->app_json);
@@ -171,17 +176,38 @@ int config_set_listen(struct config *cfg, const char *addr, char *err, size_t er
 
 /* ---- reading typed fields from the evaluated file (table at stack top) ---- */
 
+#define CONFIG_MAX_KEYS 128
+
 struct reader {
 	lua_State *L;
 	const char *dir;
+	const char *file; /* the config file, resolved, for messages */
 	char *err;
 	size_t errlen;
 	int failed;
+	/* The table of known keys: every key a reader below asks for ("listen", "fetch.timeout_ms"),
+	   so a key added to the readers is known without being listed twice. */
+	char known[CONFIG_MAX_KEYS][48];
+	int nknown;
 };
+
+static void know(struct reader *r, const char *a, const char *b)
+{
+	char key[48];
+	snprintf(key, sizeof key, "%s%s%s", a, b ? "." : "", b ? b : "");
+	for (int i = 0; i < r->nknown; i++)
+		if (strcmp(r->known[i], key) == 0)
+			return;
+	assert(r->nknown < CONFIG_MAX_KEYS);
+	snprintf(r->known[r->nknown++], sizeof r->known[0], "%s", key);
+}
 
 /* Push t[a][b] (b may be NULL); returns its Lua type. */
 static int push_field(struct reader *r, const char *a, const char *b)
 {
+	know(r, a, NULL);
+	if (b)
+		know(r, a, b);
 	lua_getfield(r->L, -1, a);
 	if (!b)
 		return lua_type(r->L, -1);
@@ -198,7 +224,8 @@ static int push_field(struct reader *r, const char *a, const char *b)
 static void bad(struct reader *r, const char *a, const char *b, const char *want)
 {
 	if (!r->failed)
-		snprintf(r->err, r->errlen, "config: %s%s%s must be %s", a, b ? "." : "", b ? b : "", want);
+		snprintf(r->err, r->errlen, "config: %s: %s%s%s must be %s", r->file, a, b ? "." : "", b ? b : "",
+		         want);
 	r->failed = 1;
 }
 
@@ -244,16 +271,13 @@ static void read_bool(struct reader *r, const char *a, const char *b, int *out)
 }
 
 /* Secrets live in files so that the config itself can be shared; warn-free read, trimmed. */
-static void read_secret_file(struct reader *r, const char *a, const char *b, char **out)
+static void read_secret_path(struct reader *r, const char *a, const char *b, char *path, char **out)
 {
-	char *path = NULL, ferr[256];
-	read_str(r, a, b, 1, &path);
-	if (!path)
-		return;
+	char ferr[4200];
 	char *v = config_read_file(path, 4096, NULL, ferr, sizeof ferr);
 	if (!v) {
 		if (!r->failed)
-			snprintf(r->err, r->errlen, "config: %s.%s: %s", a, b, ferr);
+			snprintf(r->err, r->errlen, "config: %s: %s.%s: %s", r->file, a, b, ferr);
 		r->failed = 1;
 	} else {
 		size_t n = strlen(v);
@@ -268,6 +292,67 @@ static void read_secret_file(struct reader *r, const char *a, const char *b, cha
 		}
 	}
 	free(path);
+}
+
+static void read_secret_file(struct reader *r, const char *a, const char *b, char **out)
+{
+	char *path = NULL;
+	read_str(r, a, b, 1, &path);
+	if (path)
+		read_secret_path(r, a, b, path, out);
+}
+
+static void add_admin_token(struct reader *r, struct config *cfg, const char *name, char *token)
+{
+	if (!token)
+		return;
+	if (cfg->n_admin_tokens >= CONFIG_MAX_ADMIN_TOKENS) {
+		bad(r, "admin", "tokens", "at most 16 named tokens");
+	} else {
+		for (int i = 0; i < cfg->n_admin_tokens; i++)
+			if (strcmp(cfg->admin_tokens[i].token, token) == 0)
+				bad(r, "admin", "tokens", "a table of distinct tokens (two names share one token)");
+		cfg->admin_tokens[cfg->n_admin_tokens].name = strdup(name);
+		cfg->admin_tokens[cfg->n_admin_tokens++].token = token;
+		return;
+	}
+	memset(token, 0, strlen(token));
+	free(token);
+}
+
+/* admin = { token_file = path, tokens = { name = path, ... }, trust_loopback = false, console_dir = path }:
+   each token in a file of its own; its name is who the audit trail says asked (token_file's is "admin"). */
+static void read_admin(struct reader *r, struct config *cfg)
+{
+	char *tok = NULL;
+	read_secret_file(r, "admin", "token_file", &tok);
+	add_admin_token(r, cfg, "admin", tok);
+	if (push_field(r, "admin", "tokens") == LUA_TTABLE) {
+		lua_pushnil(r->L);
+		while (lua_next(r->L, -2)) {
+			const char *name = lua_type(r->L, -2) == LUA_TSTRING ? lua_tostring(r->L, -2) : NULL;
+			int ok = name && *name && strlen(name) <= 32;
+			for (const char *p = name; ok && *p; p++)
+				ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+				     *p == '_' || *p == '-' || *p == '.';
+			if (!ok || lua_type(r->L, -1) != LUA_TSTRING) {
+				bad(r, "admin", "tokens",
+				    "a table of name = \"file holding the token\" (names of letters, digits, _ - .)");
+			} else {
+				char *path = resolve_path(r->dir, lua_tostring(r->L, -1));
+				tok = NULL;
+				if (path)
+					read_secret_path(r, "admin.tokens", name, path, &tok);
+				add_admin_token(r, cfg, name, tok);
+			}
+			lua_pop(r->L, 1);
+		}
+	} else if (lua_type(r->L, -1) != LUA_TNIL) {
+		bad(r, "admin", "tokens", "a table of name = \"file holding the token\"");
+	}
+	lua_pop(r->L, 1);
+	read_bool(r, "admin", "trust_loopback", &cfg->admin_trust_loopback);
+	read_str(r, "admin", "console_dir", 1, &cfg->console_dir);
 }
 
 static void read_fields(struct reader *r, struct config *cfg)
@@ -316,7 +401,7 @@ static void read_fields(struct reader *r, struct config *cfg)
 	read_int(r, "script", "max_draining", 1, 1000, &v);
 	cfg->max_draining = (int)v;
 
-	read_secret_file(r, "admin", "token_file", &cfg->admin_token);
+	read_admin(r, cfg);
 	read_bool(r, "watch", NULL, &cfg->watch);
 	read_str(r, "session_secret_file", NULL, 1, &cfg->session_secret_file);
 	v = cfg->watch_debounce_ms;
@@ -460,24 +545,144 @@ static void read_app(struct reader *r, struct config *cfg)
 	lua_pop(L, 3);
 }
 
+/* Edit distance of two short keys (for "did you mean"). */
+static size_t distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), row[64];
+	if (la >= 63 || lb >= 63)
+		return 99;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t diag = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+/* Is key ("a" or "a.b") in the table of known keys? */
+static int known(const struct reader *r, const char *key)
+{
+	for (int i = 0; i < r->nknown; i++)
+		if (strcmp(r->known[i], key) == 0)
+			return 1;
+	return 0;
+}
+
+/* A key nobody reads: an error naming the nearest known key of the same table. */
+static void unknown(struct reader *r, const char *table, const char *key)
+{
+	const char *best = NULL;
+	size_t best_d = 99, tl = table ? strlen(table) : 0;
+	for (int i = 0; i < r->nknown; i++) {
+		const char *k = r->known[i];
+		const char *dot = strchr(k, '.');
+		if (table ? (strncmp(k, table, tl) != 0 || k[tl] != '.') : dot != NULL)
+			continue;
+		size_t d = distance(key, table ? k + tl + 1 : k);
+		if (d < best_d) {
+			best_d = d;
+			best = k;
+		}
+	}
+	if (r->failed)
+		return;
+	r->failed = 1;
+	if (best && (best_d <= 2 + strlen(key) / 4 || strncmp(best + (table ? tl + 1 : 0), key, strlen(key)) == 0))
+		snprintf(r->err, r->errlen, "config: %s: unknown key '%s%s%s' (did you mean '%s'?)", r->file,
+		         table ? table : "", table ? "." : "", key, best);
+	else
+		snprintf(r->err, r->errlen, "config: %s: unknown key '%s%s%s' (the keys are in docs/configuration.md)",
+		         r->file, table ? table : "", table ? "." : "", key);
+}
+
+/* Every key of the file must be one a reader asked for; `app` is the scripts' own table. The
+   values of a known key that is itself a table of names (admin.tokens) or a list are not keys. */
+static void check_keys(struct reader *r)
+{
+	lua_State *L = r->L;
+	lua_pushnil(L);
+	while (!r->failed && lua_next(L, -2)) {
+		if (lua_type(L, -2) != LUA_TSTRING) {
+			r->failed = 1;
+			snprintf(r->err, r->errlen, "config: %s: a value without a name (write key = value)", r->file);
+			lua_pop(L, 2);
+			break;
+		}
+		const char *k = lua_tostring(L, -2);
+		if (!known(r, k)) {
+			unknown(r, NULL, k);
+		} else if (strcmp(k, "app") != 0 && lua_istable(L, -1)) {
+			lua_pushnil(L);
+			while (!r->failed && lua_next(L, -2)) {
+				char full[112];
+				if (lua_type(L, -2) != LUA_TSTRING) {
+					r->failed = 1;
+					snprintf(r->err, r->errlen, "config: %s: %s holds a value without a name",
+					         r->file, k);
+				} else {
+					snprintf(full, sizeof full, "%s.%s", k, lua_tostring(L, -2));
+					if (!known(r, full))
+						unknown(r, k, lua_tostring(L, -2));
+				}
+				lua_pop(L, 1);
+			}
+			if (r->failed)
+				lua_pop(L, 1); /* the key of the inner lua_next */
+		}
+		lua_pop(L, 1);
+	}
+	if (r->failed)
+		lua_settop(L, 1);
+}
+/*
+** A config file only assigns values: it runs in a jail (capped memory, an
+** instruction budget), so one that loops or grows without end is a start-up
+** error instead of a hang.
+*/
+#define CONFIG_MAX_BYTES        ((size_t)64 << 20)
+#define CONFIG_MAX_INSTRUCTIONS 10000000
+
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	struct reader r = { 0 };
-	lua_State *L = luaL_newstate();
+	struct jail jail;
+	struct jail_budget budget = { 0 };
+	lua_State *L = jail_newstate(&jail, CONFIG_MAX_BYTES, NULL);
 	char *dir = strdup(path), *slash;
+	const char *base;
 	int rc = -1;
 
 	if (!L || !dir) {
 		snprintf(err, errlen, "config: out of memory");
 		goto done;
 	}
+	base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
 	slash = strrchr(dir, '/');
 	if (slash)
 		*slash = '\0';
 	else
-		dir[0] = '\0'; /* resolve_path treats "" as the cwd */
+		snprintf(dir, strlen(path) + 1, ".");
+	/* Paths in the file, and in every message, are absolute: relative to the file's directory. */
+	char *real = realpath(dir, NULL);
+	if (real) {
+		free(dir);
+		dir = real;
+	}
 	free(cfg->path);
-	cfg->path = strdup(path);
+	cfg->path = malloc(strlen(dir) + strlen(path) + 2);
+	if (cfg->path)
+		snprintf(cfg->path, strlen(dir) + strlen(path) + 2, "%s/%s", dir, base);
+	r.file = cfg->path ? cfg->path : path;
 
 	/* The file sees no library: it can only build tables of values. */
 	luaL_requiref(L, "cjson", luaopen_cjson, 1);
@@ -489,17 +694,28 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	}
 	lua_pushvalue(L, -2);
 	lua_setupvalue(L, -2, 1); /* _ENV of the chunk = the fresh table */
-	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-		snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+	jail_budget(L, &budget, CONFIG_MAX_INSTRUCTIONS);
+	int status = lua_pcall(L, 0, 0, 0);
+	jail_unbudget(L);
+	if (status != LUA_OK) {
+		if (budget.killed)
+			snprintf(err, errlen, "config: %s runs too long (a config file only assigns values)", path);
+		else
+			snprintf(err, errlen, "config: %s",
+			         lua_tostring(L, -1) ? lua_tostring(L, -1) : "out of memory");
 		goto done;
 	}
 	r.L = L;
+	lua_settop(L, 1);
 	r.dir = dir;
 	r.err = err;
 	r.errlen = errlen;
 	read_fields(&r, cfg);
 	read_wxpay(&r, cfg);
 	read_app(&r, cfg);
+	know(&r, "app", NULL);
+	if (!r.failed)
+		check_keys(&r);
 	rc = r.failed ? -1 : 0;
 done:
 	if (L)

@@ -7,6 +7,8 @@
 
 #include "log.h"
 
+#define CONFIG_MAX_ADMIN_TOKENS 16
+
 struct config {
 	char *path; /* the file it came from, or NULL for defaults */
 	char *listen_host;
@@ -28,8 +30,14 @@ struct config {
 	int64_t script_max_instructions; /* per request or job */
 	int max_draining;                /* old generations allowed to drain at once */
 
-	char *admin_token; /* read from admin.token_file; NULL: loopback only */
-	int watch;         /* reload on file change */
+	struct admin_token {
+		char *name;  /* who, in the audit trail: "admin" for admin.token_file, else its key in admin.tokens */
+		char *token; /* at least 16 characters, read from its file */
+	} admin_tokens[CONFIG_MAX_ADMIN_TOKENS];
+	int n_admin_tokens;
+	int admin_trust_loopback; /* admin.trust_loopback: loopback peers need no token */
+	char *console_dir;        /* admin.console_dir: the web console's files; NULL: beside lualib */
+	int watch;                /* reload on file change */
 	int watch_debounce_ms;
 	int watch_marker; /* reload only when scripts/.reload is written (changes spanning files apply at once) */
 

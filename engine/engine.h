@@ -79,7 +79,8 @@ struct engine {
 
 	struct gen *gen; /* current generation (holds one reference) */
 	uint64_t next_gen_id;
-	int draining; /* retired generations still in use */
+	int draining;               /* retired generations still in use */
+	struct event *reload_retry; /* a reload refused for draining, tried again (reload.c) */
 
 	/* The outcome of the latest reload, for /healthz and the admin answer. */
 	int last_reload_ok;

@@ -30,7 +30,8 @@ struct gen {
 	int dispatch_ref; /* app._dispatch(req) → status, body, headers */
 	int run_job_ref;  /* app._run_job(name, payload_json, info) */
 	struct timeval loaded_at;
-	int npool; /* parked threads (see gen_park_thread) */
+	int uses_wechatpay; /* the scripts required wechatpay (--check wants it configured) */
+	int npool;          /* parked threads (see gen_park_thread) */
 	struct {
 		lua_State *co;
 		int ref;

@@ -48,6 +48,7 @@ struct http_req {
 	struct evbuffer *pending_body;
 	struct timeval start;
 	char id[72];
+	char admin[40]; /* who the admin routes let in (a token's name, "loopback"), else "" */
 };
 
 enum conn_phase { CONN_NEW, CONN_HEAD, CONN_BODY, CONN_BUSY };
@@ -479,7 +480,7 @@ static const char *method_name(struct evhttp_request *r)
 	}
 }
 
-/* req.method, req.path, req.query, req.id, req.remote; other fields live in the uservalue table. */
+/* req.method, req.path, req.query, req.id, req.remote, req.admin; other fields live in the uservalue table. */
 static int l_req_index(lua_State *L)
 {
 	struct http_req *h = check_req(L);
@@ -495,6 +496,11 @@ static int l_req_index(lua_State *L)
 		lua_pushstring(L, q ? q : "");
 	} else if (strcmp(k, "id") == 0) {
 		lua_pushstring(L, h->id);
+	} else if (strcmp(k, "admin") == 0) {
+		if (h->admin[0])
+			lua_pushstring(L, h->admin);
+		else
+			lua_pushnil(L);
 	} else if (strcmp(k, "remote") == 0) {
 		const char *addr = NULL;
 		ev_uint16_t port = 0;
@@ -962,6 +968,11 @@ struct engine *http_engine(const struct http_req *h)
 struct evhttp_request *http_evreq(const struct http_req *h)
 {
 	return h->req;
+}
+
+void http_set_admin(struct http_req *h, const char *who)
+{
+	snprintf(h->admin, sizeof h->admin, "%s", who);
 }
 
 /* ---- server set-up ---- */

@@ -47,6 +47,9 @@ void http_answer_error(struct http_req *h, int status, const char *code, const c
 struct engine *http_engine(const struct http_req *h);
 struct evhttp_request *http_evreq(const struct http_req *h);
 
+/* Record who the admin routes let in (a token's name, "loopback"): scripts read it as req.admin. */
+void http_set_admin(struct http_req *h, const char *who);
+
 /* The evhttp request behind the request object at idx, or NULL if it is not one (or finished). */
 struct evhttp_request *http_request_of(lua_State *L, int idx);
 

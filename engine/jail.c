@@ -1,11 +1,16 @@
 /* jail.c — the script jail: what a script may touch: capped memory, an instruction budget, allow-listed globals. */
 #include "jail.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
+
+#include "pattern.h"
+
+static void jail_hook(lua_State *L, lua_Debug *ar);
 
 /* ---- the allocator: a byte cap per generation ---- */
 
@@ -28,6 +33,12 @@ static void *jail_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	void *np = realloc(ptr, nsize);
 	if (!np)
 		return NULL;
+	if (nsize > old && s->active) { /* bytes made cost time: charge them (C functions copy in one instruction) */
+		struct jail_budget *b = s->active;
+		b->left -= (int64_t)((nsize - old) / JAIL_BYTES_PER_INSTRUCTION);
+		if (b->left <= 0 && !b->killed && b->thread) /* stop at its next instruction, not 1000 later */
+			lua_sethook(b->thread, jail_hook, LUA_MASKCOUNT, 1);
+	}
 	s->used = s->used - old + nsize;
 	if (s->used > s->peak)
 		s->peak = s->used;
@@ -42,6 +53,15 @@ static void *jail_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 ** with pcall is stopped again at its very next instruction (Redis does the
 ** same with a line hook).
 */
+static void budget_spent(lua_State *L, struct jail_budget *b)
+{
+	b->killed = 1;
+	lua_sethook(L, jail_hook, LUA_MASKCOUNT, 1);
+	if (b->thread && b->thread != L) /* stopped inside a coroutine the script made */
+		lua_sethook(b->thread, jail_hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "script exceeded its instruction budget (a runaway loop?)");
+}
+
 static void jail_hook(lua_State *L, lua_Debug *ar)
 {
 	struct jail *s = jail_of(L);
@@ -54,12 +74,39 @@ static void jail_hook(lua_State *L, lua_Debug *ar)
 		b->left -= JAIL_HOOK_EVERY;
 		if (b->left > 0)
 			return;
-		b->killed = 1;
 	}
+	budget_spent(L, b);
+}
+
+void jail_charge(lua_State *L, int64_t instructions)
+{
+	struct jail_budget *b = jail_of(L)->active;
+	if (!b || instructions <= 0)
+		return;
+	b->left -= instructions;
+	if (b->left <= 0 || b->killed)
+		budget_spent(L, b);
+}
+
+int jail_charge_nothrow(lua_State *L, int64_t instructions)
+{
+	struct jail_budget *b = jail_of(L)->active;
+	if (!b)
+		return 0;
+	b->left -= instructions;
+	if (b->left > 0 && !b->killed)
+		return 0;
+	b->killed = 1;
 	lua_sethook(L, jail_hook, LUA_MASKCOUNT, 1);
-	if (b->thread && b->thread != L) /* stopped inside a coroutine the script made */
+	if (b->thread && b->thread != L)
 		lua_sethook(b->thread, jail_hook, LUA_MASKCOUNT, 1);
-	luaL_error(L, "script exceeded its instruction budget (a runaway loop?)");
+	return 1;
+}
+
+int jail_budget_spent(lua_State *L)
+{
+	struct jail_budget *b = jail_of(L)->active;
+	return b && b->killed;
 }
 
 static int jail_panic(lua_State *L)
@@ -159,6 +206,95 @@ void jail_set_global(lua_State *L, int env_index, const char *name)
 	lua_rawset(L, env_index);
 }
 
+/*
+** Read-only views of shared tables: what `require` gives scripts for the
+** library's modules. A view holds nothing itself; reads go to the real table
+** and a table read through a view is itself a view (so the constant tables
+** inside a module are covered too); writes raise; # and pairs work. The
+** module's own code keeps its real table.
+*/
+#define JAIL_VIEWS "paygate.jail.views"
+
+static int view_index(lua_State *L)
+{
+	lua_settop(L, 2);
+	lua_gettable(L, lua_upvalueindex(1));
+	jail_push_view(L, -1);
+	return 1;
+}
+
+static int view_newindex(lua_State *L)
+{
+	return luaL_error(L, "attempt to modify a read-only table (field '%s' of a shared library module)",
+	                  luaL_optstring(L, 2, "?"));
+}
+
+static int view_len(lua_State *L)
+{
+	lua_len(L, lua_upvalueindex(1));
+	return 1;
+}
+
+static int view_next(lua_State *L)
+{
+	lua_settop(L, 2);
+	if (!lua_next(L, lua_upvalueindex(1)))
+		return 0;
+	jail_push_view(L, -1);
+	lua_remove(L, -2);
+	return 2;
+}
+
+static int view_pairs(lua_State *L)
+{
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_pushcclosure(L, view_next, 1);
+	lua_pushvalue(L, 1); /* the state is the view: the real table never reaches the script */
+	lua_pushnil(L);
+	return 3;
+}
+
+void jail_push_view(lua_State *L, int idx)
+{
+	idx = lua_absindex(L, idx);
+	if (!lua_istable(L, idx)) {
+		lua_pushvalue(L, idx);
+		return;
+	}
+	if (luaL_getsubtable(L, LUA_REGISTRYINDEX, JAIL_VIEWS) == 0) { /* new: real -> view, weak keys */
+		lua_createtable(L, 0, 1);
+		lua_pushliteral(L, "k");
+		lua_setfield(L, -2, "__mode");
+		lua_setmetatable(L, -2);
+	}
+	lua_pushvalue(L, idx);
+	if (lua_rawget(L, -2) == LUA_TTABLE) {
+		lua_remove(L, -2);
+		return;
+	}
+	lua_pop(L, 1);
+	lua_newtable(L); /* the view */
+	lua_createtable(L, 0, 5);
+	static const struct {
+		const char *name;
+		lua_CFunction fn;
+	} mm[] = { { "__index", view_index }, { "__len", view_len }, { "__pairs", view_pairs } };
+	for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
+		lua_pushvalue(L, idx);
+		lua_pushcclosure(L, mm[i].fn, 1);
+		lua_setfield(L, -2, mm[i].name);
+	}
+	lua_pushcfunction(L, view_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, -2);
+	lua_pushvalue(L, idx);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, -4); /* views[real] = view */
+	lua_remove(L, -2);
+}
+
 /* load(chunk [, name [, mode [, env]]]) with mode forced to text: no bytecode, ever. */
 static int safe_load(lua_State *L)
 {
@@ -215,47 +351,59 @@ static int safe_setmetatable(lua_State *L)
 }
 
 /*
-** Pattern matching runs in C, out of reach of the instruction hook, and
-** patterns like ".-.-.-b" backtrack in time n^k. Refuse a call whose worst
-** case (subject length to the power of the number of repetition items) is
-** beyond JAIL_PATTERN_BUDGET; plain finds and simple patterns are unaffected.
+** C functions do work in proportion to their arguments in what the hook sees
+** as one instruction: string.rep("", 1e15) loops 1e15 times, table.insert(t,
+** 1, x) moves every element, string.upper copies its subject. Each wrapped
+** function is charged first, by what it is about to do: the bytes of its
+** string arguments, the elements of its table arguments, and for rep, concat,
+** move and unpack the count it is asked for; what they allocate is charged by
+** the allocator. Pattern functions are this jail's own matcher (pattern.c),
+** which charges every step.
 */
-#define JAIL_PATTERN_BUDGET 1e9
+enum charge_kind { CHARGE_BYTES, CHARGE_REP, CHARGE_RANGE, CHARGE_SORT, CHARGE_ELEMENTS };
 
-static int pattern_items(const char *p, size_t n)
+static int64_t bytes_cost(size_t n)
 {
-	int k = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] == '%') {
-			i++;
-		} else if (p[i] == '[') {
-			for (i++; i < n && p[i] != ']'; i++)
-				if (p[i] == '%')
-					i++;
-		} else if (p[i] == '*' || p[i] == '+' || p[i] == '-') {
-			k++;
-		}
-	}
-	return k;
+	return (int64_t)(n / JAIL_BYTES_PER_INSTRUCTION) + 1;
 }
 
-static int guarded_pattern(lua_State *L)
+/* What the call with these arguments will cost, in instructions. */
+static double call_cost(lua_State *L, enum charge_kind kind)
 {
-	size_t n, plen;
-	const char *s = luaL_checklstring(L, 1, &n);
-	const char *p = luaL_checklstring(L, 2, &plen);
-	int plain = lua_tointeger(L, lua_upvalueindex(2)) && lua_toboolean(L, 4); /* find(s, p, init, plain) */
-	(void)s;
-	if (!plain) {
-		double cost = 1;
-		for (int k = pattern_items(p, plen); k > 0 && cost <= JAIL_PATTERN_BUDGET; k--)
-			cost *= (double)n + 1;
-		if (cost > JAIL_PATTERN_BUDGET)
-			return luaL_error(L,
-			                  "pattern '%s' is too costly for a subject of %d bytes "
-			                  "(it could backtrack for a very long time)",
-			                  p, (int)n);
+	double cost = 1;
+	int n = lua_gettop(L);
+	for (int i = 1; i <= n; i++) {
+		if (lua_type(L, i) == LUA_TSTRING)
+			cost += (double)bytes_cost(lua_rawlen(L, i));
+		else if (lua_type(L, i) == LUA_TTABLE && kind != CHARGE_RANGE)
+			cost += (double)lua_rawlen(L, i);
 	}
+	if (kind == CHARGE_REP) { /* rep(s, n, sep): n copies, even of nothing */
+		double times = lua_type(L, 2) == LUA_TNUMBER ? (double)lua_tonumber(L, 2) : 0;
+		double each = (double)(lua_rawlen(L, 1) + (lua_type(L, 3) == LUA_TSTRING ? lua_rawlen(L, 3) : 0));
+		if (times > 0 && times * each <= (double)jail_of(L)->limit) /* beyond it, the allocation fails first */
+			cost += times * (1 + each / JAIL_BYTES_PER_INSTRUCTION);
+	} else if (kind == CHARGE_RANGE) { /* concat(t, sep, i, j), unpack(t, i, j), move(a, f, e, t) */
+		int first = lua_gettop(L) >= 2 && lua_type(L, 2) == LUA_TSTRING ? 3 : 2;
+		if (lua_type(L, 1) == LUA_TTABLE && lua_type(L, 2) == LUA_TNUMBER && lua_type(L, 3) == LUA_TNUMBER &&
+		    lua_type(L, 4) == LUA_TTABLE)
+			first = 2; /* move */
+		lua_Integer i = lua_isinteger(L, first) ? lua_tointeger(L, first) : 1;
+		lua_Integer j = lua_isinteger(L, first + 1) ? lua_tointeger(L, first + 1)
+		                                            : (lua_istable(L, 1) ? (lua_Integer)lua_rawlen(L, 1) : 0);
+		if (j >= i)
+			cost += (double)j - (double)i + 1;
+	} else if (kind == CHARGE_SORT && lua_istable(L, 1)) {
+		double len = (double)lua_rawlen(L, 1);
+		cost += len * log2(len + 2);
+	}
+	return cost;
+}
+
+static int charged_call(lua_State *L)
+{
+	double cost = call_cost(L, (enum charge_kind)lua_tointeger(L, lua_upvalueindex(2)));
+	jail_charge(L, cost > 4e18 ? INT64_C(4000000000000000000) : (int64_t)cost);
 	int nargs = lua_gettop(L);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_insert(L, 1);
@@ -263,16 +411,104 @@ static int guarded_pattern(lua_State *L)
 	return lua_gettop(L);
 }
 
-/* Wrap string.find/match/gmatch/gsub of the copy at the top of the stack. */
-static void guard_string_lib(lua_State *L)
+static void charge_field(lua_State *L, int t, const char *name, enum charge_kind kind)
 {
-	static const char *const fns[] = { "find", "match", "gmatch", "gsub", NULL };
-	for (const char *const *f = fns; *f; f++) {
-		lua_getfield(L, -1, *f);
-		lua_pushinteger(L, strcmp(*f, "find") == 0);
-		lua_pushcclosure(L, guarded_pattern, 2);
-		lua_setfield(L, -2, *f);
+	t = lua_absindex(L, t);
+	if (lua_getfield(L, t, name) != LUA_TFUNCTION) {
+		lua_pop(L, 1);
+		return;
 	}
+	lua_pushinteger(L, kind);
+	lua_pushcclosure(L, charged_call, 2);
+	lua_setfield(L, t, name);
+}
+
+void jail_charge_functions(lua_State *L, int t)
+{
+	t = lua_absindex(L, t);
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		int cf = lua_iscfunction(L, -1) && lua_type(L, -2) == LUA_TSTRING;
+		lua_pop(L, 1);
+		if (cf) {
+			lua_pushvalue(L, -1);
+			lua_pushvalue(L, -1);
+			lua_gettable(L, t);
+			lua_pushinteger(L, CHARGE_BYTES);
+			lua_pushcclosure(L, charged_call, 2);
+			lua_settable(L, t); /* replacing an existing key keeps the traversal valid */
+		}
+	}
+}
+
+static void charge_pattern_steps(lua_State *L, int64_t steps)
+{
+	jail_charge(L, steps);
+}
+
+/* The string, table, utf8 and os copies at the top of the stack: charged, and patterns our own. */
+static void charge_lib(lua_State *L, const char *lib)
+{
+	if (strcmp(lib, "string") == 0) {
+		lua_getfield(L, -1, "rep");
+		jail_charge_functions(L, -2);
+		lua_pushinteger(L, CHARGE_REP);
+		lua_pushcclosure(L, charged_call, 2);
+		lua_setfield(L, -2, "rep");
+		pattern_set_functions(L, charge_pattern_steps);
+	} else if (strcmp(lib, "table") == 0) {
+		static const char *const elements[] = { "insert", "remove", "pack", NULL };
+		for (const char *const *f = elements; *f; f++)
+			charge_field(L, -1, *f, CHARGE_ELEMENTS);
+		charge_field(L, -1, "concat", CHARGE_RANGE);
+		charge_field(L, -1, "unpack", CHARGE_RANGE);
+		charge_field(L, -1, "move", CHARGE_RANGE);
+		charge_field(L, -1, "sort", CHARGE_SORT);
+	} else if (strcmp(lib, "utf8") == 0 || strcmp(lib, "os") == 0) {
+		jail_charge_functions(L, -1);
+	}
+}
+
+/*
+** xpcall's message handler runs when the error is raised: for the budget's
+** own error that is inside the hook, where Lua runs it with hooks off, so a
+** handler that loops would never be stopped. Once the budget is spent the
+** handler is skipped and the error passes through as it is.
+*/
+static int guarded_handler(lua_State *L)
+{
+	if (jail_budget_spent(L))
+		return 1;
+	int nargs = lua_gettop(L);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, nargs, 1);
+	return 1;
+}
+
+static int safe_xpcall_done(lua_State *L, int status, lua_KContext extra)
+{
+	if (status != LUA_OK && status != LUA_YIELD) {
+		lua_pushboolean(L, 0);
+		lua_pushvalue(L, -2);
+		return 2;
+	}
+	return lua_gettop(L) - (int)extra;
+}
+
+/* xpcall(f, msgh, ...) with msgh behind guarded_handler; yields through it like the real one. */
+static int safe_xpcall(lua_State *L)
+{
+	int n = lua_gettop(L);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_pushvalue(L, 2);
+	lua_pushcclosure(L, guarded_handler, 1);
+	lua_replace(L, 2);
+	lua_pushboolean(L, 1);
+	lua_pushvalue(L, 1);
+	lua_rotate(L, 3, 2); /* f, handler, true, f, args... */
+	int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, safe_xpcall_done);
+	return safe_xpcall_done(L, status, 2);
 }
 
 /* coroutine.resume/close on a request's own coroutine would steal or kill it. */
@@ -371,20 +607,24 @@ void jail_push_env(lua_State *L)
 	lua_getfield(L, g, "setmetatable");
 	lua_pushcclosure(L, safe_setmetatable, 1);
 	lua_setfield(L, real, "setmetatable");
+	lua_pushcfunction(L, safe_xpcall);
+	lua_setfield(L, real, "xpcall");
+	charge_field(L, real, "tonumber", CHARGE_BYTES);
+	charge_field(L, real, "load", CHARGE_BYTES);
 
 	for (const char *const *lib = libs_allowed; *lib; lib++) {
 		lua_getfield(L, g, *lib);
 		copy_table(L, lua_gettop(L), strcmp(*lib, "string") == 0 ? "dump" : NULL);
 		lua_remove(L, -2);
-		if (strcmp(*lib, "string") == 0)
-			guard_string_lib(L);
-		else if (strcmp(*lib, "coroutine") == 0)
+		charge_lib(L, *lib);
+		if (strcmp(*lib, "coroutine") == 0)
 			guard_coroutine_lib(L);
 		jail_set_readonly(L, real, *lib);
 	}
 	lua_getfield(L, g, "os");
 	copy_fields(L, lua_gettop(L), os_allowed);
 	lua_remove(L, -2);
+	charge_lib(L, "os");
 	jail_set_readonly(L, real, "os");
 
 	/* s:upper() keeps working through the filtered copy; the metatable itself is hidden. */

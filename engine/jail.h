@@ -10,6 +10,9 @@
 /* Instructions between two budget checks. */
 #define JAIL_HOOK_EVERY 1000
 
+/* Bytes a C function may copy, scan or allocate for the cost of one instruction. */
+#define JAIL_BYTES_PER_INSTRUCTION 8
+
 /* The instruction budget of one piece of running Lua (a request, a job, a load). */
 struct jail_budget {
 	int64_t left;
@@ -39,6 +42,33 @@ struct jail *jail_of(lua_State *L);
 /* Count `b` against the instructions run from now on, until jail_unbudget. */
 void jail_budget(lua_State *L, struct jail_budget *b, int64_t instructions);
 void jail_unbudget(lua_State *L);
+
+/*
+** Charge work done outside the interpreter (C functions, SQL) to the active
+** budget: jail_charge raises the budget's error once it is spent;
+** jail_charge_nothrow returns 1 instead (for callbacks that cannot raise).
+** Either way the budget is then spent for good: the script is stopped at its
+** next instruction, even inside pcall. Without an active budget they do nothing.
+*/
+void jail_charge(lua_State *L, int64_t instructions);
+int jail_charge_nothrow(lua_State *L, int64_t instructions);
+
+/* Whether the active budget is spent. */
+int jail_budget_spent(lua_State *L);
+
+/*
+** Wrap every C function of the table at t so that a call is first charged
+** the bytes of its string arguments and the elements of its table
+** arguments. For functions that do not yield. [-0, +0, e]
+*/
+void jail_charge_functions(lua_State *L, int t);
+
+/*
+** Push a read-only view of the value at idx: for a table, a proxy whose reads
+** go to it (tables read through it are views too), whose writes raise, with
+** # and pairs; any other value as it is. One view per table. [-0, +1, e]
+*/
+void jail_push_view(lua_State *L, int idx);
 
 /*
 ** Open the allowed standard libraries and push the protected globals table

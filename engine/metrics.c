@@ -137,8 +137,9 @@ static void render_series(struct metrics *m, struct evbuffer *b)
 		for (struct metric_series *s = m->series[i]; s; s = s->next) {
 			if (s->mark == m->render_mark)
 				continue;
-			evbuffer_add_printf(b, "# TYPE %.*s %s\n", (int)s->name_len, s->key,
-			                    s->gauge ? "gauge" : "counter");
+			evbuffer_add_printf(b, "# HELP %.*s A series of the scripts (metrics.%s).\n# TYPE %.*s %s\n",
+			                    (int)s->name_len, s->key, s->gauge ? "set" : "inc", (int)s->name_len,
+			                    s->key, s->gauge ? "gauge" : "counter");
 			for (int j = i; j < 256; j++) {
 				for (struct metric_series *t = (j == i ? s : m->series[j]); t; t = t->next) {
 					if (t->mark != m->render_mark && t->name_len == s->name_len &&
@@ -194,9 +195,17 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 
 /* ---- Lua: metrics.inc(name [, labels [, n]]), metrics.set(name, value [, labels]) ---- */
 
-/* Render a {k = v} table as k="v",... with Prometheus escaping. [-0, +0, e] */
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Render a {k = v} table as k="v",... with Prometheus escaping, names sorted: the same labels
+   give the same series whatever order the table was built in (a reload builds it afresh). [-0, +0, e] */
 static void render_labels(lua_State *L, int idx, char *out, size_t cap)
 {
+	const char *names[32];
+	int n = 0;
 	size_t len = 0;
 	out[0] = '\0';
 	if (lua_isnoneornil(L, idx))
@@ -205,10 +214,18 @@ static void render_labels(lua_State *L, int idx, char *out, size_t cap)
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
 		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-		const char *v = luaL_tolstring(L, -1, NULL);
 		if (!k || !valid_name(k))
 			luaL_error(L, "metrics: label names must be identifiers");
-		len += (size_t)snprintf(out + len, len < cap ? cap - len : 0, "%s%s=\"", len ? "," : "", k);
+		if (n == 32)
+			luaL_error(L, "metrics: at most 32 labels");
+		names[n++] = k; /* a key of the table at idx: stays alive while the table does */
+		lua_pop(L, 1);
+	}
+	qsort(names, (size_t)n, sizeof names[0], cmp_str);
+	for (int i = 0; i < n; i++) {
+		lua_getfield(L, idx, names[i]);
+		const char *v = luaL_tolstring(L, -1, NULL);
+		len += (size_t)snprintf(out + len, len < cap ? cap - len : 0, "%s%s=\"", len ? "," : "", names[i]);
 		for (; *v && len + 3 < cap; v++) {
 			if (*v == '"' || *v == '\\' || *v == '\n')
 				out[len++] = '\\';

@@ -230,6 +230,13 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 		goto fail;
 	if (reload_run(e, "start", err, errlen) < 0)
 		goto fail;
+	if (o->check_only && e->gen && e->gen->uses_wechatpay && !e->cfg.wxpay.enabled) {
+		snprintf(err, errlen,
+		         "the scripts in %s use wechatpay, but %s has no wechatpay table (docs/configuration.md, "
+		         "\"Setting up WeChat Pay\")",
+		         e->cfg.scripts_dir, e->cfg.path ? e->cfg.path : "the configuration (no --config)");
+		goto fail;
+	}
 	if (e->cfg.watch && reload_watch_start(e, err, errlen) < 0)
 		log_warn(&e->log, NULL, "not watching scripts for changes: %s", err);
 	store_sleep_ok(e->store, 0); /* from now on, waiting for another worker's lock never sleeps the loop */
@@ -373,12 +380,14 @@ static int listen_here(struct paygate *pg, char *err, size_t errlen)
 	if (e->worker.listen_fd >= 0 ? http_accept_on(e, e->worker.listen_fd, err, errlen) < 0
 	                             : http_listen(e, e->cfg.listen_host, e->cfg.listen_port, err, errlen) < 0)
 		return -1;
-	if (!e->cfg.admin_token && strncmp(e->cfg.listen_host, "127.", 4) != 0 &&
-	    strcmp(e->cfg.listen_host, "::1") != 0 && strcmp(e->cfg.listen_host, "localhost") != 0)
+	if (e->cfg.admin_trust_loopback)
 		log_warn(&e->log, NULL,
-		         "listening on %s without admin.token_file: admin endpoints answer loopback "
-		         "peers only; behind a local reverse proxy configure a token",
-		         e->cfg.listen_host);
+		         "admin is reachable without a token: admin.trust_loopback = true lets any loopback peer "
+		         "refund, change products and reload (behind a reverse proxy on this host, every client is "
+		         "loopback); configure admin.tokens and remove trust_loopback before going live");
+	else if (e->cfg.n_admin_tokens == 0)
+		log_info(&e->log, NULL,
+		         "admin endpoints are closed: no admin.tokens configured (and admin.trust_loopback is off)");
 	return 0;
 }
 

@@ -137,13 +137,49 @@ static void record(struct engine *e, int ok, const char *error)
 		e->metrics.reloads_failed++;
 }
 
+/*
+** A reload refused because script.max_draining generations are still
+** finishing work is not lost: it is tried again (reading the files afresh,
+** so the newest save) once one of them has drained.
+*/
+#define RETRY_MS 100
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct engine *e = arg;
+	char err[1024];
+	(void)fd;
+	(void)what;
+	if (e->stopping)
+		return;
+	if (e->draining >= e->cfg.max_draining) {
+		struct timeval tv = { 0, RETRY_MS * 1000 };
+		evtimer_add(e->reload_retry, &tv);
+		return;
+	}
+	reload_run(e, "retry after draining", err, sizeof err);
+}
+
+static void retry_later(struct engine *e)
+{
+	struct timeval tv = { 0, RETRY_MS * 1000 };
+	if (!e->reload_retry)
+		e->reload_retry = evtimer_new(e->base, on_retry, e);
+	if (e->reload_retry)
+		evtimer_add(e->reload_retry, &tv);
+}
+
 int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 {
 	struct gen *g;
 	char *app_json = NULL, *kept_json = NULL;
 
 	if (e->draining >= e->cfg.max_draining) {
-		snprintf(err, errlen, "%d older generations are still finishing work; try again shortly", e->draining);
+		snprintf(
+		    err, errlen,
+		    "%d older generations are still finishing work; the reload is tried again once one has drained",
+		    e->draining);
+		retry_later(e);
 		goto fail;
 	}
 	if (store_in_tx(e->store)) {
@@ -181,6 +217,8 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 		e->draining++;
 		gen_unref(old);
 	}
+	if (e->reload_retry)
+		evtimer_del(e->reload_retry); /* this one read the newest files */
 	record(e, 1, NULL);
 	log_info(&e->log, NULL, "script generation %llu live (%s)", (unsigned long long)g->id, trigger);
 	if (e->jobs)
@@ -308,6 +346,10 @@ int reload_watch_start(struct engine *e, char *err, size_t errlen)
 void reload_watch_stop(struct engine *e)
 {
 	struct watch *w = e->watch;
+	if (e->reload_retry) {
+		event_free(e->reload_retry);
+		e->reload_retry = NULL;
+	}
 	if (!w)
 		return;
 	if (w->ev)

@@ -1,4 +1,4 @@
-/* routes.c — the engine's own routes, in front of the scripts': /healthz, /metrics, /admin/reload. */
+/* routes.c — the engine's own routes, in front of the scripts': /healthz, /readyz, /metrics, /admin/reload. */
 #include "routes.h"
 
 #include <string.h>
@@ -8,7 +8,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "crypto.h"
+#include "admin.h"
 #include "engine.h"
 #include "gen.h"
 #include "json.h"
@@ -16,30 +16,6 @@
 #include "reload.h"
 
 /* They answer even when no script generation is loaded. */
-
-static int is_loopback(const char *addr)
-{
-	return addr &&
-	       (strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 || strncmp(addr, "::ffff:127.", 11) == 0);
-}
-
-/* Admin paths: a configured token is required from anywhere; without one, loopback only. */
-static int admin_allowed(struct http_req *h)
-{
-	struct engine *e = http_engine(h);
-	struct evhttp_request *req = http_evreq(h);
-	if (e->cfg.admin_token) {
-		const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-		size_t tl = strlen(e->cfg.admin_token);
-		if (!auth || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != tl)
-			return 0;
-		return crypto_ct_equal(auth + 7, e->cfg.admin_token, tl);
-	}
-	char *addr = NULL;
-	ev_uint16_t port = 0;
-	evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
-	return is_loopback(addr);
-}
 
 static void send_health(struct http_req *h)
 {
@@ -62,7 +38,18 @@ static void send_health(struct http_req *h)
 	if (e->worker.peers_health) /* ,"worker":i,"workers":{...}: the whole gateway */
 		e->worker.peers_health(e->worker.arg, b);
 	evbuffer_add_printf(b, "}");
-	http_answer(h, e->gen ? 200 : 503, "application/json; charset=utf-8", b);
+	http_answer(h, 200, "application/json; charset=utf-8", b); /* alive: the process answers */
+}
+
+/* Ready: a generation is loaded and the gateway is not stopping (a balancer sends traffic then). */
+static void send_ready(struct http_req *h)
+{
+	struct engine *e = http_engine(h);
+	int ready = e->gen && !e->stopping;
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b, "{\"ready\":%s,\"generation\":%llu}", ready ? "true" : "false",
+	                    e->gen ? (unsigned long long)e->gen->id : 0ULL);
+	http_answer(h, ready ? 200 : 503, "application/json; charset=utf-8", b);
 }
 
 static void send_reload(struct http_req *h)
@@ -100,14 +87,12 @@ int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
 		send_health(h);
 		return 1;
 	}
-	int admin = strncmp(path, "/admin/", 7) == 0 || strcmp(path, "/metrics") == 0;
-	if (admin && !admin_allowed(h)) {
-		http_answer_error(h, http_engine(h)->cfg.admin_token ? 401 : 403, "forbidden",
-		                  http_engine(h)->cfg.admin_token
-		                      ? "admin endpoints need Authorization: Bearer <admin token>"
-		                      : "admin endpoints answer on loopback only (or configure admin.token_file)");
+	if (strcmp(path, "/readyz") == 0) {
+		send_ready(h);
 		return 1;
 	}
+	if (admin_front(h, path, cmd))
+		return 1;
 	if (strcmp(path, "/metrics") == 0 && cmd == EVHTTP_REQ_GET) {
 		struct evbuffer *b = evbuffer_new();
 		struct engine *e = http_engine(h);
@@ -118,9 +103,10 @@ int routes_front(struct http_req *h, const char *path, enum evhttp_cmd_type cmd)
 		return 1;
 	}
 	if (strcmp(path, "/admin/reload") == 0) {
-		if (cmd != EVHTTP_REQ_POST)
+		if (cmd != EVHTTP_REQ_POST) {
+			evhttp_add_header(evhttp_request_get_output_headers(http_evreq(h)), "Allow", "POST");
 			http_answer_error(h, 405, "method_not_allowed", "use POST /admin/reload");
-		else
+		} else
 			send_reload(h);
 		return 1;
 	}

@@ -1,4 +1,4 @@
-/* routes.h — the engine's own routes, in front of the scripts': /healthz, /metrics, /admin/reload. */
+/* routes.h — the engine's own routes, in front of the scripts': /healthz, /readyz, /metrics, /admin/reload. */
 #ifndef PAYGATE_ROUTES_H
 #define PAYGATE_ROUTES_H
 

@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "bill.h"
 #include "clock.h"
 #include "coro.h"
 #include "engine.h"
@@ -25,7 +26,8 @@
 
 /* ---- require: scripts first, then lualib; text only; one shared jail env ---- */
 
-/* Upvalues: 1 = engine (light), 2 = env, 3 = loaded table. */
+/* Upvalues: 1 = engine (light), 2 = env, 3 = loaded table, 4 = names of the library's modules. */
+/* 1 when the module is a script, 2 when it is the library's (lualib), 0 when there is none. */
 static int find_module(lua_State *L, struct engine *e, const char *name, char *path, size_t cap)
 {
 	const char *dirs[2] = { e->cfg.scripts_dir, e->cfg.lualib_dir };
@@ -46,7 +48,7 @@ static int find_module(lua_State *L, struct engine *e, const char *name, char *p
 		FILE *f = fopen(path, "rb");
 		if (f) {
 			fclose(f);
-			return 1;
+			return d + 1;
 		}
 	}
 	return 0;
@@ -59,13 +61,20 @@ static int l_require(lua_State *L)
 	char path[1024], err[512];
 
 	lua_settop(L, 1);
+	if (strcmp(name, "wechatpay") == 0 || strcmp(name, "wechatpay.core") == 0)
+		((struct gen *)jail_of(L)->owner)->uses_wechatpay = 1;
 	lua_getfield(L, lua_upvalueindex(3), name);
 	if (lua_toboolean(L, -1)) {
 		if (lua_islightuserdata(L, -1))
 			return luaL_error(L, "require: '%s' requires itself (a loop)", name);
+		if (lua_getfield(L, lua_upvalueindex(4), name) != LUA_TNIL)
+			jail_push_view(L, -2); /* the library's tables are shared by every request: read-only */
+		else
+			lua_pop(L, 1);
 		return 1;
 	}
-	if (!find_module(L, e, name, path, sizeof path))
+	int where = find_module(L, e, name, path, sizeof path);
+	if (!where)
 		return luaL_error(L, "module '%s' not found in %s or %s", name, e->cfg.scripts_dir, e->cfg.lualib_dir);
 	size_t len;
 	char *src = config_read_file(path, MAX_SCRIPT_BYTES, &len, err, sizeof err);
@@ -89,6 +98,11 @@ static int l_require(lua_State *L)
 	}
 	lua_pushvalue(L, -1);
 	lua_setfield(L, lua_upvalueindex(3), name);
+	if (where == 2) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, lua_upvalueindex(4), name);
+		jail_push_view(L, -1);
+	}
 	return 1;
 }
 
@@ -184,6 +198,9 @@ static int l_sleep(lua_State *L)
 	coro_check_suspend(L, "clock.sleep");
 	struct event *ev = evtimer_new(e->base, sleep_done, c);
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	/* libevent counts a timeout from the time it read when this loop turn began; after a long
+	   turn that is in the past, and the sleep would end early. Count from now. */
+	event_base_update_cache_time(e->base);
 	if (!ev || evtimer_add(ev, &tv) < 0) {
 		if (ev)
 			event_free(ev);
@@ -207,6 +224,7 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	http_register_lua(L);
 	json_push_lua(L);
 	int json = lua_gettop(L);
+	jail_charge_functions(L, json);
 	lua_pushvalue(L, json);
 	jail_set_readonly(L, env, "json");
 
@@ -220,6 +238,7 @@ static void register_modules(lua_State *L, struct engine *e, int env)
 	metrics_push_lua(L, &e->metrics);
 	jail_set_readonly(L, env, "metrics");
 	secure_push_lua(L, e);
+	jail_charge_functions(L, -1);
 	jail_set_readonly(L, env, "secure");
 	lua_pushvalue(L, json);
 	host_push_lua(L, e); /* consumes json: replies are decoded with it */
@@ -288,19 +307,23 @@ static int load_protected(lua_State *L)
 	lua_getfield(L, env, "http");
 	wxc_push_lua(L, e);
 	lua_setfield(L, loaded, "wechatpay.core");
+	bill_push_lua(L);
+	lua_setfield(L, loaded, "wechatpay.bill");
 	for (int i = 0; i < e->nmodules; i++)
 		open_host_module(L, e, &e->modules[i], loaded);
 	lua_pushlightuserdata(L, e);
 	lua_pushvalue(L, env);
 	lua_pushvalue(L, loaded);
-	lua_pushcclosure(L, l_require, 3);
+	lua_newtable(L);
+	lua_pushcclosure(L, l_require, 4);
 	lua_pushvalue(L, -1);
 	jail_set_global(L, env, "require");
 	int req = lua_gettop(L);
 
 	lua_pushvalue(L, req);
 	lua_pushliteral(L, "paygate");
-	lua_call(L, 1, 1);
+	lua_call(L, 1, 0);
+	lua_getfield(L, loaded, "paygate"); /* the real table: scripts get a read-only view of it */
 	int app = lua_gettop(L);
 	if (!lua_istable(L, app))
 		return luaL_error(L, "lualib 'paygate' must return a table");

@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "coro.h"
 #include "engine.h"
+#include "jail.h"
 
 #define STMT_CACHE 256 /* direct-mapped: slot = hash(sql) */
 
@@ -45,8 +46,59 @@ struct store {
 	struct event *commit_ev;
 	struct store_waiter waiters; /* list head: who waits for the open batch */
 	char last_error[512];        /* why the last batch was lost */
+	lua_State *charged;          /* the script whose statement is stepping: its budget pays (store_step) */
 	struct cached_stmt cache[STMT_CACHE];
 };
+
+/*
+** ---- bounds: what one script's SQL may cost ----
+**
+** Time: a statement a script runs is charged to that script's instruction
+** budget, one instruction per SQLite VM step (the progress handler), so a
+** runaway recursive query ends like a runaway loop. Size: the limits below
+** are far above what a shop's rows and statements need. Memory: SQLite's heap
+** (process-wide) is capped; a query that needs more fails with "out of memory"
+** as an ordinary error, and everything it held is freed.
+*/
+#define STORE_PROGRESS_OPS 1000                      /* VM steps between two charges */
+#define STORE_HEAP_LIMIT   ((sqlite3_int64)64 << 20) /* SQLite's heap, all connections */
+#define STORE_MAX_LENGTH   (16 << 20)                /* one string, blob or row */
+
+static int progress(void *arg)
+{
+	struct store *st = arg;
+	return st->charged ? jail_charge_nothrow(st->charged, STORE_PROGRESS_OPS) : 0;
+}
+
+static void store_bound(struct store *st)
+{
+	static const int limits[][2] = {
+		{ SQLITE_LIMIT_LENGTH, STORE_MAX_LENGTH },
+		{ SQLITE_LIMIT_SQL_LENGTH, 1 << 20 },
+		{ SQLITE_LIMIT_EXPR_DEPTH, 500 },
+		{ SQLITE_LIMIT_COMPOUND_SELECT, 100 },
+		{ SQLITE_LIMIT_VDBE_OP, 1000000 },
+		{ SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1000 },
+		{ SQLITE_LIMIT_VARIABLE_NUMBER, 1000 },
+		{ SQLITE_LIMIT_TRIGGER_DEPTH, 16 },
+		{ SQLITE_LIMIT_ATTACHED, 0 },
+	};
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+		sqlite3_limit(st->db, limits[i][0], limits[i][1]);
+	sqlite3_progress_handler(st->db, STORE_PROGRESS_OPS, progress, st);
+	sqlite3_int64 now = sqlite3_hard_heap_limit64(-1);
+	if (now == 0 || now > STORE_HEAP_LIMIT) /* a host program's tighter limit stays */
+		sqlite3_hard_heap_limit64(STORE_HEAP_LIMIT);
+}
+
+/* sqlite3_step for the script at L: its budget pays for the statement's steps. */
+static int store_step(struct store *st, lua_State *L, sqlite3_stmt *stmt)
+{
+	st->charged = L;
+	int rc = sqlite3_step(stmt);
+	st->charged = NULL;
+	return rc;
+}
 
 static unsigned hash_sql(const char *s)
 {
@@ -380,6 +432,7 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 	sqlite3_set_authorizer(st->db, authorize, st);
 	st->sleep_ok = 1; /* until the engine serves */
 	sqlite3_busy_handler(st->db, on_busy, st);
+	store_bound(st);
 	char e2[256];
 	const char *sync = e->cfg.unsafe_no_sync ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
 	if (e->cfg.unsafe_no_sync)
@@ -687,7 +740,10 @@ static sqlite3_stmt *prepare_args(lua_State *L, struct store *st)
 static int step_error(lua_State *L, struct store *st, sqlite3_stmt *stmt)
 {
 	const char *msg = sqlite3_errmsg(st->db);
-	lua_pushfstring(L, "db: %s", msg);
+	if (jail_budget_spent(L))
+		lua_pushliteral(L, "db: the statement was stopped: script exceeded its instruction budget");
+	else
+		lua_pushfstring(L, "db: %s", msg);
 	sqlite3_reset(stmt);
 	batch_lost(st); /* an I/O error may have rolled the whole batch back */
 	return lua_error(L);
@@ -701,7 +757,7 @@ static int l_exec(lua_State *L)
 	if (!stmt)
 		return store_wait_lock(L, st, l_exec);
 	int rc;
-	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+	while ((rc = store_step(st, L, stmt)) == SQLITE_ROW)
 		;
 	if (rc != SQLITE_DONE)
 		return step_error(L, st, stmt);
@@ -722,7 +778,7 @@ static int l_query(lua_State *L)
 	int rc, n = 0;
 	lua_newtable(L);
 	luaL_setmetatable(L, "paygate.json.array");
-	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+	while ((rc = store_step(st, L, stmt)) == SQLITE_ROW) {
 		push_row(L, stmt);
 		lua_rawseti(L, -2, ++n);
 	}
@@ -739,7 +795,7 @@ static int l_one(lua_State *L)
 	sqlite3_stmt *stmt = prepare_args(L, st);
 	if (!stmt)
 		return store_wait_lock(L, st, l_one);
-	int rc = sqlite3_step(stmt);
+	int rc = store_step(st, L, stmt);
 	if (rc == SQLITE_ROW)
 		push_row(L, stmt);
 	else if (rc == SQLITE_DONE)

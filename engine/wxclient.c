@@ -342,6 +342,62 @@ static int l_request(lua_State *L)
 	return request_k(L, LUA_OK, 0);
 }
 
+/* ---- wechatpay.download(url): a bill file, signed request, unsigned answer ---- */
+
+/* Continuation: stack = url, res|nil, err. The answer carries no signature (WeChat does not
+** sign bill files: the SHA1 from the signed tradebill answer is the check), so it is handed
+** over as it came: {status=, raw=, code=, message=, request_id=} or nil, "network", message. */
+static int download_k(lua_State *L, int status, lua_KContext ctx)
+{
+	struct wxclient *w = client(L);
+	(void)status;
+	(void)ctx;
+	if (lua_isnil(L, 2)) {
+		count(w->eng, "paygate_wechatpay_calls_total", "network");
+		return refuse(L, "network", lua_tostring(L, 3));
+	}
+	lua_getfield(L, 2, "status");
+	lua_Integer code = lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	lua_createtable(L, 0, 5);
+	int out = lua_gettop(L);
+	lua_pushinteger(L, code);
+	lua_setfield(L, out, "status");
+	lua_getfield(L, 2, "body");
+	if (code >= 300 && lua_rawlen(L, -1) > 0) {
+		decode_json(L, -1);
+		if (lua_istable(L, -1)) {
+			lua_getfield(L, -1, "code");
+			lua_setfield(L, out, "code");
+			lua_getfield(L, -1, "message");
+			lua_setfield(L, out, "message");
+		}
+		lua_pop(L, 1);
+	}
+	lua_setfield(L, out, "raw");
+	lua_getfield(L, 2, "headers");
+	lua_getfield(L, -1, "request-id");
+	lua_setfield(L, out, "request_id");
+	lua_pop(L, 1);
+	count(w->eng, "paygate_wechatpay_calls_total", code < 300 ? "ok" : code < 500 ? "refused" : "upstream_error");
+	return 1;
+}
+
+static int l_download(lua_State *L)
+{
+	struct wxclient *w = client(L);
+	const char *url = luaL_checkstring(L, 1);
+	size_t blen = strlen(w->cfg->base_url);
+
+	/* Signed requests go only to the configured WeChat Pay host. */
+	if (strncmp(url, w->cfg->base_url, blen) != 0 || url[blen] != '/')
+		return refuse(L, "invalid", "the download URL is not on the configured wechatpay.base_url");
+	lua_settop(L, 1);
+	push_signed_call(L, w, "wechatpay.download", "GET", url + blen, 0, 0);
+	lua_callk(L, 1, 2, 0, download_k);
+	return download_k(L, LUA_OK, 0);
+}
+
 /* ---- wechatpay.notification(req) → resource, envelope | nil, reason, message ---- */
 
 /* Decrypt the resource table at idx; pushes the plaintext string or returns the reason. */
@@ -702,6 +758,7 @@ void wxc_push_lua(lua_State *L, struct engine *e)
 		                        { "check_order", l_check_order },
 		                        { "settings", l_settings },
 		                        { "configured", l_configured },
+		                        { "download", l_download },
 		                        { NULL, NULL } };
 	/* upvalues: engine, http.request, json (both expected at the top of the stack: json, http) */
 	int json = lua_gettop(L) - 1, http = lua_gettop(L);

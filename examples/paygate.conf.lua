@@ -11,7 +11,10 @@ script = { memory_mb = 64, max_instructions = 50000000 }
 fetch  = { timeout_ms = 10000, connect_timeout_ms = 3000 }
 watch  = true                      -- reload when a .lua file under scripts/ or lualib/ changes
 log_level = "info"
--- admin = { token_file = "/etc/paygate/admin.token" }  -- required if admin endpoints face a network
+-- The demo trusts loopback callers with the admin endpoints (refunds, products, reload) and the
+-- console at http://127.0.0.1:8080/admin/; a real shop names tokens instead (docs/going-live.md):
+-- admin = { tokens = { alice = "/etc/paygate/alice.token" } }
+admin = { trust_loopback = true }
 
 wechatpay = {
   mchid = "1900007291",

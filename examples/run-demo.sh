@@ -46,10 +46,16 @@ wait_up() {
 	done
 }
 
-"$SANDBOX_BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
+# Each in a session of its own: Ctrl-C reaches this script only, which then stops both (the
+# daemons would otherwise take the terminal's SIGINT themselves and look as if they had died).
+# (setsid runs the program itself in this process, so $! stays its pid.)
+SETSID=$(command -v setsid || true)
+$SETSID "$SANDBOX_BIN" --config "$SANDBOX_CONF" >var/sandbox.log 2>&1 &
 sandbox_pid=$!
 wait_up sandbox "$S" "$sandbox_pid"
-"$BIN" --config "$GATEWAY_CONF" >var/gateway.log 2>&1 &
+# The sandbox keeps its faults in its database: a demo starts without any.
+curl -fs -X DELETE "$S/sandbox/faults" >/dev/null || echo "run-demo: could not clear the sandbox's faults; see $S/sandbox/faults" >&2
+$SETSID "$BIN" --config "$GATEWAY_CONF" >var/gateway.log 2>&1 &
 gateway_pid=$!
 wait_up gateway "$G" "$gateway_pid"
 
@@ -57,22 +63,30 @@ cat <<EOF
 
   WeChat Pay sandbox  $S   (pid $sandbox_pid, log var/sandbox.log, TEST keys in var/sandbox/)
   paygate demo shop   $G   (pid $gateway_pid, log var/gateway.log)
+  operator console    $G/admin/   (the demo trusts loopback: admin.trust_loopback = true)
+  sandbox faults      none (cleared at start)
 
 A purchase, end to end (paste into another shell):
 
   S=$S G=$G OPENID=oDemoUser00000000000000000001
   CODE=\$(curl -s -X POST \$S/sandbox/login-code -d "{\"openid\":\"\$OPENID\"}" | sed -n 's/.*"code":"\([^"]*\)".*/\1/p')
   TOKEN=\$(curl -s -X POST \$G/api/login -H 'Content-Type: application/json' -d "{\"code\":\"\$CODE\"}" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
-  curl -s \$G/api/products
+  curl -s \$G/api/products; echo
   ORDER=\$(curl -s -X POST \$G/api/orders -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
             -d '{"items":[{"product_id":1,"qty":1}]}' | sed -n 's/.*"order_no":"\([^"]*\)".*/\1/p')
   PAY=\$(curl -s -X POST \$G/api/orders/\$ORDER/pay -H "Authorization: Bearer \$TOKEN")
   PREPAY=\$(echo "\$PAY" | sed -n 's/.*"package":"prepay_id=\([^"]*\)".*/\1/p')
-  curl -s -X POST \$S/sandbox/pay -d "{\"prepay_id\":\"\$PREPAY\",\"openid\":\"\$OPENID\",\"pay_params\":\$PAY}"
-  sleep 1; curl -s \$G/api/orders/\$ORDER -H "Authorization: Bearer \$TOKEN"
+  echo "\$PAY"
+  curl -s -X POST \$S/sandbox/pay -d "{\"prepay_id\":\"\$PREPAY\",\"openid\":\"\$OPENID\",\"pay_params\":\$PAY}"; echo
+  sleep 1; curl -s \$G/api/orders/\$ORDER -H "Authorization: Bearer \$TOKEN"; echo
 
 What the sandbox did:  curl -s \$S/sandbox/orders/\$ORDER    curl -s \$S/sandbox/notifications
 Break it on purpose:   curl -s -X POST \$S/sandbox/faults -d '{"notify_drop":{"count":1},"probe":{"rate":0.1}}'
+  then buy again: the payment's notification is never sent, yet the order still becomes PAID
+  (the gateway asks WeChat itself: GET /api/orders/{no} at once, the reconciler after a minute);
+  one WeChat answer in ten is a signature probe, which paygate refuses: a job asks again by
+  itself, a pay request answers 502 upstream_error and the mini program tries again.
+  The console's timeline shows "paid via status_query". Heal it: curl -s -X DELETE \$S/sandbox/faults
 
 Ctrl-C stops both.
 EOF

@@ -111,6 +111,17 @@ function app.read_json(req)
   return value
 end
 
+--- The value of name in the request's query string ("status=PAID&limit=10"), percent-decoded
+--- ("+" is a space); nil when it is absent or empty.
+function app.query(req, name)
+  for k, v in (req.query or ""):gmatch("([^&=]+)=([^&]*)") do
+    if k == name then
+      v = v:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+      return v ~= "" and v or nil
+    end
+  end
+end
+
 --- An integer field within [min, max], or a 400 naming the field.
 --- (JSON has one number type; 1 and 1.0 are the same integer, 1.5 and "1" are not.)
 function app.integer(value, min, max, field)
@@ -157,7 +168,17 @@ function app._dispatch(req, method, path)
   end
   if not handler then
     if allowed then
-      return answer(405, { error = "method_not_allowed", message = method .. " is not allowed on " .. path })
+      -- Allow: every method some route of this path answers (HEAD with GET).
+      local set, list = {}, {}
+      for m in pairs(by_method or {}) do set[m] = true end
+      for i = 1, #patterns do
+        if path:match(patterns[i].pattern) then set[patterns[i].method] = true end
+      end
+      if set.GET then set.HEAD = true end
+      for m in pairs(set) do list[#list + 1] = m end
+      table.sort(list)
+      return answer(405, { error = "method_not_allowed", message = method .. " is not allowed on " .. path },
+                    { Allow = table.concat(list, ", ") })
     end
     return not_found(req)
   end

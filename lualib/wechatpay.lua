@@ -131,6 +131,9 @@ function M.query_refund(out_refund_no)
   return core.request("GET", "/v3/refund/domestic/refunds/" .. seg)
 end
 
+-- The daily bills: tradebill, fundflowbill, download_bill (lualib/wechatpay/bills.lua).
+require("wechatpay.bills").install(M, core)
+
 -- Certificate mode: download WeChat Pay's platform certificates at start and every
 -- cert_refresh_s (they rotate), and at once when a notification names an unknown serial.
 if core.configured() and core.settings().download_certificates then

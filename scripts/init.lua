@@ -8,7 +8,7 @@ require "login"         -- POST /api/login
 require "orders"        -- quote, create, read, pay, cancel orders
 require "notify"        -- WeChat's payment and refund notifications
 require "refunds"       -- POST /admin/orders/{no}/refund
-require "admin"         -- GET /admin/orders, coupons, stock recompute
+require "admin"         -- GET /admin/orders, coupons, stock recompute, reconciliation
 
 -- Our rules, asked in this order: the stock rule (stock.lua), then the order rules (rules.lua).
 local stock = require "stock"

@@ -27,19 +27,12 @@ app.post("/api/orders", function(req)
   end)
 end)
 
--- The value of name in a query string like "limit=10&before=PG...", or nil.
-local function param(query, name)
-  for k, v in (query or ""):gmatch("([^&=]+)=([^&]*)") do
-    if k == name then return v end
-  end
-end
-
 -- GET /api/orders?limit=&before=: the caller's own orders, newest first, a page at a time;
 -- `next` (when more remain) is the `before` of the next page. The mini program finds here an
 -- order it lost track of (killed mid-payment). Stored as they are: WeChat is not asked.
 app.get("/api/orders", function(req)
   local openid = auth.user(req)
-  local limit = param(req.query, "limit")
+  local limit = app.query(req, "limit")
   if limit then
     limit = math.tointeger(tonumber(limit))
     if not limit or limit < 1 then
@@ -47,8 +40,7 @@ app.get("/api/orders", function(req)
     end
     limit = math.min(limit, orders.LIST_MAX)
   end
-  local before = param(req.query, "before")
-  if before == "" then before = nil end
+  local before = app.query(req, "before")
   local rows, next_no = orders.list_owned(openid, { limit = limit, before = before })
   local list = json.array()
   for _, o in ipairs(rows) do list[#list + 1] = orders.view(o) end

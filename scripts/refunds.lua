@@ -9,5 +9,5 @@ local refunds = require "shop.refunds"
 app.post("/admin/orders/{order_no}/refund", function(req)
   local body = app.read_json(req)
   return 202, refunds.start(req.params.order_no, { amount = body.amount, items = body.items, restock = body.restock,
-                                                   reason = body.reason })
+                                                   reason = body.reason, by = req.admin })
 end)

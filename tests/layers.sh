@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 ENGINE=${1:-engine}
 OBJ=${2:-${BUILD:-build}/obj}
 
-LAYERS="clock log json crypto jail metrics config wechatpay engine gen coro store secure fetch jobs
-        http wxclient host script reload routes thread drive paygate board master daemon main"
+LAYERS="clock log json crypto pattern jail metrics config wechatpay bill engine gen coro store secure fetch jobs
+        http wxclient host script reload admin routes thread drive paygate board master daemon main"
 
 pass=0; fail=0
 report() { # name, offending lines (empty = ok)

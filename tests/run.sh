@@ -47,9 +47,11 @@ done
 run "lua:lualib" lua5.4 tests/lua/run.lua .
 run "style" tests/style.sh
 run "layers" env BUILD="$BUILD" tests/layers_test.sh
-if [ -x "$BUILD"/tests/fuzz_notify ] && [ -d tests/fuzz/corpus/notify ]; then
-	run "fuzz-replay:notify" "$BUILD"/tests/fuzz_notify tests/fuzz/corpus/notify/*
-fi
+for t in notify json config http lua_args; do
+	if [ -x "$BUILD"/tests/fuzz_$t ] && [ -d tests/fuzz/corpus/$t ]; then
+		run "fuzz-replay:$t" "$BUILD"/tests/fuzz_$t tests/fuzz/corpus/$t/*
+	fi
+done
 if [ -x tests/conformance/run.sh ]; then
 	run "conformance:wechatpay-node" env WXP_TOOL="$PWD/$BUILD/tests/wxp_tool" tests/conformance/run.sh
 fi
@@ -57,6 +59,7 @@ for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
 done
 run "embed:libpaygate" tests/embed/run.sh
+run "browser:console" env BUILD="$BUILD" tests/console/run.sh
 
 echo
 echo "$PASS passed, $FAIL failed"

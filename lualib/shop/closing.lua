@@ -4,6 +4,7 @@ local app = require "paygate"
 local orders = require "shop.orders"
 local payments = require "shop.payments"
 local wechatpay = require "wechatpay"
+local events = require "shop.events"
 
 local M = {}
 
@@ -11,13 +12,18 @@ local M = {}
 --- it paid), "already" (someone else finished it first) or "unknown", why (nothing changed:
 --- try again later).
 function M.close(order, reason)
+  -- Asked once per reason in the trail, however often WeChat must be asked again.
+  db.tx(function()
+    events.record(order.order_no, "close_requested", { reason = reason },
+                  "close_requested:" .. order.order_no .. ":" .. reason, reason == "cancelled" and "user" or "system")
+  end)
   local res, why, msg = wechatpay.close(order.order_no)
   if not res then return "unknown", why .. ": " .. tostring(msg) end
   local confirmed = res.status == 204 or res.status == 200
       or res.status == 404                                  -- never prepaid: nothing to pay
       or res.code == "ORDER_NOT_EXIST" or res.code == "ORDERNOTEXIST" or res.code == "ORDER_CLOSED"
   if res.code == "ORDERPAID" or res.code == "ORDER_PAID" then
-    local outcome, qwhy = payments.query_and_apply(order.order_no)
+    local outcome, qwhy = payments.query_and_apply(order.order_no, "close")
     if outcome == "paid" or outcome == "duplicate" then return "paid" end
     return "unknown", "WeChat says paid but the query gave " .. tostring(outcome or qwhy)
   end

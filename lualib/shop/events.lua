@@ -4,6 +4,12 @@
 -- is written to an outbox (order_events) and its job scheduled in the transaction of the change
 -- itself, so it exists exactly when the change does; the job calls the hooks outside any
 -- transaction (they may wait) until they all return once.
+--
+-- The same table is the order's audit trail: every money event — created, prepay_requested,
+-- paid, close_requested, closed, refund_requested, refunded, refund_failed, delivered,
+-- notification_refused — is a row written in the transaction of the change, with who asked
+-- (actor), and a logfmt line at info. Rows are never deleted and what they say never changes
+-- (triggers refuse it); only the four lifecycle events (LIFECYCLE) call hooks.
 local hooks = require "shop.hooks"
 local pricing = require "shop.pricing"
 
@@ -11,21 +17,53 @@ local M = {}
 
 M.UNTIL_DONE = 1000              -- like the other money jobs: about 40 days of retries
 
+-- The events the merchant's on_<event> hooks handle; the others are the audit trail only.
+M.LIFECYCLE = { paid = true, closed = true, refunded = true, refund_failed = true }
+
+-- The log line of an event: its data's plain fields (amounts, reasons, ids), flat.
+local function log_event(order_no, event, data, actor)
+  local fields = { order = order_no, event = event, actor = actor }
+  for k, v in pairs(data or {}) do
+    if type(v) ~= "table" and fields[k] == nil then fields[k] = v end
+  end
+  if type(data) == "table" and type(data.refund) == "table" then
+    fields.refund, fields.amount = data.refund.out_refund_no, data.refund.amount
+  end
+  log.info("order event", fields)
+end
+
+local function insert(order_no, event, data, key, actor, handle)
+  key = key or (event .. ":" .. order_no)
+  actor = actor or "system"
+  local handled = handle and M.LIFECYCLE[event] and hooks.has("on_" .. event)
+  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at, done_at, actor)
+                          VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT(key) DO NOTHING]],
+                        order_no, event, key, json.encode(data or {}), handled and "PENDING" or "DONE", clock.now(),
+                        not handled and clock.now() or nil, actor)
+  if n == 1 and handled then
+    jobs.schedule("order_event", { id = id }, { key = "event:" .. id, max_attempts = M.UNTIL_DONE })
+  end
+  if n == 1 then log_event(order_no, event, data, actor) end
+  return n == 1
+end
+
 --- Record `event` of order_no inside the caller's transaction and schedule its handling.
 --- data: what the handlers are told besides the order (a table). key: the event's identity,
 --- default "<event>:<order_no>"; the same key again records nothing (an event happens once).
 --- An event no piece handles (no on_<event> hook in the rules now) is recorded as DONE and
 --- costs no job: there is nobody to tell, now or later.
-function M.queue(order_no, event, data, key)
-  key = key or (event .. ":" .. order_no)
-  local handled = hooks.has("on_" .. event)
-  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at, done_at)
-                          VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(key) DO NOTHING]],
-                        order_no, event, key, json.encode(data or {}), handled and "PENDING" or "DONE", clock.now(),
-                        not handled and clock.now() or nil)
-  if n == 1 and handled then
-    jobs.schedule("order_event", { id = id }, { key = "event:" .. id, max_attempts = M.UNTIL_DONE })
-  end
+--- actor: who asked (an admin token's name, "loopback", "user", "system"; default "system").
+--- Returns true when this call recorded it.
+function M.queue(order_no, event, data, key, actor)
+  return insert(order_no, event, data, key, actor, true)
+end
+
+--- Record an event for the audit trail only (no hook is called for it, whatever its name: a
+--- payment refused after close is "paid" in the trail but no on_paid) inside the caller's
+--- transaction: the same row and log line as queue. key: its identity (default
+--- "<event>:<order_no>"); the same key again records nothing.
+function M.record(order_no, event, data, key, actor)
+  return insert(order_no, event, data, key, actor, false)
 end
 
 --- What a handler is given: { id, key, event, order = the order as the API shows it (with
@@ -76,10 +114,25 @@ function M.run(id)
   metrics.inc("paygate_order_events_total", { event = ev.event })
 end
 
---- The events of an order, for operators: { id, event, key, status, attempts, last_error }.
+--- The lifecycle events of an order, for operators: { id, event, key, status, attempts, last_error }.
 function M.of(order_no)
   return db.query([[SELECT id, event, key, status, attempts, last_error FROM order_events
-                    WHERE order_no = ? ORDER BY id]], order_no)
+                    WHERE order_no = ? AND event IN ('paid', 'closed', 'refunded', 'refund_failed') ORDER BY id]],
+                  order_no)
+end
+
+--- An order's audit trail, oldest first: { id, event, at (ms), actor, data (a table), status,
+--- last_error } for every event, lifecycle or not.
+function M.timeline(order_no)
+  local out = json.array()
+  for _, r in ipairs(db.query([[SELECT id, event, created_at, actor, data, status, last_error FROM order_events
+                                WHERE order_no = ? ORDER BY id]], order_no)) do
+    local ok, data = pcall(json.decode, r.data)
+    out[#out + 1] = { id = r.id, event = r.event, at = r.created_at, actor = r.actor or "system",
+                      data = ok and type(data) == "table" and data or {}, status = r.status,
+                      last_error = r.last_error }
+  end
+  return out
 end
 
 return M

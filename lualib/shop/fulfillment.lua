@@ -2,6 +2,7 @@
 -- order PAID queues it (a fulfillments row and a "fulfill" job, in the same transaction);
 -- the job calls the merchant's deliver(order, items) until it returns once.
 local orders = require "shop.orders"
+local events = require "shop.events"
 
 local M = {}
 
@@ -22,8 +23,12 @@ function M.run(order_no, deliver)
     db.exec("UPDATE fulfillments SET last_error = ? WHERE order_no = ?", text, order_no)
     error(err, 0)
   end
-  db.exec([[UPDATE fulfillments SET status = 'DONE', done_at = ?, last_error = NULL
-            WHERE order_no = ? AND status = 'PENDING']], clock.now(), order_no)
+  db.tx(function()
+    if db.exec([[UPDATE fulfillments SET status = 'DONE', done_at = ?, last_error = NULL
+                 WHERE order_no = ? AND status = 'PENDING']], clock.now(), order_no) == 1 then
+      events.record(order_no, "delivered", { attempts = f.attempts + 1 }, nil, "system")
+    end
+  end)
   metrics.inc("paygate_fulfillments_total")
 end
 

@@ -7,6 +7,7 @@ local events = require "shop.events"
 local fulfillment = require "shop.fulfillment"
 local orders = require "shop.orders"
 local payments = require "shop.payments"
+local reconcile_bills = require "shop.reconcile_bills"
 local refunds = require "shop.refunds"
 local schema = require "shop.schema"
 
@@ -21,6 +22,7 @@ local M = {}
 ---   fulfill          a paid order: o.deliver, exactly once (shop.fulfillment)
 ---   submit_refund, query_refund   a refund: send it, then follow it (shop.refunds)
 ---   order_event      paid, closed, refunded, refund_failed: the on_<event> hooks, once (shop.events)
+---   reconcile_daily, reconcile_bills   a day against WeChat's trade bill (shop.reconcile_bills)
 function M.install(o)
   assert(type(o) == "table" and type(o.deliver) == "function", "shop.jobs.install{ deliver = function(order, items) }")
   orders.ttl_s()
@@ -34,6 +36,9 @@ function M.install(o)
   app.job("submit_refund", function(p) refunds.submit(p.out_refund_no) end)
   app.job("query_refund", function(p) refunds.query(p.out_refund_no) end)
   app.job("order_event", function(p) events.run(p.id) end)
+  app.job("reconcile_bills", function(p) reconcile_bills.run(p.date) end)
+  app.job("reconcile_daily", function() reconcile_bills.daily() end)
+  reconcile_bills.start()
 end
 
 return M

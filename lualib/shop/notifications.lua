@@ -12,7 +12,7 @@ local M = {}
 local KINDS = {
   pay = {
     check = payments.check,
-    apply = function(tx, order) return payments.apply(order, tx) end,
+    apply = function(tx, order) return payments.apply(order, tx, "notification") end,
   },
   refund = {
     check = refunds.check,

@@ -258,6 +258,9 @@ function M.create(o)
     end
     ctx.order_no = no
     rules.claim(ctx, M.load(no), lines)
+    local units = 0
+    for _, l in ipairs(lines) do units = units + l.qty end
+    events.record(no, "created", { amount = priced.amount, units = units }, nil, o.actor or "user")
     jobs.schedule("expire_order", { order_no = no }, { run_at = now + ttl_s * 1000, key = "expire:" .. no,
                                                        max_attempts = M.UNTIL_DONE })   -- until WeChat answers
     metrics.inc("paygate_orders_total", { status = "CREATED" })
@@ -326,7 +329,8 @@ end
 
 --- CREATED|PAYING → PAID: stock reserved → sold, fulfillment queued, the paid event,
 --- expiry no longer needed. Returns true when this call made the transition.
-function M.mark_paid(order, transaction_id, paid_at)
+--- via: how the payment was learned ("notification", "query", ...), for the audit trail.
+function M.mark_paid(order, transaction_id, paid_at, via)
   local changed = db.exec([[UPDATE orders SET status = 'PAID', transaction_id = ?, paid_at = ?, units = 'sold',
                             updated_at = ? WHERE order_no = ? AND status IN ('CREATED', 'PAYING')]],
                           transaction_id, paid_at, clock.now(), order.order_no)
@@ -334,7 +338,7 @@ function M.mark_paid(order, transaction_id, paid_at)
   M.move_all(M.items(order.order_no), "reserved", "sold", order.order_no, "paid")
   M.queue_fulfillment(order.order_no)
   jobs.cancel("expire:" .. order.order_no)
-  events.queue(order.order_no, "paid", { transaction_id = transaction_id })
+  events.queue(order.order_no, "paid", { transaction_id = transaction_id, amount = order.amount, via = via })
   metrics.inc("paygate_orders_total", { status = "PAID" })
   return true
 end
@@ -361,7 +365,7 @@ local function short_reason(text) return #text <= 80 and text or text:sub(1, 80)
 --- (ctx.purpose "resell"), the units sold again from stock and the claims made again; if all
 --- of that works → PAID (delivery queued, the paid event); if anything refuses → the whole
 --- amount is refunded (→ REFUNDING). The payment is never lost either way.
-function M.paid_after_close(order, transaction_id, paid_at)
+function M.paid_after_close(order, transaction_id, paid_at, via)
   local ok, why = pcall(db.tx, function()
     local lines = stored_lines(order.order_no)
     local ctx = pricing.context{ purpose = "resell", openid = order.openid, order_no = order.order_no,
@@ -381,7 +385,8 @@ function M.paid_after_close(order, transaction_id, paid_at)
           status, transaction_id, paid_at, ok and "sold" or "released", clock.now(), order.order_no)
   if ok then
     M.queue_fulfillment(order.order_no)
-    events.queue(order.order_no, "paid", { transaction_id = transaction_id, after_close = true })
+    events.queue(order.order_no, "paid", { transaction_id = transaction_id, after_close = true, amount = order.amount,
+                                           via = via })
     metrics.inc("paygate_orders_total", { status = "PAID" })   -- as every order that becomes PAID
     log.warn("payment arrived after close; goods re-reserved", { order = order.order_no })
   else
@@ -392,6 +397,8 @@ function M.paid_after_close(order, transaction_id, paid_at)
     end
     local reason = code == "out_of_stock" and "paid after the order closed; out of stock"
         or short_reason("paid after the order closed; refused: " .. code)
+    events.record(order.order_no, "paid", { transaction_id = transaction_id, after_close = true, refused = code,
+                                            amount = order.amount, via = via }, "paid_refused:" .. order.order_no)
     M.start_refund(order.order_no, order.amount, reason)
     log.warn("payment arrived after close; refused (" .. code .. "), refunding", { order = order.order_no })
   end
@@ -400,7 +407,8 @@ end
 
 --- Record a refund to send (the submit_refund job sends it) and mark the order REFUNDING.
 --- items: for a refund by line, its {product_id, qty, amount, restock} (shop.refunds).
-function M.start_refund(order_no, amount, reason, items)
+--- by: who asked (an admin token's name, "loopback"; default "system"), for the audit trail.
+function M.start_refund(order_no, amount, reason, items, by)
   local out_refund_no = "RF" .. secure.random_id(12)
   db.exec([[INSERT INTO refunds(out_refund_no, order_no, amount, reason, status, created_at, updated_at)
             VALUES (?, ?, ?, ?, 'PENDING', ?, ?)]], out_refund_no, order_no, amount, reason, clock.now(), clock.now())
@@ -409,6 +417,9 @@ function M.start_refund(order_no, amount, reason, items)
             out_refund_no, it.product_id, it.qty, it.amount, it.restock and 1 or 0)
   end
   db.exec("UPDATE orders SET status = 'REFUNDING', updated_at = ? WHERE order_no = ?", clock.now(), order_no)
+  events.record(order_no, "refund_requested", { out_refund_no = out_refund_no, amount = amount, reason = reason,
+                                               units = items and #items > 0 and items or nil },
+                "refund_requested:" .. out_refund_no, by or "system")
   jobs.schedule("submit_refund", { out_refund_no = out_refund_no }, { key = "refund:" .. out_refund_no,
                                                                     max_attempts = M.UNTIL_DONE })
   return out_refund_no
@@ -445,24 +456,26 @@ end
 M.LIST_DEFAULT = 20               -- orders per page of a user's list
 M.LIST_MAX = 100
 
---- One page of openid's own orders, newest first (created_at, then order_no, both descending).
+--- One page of openid's own orders, newest first (created_at, then the order of insertion,
+--- both descending: two orders of one millisecond keep the order they were made in).
 --- o: {limit (1..LIST_MAX, default LIST_DEFAULT), before (an order_no of this user: the page
 --- starts after it)}. Returns the rows and, when more remain, the order_no to pass as
---- `before` for the next page. The index orders_by_owner (openid, created_at) serves it: the
---- rows are read in index order, only those of one millisecond are sorted, and the read
---- stops after limit + 1 rows, however many orders the user has.
-M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?"
-M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR order_no < ?)
-                     ORDER BY created_at DESC, order_no DESC LIMIT ?]]
+--- `before` for the next page. The index orders_by_owner (openid, created_at), whose entries
+--- end with the rowid, serves it in index order with no sort, and the read stops after
+--- limit + 1 rows, however many orders the user has.
+M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
+M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR rowid < ?)
+                     ORDER BY created_at DESC, rowid DESC LIMIT ?]]
 
 function M.list_owned(openid, o)
   local limit = o.limit or M.LIST_DEFAULT
   assert(math.type(limit) == "integer" and limit >= 1 and limit <= M.LIST_MAX, "orders.list_owned: bad limit")
   local rows
   if o.before then
-    local cursor = M.load_owned(o.before, openid)
+    local cursor = db.one("SELECT created_at, rowid AS rid FROM orders WHERE order_no = ? AND openid = ?",
+                          o.before, openid)
     if not cursor then app.fail(400, "invalid_request", "before must be the order_no of one of your orders") end
-    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.order_no, limit + 1)
+    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.rid, limit + 1)
   else
     rows = db.query(M.LIST_SQL, openid, limit + 1)
   end

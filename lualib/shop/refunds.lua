@@ -14,6 +14,11 @@ local M = {}
 local FINAL = { SUCCESS = true, CLOSED = true, FAILED = true }
 local KNOWN = { SUCCESS = true, CLOSED = true, ABNORMAL = true, PROCESSING = true }
 
+-- What the operator does about an ABNORMAL refund (shown with the refund and in its event).
+M.ABNORMAL_ACTION = "WeChat Pay could not pay this refund back: the payer's card or account is closed or frozen. "
+  .. "Do not start it again here. At WeChat Pay's merchant platform send it to another account of the payer "
+  .. "(abnormal refund), or refund the payer offline; paygate keeps following it until WeChat reports it final."
+
 --- Does a refund result (notification resource) match a refund we asked for?
 function M.check(r)
   if r.mchid ~= nil and r.mchid ~= wechatpay.settings().mchid then return nil, "mchid_mismatch" end
@@ -39,6 +44,7 @@ function M.describe(out_refund_no)
     items[#items + 1] = it
   end
   row.items = items
+  if row.status == "ABNORMAL" then row.action = M.ABNORMAL_ACTION end
   return row
 end
 
@@ -69,8 +75,14 @@ function M.apply(r)
           status, r.refund_id, clock.now(), row.out_refund_no)
   orders.settle_refunds(row.order_no)
   if FINAL[status] then finished(row.out_refund_no, status) end
-  if status == "ABNORMAL" then
-    log.error("refund abnormal: needs an operator", { refund = row.out_refund_no, order = row.order_no })
+  if status == "ABNORMAL" and row.status ~= "ABNORMAL" then
+    -- Not final at WeChat, and never sent again from here: the operator settles it at WeChat
+    -- Pay (another account, or offline). The merchant's on_refund_failed hears of it once.
+    events.queue(row.order_no, "refund_failed", { refund = M.describe(row.out_refund_no), action = M.ABNORMAL_ACTION },
+                 "refund_failed:" .. row.out_refund_no)
+    metrics.inc("paygate_refunds_total", { status = "ABNORMAL" })
+    log.error("refund abnormal: needs an operator", { refund = row.out_refund_no, order = row.order_no,
+                                                     action = M.ABNORMAL_ACTION })
   end
   if status == "SUCCESS" then metrics.inc("paygate_refunds_total", { status = "SUCCESS" }) end
   return status
@@ -106,7 +118,7 @@ end
 --- Start a refund of order_no. o.amount: fen (default: all that is left); or o.items: the
 --- lines to refund, {product_id, qty}, priced by what those units were paid, and o.restock:
 --- put those units back on sale once the refund succeeded. o.reason: at most 80 bytes, shown
---- to the payer. Records the refund (PENDING) and schedules submit_refund in one transaction;
+--- to the payer. o.by: who asks (an admin token's name, "loopback"), for the audit trail. Records the refund (PENDING) and schedules submit_refund in one transaction;
 --- returns the refund row {out_refund_no, order_no, amount, reason, status, items}.
 --- Raises app.fail: 400 invalid_request, 404 not_found, 409 not_refundable (never paid),
 --- 409 refund_exceeds_paid (more than the payment, or more units than are left),
@@ -141,7 +153,7 @@ function M.start(order_no, o)
     if amount > left or left == 0 then
       app.fail(409, "refund_exceeds_paid", string.format("only %d fen can still be refunded", left))
     end
-    local no = orders.start_refund(order.order_no, amount, o.reason, items)
+    local no = orders.start_refund(order.order_no, amount, o.reason, items, o.by)
     local row = M.describe(no)
     row.error = nil
     return row

@@ -3,7 +3,7 @@
 -- as its first migration, and the library's later changes at version numbers of its own:
 --   app.migration(1, "products, orders, payments, refunds, fulfillment", shop.TABLES)
 --   ... the host's own migrations ...
---   shop.declare{ 3 }      -- one free version number of the host per entry of shop.UPGRADES
+--   shop.declare{ 3, 4, 5, 6 }   -- one free version number of the host per entry of shop.UPGRADES
 local app = require "paygate"
 
 local M = {}
@@ -173,6 +173,68 @@ M.UPGRADES = {
   ALTER TABLE orders ADD COLUMN channel TEXT NOT NULL DEFAULT 'miniprogram';  -- 'miniprogram' | 'app' (orders.CHANNELS):
                                                    -- which appid it is paid under (wechatpay.appid_of)
 ]] },
+  { name = "lualib/shop 4: reconciliation against WeChat Pay's daily bills", sql = [[
+  CREATE TABLE reconciliation_days (               -- one day's reconciliation (shop.reconcile_bills)
+    bill_date      TEXT PRIMARY KEY,                -- YYYY-MM-DD, Beijing time, as WeChat's bills
+    status         TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE', 'FAILED')),
+    runs           INTEGER NOT NULL DEFAULT 0,      -- runs started (a re-run adds one)
+    error          TEXT,                            -- why the last run did not finish
+    bill_sha1      TEXT,
+    bill_payments  INTEGER, bill_payments_amount INTEGER,   -- the bill's payment lines; fen
+    bill_refunds   INTEGER, bill_refunds_amount INTEGER,    -- the bill's refund lines; fen
+    bill_fees      INTEGER,                         -- the fees of the bill's lines: 1/1000 fen
+    local_payments INTEGER, local_payments_amount INTEGER,  -- ours: orders paid that day
+    local_refunds  INTEGER, local_refunds_amount INTEGER,   -- ours: refunds WeChat took that day
+    differences    INTEGER, settled INTEGER, open INTEGER,  -- reconciliation_items of the day
+    started_at     INTEGER, finished_at INTEGER, updated_at INTEGER NOT NULL
+  );
+  CREATE TABLE reconciliation_items (              -- each difference found, with its kind
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    bill_date    TEXT NOT NULL,
+    kind         TEXT NOT NULL,                     -- paid_only_at_wechat, missing_at_wechat, amount_mismatch, ...
+    ref          TEXT NOT NULL,                     -- out_trade_no, out_refund_no, or the summary column
+    order_no     TEXT,
+    bill_amount  INTEGER,                           -- fen (fees: 1/1000 fen)
+    local_amount INTEGER,
+    detail       TEXT NOT NULL,                     -- what differs, and for OPEN what the operator does
+    status       TEXT NOT NULL CHECK (status IN ('OPEN', 'SETTLED', 'RESOLVED')),
+    outcome      TEXT,                              -- what settling did (SETTLED), or why it is left OPEN
+    run          INTEGER NOT NULL,                  -- the day's run that last found it
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    UNIQUE (bill_date, kind, ref)
+  );
+]] },
+  -- order_events becomes the audit trail too: every money event of an order, append-only (the
+  -- triggers refuse a delete and any change to what a row says; status, attempts, last_error
+  -- and done_at are the lifecycle hooks' progress). SQLite cannot widen a CHECK in place, so
+  -- the table is built again with the same rows and ids.
+  { name = "lualib/shop 5: the audit trail (every money event in order_events, append-only)", sql = [[
+  CREATE TABLE order_events_v3 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_no   TEXT NOT NULL REFERENCES orders(order_no),
+    event      TEXT NOT NULL CHECK (event IN ('created', 'prepay_requested', 'paid', 'close_requested', 'closed',
+                                              'refund_requested', 'refunded', 'refund_failed', 'delivered',
+                                              'notification_refused')),
+    key        TEXT NOT NULL UNIQUE,
+    data       TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('PENDING', 'DONE')),
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    done_at    INTEGER,
+    actor      TEXT                                 -- who asked: an admin token's name, "loopback", "user", "system"
+  );
+  INSERT INTO order_events_v3(id, order_no, event, key, data, status, attempts, last_error, created_at, done_at)
+    SELECT id, order_no, event, key, data, status, attempts, last_error, created_at, done_at FROM order_events;
+  DROP TABLE order_events;
+  ALTER TABLE order_events_v3 RENAME TO order_events;
+  CREATE INDEX order_events_by_order ON order_events(order_no, id);
+  CREATE TRIGGER order_events_no_delete BEFORE DELETE ON order_events
+    BEGIN SELECT RAISE(ABORT, 'order_events is append-only: its rows are never deleted'); END;
+  CREATE TRIGGER order_events_no_rewrite BEFORE UPDATE OF id, order_no, event, key, data, created_at, actor ON order_events
+    BEGIN SELECT RAISE(ABORT, 'order_events is append-only: what a row records never changes'); END;
+]] },
 }
 
 local declared = {}
@@ -188,7 +250,7 @@ function M.upgrade(n, version)
 end
 
 --- Declare all of the library's later changes at the host's version numbers: `versions` is
---- a list with one free version number per entry of M.UPGRADES, in order (declare{ 3 }).
+--- a list with one free version number per entry of M.UPGRADES, in order (declare{ 3, 4, 5, 6 }).
 --- When the library grows, the list must grow too: the load says so until it does.
 function M.declare(versions)
   if type(versions) ~= "table" or #versions ~= #M.UPGRADES then

@@ -92,7 +92,8 @@ export async function startGateway(opts = {}) {
   if (opts.scripts) writeScripts(scriptsDir, opts.scripts);
   const config = {
     listen: '127.0.0.1:0', scripts: scriptsDir, lualib: join(ROOT, 'lualib'),
-    database: join(dir, 'paygate.db'), log_level: 'debug', watch_debounce_ms: 100, ...opts.config,
+    database: join(dir, 'paygate.db'), log_level: 'debug', watch_debounce_ms: 100, admin: { trust_loopback: true },
+    ...opts.config,
   };
   const confPath = join(dir, 'paygate.conf.lua');
   writeFileSync(confPath, Object.entries(config).map(([k, v]) => `${k} = ${lua(v)}`).join('\n') + '\n');

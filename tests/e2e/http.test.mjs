@@ -53,7 +53,7 @@ test('a caller-supplied X-Request-Id is echoed; a malformed one is replaced', as
   assert.match(bad.headers['x-request-id'], /^[0-9a-f]{16}$/);
 });
 
-test('unknown paths are 404 and wrong methods 405, both in the error shape', async () => {
+test('unknown paths are 404 and wrong methods 405 with the methods the path does answer in Allow, both in the error shape', async () => {
   const nf = await gw.get('/nope');
   assert.equal(nf.status, 404);
   assert.equal(nf.json.error, 'not_found');
@@ -62,6 +62,9 @@ test('unknown paths are 404 and wrong methods 405, both in the error shape', asy
   const na = await gw.request('DELETE', '/hello');
   assert.equal(na.status, 405);
   assert.equal(na.json.error, 'method_not_allowed');
+  assert.equal(na.headers.allow, 'GET, HEAD');
+  const np = await gw.request('PUT', '/items/3/parts/wheel');
+  assert.deepEqual([np.status, np.headers.allow], [405, 'GET, HEAD']);
 });
 
 test('TRACE is refused with a JSON 405', async () => {

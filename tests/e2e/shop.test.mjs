@@ -281,6 +281,31 @@ test('tampered amount, wrong mchid or appid, unknown order, bad signature, a 6-m
   }
 });
 
+test('a notification reusing another order\'s transaction_id is refused with 400 and changes neither order', async () => {
+  const user = await login();
+  const a = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  const b = (await order(user, [{ product_id: 1, qty: 1 }])).json;
+  await pay(user, a.order_no);
+  await pay(user, b.order_no);
+  const txA = transaction({ ...a, openid: user.openid });
+  const na = signedNotification(txA);
+  assert.equal((await gw.post('/wechat/notify/pay', na.body, { headers: na.headers })).status, 204);
+  const before = (await gw.get('/api/products')).json;
+  const forged = signedNotification(transaction({ ...b, openid: user.openid }, { transaction_id: txA.transaction_id }));
+  const r = await gw.post('/wechat/notify/pay', forged.body, { headers: forged.headers });
+  assert.equal(r.status, 400, r.body);
+  assert.equal(r.json.code, 'FAIL');
+  const nowB = (await get(user, b.order_no)).json;
+  assert.equal(nowB.status, 'PAYING');
+  assert.equal(nowB.transaction_id, undefined);
+  const nowA = (await get(user, a.order_no)).json;
+  assert.equal(nowA.status, 'PAID');
+  assert.equal(nowA.transaction_id, txA.transaction_id);
+  assert.deepEqual((await gw.get('/api/products')).json, before, 'stock unchanged');
+  const refused = (await gw.get('/test/refused')).json.log.map((l) => l.reason);
+  assert.ok(refused.includes('transaction_of_another_order'), `refusal recorded: ${refused}`);
+});
+
 test('a genuine notification replayed after it was applied changes nothing (same id, then same transaction)', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
@@ -432,12 +457,13 @@ test('an order that WeChat never confirms closed keeps trying to close for days,
 test('WeChat unreachable during pay: 502 upstream_error, the order is kept and payable again', async () => {
   const user = await login();
   const o = (await order(user, [{ product_id: 1, qty: 1 }])).json;
-  await faults({ system_error: { count: 1, match: '/jsapi' } });     // the prepay call's path
+  // every one of the pay call's prepay_attempts (3) tries fails (bills.test.mjs: fewer are absorbed)
+  await faults({ system_error: { count: 3, match: '/jsapi' } });     // the prepay call's path
   const r = await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth });
   assert.equal(r.status, 502);
   assert.equal(r.json.error, 'upstream_error');
   assert.equal((await get(user, o.order_no)).json.status, 'CREATED');
-  await faults({ bad_signature: { count: 1, match: '/jsapi' } });
+  await faults({ bad_signature: { count: 3, match: '/jsapi' } });
   assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 502, 'an unverifiable answer is not trusted');
   assert.equal((await gw.post(`/api/orders/${o.order_no}/pay`, undefined, { headers: user.auth })).status, 200);
 });

@@ -151,10 +151,17 @@ static void t_config_errors_are_clear(void)
 		{ "this is not lua", "config:" },
 		{ "os.exit(1)", "config:" },
 		{ "admin = { token_file = '/nonexistent/token' }", "cannot open" },
+		{ "lisen = '127.0.0.1:1'", "unknown key 'lisen' (did you mean 'listen'?)" },
+		{ "fetch = { timeout = 5 }", "unknown key 'fetch.timeout' (did you mean 'fetch.timeout_ms'?)" },
+		{ "wechatpay = { mchid = '1', appid = 'x', merchant_serial = 's', private_key_file = 'k', "
+		  "apiv3_key_file = 'a', notify_urll = 'u' }",
+		  "did you mean 'wechatpay.notify_url'?" },
+		{ "zzzzzzzzzz = 1", "unknown key 'zzzzzzzzzz' (the keys are in docs/configuration.md)" },
+		{ "admin = { tokens = { ['bad name'] = 'x' } }", "admin.tokens must be" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		struct config c;
-		char err[256] = "";
+		char err[512] = "";
 		config_defaults(&c);
 		const char *p = write_temp(cases[i].text);
 		CHECK_EQ_INT(config_load(&c, p, err, sizeof err), -1);

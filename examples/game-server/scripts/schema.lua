@@ -27,6 +27,6 @@ app.migration(3, "items on sale", function()
 end)
 
 -- lualib/shop's later changes to its tables (adjustments, order events, refunds by line,
--- coupons; the payment channel), at our next free version numbers: one per change, and one
--- more when it grows.
-shop.declare{ 4, 5 }
+-- coupons; the payment channel; reconciliation; the audit trail), at our next free version
+-- numbers: one per change, and one more when it grows.
+shop.declare{ 4, 5, 6, 7 }

@@ -10,10 +10,12 @@
 --   wx/notify.lua    notifications and their retry schedule
 --   wx/api.lua       the /v3 endpoints
 --   wx/control.lua   the user (pay, login) and the /sandbox controls
+--   wx/bills.lua     the daily trade and fund flow bills, and controls to make them disagree
 
 local state = require "wx.state"
 require "wx.api"
 require "wx.control"
+require "wx.bills"        -- the daily bills (wx/bills.lua)
 
 log.info("WeChat Pay sandbox loaded", {
   mchid = state.mchid, appid = state.appid, mode = state.mode, clock_speed = state.setting("clock_speed", 1),

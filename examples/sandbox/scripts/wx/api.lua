@@ -24,6 +24,7 @@ local function handle(req, handler, ctx)
   if slow then clock.sleep(slow.ms or 3000) end
   local err = faults.fire("system_error", req.path)
   if err then system_error(err) end
+  if faults.fire("rate_limited", req.path) then protocol.fail(429, "FREQUENCY_LIMITED", "频率超限，请降低请求频率") end
   ctx.raw = req:body()
   ctx.auth = protocol.authenticate(req, ctx.raw)
   return handler(req, ctx)
@@ -66,6 +67,8 @@ local function query_mchid(req, ctx)
   protocol.check_mchid(ctx.auth, mchid, "query")
   protocol.check_string(mchid, { location = "query", path = "mchid", label = "直连商户号", required = true, max = 32 })
 end
+
+api.endpoint = endpoint     -- for the endpoints of other files (wx/bills.lua)
 
 local function order_or_404(o)
   if not o then protocol.fail(404, "ORDER_NOT_EXIST", "订单不存在") end

@@ -53,6 +53,9 @@ app.get("/sns/jscode2session", function(req)
     return wx_error(40125, "invalid appsecret")
   end
   if not code or code == "" then return wx_error(41008, "missing code") end
+  if faults.fire("login_rate_limited", "/sns/jscode2session") then
+    return wx_error(45011, "api minute-quota reach limit  mustslower  retry next minute")
+  end
   -- single use: the UPDATE claims the code only if it is unused and still valid
   local changed = db.exec("UPDATE login_codes SET used_at = ? WHERE code = ? AND used_at IS NULL AND expires_at > ?",
     state.now_ms(), code, state.now_ms())

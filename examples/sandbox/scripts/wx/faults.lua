@@ -13,6 +13,12 @@
 --     system_error   {status}      answer 500 SYSTEM_ERROR (or status 502/503) without handling
 --     bad_signature  {}            a 2xx whose Wechatpay-Signature does not verify
 --     probe          {}            a 2xx signed WECHATPAY/SIGNTEST/… (WeChat Pay's signature probe)
+--     rate_limited   {}            answer 429 FREQUENCY_LIMITED without handling
+--   login (jscode2session):
+--     login_rate_limited {}        errcode 45011 (too many logins), the code stays unused
+--   refunds (match: out_trade_no):
+--     refund_abnormal {}           the refund settles ABNORMAL (the payer's account cannot take it)
+--     refund_closed   {}           the refund settles CLOSED (the money stays with the merchant)
 --   notifications:
 --     notify_drop       {}             the notification is never sent
 --     notify_delay      {ms}           the first delivery waits ms
@@ -29,6 +35,13 @@ faults.NAMES = {
   notify_drop = true, notify_delay = true, notify_reorder = true, notify_duplicate = true,
   notify_probe = true, notify_bad_signature = true,
 }
+
+-- The failure paths of issue 14: FREQUENCY_LIMITED (429) on any /v3 call (match: the path),
+-- errcode 45011 on jscode2session, and refunds that end ABNORMAL or CLOSED (match: out_trade_no).
+faults.NAMES.rate_limited = true
+faults.NAMES.login_rate_limited = true
+faults.NAMES.refund_abnormal = true
+faults.NAMES.refund_closed = true
 
 local function stored(name)
   local row = db.one("SELECT spec FROM faults WHERE name = ?", name)

@@ -370,17 +370,59 @@ function orders.get_refund(out_refund_no)
   return db.one("SELECT * FROM refunds WHERE out_refund_no = ?", out_refund_no)
 end
 
+--- How a PROCESSING refund ends: SUCCESS, or ABNORMAL / CLOSED when a fault says so.
+function orders.refund_outcome(r)
+  local faults = require "wx.faults"
+  if faults.fire("refund_abnormal", r.out_trade_no) then return "ABNORMAL" end
+  if faults.fire("refund_closed", r.out_trade_no) then return "CLOSED" end
+  return "SUCCESS"
+end
+
+--- A CLOSED refund gives its amount back to what the order can still refund.
+function orders.refund_closed(r)
+  db.exec([[UPDATE orders SET refunded = refunded - ?, updated_at = ?,
+              trade_state = CASE WHEN refunded - ? = 0 THEN 'SUCCESS' ELSE trade_state END
+            WHERE out_trade_no = ?]], r.refund, state.now_ms(), r.refund, r.out_trade_no)
+end
+
+--- An ABNORMAL refund ends when the merchant deals with it at WeChat Pay: SUCCESS (paid to
+--- another account) or CLOSED (refunded offline). POST /sandbox/refunds/{no}/resolve plays that.
+function orders.resolve_refund(out_refund_no, status)
+  return db.tx(function()
+    local r = orders.get_refund(out_refund_no)
+    if not r or r.status ~= "ABNORMAL" then return nil end
+    local when = sandbox.beijing_time(state.now_s())
+    db.exec("UPDATE refunds SET status = ?, success_time = ? WHERE out_refund_no = ?",
+      status, status == "SUCCESS" and when or nil, r.out_refund_no)
+    if status == "CLOSED" then orders.refund_closed(r) end
+    if r.notify_url then
+      notify.create("REFUND." .. status, "refund", r.out_refund_no, r.notify_url, {
+        mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
+        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = status,
+        success_time = status == "SUCCESS" and when or nil, create_time = r.create_time,
+        user_received_account = status == "SUCCESS" and "支付用户零钱" or nil,
+        amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
+      })
+    end
+    return orders.get_refund(out_refund_no)
+  end)
+end
+
 app.job("wx_refund_settle", function(p)
   db.tx(function()
     local r = orders.get_refund(p.out_refund_no)
     if not r or r.status ~= "PROCESSING" then return end
     local when = sandbox.beijing_time(state.now_s())
-    db.exec("UPDATE refunds SET status = 'SUCCESS', success_time = ? WHERE out_refund_no = ?", when, r.out_refund_no)
+    local status = orders.refund_outcome(r)
+    db.exec("UPDATE refunds SET status = ?, success_time = ? WHERE out_refund_no = ?",
+      status, status == "SUCCESS" and when or nil, r.out_refund_no)
+    if status == "CLOSED" then orders.refund_closed(r) end
     if r.notify_url then
-      notify.create("REFUND.SUCCESS", "refund", r.out_refund_no, r.notify_url, {
+      notify.create("REFUND." .. status, "refund", r.out_refund_no, r.notify_url, {
         mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
-        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = "SUCCESS",
-        success_time = when, user_received_account = "支付用户零钱",
+        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = status,
+        success_time = status == "SUCCESS" and when or nil, create_time = r.create_time,
+        user_received_account = "支付用户零钱",
         amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
       })
     end
