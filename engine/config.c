@@ -31,6 +31,10 @@ int config_defaults(struct config *cfg)
 	cfg->max_header_bytes = 16 * 1024;
 	cfg->max_body_bytes = 64 * 1024;
 	cfg->timeout_s = 10;
+	cfg->header_timeout_ms = 10000;
+	cfg->body_timeout_ms = 30000;
+	cfg->max_connections = 4096;
+	cfg->max_connections_per_client = 256;
 	cfg->script_memory_bytes = 64u << 20;
 	cfg->script_max_instructions = 50 * 1000 * 1000;
 	cfg->max_draining = 8;
@@ -374,6 +378,21 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->timeout_s;
 	read_int(r, "limits", "timeout_s", 1, 3600, &v);
 	cfg->timeout_s = (int)v;
+	v = cfg->header_timeout_ms;
+	read_int(r, "limits", "header_timeout_ms", 100, 600000, &v);
+	cfg->header_timeout_ms = (int)v;
+	v = cfg->body_timeout_ms;
+	read_int(r, "limits", "body_timeout_ms", 100, 3600000, &v);
+	cfg->body_timeout_ms = (int)v;
+	v = cfg->max_connections;
+	read_int(r, "limits", "max_connections", 1, 1000000, &v);
+	cfg->max_connections = (int)v;
+	v = cfg->max_connections_per_client;
+	read_int(r, "limits", "max_connections_per_client", 0, 1000000, &v);
+	cfg->max_connections_per_client = (int)v;
+	v = cfg->open_files;
+	read_int(r, "limits", "open_files", 0, 16777216, &v);
+	cfg->open_files = (int)v;
 
 	v = (int64_t)(cfg->script_memory_bytes >> 20);
 	read_int(r, "script", "memory_mb", 4, 4096, &v);

@@ -19,7 +19,12 @@ struct config {
 
 	size_t max_header_bytes;
 	size_t max_body_bytes;
-	int timeout_s; /* evhttp read/write timeout */
+	int timeout_s;                  /* evhttp read/write timeout */
+	int header_timeout_ms;          /* whole request head, from the start of the request */
+	int body_timeout_ms;            /* whole body, from the end of the head */
+	int max_connections;            /* open client connections per worker */
+	int max_connections_per_client; /* ... from one client address; 0: no cap */
+	int open_files;                 /* RLIMIT_NOFILE to set at start; 0: the hard limit */
 
 	size_t script_memory_bytes;      /* cap per generation (Lua allocator) */
 	int64_t script_max_instructions; /* per request or job */

@@ -20,6 +20,7 @@ struct wxclient;
 struct gen;
 struct host;
 struct http_req;
+struct http_conns;
 struct sched;
 struct lua_State;
 
@@ -66,7 +67,8 @@ struct engine {
 	/* The engine's own routes, tried before the scripts' (see http.h: http_front_fn). */
 	int (*http_front)(struct http_req *h, const char *path, enum evhttp_cmd_type cmd);
 	struct evhttp_bound_socket *listener;
-	int port; /* the port actually bound */
+	struct http_conns *conns; /* open client connections: caps and deadlines (http.c) */
+	int port;                 /* the port actually bound */
 
 	struct store *store;
 	struct fetch *fetch;

@@ -1,10 +1,14 @@
 /* http.c — the inbound HTTP server: evhttp with explicit limits, each request a Lua coroutine. */
 #include "http.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -31,6 +35,7 @@ struct http_req {
 	struct engine *eng;
 	struct evhttp_request *req;
 	struct evhttp_connection *evcon;
+	struct http_conn *conn; /* NULL for a request from a host's evhttp */
 	struct coro *co;
 	struct http_req **box;     /* the Lua userdata's pointer to us, cleared at the end */
 	struct event *peer_closed; /* EV_CLOSED on the socket while the handler runs */
@@ -44,6 +49,43 @@ struct http_req {
 	struct timeval start;
 	char id[72];
 	char admin[40]; /* who the admin routes let in (a token's name, "loopback"), else "" */
+};
+
+enum conn_phase { CONN_NEW, CONN_HEAD, CONN_BODY, CONN_BUSY };
+
+struct client_count {
+	unsigned char addr[16];
+	int len;
+	int n; /* open connections from this address */
+	struct client_count *next;
+};
+
+/* One accepted connection of our server (see "connections" below). */
+struct http_conn {
+	struct http_conns *all;
+	struct bufferevent *bev;
+	evutil_socket_t fd;             /* -1 until admitted */
+	struct event *timer;            /* admission (at once), then the deadline of the phase */
+	TAILQ_ENTRY(http_conn) waiting; /* in all->pending before admission, all->waiting in HEAD */
+	struct client_count *client;
+	struct evbuffer_cb_entry *incb;
+	struct http_req *req; /* the handler running for it, cancelled if the connection goes */
+	int phase;
+	int line_start; /* head scan: at the start of a line (a blank line ends the head) */
+};
+
+#define CLIENT_BUCKETS 1024
+
+struct http_conns {
+	struct engine *eng;
+	int open; /* admitted connections */
+	struct http_conn **by_fd;
+	int nfd;
+	TAILQ_HEAD(, http_conn) pending; /* accepted, not yet admitted */
+	TAILQ_HEAD(, http_conn) waiting; /* waiting for a head, oldest first */
+	struct client_count *clients[CLIENT_BUCKETS];
+	uint64_t refused_warned; /* metrics.conns_refused when the last warning was logged */
+	time_t last_warn;
 };
 
 /* Request ids need to be unique, not secret: xorshift64 per engine, seeded once from the kernel. */
@@ -156,7 +198,10 @@ static void send_now(struct http_req *h, int status, const char *ctype, struct e
 	struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
 	struct timeval now;
 
-	evhttp_connection_set_closecb(h->evcon, NULL, NULL);
+	if (h->conn)
+		h->conn->req = NULL;
+	else
+		evhttp_connection_set_closecb(h->evcon, NULL, NULL);
 	stop_watching(h); /* evhttp reads the next request from here on */
 	evhttp_add_header(out, "X-Request-Id", h->id);
 	if (ctype && !evhttp_find_header(out, "Content-Type"))
@@ -320,6 +365,8 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	if (h->co)
 		coro_cancel(h->co);
 	h->co = NULL;
+	if (h->conn)
+		h->conn->req = NULL;
 	store_cancel_wait(&h->commit); /* an answer that waited for the batch is dropped */
 	if (h->pending_body)
 		evbuffer_free(h->pending_body);
@@ -529,9 +576,326 @@ static int push_dispatch(lua_State *L, void *arg)
 	return 3;
 }
 
+/* ---- connections: caps per worker and per client address, deadlines for the head and the body ----
+**
+** evhttp 2.1 has no hook when a request starts and no deadline but an idle
+** timeout that every byte restarts. So each accepted connection gets a
+** bufferevent of ours (evhttp_set_bevcb) and, once evhttp has given it its
+** socket (an event made active at accept, run before anything is read), it
+** is admitted: counted and given a close callback, or refused at once with
+** a fixed 503. A callback on its input buffer sees the head's bytes arrive,
+** so we know when the head ended. Then:
+**   HEAD  until the blank line that ends the head: header_timeout_ms
+**   BODY  until evhttp hands us the whole request: body_timeout_ms
+**   BUSY  while the request is handled and answered: no deadline
+** and after the answer went out, HEAD again (a kept-alive connection waits
+** for its next request under the same deadline). At the deadline the
+** connection is closed, whatever bytes still trickle in.
+*/
+static const char over_cap_answer[] =
+    "HTTP/1.1 503 Service Unavailable\r\n"
+    "Content-Type: application/json; charset=utf-8\r\n"
+    "Content-Length: 77\r\n"
+    "Retry-After: 1\r\n"
+    "Connection: close\r\n\r\n"
+    "{\"error\":\"too_many_connections\",\"message\":\"too many open connections; retry\"}";
+
+static struct evhttp_connection *conn_evcon(struct http_conn *c)
+{
+	void *arg = NULL;
+	bufferevent_getcb(c->bev, NULL, NULL, NULL, &arg); /* evhttp's callbacks, cleared when it lets go */
+	return arg;
+}
+
+static void conn_phase(struct http_conn *c, int phase)
+{
+	struct http_conns *all = c->all;
+	if (c->phase == CONN_HEAD)
+		TAILQ_REMOVE(&all->waiting, c, waiting);
+	c->phase = phase;
+	c->line_start = 0;
+	if (phase == CONN_BUSY) {
+		evtimer_del(c->timer);
+		return;
+	}
+	int ms = phase == CONN_HEAD ? all->eng->cfg.header_timeout_ms : all->eng->cfg.body_timeout_ms;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	if (phase == CONN_HEAD)
+		TAILQ_INSERT_TAIL(&all->waiting, c, waiting);
+	evtimer_add(c->timer, &tv);
+}
+
+/* evhttp lets go of the connection (it closes the socket next): forget it, cancel its handler. */
+static void on_conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_conn *c = arg;
+	struct http_conns *all = c->all;
+	if (c->req)
+		on_close(evcon, c->req); /* clears c->req */
+	conn_phase(c, CONN_BUSY);
+	if (c->incb)
+		evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->incb);
+	all->open--;
+	if (c->client && --c->client->n == 0) {
+		struct client_count **p = &all->clients[c->client->addr[c->client->len - 1] % CLIENT_BUCKETS];
+		while (*p != c->client)
+			p = &(*p)->next;
+		*p = c->client->next;
+		free(c->client);
+	}
+	if (c->fd < all->nfd && all->by_fd[c->fd] == c)
+		all->by_fd[c->fd] = NULL;
+	event_free(c->timer);
+	free(c);
+}
+
+static void conn_close(struct http_conn *c)
+{
+	struct evhttp_connection *evcon = conn_evcon(c);
+	assert(evcon);                 /* evhttp clears its callbacks only after calling on_conn_closed */
+	evhttp_connection_free(evcon); /* on_conn_closed frees c */
+}
+
+static void conn_refuse(struct http_conn *c, const char *why)
+{
+	struct http_conns *all = c->all;
+	uint64_t *refused = &all->eng->metrics.conns_refused;
+	++*refused;
+	/* One try to say why, without waiting or reading: whatever does not fit the socket is not sent. */
+	ssize_t sent = send(c->fd, over_cap_answer, sizeof over_cap_answer - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)sent;
+	time_t now = time(NULL);
+	if (now != all->last_warn) {
+		log_warn(&all->eng->log, NULL, "refused %llu connection(s) at accept: %s",
+		         (unsigned long long)(*refused - all->refused_warned), why);
+		all->last_warn = now;
+		all->refused_warned = *refused;
+	}
+	conn_close(c);
+}
+
+static struct client_count *client_of(struct http_conns *all, evutil_socket_t fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	unsigned char key[16];
+	int klen;
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
+		return NULL;
+	if (ss.ss_family == AF_INET) {
+		memcpy(key, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+		klen = 4;
+	} else if (ss.ss_family == AF_INET6) {
+		memcpy(key, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+		klen = 16;
+	} else {
+		return NULL;
+	}
+	struct client_count **head = &all->clients[key[klen - 1] % CLIENT_BUCKETS], *k;
+	for (k = *head; k; k = k->next)
+		if (k->len == klen && memcmp(k->addr, key, (size_t)klen) == 0)
+			return k;
+	if (!(k = calloc(1, sizeof *k)))
+		return NULL;
+	memcpy(k->addr, key, (size_t)klen);
+	k->len = klen;
+	k->next = *head;
+	*head = k;
+	return k;
+}
+
+/* While the head comes in, look for the blank line that ends it (in the bytes just added). */
+static void on_conn_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct http_conn *c = arg;
+	if (c->phase != CONN_HEAD || info->n_added == 0)
+		return;
+	struct evbuffer_ptr at;
+	struct evbuffer_iovec v[4];
+	if (evbuffer_ptr_set(buf, &at, evbuffer_get_length(buf) - info->n_added, EVBUFFER_PTR_SET) < 0)
+		return;
+	int n = evbuffer_peek(buf, (ev_ssize_t)info->n_added, &at, v, 4);
+	size_t left = info->n_added;
+	for (int i = 0; i < n && i < 4 && left > 0; i++) {
+		const unsigned char *p = v[i].iov_base;
+		size_t len = v[i].iov_len < left ? v[i].iov_len : left;
+		left -= len;
+		for (size_t j = 0; j < len; j++) {
+			if (p[j] == '\n') {
+				if (c->line_start) {
+					conn_phase(c, CONN_BODY);
+					return;
+				}
+				c->line_start = 1;
+			} else if (p[j] != '\r') {
+				c->line_start = 0;
+			}
+		}
+	}
+}
+
+/* evhttp has given the connection its socket: count it, or refuse it. */
+static void conn_admit(struct http_conn *c)
+{
+	struct http_conns *all = c->all;
+	struct engine *e = all->eng;
+	struct evhttp_connection *evcon = conn_evcon(c);
+	TAILQ_REMOVE(&all->pending, c, waiting);
+	c->fd = bufferevent_getfd(c->bev);
+	if (!evcon || c->fd < 0) { /* evhttp could not take it after all (and has freed it) */
+		event_free(c->timer);
+		free(c);
+		return;
+	}
+	evhttp_connection_set_closecb(evcon, on_conn_closed, c);
+	c->phase = CONN_BUSY;
+	all->open++;
+	if (c->fd >= all->nfd) {
+		int n = all->nfd ? all->nfd : 1024;
+		while (n <= c->fd)
+			n *= 2;
+		struct http_conn **t = realloc(all->by_fd, (size_t)n * sizeof *t);
+		if (!t) {
+			conn_refuse(c, "out of memory");
+			return;
+		}
+		memset(t + all->nfd, 0, (size_t)(n - all->nfd) * sizeof *t);
+		all->by_fd = t;
+		all->nfd = n;
+	}
+	all->by_fd[c->fd] = c;
+	if ((c->client = client_of(all, c->fd)))
+		c->client->n++;
+	int per = e->cfg.max_connections_per_client;
+	if (per > 0 && c->client && c->client->n > per) {
+		conn_refuse(c, "limits.max_connections_per_client reached for a client address");
+		return;
+	}
+	if (all->open > e->cfg.max_connections) {
+		/* Full: the connection that has waited longest for a head makes room (it has not sent a
+		   whole request head: idle between requests, or slow); with none, the newcomer is refused. */
+		struct http_conn *old = TAILQ_FIRST(&all->waiting);
+		if (!old) {
+			conn_refuse(c, "limits.max_connections reached, every connection busy with a request");
+			return;
+		}
+		e->metrics.conns_evicted++;
+		conn_close(old);
+	}
+	c->incb = evbuffer_add_cb(bufferevent_get_input(c->bev), on_conn_input, c);
+	conn_phase(c, CONN_HEAD);
+}
+
+static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	struct engine *e = c->all->eng;
+	(void)fd;
+	(void)what;
+	if (c->phase == CONN_NEW) {
+		conn_admit(c);
+		return;
+	}
+	e->metrics.conns_expired++;
+	log_info(&e->log, NULL, "closed a connection that took over %d ms to send its request %s",
+	         c->phase == CONN_HEAD ? e->cfg.header_timeout_ms : e->cfg.body_timeout_ms,
+	         c->phase == CONN_HEAD ? "head" : "body");
+	conn_close(c);
+}
+
+static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
+{
+	struct engine *e = arg;
+	struct http_conn *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL; /* evhttp makes its own: served, but neither counted nor timed */
+	c->all = e->conns;
+	c->fd = -1;
+	c->phase = CONN_NEW;
+	if (!(c->timer = evtimer_new(base, on_conn_timer, c)) || !(c->bev = bufferevent_socket_new(base, -1, 0))) {
+		if (c->timer)
+			event_free(c->timer);
+		free(c);
+		return NULL;
+	}
+	TAILQ_INSERT_TAIL(&c->all->pending, c, waiting);
+	event_active(c->timer, EV_TIMEOUT, 1); /* admitted once evhttp has set the socket, before it reads */
+	return c->bev;
+}
+
+/* Our record of the connection a request came on; NULL for a request handed over by a host's evhttp. */
+static struct http_conn *conn_of(struct engine *e, struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	struct http_conns *all = e->conns;
+	if (!all || fd < 0 || fd >= all->nfd || !all->by_fd[fd] || all->by_fd[fd]->bev != bev)
+		return NULL;
+	return all->by_fd[fd];
+}
+
+/* The answer is written: a kept-alive connection waits for its next head. */
+static void on_answer_sent(struct evhttp_request *req, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)req;
+	if (c->phase == CONN_BUSY)
+		conn_phase(c, CONN_HEAD);
+}
+
+static void conns_free(struct http_conns *all)
+{
+	while (!TAILQ_EMPTY(&all->pending)) { /* accepted this turn, not yet admitted */
+		struct http_conn *c = TAILQ_FIRST(&all->pending);
+		TAILQ_REMOVE(&all->pending, c, waiting);
+		event_free(c->timer);
+		free(c);
+	}
+	for (int i = 0; i < CLIENT_BUCKETS; i++)
+		while (all->clients[i]) {
+			struct client_count *k = all->clients[i];
+			all->clients[i] = k->next;
+			free(k);
+		}
+	free(all->by_fd);
+	free(all);
+}
+
+/*
+** Ambiguous framing is how requests are smuggled past a proxy that reads
+** them differently: refuse it outright. Two equal Content-Length headers are
+** refused too; nothing legitimate sends them, and a proxy may not agree.
+*/
+static const char *ambiguous_framing(struct evhttp_request *req)
+{
+	int cl = 0, te = 0;
+	const char *te_value = NULL;
+	struct evkeyval *kv;
+	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next)
+	{
+		if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0)
+			cl++;
+		else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0)
+			te++, te_value = kv->value;
+	}
+	if (cl > 1)
+		return "the request has more than one Content-Length header";
+	if (cl && te)
+		return "the request has both Content-Length and Transfer-Encoding";
+	if (te > 1 || (te && evutil_ascii_strcasecmp(te_value, "chunked") != 0))
+		return "the only Transfer-Encoding accepted is one 'chunked'";
+	return NULL;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	struct engine *e = arg;
+	struct http_conn *conn = conn_of(e, req);
+	if (conn) { /* the request is in: no deadline while it is handled; the next one's starts when this is sent */
+		conn_phase(conn, CONN_BUSY);
+		evhttp_request_set_on_complete_cb(req, on_answer_sent, conn);
+	}
 	struct http_req *h = calloc(1, sizeof *h);
 	if (!h) {
 		evhttp_send_error(req, 503, "Service Unavailable");
@@ -539,6 +903,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	}
 	h->eng = e;
 	h->req = req;
+	h->conn = conn;
 	h->evcon = evhttp_request_get_connection(req);
 	gettimeofday(&h->start, NULL);
 	const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
@@ -549,6 +914,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	const char *path = request_path(req);
+	const char *bad_framing = ambiguous_framing(req);
+	if (bad_framing) { /* whatever follows on this connection is not read */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		http_answer_error(h, 400, "bad_framing", bad_framing);
+		return;
+	}
 	if (cmd == EVHTTP_REQ_TRACE || cmd == EVHTTP_REQ_CONNECT) {
 		http_answer_error(h, 405, "method_not_allowed", "this method is not allowed");
 		return;
@@ -569,7 +940,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 	c->what = path;
 	h->counted = 1;
 	e->http_inflight++;
-	evhttp_connection_set_closecb(h->evcon, on_close, h);
+	if (conn)
+		conn->req = h; /* on_conn_closed runs on_close */
+	else
+		evhttp_connection_set_closecb(h->evcon, on_close, h);
 	int finished = 0;
 	h->finished = &finished;
 	coro_go(c);
@@ -607,7 +981,8 @@ int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen)
 {
 	e->http_front = front;
 	e->http = evhttp_new(e->base);
-	if (!e->http) {
+	e->conns = calloc(1, sizeof *e->conns);
+	if (!e->http || !e->conns) {
 		snprintf(err, errlen, "cannot create the HTTP server");
 		return -1;
 	}
@@ -619,6 +994,48 @@ int http_init(struct engine *e, http_front_fn front, char *err, size_t errlen)
 	                                        EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT); /* refused by us, in JSON */
 	evhttp_set_default_content_type(e->http, "application/json; charset=utf-8");
 	evhttp_set_gencb(e->http, on_request, e);
+	e->conns->eng = e;
+	TAILQ_INIT(&e->conns->pending);
+	TAILQ_INIT(&e->conns->waiting);
+	evhttp_set_bevcb(e->http, on_new_connection, e);
+	return 0;
+}
+
+/* Connections beyond what the database, the log, the listener and a few outbound calls need. */
+#define FD_RESERVE 64
+
+/* Set the open-files limit the config asks for, and check that max_connections fits under it. */
+static int fd_limit(struct engine *e, char *err, size_t errlen)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(err, errlen, "cannot read the open-files limit: %s", strerror(errno));
+		return -1;
+	}
+	rlim_t want = (rlim_t)e->cfg.open_files;
+	if (want > 0 && rl.rlim_cur != want) {
+		struct rlimit nl = { want, want > rl.rlim_max ? want : rl.rlim_max };
+		if (setrlimit(RLIMIT_NOFILE, &nl) < 0) {
+			snprintf(
+			    err, errlen,
+			    "config: limits.open_files = %d, but the open-files limit cannot be raised above its hard "
+			    "limit %llu (%s); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or ask for less",
+			    e->cfg.open_files, (unsigned long long)rl.rlim_max, strerror(errno));
+			return -1;
+		}
+		rl = nl;
+	}
+	long long need = (long long)e->cfg.max_connections + FD_RESERVE;
+	if (rl.rlim_cur != RLIM_INFINITY && (long long)rl.rlim_cur < need) {
+		snprintf(
+		    err, errlen,
+		    "config: limits.max_connections = %d needs an open-files limit of at least %lld (%d more for the "
+		    "database, the log and outbound calls), but it is %llu: raise limits.open_files (hard limit "
+		    "%llu) or lower limits.max_connections",
+		    e->cfg.max_connections, need, FD_RESERVE, (unsigned long long)rl.rlim_cur,
+		    (unsigned long long)rl.rlim_max);
+		return -1;
+	}
 	return 0;
 }
 
@@ -636,6 +1053,8 @@ static void listening(struct engine *e, struct evhttp_bound_socket *s)
 
 int http_listen(struct engine *e, const char *host, int port, char *err, size_t errlen)
 {
+	if (fd_limit(e, err, errlen) < 0)
+		return -1;
 	struct evhttp_bound_socket *s = evhttp_bind_socket_with_handle(e->http, host, (ev_uint16_t)port);
 	if (!s) {
 		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not a local address?)", host, port);
@@ -647,6 +1066,8 @@ int http_listen(struct engine *e, const char *host, int port, char *err, size_t 
 
 int http_accept_on(struct engine *e, int fd, char *err, size_t errlen)
 {
+	if (fd_limit(e, err, errlen) < 0)
+		return -1;
 	struct evhttp_bound_socket *s = evhttp_accept_socket_with_handle(e->http, fd);
 	if (!s) {
 		snprintf(err, errlen, "cannot accept on the shared listening socket (fd %d)", fd);
@@ -666,6 +1087,9 @@ void http_stop_accepting(struct engine *e)
 void http_free(struct engine *e)
 {
 	if (e->http)
-		evhttp_free(e->http);
+		evhttp_free(e->http); /* each connection's record goes with it (on_conn_closed) */
 	e->http = NULL;
+	if (e->conns)
+		conns_free(e->conns);
+	e->conns = NULL;
 }

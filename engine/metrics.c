@@ -158,6 +158,12 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 	render_http(m, b);
 	gauge(b, "paygate_http_inflight", "Requests being handled now.", g->http_inflight);
 	counter(b, "paygate_http_client_aborts_total", "Clients gone before their answer.", m->client_aborts);
+	counter(b, "paygate_http_connections_refused_total", "Connections refused at accept: a connection cap.",
+	        m->conns_refused);
+	counter(b, "paygate_http_connections_evicted_total",
+	        "Connections waiting for a request head closed to make room at the worker's cap.", m->conns_evicted);
+	counter(b, "paygate_http_connections_expired_total", "Connections closed at the request head or body deadline.",
+	        m->conns_expired);
 	counter(b, "paygate_script_errors_total", "Handlers and jobs that raised an error.", m->script_errors);
 	counter(b, "paygate_script_kills_total", "Handlers stopped for exceeding the instruction budget.",
 	        m->script_kills);

@@ -27,6 +27,7 @@ struct metrics {
 	double latency_sum;
 	uint64_t script_errors, script_kills;
 	uint64_t client_aborts;
+	uint64_t conns_refused, conns_evicted, conns_expired; /* http.c: caps and deadlines */
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t fetch_ok, fetch_failed;
 	uint64_t jobs_ok, jobs_failed, jobs_dead;

@@ -6,6 +6,8 @@ lualib   = "../../lualib"
 database = "../../var/sandbox/sandbox.db"
 watch    = false
 log_level = "info"
+-- Every merchant gateway and test client reaches the sandbox from loopback: no per-address cap.
+limits   = { max_connections_per_client = 0 }
 
 app = {                            -- visible to the scripts as `config`
   mchid = "1900007291",

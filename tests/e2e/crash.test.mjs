@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, startGateway, sleep } from './harness.mjs';
+import { ROOT, startGateway, sleep, seeded } from './harness.mjs';
 import { startWorld } from './shopenv.mjs';
 
 const CRASH_BIN = process.env.PAYGATE_CRASH_BIN || join(ROOT, 'build', 'tests', 'paygate-crash');
@@ -35,11 +35,6 @@ app.get("/check/state", function(req)
   }
 end)
 `;
-
-function xorshift(seed) {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x; };
-}
 
 let world;
 before(async () => { world = await startWorld(); });
@@ -84,7 +79,7 @@ async function acknowledged(orderNos) {
 for (const seed of SEEDS) {
   test(`seed ${seed}: after a power cut, every answer that went out is in the database and the money adds up`,
     { timeout: 90000 }, async () => {
-      const rnd = xorshift(seed);
+      const rnd = seeded(seed);
       const cutAt = 10 + (rnd() % 1500);
       const home = mkdtempSync(join(tmpdir(), 'paygate-crash-'));
       try {
@@ -101,7 +96,7 @@ for (const seed of SEEDS) {
         const users = [];
         for (let i = 0; i < USERS; i++) users.push(await world.login(gw));
         const seen = { created: new Map(), paid: new Set() };
-        const load = Promise.all(users.map((u) => shopper(gw, u, xorshift(seed * 100 + users.indexOf(u) + 1), seen)));
+        const load = Promise.all(users.map((u) => shopper(gw, u, seeded(seed * 100 + users.indexOf(u) + 1), seen)));
         await sleep(150);
         process.kill(gw.pid, 'SIGUSR2'); // arm: the power goes at the cutAt-th write or sync from now
         const { code } = await Promise.race([gw.exited, sleep(30000).then(() => ({ code: 'still running' }))]);

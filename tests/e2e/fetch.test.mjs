@@ -245,7 +245,9 @@ test('outbound outcomes are counted in upstream metrics', async () => {
 test('1,000 concurrent requests that each call a slow upstream finish in about one delay', async () => {
   const delay = 600;
   const up = await startSlowServer(delay);
-  const g = await startGateway({ scripts, config: { log_level: 'info', app: { slow: `http://127.0.0.1:${up.port}` } } });
+  // 1,000 connections from one address: over the default per-address cap of 256.
+  const g = await startGateway({ scripts, config: { log_level: 'info', limits: { max_connections_per_client: 0 },
+    app: { slow: `http://127.0.0.1:${up.port}` } } });
   try {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1500 });
     const t0 = Date.now();

@@ -63,6 +63,12 @@ export function request(port, method, path, { body, headers = {}, timeout = 3000
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** A seeded pseudo-random generator (xorshift32): the same seed gives the same choices. */
+export function seeded(seed) {
+  let x = (seed * 2654435761) >>> 0 || 1;
+  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x; };
+}
+
 /** Poll fn until it returns a truthy value (or throw after timeoutMs). */
 export async function eventually(fn, timeoutMs = 5000, stepMs = 50) {
   const end = Date.now() + timeoutMs;
@@ -137,6 +143,14 @@ export async function startGateway(opts = {}) {
       return line === undefined ? undefined : Number(line.split(' ').pop());
     },
     exited,
+    /** kill -9 by PID (no clean-up at all, as a crash); resolves once the process is gone. */
+    async kill() {
+      stopping = true;
+      if (child.exitCode === null && child.signalCode === null) {
+        process.kill(child.pid, 'SIGKILL');
+        await exited;
+      }
+    },
     /** Stop by PID (SIGTERM, then SIGKILL after 5 s); keeps the directory unless clean is set. */
     async stop({ clean = !opts.dir, signal = 'SIGTERM' } = {}) {
       stopping = true;

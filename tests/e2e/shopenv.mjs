@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import assert from 'node:assert/strict';
-import { ROOT, SANDBOX_BIN, startGateway } from './harness.mjs';
+import { ROOT, SANDBOX_BIN, startGateway, sleep } from './harness.mjs';
 
 export const MCHID = '1900007291';
 export const APPID = 'wxd678efh567hg6787';
@@ -17,6 +17,22 @@ export function freePort() {
     const s = net.createServer();
     s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
   });
+}
+
+/**
+ * start() again until the port it listens on is free: after a kill -9 the old process (or the
+ * workers it supervised) may hold the port for a moment.
+ */
+export async function restartOnPort(start, timeoutMs = 10000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await start();
+    } catch (e) {
+      if (Date.now() > end || !/cannot listen/.test(e.message)) throw e;
+      await sleep(50);
+    }
+  }
 }
 
 // Routes that reach into the state the way an operator (or a crash) could, to stage rare cases.
@@ -67,8 +83,12 @@ end)
 app.job("test_wake", function() end)
 `;
 
-/** Keys (made by the sandbox's keys.sh), the shop scripts plus the test hooks, a running sandbox. */
-export async function startWorld() {
+/**
+ * Keys (made by the sandbox's keys.sh), the shop scripts plus the test hooks, a running sandbox.
+ * `sandboxApp` adds to the sandbox's app settings; `keepSandbox` gives the sandbox a directory
+ * and port of its own, kept across world.restartSandbox() (its database survives a kill -9).
+ */
+export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) {
   const keys = mkdtempSync(join(tmpdir(), 'paygate-shop-keys-'));
   execFileSync(join(ROOT, 'examples/sandbox/keys.sh'), [keys]);
   const k = (name) => join(keys, name);
@@ -76,32 +96,37 @@ export async function startWorld() {
   cpSync(join(ROOT, 'scripts'), scripts, { recursive: true });
   writeFileSync(join(scripts, 'test_hooks.lua'), TEST_HOOKS);
   writeFileSync(join(scripts, 'init.lua'), readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\n');
-  const sandbox = await startGateway({
-    bin: SANDBOX_BIN,
-    config: {
-      scripts: join(ROOT, 'examples/sandbox/scripts'), watch: false, log_level: 'info',
-      app: {
-        mchid: MCHID, appid: APPID, app_appid: APP_APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
-        refund_settle_s: 1, latency_ms: 0,
-        keys: {
-          platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
-          merchant_cert_file: k('merchant_cert.pem'), apiv3_key_file: k('apiv3_key'),
-          public_key_file: k('pubkey_key.pem'), public_key_id_file: k('pubkey_id'), app_secret_file: k('app_secret'),
-        },
+  const sandboxDir = keepSandbox ? mkdtempSync(join(tmpdir(), 'paygate-sandbox-')) : undefined;
+  const sandboxConfig = {
+    scripts: join(ROOT, 'examples/sandbox/scripts'), watch: false, log_level: 'info',
+    // The gateways' calls and the tests' own all come from 127.0.0.1: no per-address cap.
+    limits: { max_connections_per_client: 0 },
+    ...(keepSandbox ? { listen: `127.0.0.1:${await freePort()}` } : {}),
+    app: {
+      mchid: MCHID, appid: APPID, app_appid: APP_APPID, mode: 'certificate', clock_speed: 1000, notify_timeout_ms: 5000,
+      refund_settle_s: 1, latency_ms: 0,
+      keys: {
+        platform_key_file: k('platform_key.pem'), platform_cert_file: k('platform_cert.pem'),
+        merchant_cert_file: k('merchant_cert.pem'), apiv3_key_file: k('apiv3_key'),
+        public_key_file: k('pubkey_key.pem'), public_key_id_file: k('pubkey_id'), app_secret_file: k('app_secret'),
       },
+      ...sandboxApp,
     },
-  });
+  };
+  const sandbox = await startGateway({ bin: SANDBOX_BIN, dir: sandboxDir, config: sandboxConfig });
   const copies = [];
   const world = {
-    keys, k, sandbox, gateways: [],
+    keys, k, sandbox, sandboxDir, gateways: [],
     /**
      * A shop gateway wired to the sandbox; `app` adds to its app settings, `files` replaces
      * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy,
      * `config` adds to (or replaces) its other settings (e.g. { watch: true }); `bin`, `env`,
-     * `dir` (the gateway's directory, kept) and `expectExit` go to startGateway.
+     * `dir` (the gateway's directory, kept) and `expectExit` go to startGateway; `port` starts it
+     * on a given port (a restart where WeChat's notifications are addressed).
      */
-    async startShop(app = {}, { files, config = {}, bin, env, dir: home, expectExit } = {}) {
-      const port = await freePort();
+    async startShop(app = {}, { files, config = {}, bin, env, dir: home, expectExit, port: fixedPort } = {}) {
+      const port = fixedPort || await freePort();
+      const sandbox = this.sandbox;
       let dir = scripts;
       if (files) {
         dir = mkdtempSync(join(tmpdir(), 'paygate-shop-scripts-'));
@@ -130,7 +155,7 @@ export async function startWorld() {
     },
     /** A mini-program user of gateway gw: a wx.login code from the sandbox, then POST /api/login. */
     async login(gw, openid = 'o' + Math.random().toString(16).slice(2) + Date.now().toString(16)) {
-      const code = (await sandbox.post('/sandbox/login-code', { openid })).json.code;
+      const code = (await this.sandbox.post('/sandbox/login-code', { openid })).json.code;
       const r = await gw.post('/api/login', { code });
       assert.equal(r.status, 200, r.body);
       return { openid, auth: { Authorization: 'Bearer ' + r.json.token } };
@@ -138,12 +163,20 @@ export async function startWorld() {
     /** The user confirms in WeChat; the sandbox checks our paySign as the WeChat client would. */
     async userPays(user, params, result = 'SUCCESS') {
       const prepay_id = params.package.replace('prepay_id=', '');
-      const r = await sandbox.post('/sandbox/pay', { prepay_id, openid: user.openid, result, pay_params: params });
+      const r = await this.sandbox.post('/sandbox/pay', { prepay_id, openid: user.openid, result, pay_params: params });
       assert.equal(r.status, 200, r.body);
       return r.json;
     },
+    /** kill -9 the sandbox (keepSandbox), then start it again on its database and port. */
+    async restartSandbox({ downMs = 0 } = {}) {
+      await this.sandbox.kill();
+      await sleep(downMs);
+      this.sandbox = await restartOnPort(() => startGateway({ bin: SANDBOX_BIN, dir: sandboxDir, config: sandboxConfig }));
+      return this.sandbox;
+    },
     async stop() {
-      for (const g of [...this.gateways, sandbox]) await g.stop();
+      for (const g of [...this.gateways, this.sandbox]) await g.stop();
+      if (sandboxDir) rmSync(sandboxDir, { recursive: true, force: true });
       rmSync(keys, { recursive: true, force: true });
       for (const d of [scripts, ...copies]) rmSync(d, { recursive: true, force: true });
     },

@@ -145,6 +145,8 @@ static void t_config_errors_are_clear(void)
 	} cases[] = {
 		{ "limits = { max_body_bytes = 'big' }", "limits.max_body_bytes must be an integer" },
 		{ "listen = 'nowhere'", "must look like 127.0.0.1:8080" },
+		{ "limits = { header_timeout_ms = 5 }", "limits.header_timeout_ms must be an integer from 100" },
+		{ "limits = { max_connections = 0 }", "limits.max_connections must be an integer from 1" },
 		{ "log_level = 'loud'", "log_level must be one of" },
 		{ "this is not lua", "config:" },
 		{ "os.exit(1)", "config:" },
