@@ -48,12 +48,12 @@ struct config {
 	char *fetch_ca_file;
 
 	int jobs_max_running;
-	int64_t jobs_lease_ms;  /* a claimed job another worker may take over after this long */
-	int db_busy_timeout_ms; /* how long a write waits for another worker's lock (its coroutine, not the loop) */
+	int64_t jobs_lease_ms;   /* a claimed job another worker may take over after this long */
+	int db_busy_timeout_ms;  /* how long a write waits for another worker's lock (its coroutine, not the loop) */
 	int db_checkpoint_pages; /* a WAL this long after a commit is checkpointed (on the checkpointer's thread) */
-	int workers;            /* worker processes (the daemon) */
-	int watchdog_ms;        /* a worker loop stuck this long is ended and restarted; 0: off */
-	int unsafe_no_sync;     /* benchmarks only (PAYGATE_BENCH): commits are not synced */
+	int workers;             /* worker processes (the daemon) */
+	int watchdog_ms;         /* a worker loop stuck this long is ended and restarted; 0: off */
+	int unsafe_no_sync;      /* benchmarks only (PAYGATE_BENCH): commits are not synced */
 	enum log_level log_level;
 
 	char *app_json;            /* the `app` table as JSON; scripts see it as `config` */
