@@ -482,14 +482,12 @@ void host_forward_done(struct engine *e, unsigned long long id, int rc, const ch
 }
 
 /* Resumed with [1 value, 2 json, 3 rc, 4 reply]: the same ending as a direct call. */
-static int forward_after(lua_State *L, int status, lua_KContext ctx)
+/* What host.<name>(...) returns: the host function's reply (text at index 4) decoded, or its failure raised. */
+static int host_result(lua_State *L, const char *name, int rc)
 {
-	const char *name = lua_tostring(L, lua_upvalueindex(2));
 	size_t n = 0;
-	(void)status;
-	(void)ctx;
 	lua_tolstring(L, 4, &n);
-	if (lua_tointeger(L, 3) != 0)
+	if (rc != 0)
 		return luaL_error(L, "host.%s failed: %s", name, n ? lua_tostring(L, 4) : "(no message)");
 	if (n == 0)
 		return 0;
@@ -498,6 +496,13 @@ static int forward_after(lua_State *L, int status, lua_KContext ctx)
 	if (lua_pcall(L, 1, 1, 0) != LUA_OK)
 		return luaL_error(L, "host.%s returned invalid JSON: %s", name, lua_tostring(L, -1));
 	return 1;
+}
+
+static int forward_after(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)status;
+	(void)ctx;
+	return host_result(L, lua_tostring(L, lua_upvalueindex(2)), (int)lua_tointeger(L, 3));
 }
 
 /* Stack [1 value, 2 json]: hand the call to the host's thread and wait for its answer. */
@@ -556,15 +561,7 @@ static int l_host_invoke(lua_State *L)
 	lua_pushlstring(L, n ? (const char *)evbuffer_pullup(*box, -1) : "", n); /* 4 */
 	evbuffer_free(*box);
 	*box = NULL;
-	if (rc != 0)
-		return luaL_error(L, "host.%s failed: %s", name, n ? lua_tostring(L, 4) : "(no message)");
-	if (n == 0)
-		return 0;
-	lua_pushvalue(L, lua_upvalueindex(3));
-	lua_pushvalue(L, 4);
-	if (lua_pcall(L, 1, 1, 0) != LUA_OK)
-		return luaL_error(L, "host.%s returned invalid JSON: %s", name, lua_tostring(L, -1));
-	return 1;
+	return host_result(L, name, rc);
 }
 
 /* __index(t, name): a caller for a registered name, nil for others. Upvalues: 1 = engine, 2 = json.decode. */

@@ -299,7 +299,8 @@ static void sync_register(void *arg)
 	s->result = host_register(&s->pg->e, s->name, s->fn, s->arg);
 }
 
-struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen)
+/* An engine on an event loop of its own (the own-thread and host-driven modes), or NULL with err. */
+static struct paygate *new_on_own_base(const struct paygate_options *opts, char *err, size_t errlen)
 {
 	struct event_base *base = event_base_new();
 	struct paygate *pg;
@@ -313,6 +314,14 @@ struct paygate *paygate_start_thread(const struct paygate_options *opts, char *e
 		return NULL;
 	}
 	pg->own_base = 1;
+	return pg;
+}
+
+struct paygate *paygate_start_thread(const struct paygate_options *opts, char *err, size_t errlen)
+{
+	struct paygate *pg = new_on_own_base(opts, err, errlen);
+	if (!pg)
+		return NULL;
 	if (!(pg->thread = thread_start(&pg->e, err, errlen))) {
 		paygate_free(pg);
 		return NULL;
@@ -329,19 +338,10 @@ int paygate_fd(const struct paygate *pg)
 
 struct paygate *paygate_new_driven(const struct paygate_options *opts, char *err, size_t errlen)
 {
-	struct event_base *base = event_base_new();
-	struct paygate *pg;
-
-	if (!base) {
-		snprintf(err, errlen, "cannot create the engine's event loop");
+	struct paygate *pg = new_on_own_base(opts, err, errlen);
+	if (!pg)
 		return NULL;
-	}
-	if (!(pg = paygate_new(base, opts, err, errlen))) {
-		event_base_free(base);
-		return NULL;
-	}
-	pg->own_base = 1;
-	if (!(pg->drive = drive_new(base, err, errlen))) {
+	if (!(pg->drive = drive_new(pg->e.base, err, errlen))) {
 		paygate_free(pg);
 		return NULL;
 	}
