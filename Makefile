@@ -128,7 +128,7 @@ $(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.h tests/fuzz/fixtur
 
 # ---- faults: every SQLite write, read and commit of a purchase failing in turn, allocations at a stride ----
 faults: all $(BUILD)/tests/paygate-faults
-	FAULT_SWEEP=full node --test --test-reporter=tap --test-timeout=3600000 tests/e2e/faults.test.mjs
+	PAYGATE_FAULTS_BIN=$(CURDIR)/$(BUILD)/tests/paygate-faults FAULT_SWEEP=full node --test --test-reporter=tap --test-timeout=3600000 tests/e2e/faults.test.mjs
 
 # ---- fuzz: libFuzzer + ASan/UBSan, each target for FUZZ_SECONDS ----
 FUZZ_SECONDS ?= 60

@@ -8,6 +8,7 @@ BUILD=${BUILD:-build}
 export PAYGATE_BIN="$PWD/$BUILD/paygate"
 export PAYGATE_SANDBOX_BIN="$PWD/$BUILD/paygate-sandbox"
 export PAYGATE_CRASH_BIN="$PWD/$BUILD/tests/paygate-crash"
+export PAYGATE_FAULTS_BIN="$PWD/$BUILD/tests/paygate-faults"
 LOGS=$BUILD/test-logs
 mkdir -p "$LOGS"
 PASS=0

@@ -24,7 +24,7 @@ const superagent = require('superagent');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = process.env.PAYGATE_SANDBOX_BIN || path.join(ROOT, 'build', 'paygate-sandbox');
-const GATEWAY_BIN = path.join(ROOT, 'build', 'paygate');
+const GATEWAY_BIN = process.env.PAYGATE_BIN || path.join(ROOT, 'build', 'paygate');
 const REAL_HOST = 'https://api.mch.weixin.qq.com';
 const MCHID = '1900007291';
 const APPID = 'wxd678efh567hg6787';

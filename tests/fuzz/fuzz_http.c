@@ -24,6 +24,13 @@
 */
 
 static int port;
+static struct evhttp *front; /* the host's evhttp, in front of paygate */
+
+/* At exit, before the fixture frees the engine and the loop (atexit runs the latest first). */
+static void close_front(void)
+{
+	evhttp_free(front);
+}
 
 static void on_http(struct evhttp_request *req, void *arg)
 {
@@ -35,7 +42,7 @@ static void setup(void)
 	if (port)
 		return;
 	struct paygate *pg = fx_engine();
-	struct evhttp *http = evhttp_new(fx_base);
+	struct evhttp *http = front = evhttp_new(fx_base);
 	struct evhttp_bound_socket *bs = http ? evhttp_bind_socket_with_handle(http, "127.0.0.1", 0) : NULL;
 	if (!bs) {
 		fprintf(stderr, "fuzz_http: cannot listen on 127.0.0.1\n");
@@ -45,6 +52,7 @@ static void setup(void)
 	evhttp_set_max_body_size(http, 1 << 20);
 	evhttp_set_timeout(http, 5);
 	evhttp_set_gencb(http, on_http, pg);
+	atexit(close_front);
 	struct sockaddr_in sa;
 	socklen_t len = sizeof sa;
 	getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &len);
