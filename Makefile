@@ -103,14 +103,14 @@ $(BUILD)/tests/wxp_tool: tests/tools/wxp_tool.c $(TEST_LIBS)
 	$(CC) $(CPPFLAGS) -Iexamples/sandbox $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(TEST_LIBS) $(DEPLIBS) -o $@
 
 # The daemon on a VFS that can cut the power (tests/crash/): the durability specs' gateway.
-$(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/crash/crashvfs.h $(DAEMON_OBJ) \
-                              $(BUILD)/libpaygate.a
+$(BUILD)/tests/paygate-crash: tests/crash/main.c tests/crash/crashvfs.c tests/crash/crashvfs.h tests/single_daemon.h \
+                              $(DAEMON_OBJ) $(BUILD)/libpaygate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests/crash $(CFLAGS) $(WARN) $(DEPCFLAGS) tests/crash/main.c tests/crash/crashvfs.c \
 	  $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 
 # The daemon whose Nth SQLite write, read, commit or allocation fails (tests/faults/): the fault sweep's gateway.
-$(BUILD)/tests/paygate-faults: tests/faults/main.c $(DAEMON_OBJ) $(BUILD)/libpaygate.a
+$(BUILD)/tests/paygate-faults: tests/faults/main.c tests/single_daemon.h $(DAEMON_OBJ) $(BUILD)/libpaygate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< $(DAEMON_OBJ) $(BUILD)/libpaygate.a $(DEPLIBS) -o $@
 

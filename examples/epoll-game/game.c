@@ -18,18 +18,20 @@
 
 #include <paygate.h>
 
+#include "inventory.h" /* the game's state and host.deliver: ../game-common/ */
+
 /*
 ** The game owns its thread and its loop: one epoll set with the listening
 ** socket, the players' sockets, a signalfd and paygate's descriptor.
 ** paygate runs on a thread of its own (paygate_start_thread); everything it
 ** hands back — call results, host.deliver, the end of a shutdown — runs
 ** here, on the game's thread, inside paygate_dispatch_completions. So the
-** inventory below needs no lock.
+** inventory (../game-common/inventory.c) needs no lock.
 **
 **   game protocol (TCP)   BUY 42 7  ──paygate_call("buy")──►  paygate's thread: scripts/store.lua
 **                         OK {...}  ◄──dispatch, later──────  (order + WeChat APP prepay)
 **   paygate's HTTP port   WeChat Pay's notifications (paygate_listen, on paygate's thread)
-**   paid order            scripts/delivery.lua ──host.deliver{...}──► deliver() below, on the game's thread
+**   paid order            scripts/delivery.lua ──host.deliver{...}──► inventory_deliver(), on the game's thread
 **
 ** The line protocol is examples/game-server's: LOGIN, BUY, INV, PRICE, RELOAD, QUIT.
 **
@@ -53,22 +55,11 @@ struct client {
 	struct client *prev, *next;
 };
 
-struct stack {
-	long player, item, count;
-	struct stack *next;
-};
-
-struct delivered {
-	char order_no[64];
-	struct delivered *next;
-};
-
 struct game {
 	int ep, listen_fd, sig_fd;
 	struct paygate *pg;
 	struct client *clients;
-	struct stack *inventory;
-	struct delivered *delivered;
+	struct inventory inv;
 	int stopping, running;
 	int driven; /* --mode driven: paygate_new_driven, no thread; otherwise paygate_start_thread */
 };
@@ -131,75 +122,6 @@ static int buf_json_string(struct buf *b, const char *s)
 			buf_add(b, s, 1);
 	}
 	return buf_add(b, "\"", 1);
-}
-
-/* ---- the game's state ---- */
-
-static struct stack *stack_of(struct game *g, long player, long item)
-{
-	struct stack *s;
-	for (s = g->inventory; s; s = s->next)
-		if (s->player == player && s->item == item)
-			return s;
-	if (!(s = calloc(1, sizeof *s)))
-		return NULL;
-	s->player = player;
-	s->item = item;
-	s->next = g->inventory;
-	g->inventory = s;
-	return s;
-}
-
-static int was_delivered(struct game *g, const char *order_no)
-{
-	for (struct delivered *d = g->delivered; d; d = d->next)
-		if (strcmp(d->order_no, order_no) == 0)
-			return 1;
-	return 0;
-}
-
-static int parse_id(const char *s, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = s ? strtol(s, &end, 10) : 0;
-	if (!s || errno || end == s || *end || v < 1 || v >= 2147483648L)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* host.deliver{order_no, player, item, qty}: runs on the game's thread (paygate_dispatch_completions). */
-static int deliver(void *arg, const char *json, struct evbuffer *reply)
-{
-	struct game *g = arg;
-	char order_no[64], player[24], item[24], qty[24];
-	long p, i, q = 1;
-	struct stack *s;
-	struct delivered *d;
-
-	if (paygate_json_get(json, "order_no", order_no, sizeof order_no) < 0 ||
-	    paygate_json_get(json, "player", player, sizeof player) < 0 || parse_id(player, &p) < 0 ||
-	    paygate_json_get(json, "item", item, sizeof item) < 0 || parse_id(item, &i) < 0 ||
-	    (paygate_json_get(json, "qty", qty, sizeof qty) >= 0 && parse_id(qty, &q) < 0)) {
-		paygate_json_add_string(reply, "deliver needs order_no, player, item (and qty)");
-		return -1;
-	}
-	if (was_delivered(g, order_no)) {
-		paygate_json_add_string(reply, "duplicate"); /* any JSON: the script ignores it */
-		return 0;
-	}
-	if (!(s = stack_of(g, p, i)) || !(d = calloc(1, sizeof *d))) {
-		paygate_json_add_string(reply, "the game is out of memory");
-		return -1; /* the job runs again later */
-	}
-	s->count += q;
-	snprintf(d->order_no, sizeof d->order_no, "%s", order_no);
-	d->next = g->delivered;
-	g->delivered = d;
-	printf("game: delivered item %ld x%ld to player %ld (order %s)\n", i, q, p, order_no);
-	fflush(stdout);
-	return 0;
 }
 
 /* ---- players' connections ---- */
@@ -310,18 +232,9 @@ static void game_stop(struct game *g)
 
 static void cmd_inventory(struct game *g, struct client *c, long player)
 {
-	struct buf b = { 0 };
-	int first = 1;
-	buf_add(&b, "{", 1);
-	for (struct stack *s = g->inventory; s; s = s->next) {
-		if (s->player != player)
-			continue;
-		buf_printf(&b, "%s\"%ld\":%ld", first ? "" : ",", s->item, s->count);
-		first = 0;
-	}
-	buf_add(&b, "}", 1);
-	answer(g, c, b.data ? 200 : 503, b.data ? b.data : "{\"error\":\"out_of_memory\"}");
-	free(b.data);
+	char *json = inventory_json(&g->inv, player);
+	answer(g, c, json ? 200 : 503, json ? json : "{\"error\":\"out_of_memory\"}");
+	free(json);
 }
 
 static void cmd_reload(struct game *g, struct client *c)
@@ -452,7 +365,7 @@ static int watch(struct game *g, int fd, void *tag)
 
 static int start(struct game *g, const char *config, int port, int http_port)
 {
-	struct paygate_function fns[] = { { "deliver", deliver, g }, { NULL, NULL, NULL } };
+	struct paygate_function fns[] = { { "deliver", inventory_deliver, &g->inv }, { NULL, NULL, NULL } };
 	struct paygate_options o = { 0 };
 	struct sockaddr_in sin = { 0 };
 	char err[2048], addr[64];
@@ -542,16 +455,7 @@ static void cleanup(struct game *g)
 			close(c->fd);
 		client_free(g, c);
 	}
-	while (g->inventory) {
-		struct stack *s = g->inventory;
-		g->inventory = s->next;
-		free(s);
-	}
-	while (g->delivered) {
-		struct delivered *d = g->delivered;
-		g->delivered = d->next;
-		free(d);
-	}
+	inventory_free(&g->inv);
 	if (g->listen_fd > 0)
 		close(g->listen_fd);
 	if (g->sig_fd > 0)

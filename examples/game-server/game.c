@@ -16,6 +16,8 @@
 
 #include <paygate.h>
 
+#include "inventory.h" /* the game's state and host.deliver: ../game-common/ */
+
 /*
 ** The game owns the process: its event loop, its signals, its line protocol on
 ** 127.0.0.1 and its HTTP port. paygate is a guest on that loop:
@@ -24,7 +26,8 @@
 **                          OK {...}  ◄──callback, later──────  (order + WeChat APP prepay → PayReq)
 **   game HTTP port         /game/status answered here; every other path
 **                          (WeChat Pay's notifications) ──paygate_handle_request──► scripts
-**   paid order             scripts/delivery.lua ──host.deliver{...}──► deliver() below
+**   paid order             scripts/delivery.lua ──host.deliver{...}──► inventory_deliver()
+**                                                                   (../game-common/inventory.c)
 **
 ** Commands, one per line, one answer line each ("OK <json>" or "ERR <status> <json>"):
 **   LOGIN <player> <code>   the code of wx.login in the WeChat mini game
@@ -41,16 +44,6 @@
 #define PAYGATE_LUALIB NULL /* then the config file's `lualib` */
 #endif
 
-struct stack { /* what one player holds of one item */
-	long player, item, count;
-	struct stack *next;
-};
-
-struct delivered { /* orders already delivered: host.deliver is at-least-once */
-	char order_no[64];
-	struct delivered *next;
-};
-
 struct client;
 
 struct game {
@@ -60,8 +53,7 @@ struct game {
 	struct evhttp *http;
 	struct event *sigint, *sigterm;
 	struct client *clients;
-	struct stack *inventory;
-	struct delivered *delivered;
+	struct inventory inv;
 	int stopping;
 };
 
@@ -71,80 +63,6 @@ struct client {
 	int pending;             /* paygate_call answers still to come */
 	struct client *prev, *next;
 };
-
-/* ---- the game's state: inventory ---- */
-
-static struct stack *stack_of(struct game *g, long player, long item)
-{
-	struct stack *s;
-	for (s = g->inventory; s; s = s->next)
-		if (s->player == player && s->item == item)
-			return s;
-	if (!(s = calloc(1, sizeof *s)))
-		return NULL;
-	s->player = player;
-	s->item = item;
-	s->next = g->inventory;
-	g->inventory = s;
-	return s;
-}
-
-static int was_delivered(struct game *g, const char *order_no)
-{
-	for (struct delivered *d = g->delivered; d; d = d->next)
-		if (strcmp(d->order_no, order_no) == 0)
-			return 1;
-	return 0;
-}
-
-/* Parse a whole decimal number in [1, 2^31): 0 on success. */
-static int parse_id(const char *s, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = s ? strtol(s, &end, 10) : 0;
-	if (!s || errno || end == s || *end || v < 1 || v >= 2147483648L)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/*
-** host.deliver{order_no, player, item, qty} — called by scripts/delivery.lua
-** once a payment is confirmed. Idempotent by order_no.
-*/
-static int deliver(void *arg, const char *json, struct evbuffer *reply)
-{
-	struct game *g = arg;
-	char order_no[64], player[24], item[24], qty[24];
-	long p, i, q = 1;
-	struct stack *s;
-	struct delivered *d;
-
-	if (paygate_json_get(json, "order_no", order_no, sizeof order_no) < 0 ||
-	    paygate_json_get(json, "player", player, sizeof player) < 0 || parse_id(player, &p) < 0 ||
-	    paygate_json_get(json, "item", item, sizeof item) < 0 || parse_id(item, &i) < 0 ||
-	    (paygate_json_get(json, "qty", qty, sizeof qty) >= 0 && parse_id(qty, &q) < 0)) {
-		evbuffer_add_printf(reply, "deliver needs order_no, player, item (and qty)");
-		return -1;
-	}
-	if (was_delivered(g, order_no)) {
-		evbuffer_add_printf(reply, "{\"delivered\":false,\"duplicate\":true}");
-		return 0;
-	}
-	if (!(s = stack_of(g, p, i)) || !(d = calloc(1, sizeof *d))) {
-		evbuffer_add_printf(reply, "the game is out of memory");
-		return -1; /* the job runs again later */
-	}
-	s->count += q;
-	snprintf(d->order_no, sizeof d->order_no, "%s", order_no);
-	d->next = g->delivered;
-	g->delivered = d;
-	printf("game: delivered item %ld x%ld to player %ld (order %s)\n", i, q, p, order_no);
-	fflush(stdout);
-	evbuffer_add_printf(reply, "{\"delivered\":true}");
-	return 0;
-}
 
 /* ---- the line protocol ---- */
 
@@ -195,20 +113,9 @@ static void call(struct client *c, const char *fn, struct evbuffer *args)
 
 static void cmd_inventory(struct client *c, long player)
 {
-	struct evbuffer *b = evbuffer_new();
-	int first = 1;
-	if (!b)
-		return;
-	evbuffer_add(b, "{", 1);
-	for (struct stack *s = c->g->inventory; s; s = s->next) {
-		if (s->player != player)
-			continue;
-		evbuffer_add_printf(b, "%s\"%ld\":%ld", first ? "" : ",", s->item, s->count);
-		first = 0;
-	}
-	evbuffer_add(b, "}", 2);
-	answer(c, 200, (const char *)evbuffer_pullup(b, -1));
-	evbuffer_free(b);
+	char *json = inventory_json(&c->g->inv, player);
+	answer(c, json ? 200 : 503, json ? json : "{\"error\":\"out_of_memory\"}");
+	free(json);
 }
 
 static void game_stop(struct game *g);
@@ -353,7 +260,7 @@ static void on_http(struct evhttp_request *req, void *arg)
 	if (path && strcmp(path, "/game/status") == 0) {
 		struct evbuffer *b = evbuffer_new();
 		int players = 0;
-		for (struct stack *s = g->inventory; s; s = s->next)
+		for (struct stack *s = g->inv.stacks; s; s = s->next)
 			players++;
 		if (b)
 			evbuffer_add_printf(b, "{\"stacks\":%d,\"shop_generation\":%lld}\n", players,
@@ -401,7 +308,7 @@ static void shop_log(void *arg, const char *line)
 
 static int start(struct game *g, const char *config, int port, int http_port)
 {
-	struct paygate_function fns[] = { { "deliver", deliver, g }, { NULL, NULL, NULL } };
+	struct paygate_function fns[] = { { "deliver", inventory_deliver, &g->inv }, { NULL, NULL, NULL } };
 	struct paygate_options o = { 0 };
 	struct sockaddr_in sin = { 0 };
 	char err[2048];
@@ -465,16 +372,7 @@ static void cleanup(struct game *g)
 		event_free(g->sigint);
 	if (g->sigterm)
 		event_free(g->sigterm);
-	while (g->inventory) {
-		struct stack *s = g->inventory;
-		g->inventory = s->next;
-		free(s);
-	}
-	while (g->delivered) {
-		struct delivered *d = g->delivered;
-		g->delivered = d->next;
-		free(d);
-	}
+	inventory_free(&g->inv);
 	event_base_free(g->base);
 }
 

@@ -10,10 +10,13 @@
 
 #include <paygate.h>
 
+#include "inventory.h" /* the game's state and host.deliver: ../game-common/ */
+
 /*
 ** The game's loop is libuv's: a TCP server for the players, signal handles, and
 ** paygate's descriptor in a uv_poll_t. Everything paygate hands back (call
-** results, host.deliver, the end of a shutdown) runs on the loop's thread.
+** results, host.deliver into ../game-common/inventory.c, the end of a shutdown)
+** runs on the loop's thread.
 **
 **   --mode thread (default)  paygate_start_thread; the poll handle calls
 **                            paygate_dispatch_completions.
@@ -38,16 +41,6 @@ struct client {
 	struct client *prev, *next;
 };
 
-struct stack {
-	long player, item, count;
-	struct stack *next;
-};
-
-struct delivered {
-	char order_no[64];
-	struct delivered *next;
-};
-
 struct game {
 	uv_loop_t loop;
 	uv_tcp_t server;
@@ -57,8 +50,7 @@ struct game {
 	uv_timer_t timer;     /* driven */
 	struct paygate *pg;
 	struct client *clients;
-	struct stack *inventory;
-	struct delivered *delivered;
+	struct inventory inv;
 	int driven, stopping;
 };
 
@@ -108,75 +100,6 @@ static char *json_string(const char *s)
 	*p++ = '"';
 	*p = '\0';
 	return out;
-}
-
-/* ---- the game's state ---- */
-
-static struct stack *stack_of(struct game *g, long player, long item)
-{
-	struct stack *s;
-	for (s = g->inventory; s; s = s->next)
-		if (s->player == player && s->item == item)
-			return s;
-	if (!(s = calloc(1, sizeof *s)))
-		return NULL;
-	s->player = player;
-	s->item = item;
-	s->next = g->inventory;
-	g->inventory = s;
-	return s;
-}
-
-static int was_delivered(struct game *g, const char *order_no)
-{
-	for (struct delivered *d = g->delivered; d; d = d->next)
-		if (strcmp(d->order_no, order_no) == 0)
-			return 1;
-	return 0;
-}
-
-static int parse_id(const char *s, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = s ? strtol(s, &end, 10) : 0;
-	if (!s || errno || end == s || *end || v < 1 || v >= 2147483648L)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* host.deliver{order_no, player, item, qty}: on the loop's thread. */
-static int deliver(void *arg, const char *json, struct evbuffer *reply)
-{
-	struct game *g = arg;
-	char order_no[64], player[24], item[24], qty[24];
-	long p, i, q = 1;
-	struct stack *s;
-	struct delivered *d;
-
-	if (paygate_json_get(json, "order_no", order_no, sizeof order_no) < 0 ||
-	    paygate_json_get(json, "player", player, sizeof player) < 0 || parse_id(player, &p) < 0 ||
-	    paygate_json_get(json, "item", item, sizeof item) < 0 || parse_id(item, &i) < 0 ||
-	    (paygate_json_get(json, "qty", qty, sizeof qty) >= 0 && parse_id(qty, &q) < 0)) {
-		paygate_json_add_string(reply, "deliver needs order_no, player, item (and qty)");
-		return -1;
-	}
-	if (was_delivered(g, order_no)) {
-		paygate_json_add_string(reply, "duplicate");
-		return 0;
-	}
-	if (!(s = stack_of(g, p, i)) || !(d = calloc(1, sizeof *d))) {
-		paygate_json_add_string(reply, "the game is out of memory");
-		return -1;
-	}
-	s->count += q;
-	snprintf(d->order_no, sizeof d->order_no, "%s", order_no);
-	d->next = g->delivered;
-	g->delivered = d;
-	printf("game: delivered item %ld x%ld to player %ld (order %s)\n", i, q, p, order_no);
-	fflush(stdout);
-	return 0;
 }
 
 /* ---- players ---- */
@@ -288,20 +211,9 @@ static void game_stop(struct game *g)
 
 static void cmd_inventory(struct client *c, long player)
 {
-	char *json = format("{"), *next;
-	int first = 1;
-	for (struct stack *s = c->g->inventory; s && json; s = s->next) {
-		if (s->player != player)
-			continue;
-		next = format("%s%s\"%ld\":%ld", json, first ? "" : ",", s->item, s->count);
-		free(json);
-		json = next;
-		first = 0;
-	}
-	next = json ? format("%s}", json) : NULL;
-	answer(c, next ? 200 : 503, next ? next : "{\"error\":\"out_of_memory\"}");
+	char *json = inventory_json(&c->g->inv, player);
+	answer(c, json ? 200 : 503, json ? json : "{\"error\":\"out_of_memory\"}");
 	free(json);
-	free(next);
 }
 
 static void cmd_reload(struct client *c)
@@ -458,7 +370,7 @@ static void shop_log(void *arg, const char *line)
 
 static int start(struct game *g, const char *config, int port, int http_port)
 {
-	struct paygate_function fns[] = { { "deliver", deliver, g }, { NULL, NULL, NULL } };
+	struct paygate_function fns[] = { { "deliver", inventory_deliver, &g->inv }, { NULL, NULL, NULL } };
 	struct paygate_options o = { 0 };
 	struct sockaddr_in sin;
 	int len = sizeof sin;
@@ -516,16 +428,7 @@ static void cleanup(struct game *g)
 	uv_run(&g->loop, UV_RUN_DEFAULT); /* the close callbacks */
 	while (g->clients)
 		client_free(g->clients);
-	while (g->inventory) {
-		struct stack *s = g->inventory;
-		g->inventory = s->next;
-		free(s);
-	}
-	while (g->delivered) {
-		struct delivered *d = g->delivered;
-		g->delivered = d->next;
-		free(d);
-	}
+	inventory_free(&g->inv);
 	uv_loop_close(&g->loop);
 }
 

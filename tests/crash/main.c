@@ -3,7 +3,7 @@
 #include <stdlib.h>
 
 #include "crashvfs.h"
-#include "daemon.h"
+#include "../single_daemon.h"
 
 /*
 ** PAYGATE_CRASH_AT=N cuts the power at the Nth write or sync of the
@@ -23,13 +23,5 @@ static void arm_crash_vfs(struct paygate_options *o)
 /* One process (--single): the test's signals (SIGUSR1, SIGUSR2) and its power cut concern the engine itself. */
 int main(int argc, char **argv)
 {
-	char **args = calloc((size_t)argc + 2, sizeof *args);
-	if (!args)
-		return 1;
-	for (int i = 0; i < argc; i++)
-		args[i] = argv[i];
-	args[argc] = "--single";
-	int rc = daemon_main("paygate-crash", argc + 1, args, arm_crash_vfs);
-	free(args);
-	return rc;
+	return single_daemon_main("paygate-crash", argc, argv, arm_crash_vfs);
 }

@@ -89,13 +89,15 @@ spec "examples/game-server builds with pkg-config, without warnings" \
 spec "examples/epoll-game (a plain epoll loop, paygate on its own thread) builds with pkg-config, without warnings" \
 	sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/epoll-game OUT='$WORK' \
 	       CFLAGS='-O2 -g -Werror' && test -x '$WORK/epoll-game'"
-spec "the epoll game's own code uses no libevent (only paygate.h and the C library)" \
-	sh -c "! grep -nE 'event2/|event_base|evhttp|bufferevent' examples/epoll-game/game.c"
+# examples/game-common/ (the inventory and host.deliver all three games share) counts as their own code.
+NO_LIBEVENT='event2/|event_base|evhttp|bufferevent|evbuffer_'
+spec "the epoll game's own code and the shared inventory use no libevent (only paygate.h and the C library)" \
+	sh -c "! grep -nE '$NO_LIBEVENT' examples/epoll-game/game.c examples/game-common/inventory.[ch]"
 if pkg-config --exists libuv; then
 	spec "examples/uv-game (libuv: paygate on its own thread or driven by the libuv loop) builds, without warnings" \
 		sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s -C examples/uv-game OUT='$WORK' \
 		       CFLAGS='-O2 -g -Werror' && test -x '$WORK/uv-game' &&
-		       ! grep -nE 'event2/|event_base|evhttp|bufferevent' examples/uv-game/game.c"
+		       ! grep -nE '$NO_LIBEVENT' examples/uv-game/game.c examples/game-common/inventory.[ch]"
 else
 	not_ok "libuv is installed (apt-get install libuv1-dev; make test installs it as root)"
 fi
@@ -104,15 +106,17 @@ if cc -fsanitize=thread -x c -o "$WORK/tsan-probe" - <<<'int main(void){return 0
 	spec "libpaygate and the epoll game build with -fsanitize=thread" \
 		sh -c "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s BUILD='$WORK/tsan' \
 		       CFLAGS='-O1 -g -fsanitize=thread' '$WORK/tsan/libpaygate.a' &&
-		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
-		       examples/epoll-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		       cc -O1 -g -fsanitize=thread -Iengine -Iexamples/game-common -DPAYGATE_LUALIB='\"$LUALIB\"' \
+		       \$(pkg-config --cflags lua5.4 libevent) examples/epoll-game/game.c examples/game-common/inventory.c \
+		       '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
 		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib) -lm -o '$WORK/epoll-game-tsan' &&
 		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
 		       tests/embed/engines.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
 		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib) -lm -o '$WORK/engines-tsan' &&
 		       { ! pkg-config --exists libuv ||
-		         cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libuv) \
-		         examples/uv-game/game.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
+		         cc -O1 -g -fsanitize=thread -Iengine -Iexamples/game-common -DPAYGATE_LUALIB='\"$LUALIB\"' \
+		         \$(pkg-config --cflags lua5.4 libuv) examples/uv-game/game.c examples/game-common/inventory.c \
+		         '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
 		         \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libuv) -lm -o '$WORK/uv-game-tsan'; }"
 fi
 # libpaygate.a linked statically, its dependencies dynamically (Debian ships no static libcurl

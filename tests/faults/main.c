@@ -9,7 +9,7 @@
 
 #include <sqlite3.h>
 
-#include "daemon.h"
+#include "../single_daemon.h"
 
 /*
 ** On SIGUSR2 the process reads PAYGATE_FAULT_FILE, which says "KIND N" (or
@@ -342,13 +342,5 @@ static void install(struct paygate_options *o)
 /* One process (--single): the test's SIGUSR2 and the faults concern the engine itself. */
 int main(int argc, char **argv)
 {
-	char **args = calloc((size_t)argc + 2, sizeof *args);
-	if (!args)
-		return 1;
-	for (int i = 0; i < argc; i++)
-		args[i] = argv[i];
-	args[argc] = "--single";
-	int rc = daemon_main("paygate-faults", argc + 1, args, install);
-	free(args);
-	return rc;
+	return single_daemon_main("paygate-faults", argc, argv, install);
 }
