@@ -63,7 +63,7 @@ function wxConfig(extra = {}) {
   return {
     mchid: MCHID, appid: APPID, merchant_serial: m.merchant.serial,
     private_key_file: m.merchant.keyFile, apiv3_key_file: m.apiv3File, app_secret_file: m.appSecretFile,
-    platform_cert_files: [m.platA.certFile], base_url: fake.url, login_base_url: fake.url,
+    platform_cert_files: [m.platA.certFile], base_url: fake.url, login_base_url: fake.url, sandbox: true,
     notify_url: NOTIFY, refund_notify_url: REFUND_NOTIFY, download_certificates: false, ...extra,
   };
 }
