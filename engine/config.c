@@ -550,7 +550,9 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 static int loopback_host(const char *url)
 {
 	const char *h = url + strlen("http://");
-	size_t n = strcspn(h, ":/?#");
+	size_t n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":/?#");
+	if (h[n] != '\0' && !strchr(":/?#", h[n]))
+		return 0; /* "[::1]x" */
 	return (n > 4 && strncmp(h, "127.", 4) == 0 && strspn(h, "0123456789.") >= n) ||
 	       (n == 9 && strncmp(h, "localhost", 9) == 0) || (n == 5 && strncmp(h, "[::1]", 5) == 0);
 }

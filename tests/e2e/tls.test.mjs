@@ -332,6 +332,12 @@ test('--check refuses http:// upstreams without the sandbox mark, and a non-loca
   assert.match(r.stderr, /allowed only to a local sandbox on a loopback address/);
   r = await check({ wechatpay: wxTable({ base_url: 'ftp://127.0.0.1' }) });
   assert.match(r.stderr, /wechatpay\.base_url must start with https:\/\//);
+  for (const host of ['127.0.0.1.example.com', 'localhost.example.com', '[::1].example.com', '128.0.0.1']) {
+    r = await check({ wechatpay: wxTable({ base_url: `http://${host}:8090`, sandbox: true }) });
+    assert.match(r.stderr, /allowed only to a local sandbox on a loopback address/, host);
+  }
+  r = await check({ wechatpay: wxTable({ base_url: 'http://[::1]:8090', sandbox: true }) });
+  assert.equal(r.code, 0, r.stderr);
   r = await check({ wechatpay: wxTable({ base_url: 'http://127.0.0.1:8090', login_base_url: 'http://localhost:8090', sandbox: true }) });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /level=warn .*wechatpay\.sandbox: calls go to http:\/\/127\.0\.0\.1:8090 and http:\/\/localhost:8090 without TLS/);
