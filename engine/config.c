@@ -47,7 +47,7 @@ int config_defaults(struct config *cfg)
 	cfg->fetch_max_response_bytes = 1u << 20;
 	cfg->fetch_tls_min = 12;
 	cfg->fetch_max_host_connections = 16;
-	cfg->fetch_keepalive_s = 50;
+	cfg->fetch_keepalive_s = 15; /* WeChat's servers drop connections idle for 20 s */
 	cfg->jobs_max_running = 64;
 	cfg->jobs_lease_ms = 10 * 60 * 1000;
 	cfg->db_busy_timeout_ms = 5000;

@@ -49,7 +49,7 @@ struct config {
 	/* The outbound TLS policy and connection reuse (fetch.tls_min_version, ...). */
 	int fetch_tls_min;              /* 12 or 13: the lowest TLS version spoken (1.2 or 1.3) */
 	int fetch_max_host_connections; /* open connections per upstream host; more transfers wait */
-	int fetch_keepalive_s;          /* an idle connection older than this is not reused */
+	int fetch_keepalive_s;          /* a connection idle this long (s) is closed, not reused */
 
 	int jobs_max_running;
 	int64_t jobs_lease_ms;   /* a claimed job another worker may take over after this long */

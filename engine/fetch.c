@@ -481,8 +481,8 @@ static void setup_easy(lua_State *L, struct engine *e, struct fetch_req *r)
 	curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
 	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 30L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 15L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);
 	curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, (long)e->cfg.fetch_keepalive_s);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);

@@ -10,7 +10,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, copyFileSync, rmSync, chmodSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
-import { startGateway, runPaygate, eventually, BIN } from './harness.mjs';
+import { startGateway, runPaygate, eventually, sleep, BIN } from './harness.mjs';
 import { startWorld, freePort, MCHID, APPID } from './shopenv.mjs';
 import { makePki, startTlsFront } from './tlsfront.mjs';
 
@@ -265,6 +265,20 @@ test('a reconnect resumes the TLS session (TLS 1.3 and TLS 1.2)', async () => {
     assert.equal(f.stats.resumed, maxVersion === 'TLSv1.2' ? 2 : 1, `${maxVersion}: reconnects resumed the session`);
     assert.equal(metric(await metrics(gw), 'paygate_upstream_tls_handshakes_total'), 3);
   }
+});
+
+test('a kept connection is reused, until it has been idle for fetch.keepalive_s; the reconnect resumes', async () => {
+  const f = await front({ ...pki.certs.good, h2: false, maxVersion: 'TLSv1.2',
+    handler: (req, res) => { res.writeHead(200); res.end('ok'); } });
+  const gw = await gateway({ scripts: CALL_SCRIPT, config: { fetch: { ca_file: pki.ca, keepalive_s: 1 } } });
+  const call = async () => assert.equal((await gw.post('/call', { url: `${f.url}/` })).status, 200);
+  await call();
+  await call();
+  assert.equal(f.stats.tcp, 1, 'back to back: one connection');
+  await sleep(2100);                                    // idle for more than 1 s
+  await call();
+  assert.equal(f.stats.tcp, 2, 'after the idle limit: a new connection');
+  assert.equal(f.stats.resumed, 1, 'its handshake resumed the session');
 });
 
 async function burst(f, n, config) {
