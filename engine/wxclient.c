@@ -367,15 +367,17 @@ static int l_request(lua_State *L)
 
 /* Continuation: stack = url, res|nil, err. The answer carries no signature (WeChat does not
 ** sign bill files: the SHA1 from the signed tradebill answer is the check), so it is handed
-** over as it came: {status=, raw=, code=, message=, request_id=} or nil, "network", message. */
+** over as it came: {status=, raw=, code=, message=, request_id=} or nil, reason (timeout, connect,
+** tls, network), message. */
 static int download_k(lua_State *L, int status, lua_KContext ctx)
 {
 	struct wxclient *w = client(L);
 	(void)status;
 	(void)ctx;
 	if (lua_isnil(L, 2)) {
-		count(w->eng, "paygate_wechatpay_calls_total", "network");
-		return refuse(L, "network", lua_tostring(L, 3));
+		const char *why = no_answer_reason(lua_tostring(L, 3));
+		count(w->eng, "paygate_wechatpay_calls_total", why);
+		return refuse(L, why, lua_tostring(L, 3));
 	}
 	lua_getfield(L, 2, "status");
 	lua_Integer code = lua_tointeger(L, -1);

@@ -122,9 +122,11 @@ test('a certificate for another name, expired, self-signed or from an unknown CA
     assert.equal(mine.json.status, 'CREATED', `${name}: the order is kept, payable later`);
     assert.equal((await gw.get('/api/products')).status, 200, 'other requests flow');
     assert.equal(f.stats.requests, 0, `${name}: nothing was sent to the impostor`);
-    const m = await metrics(gw);
-    assert.equal(metric(m, 'paygate_wechatpay_calls_total{result="tls"}'), 1, name);
-    assert.equal(metric(m, 'paygate_upstream_failures_total{reason="tls"}'), 1, name);
+    const m = await metrics(gw);                  // (the prepay may have been asked again: each counts)
+    assert.ok(metric(m, 'paygate_wechatpay_calls_total{result="tls"}') >= 1, name);
+    assert.equal(metric(m, 'paygate_upstream_failures_total{reason="tls"}'),
+      metric(m, 'paygate_wechatpay_calls_total{result="tls"}'), name);
+    assert.equal(metric(m, 'paygate_wechatpay_calls_total{result="network"}'), 0, name);
     assert.match(gw.log, /level=error .*outbound https:\/\/localhost:\d+\/v3\/pay\/transactions\/jsapi failed: certificate refused, tls: /, name);
     assert.match(gw.log, /prepay failed.*reason=tls|"reason":"tls"|reason="tls"/, `${name}: the script saw reason tls`);
   }
