@@ -574,24 +574,24 @@ static void check_tls_policy(struct reader *r, struct config *cfg)
 		if (!u || strncmp(u, "https://", 8) == 0)
 			continue;
 		if (strncmp(u, "http://", 7) != 0)
-			snprintf(r->err, r->errlen, "config: wechatpay.%s must start with https:// (it is '%s')",
-			         names[i], u);
+			snprintf(r->err, r->errlen, "config: %s: wechatpay.%s must start with https:// (it is '%s')",
+			         r->file, names[i], u);
 		else if (!w->sandbox)
 			snprintf(r->err, r->errlen,
-			         "config: wechatpay.%s is '%s': signed calls and the AppSecret would travel in clear "
-			         "text; use https://, or mark a local sandbox with wechatpay.sandbox = true",
-			         names[i], u);
+			         "config: %s: wechatpay.%s is '%s': signed calls and the AppSecret would travel in "
+			         "clear text; use https://, or mark a local sandbox with wechatpay.sandbox = true",
+			         r->file, names[i], u);
 		else if (!loopback_host(u))
 			snprintf(r->err, r->errlen,
-			         "config: wechatpay.%s is '%s': plain http:// is allowed only to a local sandbox on "
-			         "a loopback address (127.0.0.1, localhost, [::1])",
-			         names[i], u);
+			         "config: %s: wechatpay.%s is '%s': plain http:// is allowed only to a local sandbox "
+			         "on a loopback address (127.0.0.1, localhost, [::1])",
+			         r->file, names[i], u);
 		else
 			continue;
 		r->failed = 1;
 	}
 	if (cfg->fetch_ca_file && !r->failed && crypto_ca_bundle_check(cfg->fetch_ca_file, ferr, sizeof ferr) < 0) {
-		snprintf(r->err, r->errlen, "config: fetch.ca_file: %s", ferr);
+		snprintf(r->err, r->errlen, "config: %s: fetch.ca_file: %s", r->file, ferr);
 		r->failed = 1;
 	}
 }
@@ -794,11 +794,11 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	r.errlen = errlen;
 	read_fields(&r, cfg);
 	read_wxpay(&r, cfg);
-	check_tls_policy(&r, cfg);
 	read_app(&r, cfg);
 	know(&r, "app", NULL);
 	if (!r.failed)
 		check_keys(&r);
+	check_tls_policy(&r, cfg); /* after the keys: a misspelt `sandbox` is named as such */
 	rc = r.failed ? -1 : 0;
 done:
 	if (L)

@@ -346,6 +346,8 @@ test('--check refuses http:// upstreams without the sandbox mark, and a non-loca
   r = await check({ wechatpay: wxTable({ base_url: 'http://pay.example.com', sandbox: true }) });
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /allowed only to a local sandbox on a loopback address/);
+  r = await check({ wechatpay: wxTable({ base_url: 'http://127.0.0.1:8090', sandbx: true }) });
+  assert.match(r.stderr, /unknown key 'wechatpay\.sandbx' \(did you mean 'wechatpay\.sandbox'\?\)/, 'a misspelt mark is named');
   r = await check({ wechatpay: wxTable({ base_url: 'ftp://127.0.0.1' }) });
   assert.match(r.stderr, /wechatpay\.base_url must start with https:\/\//);
   for (const host of ['127.0.0.1.example.com', 'localhost.example.com', '[::1].example.com', '128.0.0.1']) {
