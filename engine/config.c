@@ -13,6 +13,7 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "crypto.h"
 #include "jail.h"
 
 static char *dupstr(const char *s)
@@ -44,6 +45,9 @@ int config_defaults(struct config *cfg)
 	cfg->fetch_connect_timeout_ms = 3000;
 	cfg->fetch_max_inflight = 4096;
 	cfg->fetch_max_response_bytes = 1u << 20;
+	cfg->fetch_tls_min = 12;
+	cfg->fetch_max_host_connections = 16;
+	cfg->fetch_keepalive_s = 15; /* WeChat's servers drop connections idle for 20 s */
 	cfg->jobs_max_running = 64;
 	cfg->jobs_lease_ms = 10 * 60 * 1000;
 	cfg->db_busy_timeout_ms = 5000;
@@ -356,6 +360,28 @@ static void read_admin(struct reader *r, struct config *cfg)
 	read_str(r, "admin", "console_dir", 1, &cfg->console_dir);
 }
 
+/* The outbound TLS policy and connection keys of `fetch` (checked by check_tls_policy). */
+static void read_fetch_tls(struct reader *r, struct config *cfg)
+{
+	int64_t v;
+	char *tls_min = NULL;
+
+	read_str(r, "fetch", "tls_min_version", 0, &tls_min);
+	if (tls_min && strcmp(tls_min, "1.2") == 0)
+		cfg->fetch_tls_min = 12;
+	else if (tls_min && strcmp(tls_min, "1.3") == 0)
+		cfg->fetch_tls_min = 13;
+	else if (tls_min)
+		bad(r, "fetch", "tls_min_version", "\"1.2\" or \"1.3\" (older versions are never spoken)");
+	free(tls_min);
+	v = cfg->fetch_max_host_connections;
+	read_int(r, "fetch", "max_host_connections", 1, 1000, &v);
+	cfg->fetch_max_host_connections = (int)v;
+	v = cfg->fetch_keepalive_s;
+	read_int(r, "fetch", "keepalive_s", 1, 3600, &v);
+	cfg->fetch_keepalive_s = (int)v;
+}
+
 static void read_fields(struct reader *r, struct config *cfg)
 {
 	int64_t v;
@@ -423,6 +449,7 @@ static void read_fields(struct reader *r, struct config *cfg)
 	read_int(r, "fetch", "max_response_bytes", 1024, 64 << 20, &v);
 	cfg->fetch_max_response_bytes = (size_t)v;
 	read_str(r, "fetch", "ca_file", 1, &cfg->fetch_ca_file);
+	read_fetch_tls(r, cfg);
 
 	v = cfg->jobs_max_running;
 	read_int(r, "jobs", "max_running", 1, 10000, &v);
@@ -481,6 +508,7 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 	w->login_base_url = strdup("https://api.weixin.qq.com");
 	read_str(r, "wechatpay", "base_url", 0, &w->base_url);
 	read_str(r, "wechatpay", "login_base_url", 0, &w->login_base_url);
+	read_bool(r, "wechatpay", "sandbox", &w->sandbox);
 	read_str(r, "wechatpay", "notify_url", 0, &w->notify_url);
 	read_str(r, "wechatpay", "refund_notify_url", 0, &w->refund_notify_url);
 	w->download_certificates = 1;
@@ -514,6 +542,56 @@ static void read_wxpay(struct reader *r, struct config *cfg)
 	}
 	if (!r->failed && (w->public_key_file != NULL) != (w->public_key_id != NULL)) {
 		snprintf(r->err, r->errlen, "config: wechatpay.public_key_file and public_key_id go together");
+		r->failed = 1;
+	}
+}
+
+/* Is the host of url (after "http://") a loopback address? */
+static int loopback_host(const char *url)
+{
+	const char *h = url + strlen("http://");
+	size_t n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":/?#");
+	if (h[n] != '\0' && !strchr(":/?#", h[n]))
+		return 0; /* "[::1]x" */
+	return (n > 4 && strncmp(h, "127.", 4) == 0 && strspn(h, "0123456789.") >= n) ||
+	       (n == 9 && strncmp(h, "localhost", 9) == 0) || (n == 5 && strncmp(h, "[::1]", 5) == 0);
+}
+
+/*
+** The outbound TLS policy: WeChat Pay is reached over https:// only, except a local sandbox the
+** config marks (wechatpay.sandbox = true, loopback hosts only); fetch.ca_file must be a bundle
+** holding at least one CA, since it replaces the system's trust store.
+*/
+static void check_tls_policy(struct reader *r, struct config *cfg)
+{
+	struct wxpay_config *w = &cfg->wxpay;
+	const char *names[2] = { "base_url", "login_base_url" };
+	const char *urls[2] = { w->base_url, w->login_base_url };
+	char ferr[512];
+
+	for (int i = 0; i < 2 && w->enabled && !r->failed; i++) {
+		const char *u = urls[i];
+		if (!u || strncmp(u, "https://", 8) == 0)
+			continue;
+		if (strncmp(u, "http://", 7) != 0)
+			snprintf(r->err, r->errlen, "config: %s: wechatpay.%s must start with https:// (it is '%s')",
+			         r->file, names[i], u);
+		else if (!w->sandbox)
+			snprintf(r->err, r->errlen,
+			         "config: %s: wechatpay.%s is '%s': signed calls and the AppSecret would travel in "
+			         "clear text; use https://, or mark a local sandbox with wechatpay.sandbox = true",
+			         r->file, names[i], u);
+		else if (!loopback_host(u))
+			snprintf(r->err, r->errlen,
+			         "config: %s: wechatpay.%s is '%s': plain http:// is allowed only to a local sandbox "
+			         "on a loopback address (127.0.0.1, localhost, [::1])",
+			         r->file, names[i], u);
+		else
+			continue;
+		r->failed = 1;
+	}
+	if (cfg->fetch_ca_file && !r->failed && crypto_ca_bundle_check(cfg->fetch_ca_file, ferr, sizeof ferr) < 0) {
+		snprintf(r->err, r->errlen, "config: %s: fetch.ca_file: %s", r->file, ferr);
 		r->failed = 1;
 	}
 }
@@ -720,6 +798,7 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 	know(&r, "app", NULL);
 	if (!r.failed)
 		check_keys(&r);
+	check_tls_policy(&r, cfg); /* after the keys: a misspelt `sandbox` is named as such */
 	rc = r.failed ? -1 : 0;
 done:
 	if (L)

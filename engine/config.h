@@ -45,7 +45,11 @@ struct config {
 	int fetch_connect_timeout_ms;
 	int fetch_max_inflight;
 	size_t fetch_max_response_bytes;
-	char *fetch_ca_file;
+	char *fetch_ca_file; /* when set, the only CAs trusted (the system's are not read) */
+	/* The outbound TLS policy and connection reuse (fetch.tls_min_version, ...). */
+	int fetch_tls_min;              /* 12 or 13: the lowest TLS version spoken (1.2 or 1.3) */
+	int fetch_max_host_connections; /* open connections per upstream host; more transfers wait */
+	int fetch_keepalive_s;          /* a connection idle this long (s) is closed, not reused */
 
 	int jobs_max_running;
 	int64_t jobs_lease_ms;   /* a claimed job another worker may take over after this long */
@@ -74,6 +78,7 @@ struct config {
 		char *public_key_id;   /* ... and its id, PUB_KEY_ID_... */
 		char *base_url;        /* https://api.mch.weixin.qq.com, or the sandbox */
 		char *login_base_url;  /* https://api.weixin.qq.com, or the sandbox */
+		int sandbox;           /* the upstream is a local sandbox: http:// to a loopback host allowed */
 		char *notify_url, *refund_notify_url;
 		int download_certificates; /* certificate mode: fetch /v3/certificates */
 		int cert_refresh_s;

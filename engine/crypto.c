@@ -16,6 +16,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #define READ_FILE_MAX (1024 * 1024)
 
@@ -689,6 +690,40 @@ int crypto_cert_from_file(const char *path, struct crypto_cert *out, char *err, 
 	if (rc < 0)
 		seterr(err, errlen, "%s: %s", path, why);
 	return rc;
+}
+
+int crypto_ca_bundle_check(const char *path, char *err, size_t errlen)
+{
+	struct crypto_buf b;
+	int ncerts = 0, ncas = 0;
+
+	if (crypto_read_file(path, &b, err, errlen) < 0)
+		return -1;
+	BIO *bio = BIO_new_mem_buf(b.data, (int)b.len);
+	STACK_OF(X509_INFO) *infos = bio ? PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	crypto_buf_free(&b);
+	if (!infos) {
+		seterr(err, errlen, "%s is not a PEM certificate bundle (malformed PEM)", path);
+		ERR_clear_error();
+		return -1;
+	}
+	for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+		X509 *x = sk_X509_INFO_value(infos, i)->x509;
+		if (!x)
+			continue;
+		ncerts++;
+		if (X509_check_ca(x) > 0)
+			ncas++;
+	}
+	sk_X509_INFO_pop_free(infos, X509_INFO_free);
+	ERR_clear_error();
+	if (ncerts == 0)
+		seterr(err, errlen, "%s holds no PEM certificate", path);
+	else if (ncas == 0)
+		seterr(err, errlen, "%s holds %d certificate%s but no CA certificate", path, ncerts,
+		       ncerts == 1 ? "" : "s");
+	return ncas > 0 ? ncas : -1;
 }
 
 void crypto_cert_clear(struct crypto_cert *c)

@@ -126,6 +126,13 @@ int crypto_cert_from_file(const char *path, struct crypto_cert *out, char *err, 
 /* Releases what *c owns and zeroes it. NULL-safe. */
 void crypto_cert_clear(struct crypto_cert *c);
 
+/*
+** Checks a PEM bundle of trusted CA certificates (what TLS verification would load from it):
+** returns how many of its certificates are CAs (at least 1), or -1 with err when the file
+** cannot be read, holds a malformed or no certificate, or holds no CA certificate.
+*/
+int crypto_ca_bundle_check(const char *path, char *err, size_t errlen);
+
 /* Reads a whole file (at most 1 MiB) into out. */
 int crypto_read_file(const char *path, struct crypto_buf *out, char *err, size_t errlen);
 

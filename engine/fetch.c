@@ -10,6 +10,7 @@
 
 #include "coro.h"
 #include "engine.h"
+#include "log.h"
 #include "store.h"
 
 /*
@@ -25,6 +26,7 @@
 struct fetch {
 	struct engine *eng;
 	CURLM *multi;
+	CURLSH *share; /* TLS sessions and DNS answers, kept across transfers */
 	struct event *timer;
 	int inflight;
 };
@@ -46,7 +48,8 @@ struct fetch_req {
 	size_t hdrs_len, hdrs_cap;
 	size_t max_bytes;
 	int in_multi, too_large, lost; /* lost: the batch it waited for failed; never sent */
-	struct store_waiter commit;    /* queued while the store's batch is open */
+	int https;
+	struct store_waiter commit; /* queued while the store's batch is open */
 	CURLcode result;
 	char errbuf[CURL_ERROR_SIZE];
 };
@@ -116,6 +119,21 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/*
+** Connections a transfer had to open (0 when it reused one): each is a TCP connection and, for
+** https://, a TLS handshake, which the shared session cache may have made a resumed one.
+*/
+static void count_connections(struct fetch *f, struct fetch_req *r, CURLcode result)
+{
+	long opened = 0;
+	curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &opened);
+	if (opened <= 0)
+		return;
+	metrics_update(&f->eng->metrics, "paygate_upstream_connections_total", NULL, (double)opened, 0);
+	if (r->https && result == CURLE_OK)
+		metrics_update(&f->eng->metrics, "paygate_upstream_tls_handshakes_total", NULL, (double)opened, 0);
+}
+
 /* Hand every finished transfer back to its coroutine. */
 static void check_done(struct fetch *f)
 {
@@ -128,6 +146,7 @@ static void check_done(struct fetch *f)
 		CURL *easy = msg->easy_handle;
 		CURLcode result = msg->data.result; /* msg is invalid after remove_handle */
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
+		count_connections(f, r, result);
 		curl_multi_remove_handle(f->multi, easy);
 		r->in_multi = 0;
 		r->result = result;
@@ -143,11 +162,19 @@ struct fetch *fetch_new(struct engine *e)
 		return NULL;
 	f->eng = e;
 	f->multi = curl_multi_init();
+	f->share = curl_share_init();
 	f->timer = evtimer_new(e->base, on_timer, f);
-	if (!f->multi || !f->timer) {
+	if (!f->multi || !f->share || !f->timer) {
 		fetch_free(f);
 		return NULL;
 	}
+	/* One engine is one thread: the share needs no lock functions. */
+	curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+	curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	/* HTTP/2 where the upstream offers it: transfers share a connection as streams. */
+	curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(f->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)e->cfg.fetch_max_host_connections);
+	curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, (long)(e->cfg.fetch_max_host_connections * 4));
 	curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
 	curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
 	curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -161,6 +188,8 @@ void fetch_free(struct fetch *f)
 		return;
 	if (f->multi)
 		curl_multi_cleanup(f->multi);
+	if (f->share)
+		curl_share_cleanup(f->share); /* after the multi: its cached connections hold sessions */
 	if (f->timer)
 		event_free(f->timer);
 	free(f);
@@ -275,11 +304,14 @@ static void push_headers(lua_State *L, struct fetch_req *r)
 	}
 }
 
-static const char *error_kind(struct fetch_req *r)
+/*
+** Why a transfer got no answer: timeout, connect (no connection: refused, unreachable, no such
+** host), tls (the handshake failed or the certificate was refused), network (the connection broke
+** or the answer was not HTTP), error (anything else).
+*/
+static const char *error_kind(CURLcode rc)
 {
-	if (r->too_large)
-		return "too_large";
-	switch (r->result) {
+	switch (rc) {
 	case CURLE_OPERATION_TIMEDOUT:
 		return "timeout";
 	case CURLE_COULDNT_CONNECT:
@@ -291,10 +323,44 @@ static const char *error_kind(struct fetch_req *r)
 	case CURLE_SSL_CACERT_BADFILE:
 	case CURLE_SSL_CERTPROBLEM:
 	case CURLE_SSL_CIPHER:
+	case CURLE_SSL_ENGINE_NOTFOUND:
+	case CURLE_SSL_ENGINE_SETFAILED:
+	case CURLE_SSL_ENGINE_INITFAILED:
+	case CURLE_SSL_CRL_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+	case CURLE_SSL_SHUTDOWN_FAILED:
+	case CURLE_SSL_CLIENTCERT:
+	case CURLE_USE_SSL_FAILED:
 		return "tls";
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_WEIRD_SERVER_REPLY:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		return "network";
 	default:
 		return "error";
 	}
+}
+
+/* Log a failed transfer (without the query string, which may carry a secret) and count it by kind. */
+static void report_failure(lua_State *L, struct fetch_req *r, const char *kind, const char *detail)
+{
+	struct engine *e = r->f->eng;
+	char *url = NULL, labels[64];
+	curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
+	int len = url ? (int)strcspn(url, "?#") : 0;
+	/* A refused certificate may be someone in the middle: worth an operator's attention. */
+	enum log_level lvl = r->result == CURLE_PEER_FAILED_VERIFICATION ? LOG_ERROR : LOG_WARN;
+	log_msg(&e->log, lvl, coro_reqid(L), "outbound %.*s failed: %s%s: %s", len, url ? url : "",
+	        lvl == LOG_ERROR ? "certificate refused, " : "", kind, detail);
+	snprintf(labels, sizeof labels, "reason=\"%s\"", kind);
+	metrics_update(&e->metrics, "paygate_upstream_failures_total", labels, 1, 0);
 }
 
 static int req_retvals(struct coro *c, lua_State *L)
@@ -310,8 +376,12 @@ static int req_retvals(struct coro *c, lua_State *L)
 		else if (r->too_large)
 			lua_pushfstring(L, "too_large: response body over %d bytes", (int)r->max_bytes);
 		else
-			lua_pushfstring(L, "%s: %s", error_kind(r),
+			lua_pushfstring(L, "%s: %s", error_kind(r->result),
 			                r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+		const char *msg = lua_tostring(L, -1), *colon = strchr(msg, ':');
+		char kind[16];
+		snprintf(kind, sizeof kind, "%.*s", (int)(colon - msg), msg);
+		report_failure(L, r, kind, colon + 2);
 		return 2;
 	}
 	long status = 0;
@@ -395,10 +465,25 @@ static void setup_easy(lua_State *L, struct engine *e, struct fetch_req *r)
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L); /* send the path exactly as given (and signed) */
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	/* The TLS policy is paygate's, whatever the system's OpenSSL configuration allows. */
+	r->https = strncmp(url, "https://", 8) == 0;
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (e->cfg.fetch_ca_file)
+	curl_easy_setopt(h, CURLOPT_SSLVERSION,
+	                 e->cfg.fetch_tls_min >= 13 ? (long)CURL_SSLVERSION_TLSv1_3 : (long)CURL_SSLVERSION_TLSv1_2);
+	curl_easy_setopt(h, CURLOPT_SSL_CIPHER_LIST, "DEFAULT:@SECLEVEL=2");
+	if (e->cfg.fetch_ca_file) { /* the only CAs trusted: not added to the system's directory */
 		curl_easy_setopt(h, CURLOPT_CAINFO, e->cfg.fetch_ca_file);
+		curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+	}
+	/* Connections worth keeping: shared sessions, HTTP/2 streams, TCP keep-alive, no stale reuse. */
+	curl_easy_setopt(h, CURLOPT_SHARE, r->f->share);
+	curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);
+	curl_easy_setopt(h, CURLOPT_MAXAGE_CONN, (long)e->cfg.fetch_keepalive_s);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->headers);

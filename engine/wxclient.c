@@ -125,6 +125,11 @@ struct wxclient *wxc_new(struct engine *e, char *err, size_t errlen)
 	}
 	if (load_verifying_keys(w, err, errlen) < 0)
 		goto fail;
+	if (c->sandbox && (strncmp(c->base_url, "http://", 7) == 0 || strncmp(c->login_base_url, "http://", 7) == 0))
+		log_warn(&e->log, NULL,
+		         "wechatpay.sandbox: calls go to %s and %s without TLS; this is for a local sandbox only, "
+		         "never for WeChat Pay",
+		         c->base_url, c->login_base_url);
 	if (c->merchant_serial) {
 		snprintf(w->serial, sizeof w->serial, "%s", c->merchant_serial);
 	} else {
@@ -198,6 +203,21 @@ static void count(struct engine *e, const char *metric, const char *result)
 	metrics_update(&e->metrics, metric, labels, 1, 0);
 }
 
+/*
+** The reason for a call that got no answer, from http.request's "kind: message": timeout,
+** connect, tls (the handshake failed or the certificate was refused) or network (anything else:
+** the connection broke, or the request was never sent).
+*/
+static const char *no_answer_reason(const char *err)
+{
+	static const char *const kinds[] = { "timeout", "connect", "tls" };
+	size_t n = err ? strcspn(err, ":") : 0;
+	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+		if (n == strlen(kinds[i]) && strncmp(err, kinds[i], n) == 0)
+			return kinds[i];
+	return "network";
+}
+
 /* Read header `name` of the response table res.headers (lower-case names) at idx. */
 static const char *res_header(lua_State *L, int headers, const char *name)
 {
@@ -241,8 +261,9 @@ static int request_k(lua_State *L, int status, lua_KContext ctx)
 	(void)ctx;
 
 	if (lua_isnil(L, 4)) {
-		count(e, "paygate_wechatpay_calls_total", "network");
-		return refuse(L, "network", lua_tostring(L, 5));
+		const char *why = no_answer_reason(lua_tostring(L, 5));
+		count(e, "paygate_wechatpay_calls_total", why);
+		return refuse(L, why, lua_tostring(L, 5));
 	}
 	lua_getfield(L, 4, "status");
 	lua_Integer code = lua_tointeger(L, -1);
@@ -346,15 +367,17 @@ static int l_request(lua_State *L)
 
 /* Continuation: stack = url, res|nil, err. The answer carries no signature (WeChat does not
 ** sign bill files: the SHA1 from the signed tradebill answer is the check), so it is handed
-** over as it came: {status=, raw=, code=, message=, request_id=} or nil, "network", message. */
+** over as it came: {status=, raw=, code=, message=, request_id=} or nil, reason (timeout, connect,
+** tls, network), message. */
 static int download_k(lua_State *L, int status, lua_KContext ctx)
 {
 	struct wxclient *w = client(L);
 	(void)status;
 	(void)ctx;
 	if (lua_isnil(L, 2)) {
-		count(w->eng, "paygate_wechatpay_calls_total", "network");
-		return refuse(L, "network", lua_tostring(L, 3));
+		const char *why = no_answer_reason(lua_tostring(L, 3));
+		count(w->eng, "paygate_wechatpay_calls_total", why);
+		return refuse(L, why, lua_tostring(L, 3));
 	}
 	lua_getfield(L, 2, "status");
 	lua_Integer code = lua_tointeger(L, -1);
@@ -550,7 +573,7 @@ static int login_k(lua_State *L, int status, lua_KContext ctx)
 	(void)status;
 	(void)ctx;
 	if (lua_isnil(L, 2))
-		return refuse(L, "network", lua_tostring(L, 3));
+		return refuse(L, no_answer_reason(lua_tostring(L, 3)), lua_tostring(L, 3));
 	lua_getfield(L, 2, "body");
 	decode_json(L, -1);
 	if (!lua_istable(L, -1))
@@ -615,7 +638,7 @@ static int certs_k(lua_State *L, int status, lua_KContext ctx)
 	(void)status;
 	(void)ctx;
 	if (lua_isnil(L, 1))
-		return refuse(L, "network", lua_tostring(L, 2));
+		return refuse(L, no_answer_reason(lua_tostring(L, 2)), lua_tostring(L, 2));
 	lua_getfield(L, 1, "status");
 	if (lua_tointeger(L, -1) != 200)
 		return refuse(L, "refused", "GET /v3/certificates did not answer 200");

@@ -28,6 +28,7 @@ wechatpay = {
   download_certificates = false,
   base_url = "http://127.0.0.1:8090",                         -- the sandbox, not api.mch.weixin.qq.com
   login_base_url = "http://127.0.0.1:8090",
+  sandbox = true,                  -- a local sandbox: plain http:// to 127.0.0.1 allowed (never for WeChat Pay)
   notify_url = "http://127.0.0.1:8080/wechat/notify/pay",
   refund_notify_url = "http://127.0.0.1:8080/wechat/notify/refund",
 }

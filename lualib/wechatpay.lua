@@ -7,9 +7,10 @@
 --
 -- Every call returns either a result table {status=, body=, code=, message=, raw=, request_id=}
 -- (any HTTP status: check res.status) or nil, reason, message when no genuine answer came:
--- reason "network" (timeout, refused: the outcome is unknown, ask again), a verification
--- failure of a 2xx answer ("bad_signature", "stale_timestamp", "unknown_serial",
--- "signature_probe", ...: treat like "network"), or "invalid" (refused before sending).
+-- no answer: "timeout", "connect", "tls" (handshake or certificate refused) or "network" (the
+-- outcome is unknown, ask again), a verification failure of a 2xx answer ("bad_signature",
+-- "stale_timestamp", "unknown_serial", "signature_probe", ...: treat it the same way), or
+-- "invalid" (refused before sending).
 -- Signing, verification and decryption happen in C; keys never reach Lua.
 
 local core = require "wechatpay.core"

@@ -19,6 +19,7 @@ wechatpay = {
   download_certificates = false,
   base_url = "http://127.0.0.1:8090",          -- the sandbox
   login_base_url = "http://127.0.0.1:8090",
+  sandbox = true,                               -- a local sandbox: plain http:// to 127.0.0.1 allowed
   notify_url = "http://127.0.0.1:8081/wechat/notify/pay",   -- paygate's own HTTP port (--http)
 }
 

@@ -42,7 +42,7 @@ function M.install(W, core)
   --- Download a bill file (signed request; WeChat does not sign the answer) and check it:
   --- un-gzipped when it is gzip, then its SHA1 against hash (the tradebill answer's body, or the
   --- hex string). Returns a bill (wechatpay.bill: header(), rows(), summary(), info(), close())
-  --- or nil, reason, message: network, invalid, http_error (message has the status and code;
+  --- or nil, reason, message: timeout, connect, tls, network, invalid, http_error (message has the status and code;
   --- 4th value: the status), bad_gzip, hash_mismatch, unsupported_hash, bad_format, too_large.
   function W.download_bill(url, hash)
     local hex = hash

@@ -71,7 +71,7 @@ wechatpay = { mchid = "1900007291", appid = "wxd678efh567hg6787",
   merchant_serial = "$(cat "$K/merchant_serial")", private_key_file = "$K/merchant_key.pem",
   apiv3_key_file = "$K/apiv3_key", app_secret_file = "$K/app_secret",
   platform_cert_files = { "$K/platform_cert.pem" }, download_certificates = false,
-  base_url = "http://127.0.0.1:$SB", login_base_url = "http://127.0.0.1:$SB",
+  base_url = "http://127.0.0.1:$SB", login_base_url = "http://127.0.0.1:$SB", sandbox = true,
   notify_url = "http://127.0.0.1:1/wechat/notify/pay" }
 CONF
 }

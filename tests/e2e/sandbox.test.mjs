@@ -155,7 +155,7 @@ before(async () => {
         private_key_file: join(keys, 'merchant_key.pem'), apiv3_key_file: join(keys, 'apiv3_key'),
         app_secret_file: join(keys, 'app_secret'), platform_cert_files: [join(keys, 'platform_cert.pem')],
         public_key_file: join(keys, 'pubkey.pem'), public_key_id: K.pubkeyId,
-        base_url: base, login_base_url: base, notify_url: 'http://127.0.0.1:9/unused',
+        base_url: base, login_base_url: base, sandbox: true, notify_url: 'http://127.0.0.1:9/unused',
       },
     },
   });
@@ -586,7 +586,7 @@ test('faults on API calls: SYSTEM_ERROR, slow, timeout after the effect, bad sig
     await faults({ timeout: { count: 1, ms: 1500 } });
     r = (await merchant.post('/m/prepay', { out_trade_no: no, description: 'x', amount: 5, openid: OPENID,
       notify_url: merchantNotify(no) })).json;
-    assert.deepEqual([r.ok, r.reason], [false, 'network'], JSON.stringify(r));
+    assert.deepEqual([r.ok, r.reason], [false, 'timeout'], JSON.stringify(r));
     assert.equal((await query(no)).json.trade_state, 'NOTPAY', 'the order was placed although the answer timed out');
 
     await faults({ bad_signature: { count: 1 } });

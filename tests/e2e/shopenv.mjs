@@ -122,9 +122,10 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
      * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy,
      * `config` adds to (or replaces) its other settings (e.g. { watch: true }); `bin`, `env`,
      * `dir` (the gateway's directory, kept) and `expectExit` go to startGateway; `port` starts it
-     * on a given port (a restart where WeChat's notifications are addressed).
+     * on a given port (a restart where WeChat's notifications are addressed); `wechatpay` adds
+     * to (or replaces) its wechatpay settings (e.g. base_url and sandbox for a TLS front).
      */
-    async startShop(app = {}, { files, config = {}, bin, env, dir: home, expectExit, port: fixedPort } = {}) {
+    async startShop(app = {}, { files, config = {}, wechatpay = {}, bin, env, dir: home, expectExit, port: fixedPort } = {}) {
       const port = fixedPort || await freePort();
       const sandbox = this.sandbox;
       let dir = scripts;
@@ -143,8 +144,10 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
             private_key_file: k('merchant_key.pem'), apiv3_key_file: k('apiv3_key'), app_secret_file: k('app_secret'),
             platform_cert_files: [k('platform_cert.pem')], download_certificates: false,
             base_url: `http://127.0.0.1:${sandbox.port}`, login_base_url: `http://127.0.0.1:${sandbox.port}`,
+            sandbox: true,
             notify_url: `http://127.0.0.1:${port}/wechat/notify/pay`,
             refund_notify_url: `http://127.0.0.1:${port}/wechat/notify/refund`,
+            ...wechatpay,
           },
           app: { test_mode: true, status_query_after_s: 0, status_query_every_s: 0, min_pay_window_s: 0, ...app },
           ...config,

@@ -63,7 +63,7 @@ function wxConfig(extra = {}) {
   return {
     mchid: MCHID, appid: APPID, merchant_serial: m.merchant.serial,
     private_key_file: m.merchant.keyFile, apiv3_key_file: m.apiv3File, app_secret_file: m.appSecretFile,
-    platform_cert_files: [m.platA.certFile], base_url: fake.url, login_base_url: fake.url,
+    platform_cert_files: [m.platA.certFile], base_url: fake.url, login_base_url: fake.url, sandbox: true,
     notify_url: NOTIFY, refund_notify_url: REFUND_NOTIFY, download_certificates: false, ...extra,
   };
 }
@@ -360,7 +360,7 @@ test('a 401 SIGN_ERROR (WeChat Pay rejecting our signature) passes through as st
   } finally { fake.expectSerial = null; }
 });
 
-test('calls are counted by result: ok, unverified, refused, upstream_error, network', async () => {
+test('calls are counted by result: ok, unverified, refused, upstream_error, timeout', async () => {
   const a = await metrics(gw);
   await call(gw, 'query', 'ORDER20261128001');
   await withFault({ kind: 'probe' }, () => call(gw, 'query', 'ORDER20261128001'));
@@ -368,7 +368,7 @@ test('calls are counted by result: ok, unverified, refused, upstream_error, netw
   await withFault({ kind: 'http500' }, () => call(gw, 'query', 'ORDER20261128001'));
   await withFault({ kind: 'delay', ms: 1200 }, () => call(gw, 'query', 'ORDER20261128001'));
   const b = await metrics(gw);
-  for (const result of ['ok', 'unverified', 'refused', 'upstream_error', 'network'])
+  for (const result of ['ok', 'unverified', 'refused', 'upstream_error', 'timeout'])
     assert.equal(calls(b, result) - calls(a, result), 1, result);
 });
 
@@ -447,19 +447,19 @@ test('refund with a bad out_refund_no or amounts is "invalid" and sends nothing'
 
 // ---------------------------------------------------------------- 4. timeouts
 
-test('an answer slower than fetch.timeout_ms is nil, "network" (outcome unknown)', async () => {
+test('an answer slower than fetch.timeout_ms is nil, "timeout" (outcome unknown)', async () => {
   const t0 = Date.now();
   const r = await withFault({ kind: 'delay', ms: 1500 }, () => call(gw, 'query', 'ORDER20261128001'));
   const took = Date.now() - t0;
   assert.equal(r.res, undefined);
-  assert.equal(r.why, 'network');
-  assert.match(r.msg, /timeout/);
+  assert.equal(r.why, 'timeout');
+  assert.match(r.msg, /^timeout: /);
   assert.ok(took >= 450 && took < 1400, `took ${took} ms`);
 });
 
-test('a prepay whose answer is too slow is nil, "network" too', async () => {
+test('a prepay whose answer is too slow is nil, "timeout" too', async () => {
   const r = await withFault({ kind: 'delay', ms: 1500 }, () => call(gw, 'jsapi_prepay', good));
-  assert.equal(r.why, 'network');
+  assert.equal(r.why, 'timeout');
   assert.equal(r.res, undefined);
 });
 
@@ -678,9 +678,9 @@ test('a login code that is not 1–128 of [A-Za-z0-9_-] is invalid_code without 
   assert.equal(ok.why, undefined, '128 characters is the limit, inclusive');
 });
 
-test('a login whose answer is too slow is nil, "network"', async () => {
+test('a login whose answer is too slow is nil, "timeout"', async () => {
   const r = await call(gw, 'login', 'slow1');
-  assert.equal(r.why, 'network');
+  assert.equal(r.why, 'timeout');
   assert.equal(r.res, undefined);
 });
 

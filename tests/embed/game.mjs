@@ -166,7 +166,7 @@ async function gameConfig(name, httpPort, { scripts = join(ROOT, 'examples', 'ga
     wechatpay: { mchid: MCHID, appid: APPID, app_appid: APP_APPID, merchant_cert_file: join(KEYS, 'merchant_cert.pem'),
       private_key_file: join(KEYS, 'merchant_key.pem'), apiv3_key_file: join(KEYS, 'apiv3_key'),
       app_secret_file: join(KEYS, 'app_secret'), platform_cert_files: [join(KEYS, 'platform_cert.pem')],
-      download_certificates: false, base_url: base, login_base_url: base,
+      download_certificates: false, base_url: base, login_base_url: base, sandbox: true,
       notify_url: `http://127.0.0.1:${httpPort}/wechat/notify/pay` },
     app: { order_ttl_s: 900, ...app },
   });

@@ -67,7 +67,7 @@ static struct paygate *fx_engine(void)
 	         "  private_key_file = \"%s/tests/vectors/tv1_merchant_key.pem\",\n"
 	         "  apiv3_key_file = \"apiv3\", app_secret_file = \"secret\",\n"
 	         "  platform_cert_files = { \"%s/tests/vectors/tv3_cert.pem\" },\n"
-	         "  base_url = \"http://127.0.0.1:9\", login_base_url = \"http://127.0.0.1:9\",\n"
+	         "  base_url = \"http://127.0.0.1:9\", login_base_url = \"http://127.0.0.1:9\", sandbox = true,\n"
 	         "  notify_url = \"https://example.com/notify\", refund_notify_url = \"https://example.com/refund\",\n"
 	         "  download_certificates = false }\n",
 	         root, root, root, root);
