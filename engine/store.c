@@ -466,6 +466,25 @@ static void checkpoint_off_loop(struct store *st)
 	sqlite3_wal_hook(st->db, on_wal, st); /* replaces SQLite's automatic checkpoint */
 }
 
+/*
+** WAL mode, the sync level and foreign keys. Another worker using the file can make SQLite answer
+** "locked" here without calling the busy handler (while it recovers or resets the WAL); at
+** start-up, before anything is served, we may wait for it, up to db_busy_timeout_ms.
+*/
+static int set_up(struct store *st, const char *sync, char *err, size_t errlen)
+{
+	for (int waited = 0;; waited += 10) {
+		if (exec_simple(st, "PRAGMA journal_mode=WAL", err, errlen) == 0 &&
+		    exec_simple(st, sync, err, errlen) == 0 &&
+		    exec_simple(st, "PRAGMA foreign_keys=ON", err, errlen) == 0)
+			return 0;
+		if ((sqlite3_extended_errcode(st->db) & 0xff) != SQLITE_BUSY ||
+		    waited >= st->eng->cfg.db_busy_timeout_ms)
+			return -1;
+		sqlite3_sleep(10);
+	}
+}
+
 struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen)
 {
 	struct store *st = calloc(1, sizeof *st);
@@ -497,8 +516,7 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 		log_warn(&e->log, NULL,
 		         "unsafe_no_sync: commits are NOT synced; a power cut loses acknowledged writes. "
 		         "For benchmarks only.");
-	if (exec_simple(st, "PRAGMA journal_mode=WAL", e2, sizeof e2) < 0 || exec_simple(st, sync, e2, sizeof e2) < 0 ||
-	    exec_simple(st, "PRAGMA foreign_keys=ON", e2, sizeof e2) < 0) {
+	if (set_up(st, sync, e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "cannot set up database %s: %s", path, e2);
 		goto fail;
 	}

@@ -88,10 +88,11 @@ function M.query_and_apply(order_no, via)
   end)
 end
 
--- A prepay answer worth asking again for: no answer (network, timeout), an answer that did not
--- verify (a signature probe, a bad signature), a 5xx, or 429 FREQUENCY_LIMITED.
+-- A prepay answer worth asking again for: no answer (network, connect, timeout; not a refused
+-- certificate), an answer that did not verify (a signature probe, a bad signature), a 5xx, or
+-- 429 FREQUENCY_LIMITED.
 local function transient(res, why)
-  if not res then return why ~= "invalid" end
+  if not res then return why ~= "invalid" and why ~= "tls" end   -- a refused certificate stays refused
   return res.status >= 500 or res.status == 429
 end
 
