@@ -135,9 +135,10 @@ local function expire_at(time_expire, now)
   return math.max(now + MIN_EXPIRE_MS, math.min(t, now + MAX_EXPIRE_MS))
 end
 
---- Place (or re-place) a JSAPI order; returns the prepay_id or stops with WeChat Pay's error.
-function orders.place(b)
-  if b.appid ~= state.appid then protocol.fail(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配") end
+-- Place (or re-place) an order under `appid` for `openid` ("" for APP pay: the payer is not
+-- known yet); returns the prepay_id or stops with WeChat Pay's error.
+local function place(b, appid, openid)
+  if b.appid ~= appid then protocol.fail(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配") end
   local fp = fingerprint(b)
   return db.tx(function()
     local o = orders.get(b.out_trade_no)
@@ -156,9 +157,14 @@ function orders.place(b)
                 openid, time_expire, expire_at, fingerprint, trade_state, created_at, updated_at)
               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'NOTPAY', ?, ?)]],
       b.out_trade_no, b.mchid, b.appid, b.description, b.attach, b.notify_url, b.amount.total,
-      b.amount.currency or "CNY", b.payer.openid, b.time_expire, expire_at(b.time_expire, now), fp, now, now)
+      b.amount.currency or "CNY", openid, b.time_expire, expire_at(b.time_expire, now), fp, now, now)
     return issue_prepay(b.out_trade_no)
   end)
+end
+
+--- Place (or re-place) a JSAPI order; returns the prepay_id or stops with WeChat Pay's error.
+function orders.place(b)
+  return place(b, state.appid, b.payer.openid)
 end
 
 --- Close an unpaid order (closing a closed one again is fine).
@@ -221,28 +227,7 @@ end
 
 --- Place (or re-place) an APP order under the mobile app's appid; returns the prepay_id.
 function orders.place_app(b)
-  if b.appid ~= state.app_appid then protocol.fail(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配") end
-  local fp = fingerprint(b)
-  return db.tx(function()
-    local o = orders.get(b.out_trade_no)
-    if o then
-      if o.fingerprint ~= fp then protocol.fail(400, "INVALID_REQUEST", "201 商户订单号重复") end
-      if o.trade_state == "SUCCESS" or o.trade_state == "REFUND" then
-        protocol.fail(400, "ORDERPAID", "该订单已支付")
-      end
-      if o.trade_state == "CLOSED" then protocol.fail(400, "ORDER_CLOSED", "该订单已关闭") end
-      local p = db.one("SELECT prepay_id FROM prepays WHERE out_trade_no = ? AND expires_at > ? ORDER BY expires_at DESC",
-        b.out_trade_no, state.now_ms())
-      return p and p.prepay_id or issue_prepay(b.out_trade_no)
-    end
-    local now = state.now_ms()
-    db.exec([[INSERT INTO orders(out_trade_no, mchid, appid, description, attach, notify_url, total, currency,
-                openid, time_expire, expire_at, fingerprint, trade_state, created_at, updated_at)
-              VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, 'NOTPAY', ?, ?)]],
-      b.out_trade_no, b.mchid, b.appid, b.description, b.attach, b.notify_url, b.amount.total,
-      b.amount.currency or "CNY", b.time_expire, expire_at(b.time_expire, now), fp, now, now)
-    return issue_prepay(b.out_trade_no)
-  end)
+  return place(b, state.app_appid, "")
 end
 
 -- The PayReq as WeChat checks it when the app calls sendReq: partnerid is the merchant,
