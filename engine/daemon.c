@@ -205,7 +205,7 @@ static void on_beat(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	s->beat_ms = clock_now_ms();
 	s->generation = paygate_generation(d->pg);
-	if (d->beats++ % 10 == 0) {
+	if (d->board->count > 1 && d->beats++ % 10 == 0) { /* alone, its own /metrics is the gateway's */
 		struct evbuffer *b = evbuffer_new();
 		if (b) {
 			paygate_metrics(d->pg, b);

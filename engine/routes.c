@@ -14,6 +14,7 @@
 #include "json.h"
 #include "metrics.h"
 #include "reload.h"
+#include "store.h"
 
 /* They answer even when no script generation is loaded. */
 
@@ -71,6 +72,7 @@ void routes_metrics(struct engine *e, struct evbuffer *b)
 {
 	struct timeval now;
 	gettimeofday(&now, NULL);
+	store_checkpoints(e->store, &e->metrics.db_checkpoints, &e->metrics.db_checkpoints_failed);
 	struct metrics_gauges g = {
 		.http_inflight = e->http_inflight,
 		.generation = e->gen ? e->gen->id : 0,

@@ -441,15 +441,20 @@ static int is_vacuum(const char *sql)
 static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
 {
 	struct store *st = arg;
-	unsigned long ran, failed;
 	(void)db;
 	(void)name;
 	if (pages >= st->eng->cfg.db_checkpoint_pages) /* time to copy the WAL back into the database */
 		checkpointer_poke(st->ckpt);
-	checkpointer_counts(st->ckpt, &ran, &failed);
-	st->eng->metrics.db_checkpoints = ran;
-	st->eng->metrics.db_checkpoints_failed = failed;
 	return SQLITE_OK;
+}
+
+void store_checkpoints(struct store *st, uint64_t *ran, uint64_t *failed)
+{
+	unsigned long r = 0, f = 0;
+	if (st->ckpt)
+		checkpointer_counts(st->ckpt, &r, &f);
+	*ran = r;
+	*failed = f;
 }
 
 /* Move checkpoints to their own thread; where that cannot be, SQLite keeps doing them in the COMMIT. */

@@ -3,6 +3,7 @@
 #define PAYGATE_STORE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 #include <sqlite3.h>
@@ -103,6 +104,9 @@ void store_sleep_ok(struct store *st, int ok);
 ** waited long enough).
 */
 int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again);
+
+/* How many WAL checkpoints the checkpointer's thread ran, and how many failed (for /metrics). */
+void store_checkpoints(struct store *st, uint64_t *ran, uint64_t *failed);
 
 /* Is a db.tx() running now? (Then no coroutine may yield.) */
 int store_in_tx(const struct store *st);

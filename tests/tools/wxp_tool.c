@@ -243,7 +243,10 @@ static int cmd_decrypt_resource(char **a)
 	return emit(&pt);
 }
 
-static int cmd_pay_sign(char **a)
+/* KEY APPID TIMESTAMP NONCE PREPAY_ID: the payment signature `sign` makes (mini program or APP pay). */
+static int pay_sign_with(char **a, const char *what,
+                         int (*sign)(EVP_PKEY *, const char *, int64_t, const char *, const char *, struct crypto_buf *,
+                                     char *, size_t))
 {
 	EVP_PKEY *key = crypto_private_key_from_file(a[0], err, sizeof err);
 	struct crypto_buf sig = { NULL, 0 };
@@ -252,29 +255,22 @@ static int cmd_pay_sign(char **a)
 
 	if (key == NULL)
 		return fail("key");
-	if (parse_int64(a[2], &ts) < 0 || wxp_pay_sign(key, a[1], ts, a[3], a[4], &sig, err, sizeof err) < 0)
-		rc = fail("pay-sign");
+	if (parse_int64(a[2], &ts) < 0 || sign(key, a[1], ts, a[3], a[4], &sig, err, sizeof err) < 0)
+		rc = fail(what);
 	else
 		rc = emit(&sig);
 	crypto_key_free(key);
 	return rc;
 }
 
+static int cmd_pay_sign(char **a)
+{
+	return pay_sign_with(a, "pay-sign", wxp_pay_sign);
+}
+
 static int cmd_app_pay_sign(char **a)
 {
-	EVP_PKEY *key = crypto_private_key_from_file(a[0], err, sizeof err);
-	struct crypto_buf sig = { NULL, 0 };
-	int64_t ts;
-	int rc;
-
-	if (key == NULL)
-		return fail("key");
-	if (parse_int64(a[2], &ts) < 0 || wxp_app_pay_sign(key, a[1], ts, a[3], a[4], &sig, err, sizeof err) < 0)
-		rc = fail("app-pay-sign");
-	else
-		rc = emit(&sig);
-	crypto_key_free(key);
-	return rc;
+	return pay_sign_with(a, "app-pay-sign", wxp_app_pay_sign);
 }
 
 static int cmd_serial(char **a)

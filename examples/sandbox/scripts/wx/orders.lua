@@ -370,25 +370,31 @@ function orders.refund_closed(r)
             WHERE out_trade_no = ?]], r.refund, state.now_ms(), r.refund, r.out_trade_no)
 end
 
+-- A refund reaches its end at WeChat: its status (and success time), the order's money back
+-- when CLOSED, and the REFUND.<status> notification naming `account` as where the money went.
+local function settle_refund(r, status, account)
+  local when = sandbox.beijing_time(state.now_s())
+  db.exec("UPDATE refunds SET status = ?, success_time = ? WHERE out_refund_no = ?",
+    status, status == "SUCCESS" and when or nil, r.out_refund_no)
+  if status == "CLOSED" then orders.refund_closed(r) end
+  if r.notify_url then
+    notify.create("REFUND." .. status, "refund", r.out_refund_no, r.notify_url, {
+      mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
+      out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = status,
+      success_time = status == "SUCCESS" and when or nil, create_time = r.create_time,
+      user_received_account = account,
+      amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
+    })
+  end
+end
+
 --- An ABNORMAL refund ends when the merchant deals with it at WeChat Pay: SUCCESS (paid to
 --- another account) or CLOSED (refunded offline). POST /sandbox/refunds/{no}/resolve plays that.
 function orders.resolve_refund(out_refund_no, status)
   return db.tx(function()
     local r = orders.get_refund(out_refund_no)
     if not r or r.status ~= "ABNORMAL" then return nil end
-    local when = sandbox.beijing_time(state.now_s())
-    db.exec("UPDATE refunds SET status = ?, success_time = ? WHERE out_refund_no = ?",
-      status, status == "SUCCESS" and when or nil, r.out_refund_no)
-    if status == "CLOSED" then orders.refund_closed(r) end
-    if r.notify_url then
-      notify.create("REFUND." .. status, "refund", r.out_refund_no, r.notify_url, {
-        mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
-        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = status,
-        success_time = status == "SUCCESS" and when or nil, create_time = r.create_time,
-        user_received_account = status == "SUCCESS" and "支付用户零钱" or nil,
-        amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
-      })
-    end
+    settle_refund(r, status, status == "SUCCESS" and "支付用户零钱" or nil)
     return orders.get_refund(out_refund_no)
   end)
 end
@@ -397,20 +403,7 @@ app.job("wx_refund_settle", function(p)
   db.tx(function()
     local r = orders.get_refund(p.out_refund_no)
     if not r or r.status ~= "PROCESSING" then return end
-    local when = sandbox.beijing_time(state.now_s())
-    local status = orders.refund_outcome(r)
-    db.exec("UPDATE refunds SET status = ?, success_time = ? WHERE out_refund_no = ?",
-      status, status == "SUCCESS" and when or nil, r.out_refund_no)
-    if status == "CLOSED" then orders.refund_closed(r) end
-    if r.notify_url then
-      notify.create("REFUND." .. status, "refund", r.out_refund_no, r.notify_url, {
-        mchid = state.mchid, out_trade_no = r.out_trade_no, transaction_id = r.transaction_id,
-        out_refund_no = r.out_refund_no, refund_id = r.refund_id, refund_status = status,
-        success_time = status == "SUCCESS" and when or nil, create_time = r.create_time,
-        user_received_account = "支付用户零钱",
-        amount = { total = r.total, refund = r.refund, payer_total = r.total, payer_refund = r.refund },
-      })
-    end
+    settle_refund(r, orders.refund_outcome(r), "支付用户零钱")
   end)
 end)
 
