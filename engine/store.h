@@ -10,6 +10,7 @@
 
 struct engine;
 struct store;
+struct pgdb;
 
 /*
 ** What "durable" means here. Every write joins the loop turn's batch: one
@@ -48,7 +49,11 @@ struct store_waiter {
 struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen);
 void store_close(struct store *st);
 
+/* The SQLite connection; NULL on PostgreSQL (then store_pg). */
 sqlite3 *store_db(struct store *st);
+
+/* The PostgreSQL back end (pgdb.h), or NULL on SQLite. */
+struct pgdb *store_pg(struct store *st);
 
 /*
 ** Statements prepared between store_engine_begin and store_engine_end are
