@@ -12,7 +12,8 @@
 # PostgreSQL: the same routes on one node and on two nodes (separate paygate processes on one
 # database, each driven by a wrk of its own with half the connections: a round-robin client),
 # on a private cluster started here (tests/pg/cluster.sh) and stopped by its PID at the end, or
-# on the server in PAYGATE_BENCH_PG (a database per run is created there). BENCH_PG=0 skips it.
+# on the server in PAYGATE_BENCH_PG (a database per run is created there). BENCH_PG=0 skips it;
+# BENCH_PG_POOL sets the nodes' postgresql.pool_size (default 4).
 # Everything listens on 127.0.0.1; every process started here is stopped by its PID.
 set -eu
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,7 @@ DUR=${BENCH_SECONDS:-5}
 CONN=${BENCH_CONNECTIONS:-64}
 ROUNDS=${BENCH_ROUNDS:-3}
 NOTIFY=${BENCH_NOTIFICATIONS:-60000}
-PG_NOTIFY=${BENCH_PG_NOTIFICATIONS:-8000}
+PG_NOTIFY=${BENCH_PG_NOTIFICATIONS:-4000}
 TMP=$(mktemp -d)
 chmod 755 "$TMP"   # the peer's nginx workers run as nobody and need to reach their database in it
 PIDS=()
@@ -116,7 +117,8 @@ if [ -n "$PGURL" ]; then
 	for db in one two; do psql -X -q -v ON_ERROR_STOP=1 -d "$PGURL" -c "CREATE DATABASE bench_${db}_$SUFFIX" >/dev/null; done
 	# reconcile_bills = false: the shop schedules its daily reconciliation from the scripts' top
 	# level, which PostgreSQL refuses (a db call that cannot wait there).
-	PGAPP='app = { reconcile_bills = false }'
+	PGAPP="app = { reconcile_bills = false }
+postgresql = { pool_size = ${BENCH_PG_POOL:-4} }"
 	shop_conf pg1 "$PGAPP" "${PGURL%/*}/bench_one_$SUFFIX"
 	shop_conf pg2a "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"
 	shop_conf pg2b "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"
@@ -191,8 +193,10 @@ run2() {
 		kill -0 "$p" 2>/dev/null || { echo "a node of '$name' died; see $TMP" >&2; cat "$TMP"/wrk_?.out >&2; exit 1; }
 	done
 	cat "$TMP/wrk_a.out" "$TMP/wrk_b.out" | awk '/^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-		rps += v["rps"]; if (v["p99_ms"] > p99) p99 = v["p99_ms"]; bad += v["non2xx"]; n++ }
-		END { if (n == 2) print rps, p99, bad }' >>"$TMP/$name.runs"
+		rps += v["rps"]; if (v["p99_ms"] + 0 > p99 + 0) p99 = v["p99_ms"]; bad += v["non2xx"]; n++ }
+		END { if (n == 2) print rps, p99, bad }' >"$TMP/run2.out"
+	if [ -s "$TMP/run2.out" ]; then cat "$TMP/run2.out" >>"$TMP/$name.runs"
+	else echo "'$name': a wrk did not report; left out:" >&2; cat "$TMP/wrk_a.out" "$TMP/wrk_b.out" >&2; fi
 }
 median() { # FILE COLUMN
 	sort -n -k"$2" "$1" | awk -v c="$2" '{v[NR] = $c} END {print v[int((NR + 1) / 2)]}'
