@@ -7,7 +7,7 @@
 # The peer (PEERS, default ../shared/peers: not part of this repository) is started with its own
 # start.sh at synchronous=FULL. wrk -t1 -c$CONN; servers on core 1, wrk on core 0 when there are
 # two cores; the servers take turns, ROUNDS times, and the medians are reported with their ratios.
-# BENCH_PROFILE=NAME (pg_orders, ns_orders, pg_products, notify) writes where that run's server
+# BENCH_PROFILE=NAME (pg_orders, ns_orders, pg_products, notify, postgres1_orders) writes where that run's server
 # time went (perf, cpu-clock) to build/bench-profile.txt.
 # PostgreSQL: the same routes on one node and on two nodes (separate paygate processes on one
 # database, each driven by a wrk of its own with half the connections: a round-robin client),
@@ -210,8 +210,8 @@ printf 'wrk -t1 -c%s -d%ss per run, %s rounds, servers taking turns, loopback, %
 # Notifications first: their signatures carry a timestamp that must stay within WeChat's 300 s.
 run "$PG_PID" notify -s "$S/notify.lua" "http://127.0.0.1:$PG"
 if [ -n "$PGURL" ]; then
-	NOTIFICATIONS=$TMP/pg1.notifications run "$PG1_PID" pg1_notify -s "$S/notify.lua" "http://127.0.0.1:$PG1"
-	run2 pg2_notify "$S/notify.lua" "$PG2A" "$PG2A_PID" "$PG2B" "$PG2B_PID" "$TMP/pg2a.notifications" "$TMP/pg2b.notifications"
+	NOTIFICATIONS=$TMP/pg1.notifications run "$PG1_PID" postgres1_notify -s "$S/notify.lua" "http://127.0.0.1:$PG1"
+	run2 postgres2_notify "$S/notify.lua" "$PG2A" "$PG2A_PID" "$PG2B" "$PG2B_PID" "$TMP/pg2a.notifications" "$TMP/pg2b.notifications"
 fi
 for _ in $(seq "$ROUNDS"); do
 	[ -z "$PEER" ] || run "$PEER_PID" peer_orders -s "$PEERS/wrk/create_order.lua" "http://127.0.0.1:$PEER"
@@ -219,8 +219,8 @@ for _ in $(seq "$ROUNDS"); do
 	run "$NS_PID" ns_orders -s "$S/create_order.lua" "http://127.0.0.1:$NS"
 	run "$W2_PID" w2_orders -s "$S/create_order.lua" "http://127.0.0.1:$W2"
 	if [ -n "$PGURL" ]; then
-		run "$PG1_PID" pg1_orders -s "$S/create_order.lua" "http://127.0.0.1:$PG1"
-		run2 pg2_orders "$S/create_order.lua" "$PG2A" "$PG2A_PID" "$PG2B" "$PG2B_PID"
+		run "$PG1_PID" postgres1_orders -s "$S/create_order.lua" "http://127.0.0.1:$PG1"
+		run2 postgres2_orders "$S/create_order.lua" "$PG2A" "$PG2A_PID" "$PG2B" "$PG2B_PID"
 	fi
 	[ -z "$PEER" ] || run "$PEER_PID" peer_products -s "$PEERS/wrk/products.lua" "http://127.0.0.1:$PEER/api/products"
 	run "$PG_PID" pg_products -s "$S/products.lua" "http://127.0.0.1:$PG/api/products"
@@ -242,11 +242,11 @@ line "paygate, POST /wechat/notify/pay, durable (1 round)" "$TMP/notify.runs"
 NOTES=$(awk '{print int($1 * '"$DUR"')}' "$TMP/notify.runs")
 [ "$NOTES" -le "$NOTIFY" ] || echo "  (the notification run needed more than the $NOTIFY made: some were duplicates)"
 if [ -n "$PGURL" ]; then
-	line "paygate on PostgreSQL, POST /api/orders, 1 node" "$TMP/pg1_orders.runs"
-	line "paygate on PostgreSQL, POST /api/orders, 2 nodes" "$TMP/pg2_orders.runs"
-	line "paygate on PostgreSQL, POST /wechat/notify/pay, 1 node (1 round)" "$TMP/pg1_notify.runs"
-	line "paygate on PostgreSQL, POST /wechat/notify/pay, 2 nodes (1 round)" "$TMP/pg2_notify.runs"
-	for f in pg1_notify pg2_notify; do
+	line "paygate on PostgreSQL, POST /api/orders, 1 node" "$TMP/postgres1_orders.runs"
+	line "paygate on PostgreSQL, POST /api/orders, 2 nodes" "$TMP/postgres2_orders.runs"
+	line "paygate on PostgreSQL, POST /wechat/notify/pay, 1 node (1 round)" "$TMP/postgres1_notify.runs"
+	line "paygate on PostgreSQL, POST /wechat/notify/pay, 2 nodes (1 round)" "$TMP/postgres2_notify.runs"
+	for f in postgres1_notify postgres2_notify; do
 		[ "$(awk '{print int($1 * '"$DUR"')}' "$TMP/$f.runs")" -le "$PG_NOTIFY" ] ||
 			echo "  ($f needed more than the $PG_NOTIFY notifications made: some were duplicates)"
 	done
@@ -273,9 +273,9 @@ awk -v po="$PO" -v go="$GO" -v no="$NO" -v pp="$PP" -v gp="$GP" -v p99="$(median
 	printf "create order p99, 2 workers / 1 worker:          %.2fx  (target <= 2x)\n", w2p99 / p99
 }'
 if [ -n "$PGURL" ]; then
-	awk -v go="$GO" -v nr="$(median "$TMP/notify.runs" 1)" -v p1="$(median "$TMP/pg1_orders.runs" 1)" \
-		-v p2="$(median "$TMP/pg2_orders.runs" 1)" -v n1="$(median "$TMP/pg1_notify.runs" 1)" \
-		-v n2="$(median "$TMP/pg2_notify.runs" 1)" 'BEGIN {
+	awk -v go="$GO" -v nr="$(median "$TMP/notify.runs" 1)" -v p1="$(median "$TMP/postgres1_orders.runs" 1)" \
+		-v p2="$(median "$TMP/postgres2_orders.runs" 1)" -v n1="$(median "$TMP/postgres1_notify.runs" 1)" \
+		-v n2="$(median "$TMP/postgres2_notify.runs" 1)" 'BEGIN {
 		printf "create order, PostgreSQL 1 node / SQLite durable: %.0f%%;  2 nodes / 1 node: %.2fx\n", 100 * p1 / go, p2 / p1
 		printf "notifications, PostgreSQL 1 node / SQLite durable: %.0f%%;  2 nodes / 1 node: %.2fx\n", 100 * n1 / nr, n2 / n1
 		print "(one machine: the nodes share one core, wrk the other, PostgreSQL both; not a deployment'"'"'s figures)"
