@@ -235,8 +235,8 @@ function M.run(date)
   -- What this run no longer finds was put right meanwhile.
   db.exec([[UPDATE reconciliation_items SET status = 'RESOLVED', outcome = 'no longer differs', updated_at = ?
             WHERE bill_date = ? AND status = 'OPEN' AND run < ?]], clock.now(), date, run)
-  local c = db.one([[SELECT count(*) AS n, coalesce(sum(status = 'SETTLED'), 0) AS settled,
-                            coalesce(sum(status = 'OPEN'), 0) AS open
+  local c = db.one([[SELECT count(*) AS n, coalesce(sum(CASE WHEN status = 'SETTLED' THEN 1 ELSE 0 END), 0) AS settled,
+                            coalesce(sum(CASE WHEN status = 'OPEN' THEN 1 ELSE 0 END), 0) AS open
                      FROM reconciliation_items WHERE bill_date = ?]], date)
   db.exec([[UPDATE reconciliation_days SET status = 'DONE', error = NULL, bill_sha1 = ?,
               bill_payments = ?, bill_payments_amount = ?, bill_refunds = ?, bill_refunds_amount = ?, bill_fees = ?,
