@@ -26,5 +26,15 @@ for _, file in ipairs({ "test_paygate", "test_router", "test_pricing", "test_sch
     end
   end
 end
+-- The shop's SQL on both engines: on SQLite always, on PostgreSQL when PAYGATE_TEST_PG names a
+-- server (tests/pg/sql_check.lua; it says when it skips that part).
+local check = dofile(root .. "/tests/pg/sql_check.lua")
+local ok, p, f = pcall(check.main, root)
+if ok then
+  passed, failed = passed + p, failed + f
+else
+  failed = failed + 1
+  print("not ok - tests/pg/sql_check.lua ran to its end\n#   " .. tostring(p))
+end
 print(string.format("%d passed, %d failed", passed, failed))
 os.exit(failed == 0 and 0 or 1)
