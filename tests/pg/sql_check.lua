@@ -684,6 +684,26 @@ SELECT 'left:' || count(*) FROM order_events;
   return problems
 end
 
+-- The order list on PostgreSQL is read in orders_by_owner's order, with no sort (as SQLite reads
+-- it in its index's): both pages' plans, with sequential scans off (the table is empty).
+local function pg_list_plans(root, url, schema)
+  local consts = constants(M.tokens(read(root .. "/lualib/shop/orders.lua")))
+  local problems = {}
+  for _, c in ipairs({ { "LIST_SQL_POSTGRESQL", "'o', 21" }, { "LIST_AFTER_SQL_POSTGRESQL", "'o', 1, 'PG1', 21" } }) do
+    local sql = consts["M." .. c[1]]
+    if not sql then
+      problems[#problems + 1] = "shop.orders has no " .. c[1]
+    else
+      local out, ok = run(psql_cmd(url, schema, "-A -t -v ON_ERROR_STOP=1") .. " -c " .. q("SET enable_seqscan = off")
+                          .. " -c " .. q("PREPARE l AS " .. M.numbered(sql)) .. " -c " .. q("EXPLAIN EXECUTE l(" .. c[2] .. ")"))
+      if not ok or not out:find("Index Scan Backward using orders_by_owner", 1, true) or out:find("Sort") then
+        problems[#problems + 1] = c[1] .. " is not read in index order:\n" .. out
+      end
+    end
+  end
+  return problems
+end
+
 --- Run every check; returns passed, failed.
 function M.main(root)
   root = root or "."
@@ -772,6 +792,9 @@ function M.main(root)
                  .. "and triggers, every integer BIGINT", table.concat(diffs, "\n"))
         end
       end
+      local lp = pg_list_plans(root, url, schemas.shop)
+      report(#lp == 0, "PostgreSQL: a user's order list is read in orders_by_owner's order, with no sort",
+             table.concat(lp, "\n"))
       local p = pg_append_only(url, schemas.shop)
       report(#p == 0, "PostgreSQL: order_events refuses UPDATE of what a row records, DELETE and TRUNCATE; "
              .. "the hooks' progress still changes", table.concat(p, "\n"))
