@@ -11,7 +11,7 @@ json = { encode = cjson.encode, decode = cjson.decode, null = cjson.null,
          array = function(t) return t or {} end }
 
 local passed, failed = 0, 0
-for _, file in ipairs({ "test_paygate", "test_router", "test_pricing", "test_schema" }) do
+for _, file in ipairs({ "test_paygate", "test_router", "test_pricing", "test_schema", "test_dialect" }) do
   package.loaded.paygate = nil
   local tests = require(file)
   for _, t in ipairs(tests) do

@@ -773,32 +773,36 @@ function M.main(root)
       report(ok, "PostgreSQL: the " .. d[1] .. "'s migrations (their postgresql texts) apply to a new schema", out)
       if not ok then schemas[d[1]] = nil end
     end
-    if schemas.shop and schemas.game then
-      local failures = {}
-      for _, name in ipairs({ "shop", "game" }) do
-        local mine = {}
-        for _, s in ipairs(stmts) do if s.db == name and not s.sqlite_only then mine[#mine + 1] = s end end
-        local e = pg_prepare_all(dir, url, schemas[name], mine)
-        for i, s in ipairs(mine) do
-          if e[i] then failures[#failures + 1] = where(s) .. ": " .. e[i] .. "\n  in: " .. M.numbered(s.sql):gsub("%s+", " ") end
+    -- whatever fails on the way, the schemas are dropped after
+    local done, err = pcall(function()
+      if schemas.shop and schemas.game then
+        local failures = {}
+        for _, name in ipairs({ "shop", "game" }) do
+          local mine = {}
+          for _, s in ipairs(stmts) do if s.db == name and not s.sqlite_only then mine[#mine + 1] = s end end
+          local e = pg_prepare_all(dir, url, schemas[name], mine)
+          for i, s in ipairs(mine) do
+            if e[i] then failures[#failures + 1] = where(s) .. ": " .. e[i] .. "\n  in: " .. M.numbered(s.sql):gsub("%s+", " ") end
+          end
         end
-      end
-      report(#failures == 0, "PostgreSQL: every statement PREPAREs (parses, every parameter's type inferred)",
-             table.concat(failures, "\n"))
-      for _, name in ipairs({ "shop", "game" }) do
-        if lite[name] then
-          local diffs = compare_shapes(sqlite_shape(lite[name]), pg_shape(url, schemas[name]))
-          report(#diffs == 0, "PostgreSQL: the " .. name .. "'s schema has SQLite's tables, columns, keys, indexes "
-                 .. "and triggers, every integer BIGINT", table.concat(diffs, "\n"))
+        report(#failures == 0, "PostgreSQL: every statement PREPAREs (parses, every parameter's type inferred)",
+               table.concat(failures, "\n"))
+        for _, name in ipairs({ "shop", "game" }) do
+          if lite[name] then
+            local diffs = compare_shapes(sqlite_shape(lite[name]), pg_shape(url, schemas[name]))
+            report(#diffs == 0, "PostgreSQL: the " .. name .. "'s schema has SQLite's tables, columns, keys, indexes "
+                   .. "and triggers, every integer BIGINT", table.concat(diffs, "\n"))
+          end
         end
+        local lp = pg_list_plans(root, url, schemas.shop)
+        report(#lp == 0, "PostgreSQL: a user's order list is read in orders_by_owner's order, with no sort",
+               table.concat(lp, "\n"))
+        local p = pg_append_only(url, schemas.shop)
+        report(#p == 0, "PostgreSQL: order_events refuses UPDATE of what a row records, DELETE and TRUNCATE; "
+               .. "the hooks' progress still changes", table.concat(p, "\n"))
       end
-      local lp = pg_list_plans(root, url, schemas.shop)
-      report(#lp == 0, "PostgreSQL: a user's order list is read in orders_by_owner's order, with no sort",
-             table.concat(lp, "\n"))
-      local p = pg_append_only(url, schemas.shop)
-      report(#p == 0, "PostgreSQL: order_events refuses UPDATE of what a row records, DELETE and TRUNCATE; "
-             .. "the hooks' progress still changes", table.concat(p, "\n"))
-    end
+    end)
+    report(done, "PostgreSQL: the checks ran to their end", err)
     for _, schema in pairs(schemas) do
       run(psql_cmd(url, "public") .. " -c " .. q("DROP SCHEMA " .. schema .. " CASCADE"))
     end
