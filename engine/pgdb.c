@@ -31,6 +31,7 @@ struct pgdb {
 	struct pg_pool *pool;
 	PGconn *sync; /* before serving: db calls run here, blocking */
 	int sync_depth;
+	int sync_refs; /* pgdb_sync_begin calls not yet ended */
 	int open_tx;
 };
 
@@ -1008,9 +1009,13 @@ int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 {
 	char e2[300];
-	assert(!db->sync);
+	if (db->sync) { /* nested: a migration inside a generation's load */
+		db->sync_refs++;
+		return db->sync;
+	}
 	if (!(db->sync = pg_pool_connect_blocking(db->pool, err, errlen)))
 		return NULL;
+	db->sync_refs = 1;
 	/* A migration that waits for a lock held by a transaction of this very process (suspended while the
 	   loop is here) would wait forever: give up after a while instead. */
 	if (sync_simple(db, "SET lock_timeout = '5s'", e2, sizeof e2) < 0) {
@@ -1023,6 +1028,8 @@ PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 
 void pgdb_sync_end(struct pgdb *db)
 {
+	if (--db->sync_refs > 0)
+		return;
 	PQfinish(db->sync);
 	db->sync = NULL;
 	db->sync_depth = 0;
@@ -1062,8 +1069,10 @@ void pgdb_close(struct pgdb *db)
 {
 	if (!db)
 		return;
-	if (db->sync)
+	if (db->sync) {
+		db->sync_refs = 1;
 		pgdb_sync_end(db);
+	}
 	pg_pool_free(db->pool);
 	free(db);
 }

@@ -582,6 +582,17 @@ struct pgdb *store_pg(struct store *st)
 	return st->pg;
 }
 
+int store_load_begin(struct store *st, char *err, size_t errlen)
+{
+	return st->pg && !pgdb_sync_begin(st->pg, err, errlen) ? -1 : 0;
+}
+
+void store_load_end(struct store *st)
+{
+	if (st->pg)
+		pgdb_sync_end(st->pg);
+}
+
 /* A statement that writes runs inside the turn's batch: the one seam every write goes through. */
 static sqlite3_stmt *join_batch(struct store *st, sqlite3_stmt *stmt, char *err, size_t errlen)
 {
