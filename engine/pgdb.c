@@ -482,8 +482,8 @@ static int sync_tx(lua_State *L, struct pgdb *db)
 /*
 ** As the SQLite authorizer does (store.c), by the statement's text: scripts
 ** may not control transactions (db.tx does; a COMMIT of their own would end
-** db.tx's early), change session settings, or touch the engine's tables
-** (_paygate_*: the session-token key, jobs, migrations). A text check cannot
+** db.tx's early), change session settings, or touch the engine's private
+** table (_paygate_secrets: the session-token key). A text check cannot
 ** see through functions a migration defines: docs/security.md says to run
 ** paygate as a role that owns only its own tables.
 */
@@ -494,8 +494,8 @@ static const char *refused_sql(const char *sql, int migration)
 		                               "deallocate", "discard", "listen", "unlisten",   "notify",   "copy",
 		                               "do",         "load",    "vacuum", "checkpoint", "lock",     NULL };
 	for (const char *p = sql; *p; p++)
-		if (*p == '_' && strncasecmp(p, "_paygate_", 9) == 0)
-			return "the engine's tables (_paygate_*) are not for scripts";
+		if (*p == '_' && strncasecmp(p, "_paygate_secrets", 16) == 0)
+			return "the engine's private table _paygate_secrets is not for scripts";
 	if (migration)
 		return NULL;
 	const char *p = sql;
