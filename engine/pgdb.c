@@ -673,7 +673,9 @@ static int tx_after_fn(lua_State *L, int status, lua_KContext ctx)
 	struct pgdb *db = t->db;
 	char sql[128];
 	int level = t->depth - 1;
-	if (status == LUA_OK || status == LUA_YIELD) {
+	/* A conflict inside, even one the script caught (in a nested db.tx or a pcall), dooms the whole
+	   transaction: it is rolled back and runs again, whatever fn made of the error. */
+	if ((status == LUA_OK || status == LUA_YIELD) && !(level == 0 && t->conflict)) {
 		if (level == 0)
 			snprintf(sql, sizeof sql, "COMMIT");
 		else
@@ -988,6 +990,14 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 	}
 	pgdb_sync_end(db);
 	return rc;
+}
+
+int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen)
+{
+	assert(db->sync);
+	return sync_simple(
+	    db, take ? "SELECT pg_advisory_lock(" MIGRATION_LOCK ")" : "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")",
+	    err, errlen);
 }
 
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)

@@ -71,6 +71,9 @@ void pgdb_sync_end(struct pgdb *db);
 */
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen);
 
+/* Between pgdb_sync_begin and _end: take (1) or give back (0) the lock migrations take. 0, or -1 with err. */
+int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen);
+
 /* Open transactions, for /metrics and the reload check. */
 int pgdb_open_tx(const struct pgdb *db);
 

@@ -903,8 +903,9 @@ static int l_query(lua_State *L)
 	}
 	if (rc != SQLITE_DONE)
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /* db.one(sql, ...) → the first row, or nil */
@@ -923,8 +924,9 @@ static int l_one(lua_State *L)
 		lua_pushnil(L);
 	else
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /*
