@@ -31,6 +31,7 @@ struct pgdb {
 	struct pg_pool *pool;
 	PGconn *sync; /* before serving: db calls run here, blocking */
 	int sync_depth;
+	int sync_refs; /* pgdb_sync_begin calls not yet ended */
 	int open_tx;
 };
 
@@ -481,8 +482,8 @@ static int sync_tx(lua_State *L, struct pgdb *db)
 /*
 ** As the SQLite authorizer does (store.c), by the statement's text: scripts
 ** may not control transactions (db.tx does; a COMMIT of their own would end
-** db.tx's early), change session settings, or touch the engine's tables
-** (_paygate_*: the session-token key, jobs, migrations). A text check cannot
+** db.tx's early), change session settings, or touch the engine's private
+** table (_paygate_secrets: the session-token key). A text check cannot
 ** see through functions a migration defines: docs/security.md says to run
 ** paygate as a role that owns only its own tables.
 */
@@ -493,8 +494,8 @@ static const char *refused_sql(const char *sql, int migration)
 		                               "deallocate", "discard", "listen", "unlisten",   "notify",   "copy",
 		                               "do",         "load",    "vacuum", "checkpoint", "lock",     NULL };
 	for (const char *p = sql; *p; p++)
-		if (*p == '_' && strncasecmp(p, "_paygate_", 9) == 0)
-			return "the engine's tables (_paygate_*) are not for scripts";
+		if (*p == '_' && strncasecmp(p, "_paygate_secrets", 16) == 0)
+			return "the engine's private table _paygate_secrets is not for scripts";
 	if (migration)
 		return NULL;
 	const char *p = sql;
@@ -672,7 +673,9 @@ static int tx_after_fn(lua_State *L, int status, lua_KContext ctx)
 	struct pgdb *db = t->db;
 	char sql[128];
 	int level = t->depth - 1;
-	if (status == LUA_OK || status == LUA_YIELD) {
+	/* A conflict inside, even one the script caught (in a nested db.tx or a pcall), dooms the whole
+	   transaction: it is rolled back and runs again, whatever fn made of the error. */
+	if ((status == LUA_OK || status == LUA_YIELD) && !(level == 0 && t->conflict)) {
 		if (level == 0)
 			snprintf(sql, sizeof sql, "COMMIT");
 		else
@@ -989,6 +992,14 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 	return rc;
 }
 
+int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen)
+{
+	assert(db->sync);
+	return sync_simple(
+	    db, take ? "SELECT pg_advisory_lock(" MIGRATION_LOCK ")" : "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")",
+	    err, errlen);
+}
+
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 {
 	char e2[300];
@@ -1008,9 +1019,13 @@ int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 {
 	char e2[300];
-	assert(!db->sync);
+	if (db->sync) { /* nested: a migration inside a generation's load */
+		db->sync_refs++;
+		return db->sync;
+	}
 	if (!(db->sync = pg_pool_connect_blocking(db->pool, err, errlen)))
 		return NULL;
+	db->sync_refs = 1;
 	/* A migration that waits for a lock held by a transaction of this very process (suspended while the
 	   loop is here) would wait forever: give up after a while instead. */
 	if (sync_simple(db, "SET lock_timeout = '5s'", e2, sizeof e2) < 0) {
@@ -1023,6 +1038,8 @@ PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 
 void pgdb_sync_end(struct pgdb *db)
 {
+	if (--db->sync_refs > 0)
+		return;
 	PQfinish(db->sync);
 	db->sync = NULL;
 	db->sync_depth = 0;
@@ -1062,8 +1079,10 @@ void pgdb_close(struct pgdb *db)
 {
 	if (!db)
 		return;
-	if (db->sync)
+	if (db->sync) {
+		db->sync_refs = 1;
 		pgdb_sync_end(db);
+	}
 	pg_pool_free(db->pool);
 	free(db);
 }
