@@ -1045,6 +1045,34 @@ void pgdb_sync_end(struct pgdb *db)
 	db->sync_depth = 0;
 }
 
+/*
+** Settings under which the same scripts would mean something else than on
+** SQLite, or an acknowledged write could be lost: said at start-up.
+*/
+static void check_settings(struct pgdb *db)
+{
+	char err[300];
+	if (!pgdb_sync_begin(db, err, sizeof err))
+		return;
+	PGresult *res = PQexec(db->sync, "SELECT current_setting('synchronous_commit'),"
+	                                 " (SELECT datcollate FROM pg_database WHERE datname = current_database())");
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+		const char *sync = PQgetvalue(res, 0, 0), *collate = PQgetvalue(res, 0, 1);
+		if (strcmp(sync, "off") == 0)
+			log_warn(&db->eng->log, NULL,
+			         "the database runs with synchronous_commit = off: a crash of PostgreSQL loses "
+			         "transactions paygate has already acknowledged; set it to on (or remote_apply)");
+		if (strcmp(collate, "C") != 0 && strcmp(collate, "C.UTF-8") != 0 && strcmp(collate, "POSIX") != 0)
+			log_warn(
+			    &db->eng->log, NULL,
+			    "the database sorts text by the locale %s, SQLite by bytes: ORDER BY on text may differ "
+			    "between the two; create the database with LOCALE 'C' (docs/scaling.md)",
+			    collate);
+	}
+	PQclear(res);
+	pgdb_sync_end(db);
+}
+
 struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errlen)
 {
 	struct pgdb *db = calloc(1, sizeof *db);
@@ -1072,6 +1100,7 @@ struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errl
 		free(db);
 		return NULL;
 	}
+	check_settings(db);
 	return db;
 }
 
