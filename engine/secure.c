@@ -74,6 +74,12 @@ static int load_secret_pg(struct engine *e, struct pgdb *pg, char *err, size_t e
 	}
 	const char *vals[] = { (const char *)fresh };
 	const int lens[] = { (int)sizeof fresh }, formats[] = { 1 };
+	char e2[300];
+	/* Nodes that start together: one creates the table and stores its secret, the others find it. */
+	if (pgdb_sync_lock(pg, 1, err, errlen) < 0) {
+		pgdb_sync_end(pg);
+		return -1;
+	}
 	res = PQexec(pq, "CREATE TABLE IF NOT EXISTS _paygate_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL)");
 	int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	PQclear(res);
@@ -86,6 +92,7 @@ static int load_secret_pg(struct engine *e, struct pgdb *pg, char *err, size_t e
 		PQclear(res);
 	}
 	memset(fresh, 0, sizeof fresh);
+	pgdb_sync_lock(pg, 0, e2, sizeof e2);
 	if (ok) {
 		res = PQexecParams(pq, "SELECT value FROM _paygate_secrets WHERE name = 'session'", 0, NULL, NULL, NULL,
 		                   NULL, 1);
