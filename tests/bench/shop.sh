@@ -115,10 +115,7 @@ fi
 if [ -n "$PGURL" ]; then
 	SUFFIX=$$_$RANDOM
 	for db in one two; do psql -X -q -v ON_ERROR_STOP=1 -d "$PGURL" -c "CREATE DATABASE bench_${db}_$SUFFIX" >/dev/null; done
-	# reconcile_bills = false: the shop schedules its daily reconciliation from the scripts' top
-	# level, which PostgreSQL refuses (a db call that cannot wait there).
-	PGAPP="app = { reconcile_bills = false }
-postgresql = { pool_size = ${BENCH_PG_POOL:-4} }"
+	PGAPP="postgresql = { pool_size = ${BENCH_PG_POOL:-4} }"
 	shop_conf pg1 "$PGAPP" "${PGURL%/*}/bench_one_$SUFFIX"
 	shop_conf pg2a "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"
 	shop_conf pg2b "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"

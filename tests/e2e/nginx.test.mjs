@@ -47,9 +47,7 @@ test('three nodes on one PostgreSQL database behind nginx: spread, shared sessio
     // ---- three nodes (one worker each) on the one database; WeChat notifies through nginx ----
     const nodes = [];
     for (let i = 0; i < 3; i++) {
-      // reconcile_bills = false: the shop schedules its daily job from the script's top level, which
-      // PostgreSQL refuses today (a db call that cannot wait); reported, to be lifted when fixed.
-      nodes.push(await world.startShop({ reconcile_bills: false }, {
+      nodes.push(await world.startShop({}, {
         config: { database, limits: { max_connections_per_client: 0 } },
         wechatpay: { notify_url: `http://127.0.0.1:${front}/wechat/notify/pay`,
           refund_notify_url: `http://127.0.0.1:${front}/wechat/notify/refund` },
