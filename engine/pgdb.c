@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <lauxlib.h>
@@ -445,8 +446,18 @@ static PGresult *sync_run(struct pgdb *db, lua_State *L, const char *sql, int fi
 	size_t cap = strlen(sql) * 2 + 16;
 	char *text = malloc(cap);
 	PGresult *res = NULL;
-	if (text && pg_translate(sql, text, cap) >= 0)
-		res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+	if (text && pg_translate(sql, text, cap) >= 0) {
+		/* A statement of its own (not inside a migration's transaction) that conflicted with another
+		   node's (nodes starting together) is run again, as in a request. */
+		for (int attempt = 1;; attempt++) {
+			res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+			if (!pg_retryable(res) || db->sync_depth > 0 || attempt >= PGDB_TX_ATTEMPTS)
+				break;
+			PQclear(res);
+			struct timespec pause = { 0, (long)(rand() % (1000 << attempt)) * 1000 };
+			nanosleep(&pause, NULL); /* before serving (a generation's load): the loop may wait */
+		}
+	}
 	free(text);
 	free_params(vals, n);
 	return res;
