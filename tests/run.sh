@@ -63,7 +63,7 @@ fi
 # given by the caller is used as it is (a server of the caller's; nothing is started).
 PG_NOTE=""
 if [ -n "${PAYGATE_TEST_PG:-}" ]; then
-	PG_NOTE="PostgreSQL suites ran against the server given in PAYGATE_TEST_PG ($PAYGATE_TEST_PG)"
+	PG_NOTE="PostgreSQL: the server given in PAYGATE_TEST_PG ($PAYGATE_TEST_PG)"
 elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 	# One directory per checkout (so parallel checkouts do not meet, and a killed run's is reused).
 	PG_DIR=${PAYGATE_PG_DIR:-/tmp/paygate-pg-$(id -u)-$(printf %s "$PWD" | md5sum | cut -c1-8)}
@@ -72,8 +72,8 @@ elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 	trap 'exit 143' TERM
 	if PAYGATE_TEST_PG=$(tests/pg/cluster.sh start "$PG_DIR" 2>"$LOGS/pg-cluster.log"); then
 		export PAYGATE_TEST_PG
-		PG_VERSION=$("$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/postgres" --version | awk '{print $NF}')
-		PG_NOTE="PostgreSQL suites ran against a private PostgreSQL $PG_VERSION this run started at ${PAYGATE_TEST_PG#postgresql://postgres@} (stopped at exit)"
+		PG_VERSION=$("$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/postgres" --version | awk '{print $3}')
+		PG_NOTE="PostgreSQL: a private PostgreSQL $PG_VERSION this run started at ${PAYGATE_TEST_PG#postgresql://postgres@} (stopped at exit)"
 	else
 		printf '%-28s %4d passed, %d failed\n' pg:cluster 0 1
 		sed 's/^/    /' "$LOGS/pg-cluster.log" | head -20
@@ -93,6 +93,14 @@ fi
 for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
 done
+# Which suites ran on PostgreSQL (the harness's backends() prints a "backends:" line per suite).
+if [ -n "${PAYGATE_TEST_PG:-}" ]; then
+	pg_ran=$(grep -l '^# backends: .*postgresql' "$LOGS"/e2e:*.log 2>/dev/null | xargs -r grep -L 'postgresql SKIPPED' | wc -l)
+	pg_why=$(grep -h '^# backends: .*postgresql SKIPPED' "$LOGS"/e2e:*.log 2>/dev/null | head -1 | sed 's/.*SKIPPED: //')
+	pg_skipped=$(grep -l '^# backends: .*postgresql SKIPPED' "$LOGS"/e2e:*.log 2>/dev/null | wc -l)
+	PG_NOTE="$PG_NOTE; $pg_ran suites ran on PostgreSQL"
+	if [ "$pg_skipped" -ne 0 ]; then PG_NOTE="$PG_NOTE, $pg_skipped skipped it: $pg_why"; fi
+fi
 run "embed:libpaygate" tests/embed/run.sh
 run "browser:console" env BUILD="$BUILD" tests/console/run.sh
 

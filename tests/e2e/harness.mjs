@@ -131,7 +131,8 @@ export function backends() {
   const why = pgUnavailable();
   if (!backendsNoted) {
     backendsNoted = true;
-    console.log(why ? `# backends: sqlite; postgresql SKIPPED: ${why}` : `# backends: sqlite, postgresql (${TEST_PG})`);
+    // tests/run.sh counts these lines for its summary.
+    console.log(why ? `backends: sqlite; postgresql SKIPPED: ${why}` : `backends: sqlite, postgresql (${TEST_PG})`);
   }
   return why ? ['sqlite'] : ['sqlite', 'postgresql'];
 }

@@ -229,16 +229,19 @@ test('jobs survive a restart: a delayed job runs on the next process', async () 
   }
 });
 
-test('a job left running by a crash is re-queued and runs again on the next start', async () => {
-  const g1 = await startGateway({ scripts: jobScripts('crashed'), config: { watch: false } });
+// On SQLite the next start knows the crashed run is gone and re-queues its job at once; on
+// PostgreSQL another node may be the one running it, so the job waits for its lease to run out.
+test('a job left running by a crash is re-queued and runs again on the next start (on PostgreSQL, once its lease runs out)', async () => {
+  const lease = { jobs: { lease_ms: 2000 } };
+  const g1 = await startGateway({ scripts: jobScripts('crashed'), config: { watch: false, ...lease } });
   let g2;
   try {
     const s = await schedule(g1, 'long', { ms: 60000 });
     await eventually(async () => (await logOf(g1, (r) => r.job_id === s.id)).length === 1);
     assert.equal((await jobRows(g1)).find((j) => j.id === s.id).state, 'running');
     await g1.stop({ clean: false, signal: 'SIGKILL' });
-    g2 = await startGateway({ dir: g1.dir, scripts: { 'init.lua': jobScripts('after')['init.lua'].replace('clock.sleep(payload.ms)', 'clock.sleep(10)') }, config: { watch: false } });
-    const runs = await eventually(async () => { const l = await logOf(g2, (r) => r.job_id === s.id && r.phase === 'end'); return l.length && l; }, 3000);
+    g2 = await startGateway({ dir: g1.dir, scripts: { 'init.lua': jobScripts('after')['init.lua'].replace('clock.sleep(payload.ms)', 'clock.sleep(10)') }, config: { watch: false, ...lease } });
+    const runs = await eventually(async () => { const l = await logOf(g2, (r) => r.job_id === s.id && r.phase === 'end'); return l.length && l; }, 6000);
     assert.equal(runs[0].version, 'after');
     assert.equal(runs[0].attempt, 2);
   } finally {
