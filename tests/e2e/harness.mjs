@@ -111,7 +111,8 @@ export function pgDropDatabase(name) {
 }
 
 /**
- * Why this run cannot put gateways on PostgreSQL, or '' when it can: a server in
+ * Why this run cannot put gateways on PostgreSQL, or false when it can (usable as a test's
+ * `skip` option): a server in
  * PAYGATE_TEST_PG, and an engine built with the PostgreSQL back end (linked with libpq).
  */
 export function pgUnavailable() {
@@ -119,7 +120,7 @@ export function pgUnavailable() {
   let libs = '';
   try { libs = execFileSync('ldd', [BIN], { encoding: 'utf8' }); } catch (e) { return `cannot inspect ${BIN}: ${e.message}`; }
   if (!/libpq\.so/.test(libs)) return `${BIN} has no PostgreSQL back end (not linked with libpq)`;
-  return '';
+  return false;
 }
 
 let backendsNoted = false;
