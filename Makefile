@@ -6,7 +6,7 @@ BUILD    := build
 PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3 zlib
 # Debian package that provides each pkg-config name above, in the same order.
 DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev zlib1g-dev
-TOOLS_DEB := pkg-config gcc make nodejs npm wrk sqlite3 postgresql
+TOOLS_DEB := pkg-config gcc make nodejs npm wrk sqlite3
 
 CC       ?= cc
 CFLAGS   ?= -O2 -g
