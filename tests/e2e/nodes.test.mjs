@@ -151,8 +151,13 @@ for (const seed of SEEDS) {
     let violations = [];
     try {
       // All three at once on an empty database: the migrations run once, under the lock.
-      if (BACKEND === 'postgresql') nodes.push(...await Promise.all(ports.map((_, i) => startNode(i))));
-      else for (let i = 0; i < NODES; i++) nodes.push(await startNode(i));
+      if (BACKEND === 'postgresql') {
+        // Every start is waited for, so that none is left running when one fails.
+        const started = await Promise.allSettled(ports.map((_, i) => startNode(i)));
+        nodes.push(...started.filter((x) => x.status === 'fulfilled').map((x) => x.value));
+        const failed = started.find((x) => x.status === 'rejected');
+        if (failed) throw new Error(`a node did not start beside the others: ${failed.reason.message}`);
+      } else for (let i = 0; i < NODES; i++) nodes.push(await startNode(i));
       for (const id of PRODUCTS) {
         const r = await lb.put(`/admin/products/${id}`, { name: `product ${id}`, price: 100 * id + (rnd() % 50), stock: STOCK });
         assert.equal(r.status, 200, r.body);
