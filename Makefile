@@ -3,9 +3,9 @@
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 BUILD    := build
-PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3 zlib
+PKGS     := lua5.4 lua5.4-cjson libevent libcurl libcrypto sqlite3 zlib libpq
 # Debian package that provides each pkg-config name above, in the same order.
-DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev zlib1g-dev
+DEB_PKGS := liblua5.4-dev lua-cjson-dev libevent-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev zlib1g-dev libpq-dev
 TOOLS_DEB := pkg-config gcc make nodejs npm wrk sqlite3
 
 CC       ?= cc
@@ -15,7 +15,7 @@ CPPFLAGS += -D_GNU_SOURCE -Iengine
 DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # lua-cjson is linked statically (liblua5.4-cjson.a) so the binary needs no Lua C modules at run time.
 DEPLIBS   = -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib 2>/dev/null) -lm
+            $(shell pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libpq 2>/dev/null) -lm
 
 # The library is every engine file but the daemon's (main.c, and DAEMON_SRC: the master, its
 # workers' board, options and signals), which the binaries add.

@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "json.h"
 #include "log.h"
+#include "store.h"
 
 #define COOKIE         "paygate_admin"
 #define SESSION_S      (12 * 3600)
@@ -327,6 +328,12 @@ static void backup(struct http_req *h, const char *who)
 	snprintf(path, sizeof path, "%s-backup-%s.db", e->cfg.db_path, stamp);
 	if (strcmp(e->cfg.db_path, ":memory:") == 0) {
 		refuse(h, 409, "no_database_file", "the database is in memory");
+		return;
+	}
+	if (store_pg(e->store)) {
+		refuse(h, 409, "use_pg_dump",
+		       "the database is PostgreSQL: back it up with its own tools (pg_dump, or base backups with WAL "
+		       "archiving); docs/scaling.md");
 		return;
 	}
 	gettimeofday(&t0, NULL);

@@ -52,6 +52,7 @@ int config_defaults(struct config *cfg)
 	cfg->jobs_lease_ms = 10 * 60 * 1000;
 	cfg->db_busy_timeout_ms = 5000;
 	cfg->db_checkpoint_pages = 1000;
+	cfg->pg_pool_size = 4;
 	cfg->workers = 1;
 	cfg->watchdog_ms = 2000;
 	cfg->log_level = LOG_INFO;
@@ -76,6 +77,7 @@ void config_free(struct config *cfg)
 	free(cfg->console_dir);
 	free(cfg->fetch_ca_file);
 	free(cfg->session_secret_file);
+	free(cfg->pg_password_file);
 	free(cfg->app_json);
 	struct wxpay_config *w = &cfg->wxpay;
 	char **strs[] = { &w->mchid,
@@ -250,6 +252,11 @@ static void read_int(struct reader *r, const char *a, const char *b, int64_t min
 	lua_pop(r->L, 1);
 }
 
+int config_database_is_postgresql_url(const char *database)
+{
+	return database && (strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0);
+}
+
 static void read_str(struct reader *r, const char *a, const char *b, int is_path, char **out)
 {
 	int t = push_field(r, a, b);
@@ -393,7 +400,14 @@ static void read_fields(struct reader *r, struct config *cfg)
 	free(listen);
 	read_str(r, "scripts", NULL, 1, &cfg->scripts_dir);
 	read_str(r, "lualib", NULL, 1, &cfg->lualib_dir);
-	read_str(r, "database", NULL, 1, &cfg->db_path);
+	lua_getfield(r->L, -1, "database"); /* a file's path is relative to the config; a URL is not a path */
+	int url = lua_type(r->L, -1) == LUA_TSTRING && config_database_is_postgresql_url(lua_tostring(r->L, -1));
+	lua_pop(r->L, 1);
+	read_str(r, "database", NULL, !url, &cfg->db_path);
+	v = cfg->pg_pool_size;
+	read_int(r, "postgresql", "pool_size", 1, 1000, &v);
+	cfg->pg_pool_size = (int)v;
+	read_str(r, "postgresql", "password_file", 1, &cfg->pg_password_file);
 
 	v = (int64_t)cfg->max_header_bytes;
 	read_int(r, "limits", "max_header_bytes", 1024, 1 << 20, &v);

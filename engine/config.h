@@ -55,6 +55,8 @@ struct config {
 	int64_t jobs_lease_ms;   /* a claimed job another worker may take over after this long */
 	int db_busy_timeout_ms;  /* how long a write waits for another worker's lock (its coroutine, not the loop) */
 	int db_checkpoint_pages; /* a WAL this long after a commit is checkpointed (on the checkpointer's thread) */
+	int pg_pool_size;        /* PostgreSQL: connections per worker */
+	char *pg_password_file;  /* PostgreSQL: the password, first line of this file (NULL: the URL's, or none) */
 	int workers;             /* worker processes (the daemon) */
 	int watchdog_ms;         /* a worker loop stuck this long is ended and restarted; 0: off */
 	int unsafe_no_sync;      /* benchmarks only (PAYGATE_BENCH): commits are not synced */
@@ -103,5 +105,8 @@ void config_free(struct config *cfg);
 
 /* Read a whole (small) file into a NUL-terminated malloc'd buffer; NULL on error. */
 char *config_read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen);
+
+/* Does `database` name a PostgreSQL server ("postgresql://...", "postgres://...") rather than a SQLite file? */
+int config_database_is_postgresql_url(const char *database);
 
 #endif

@@ -275,14 +275,25 @@ void coro_check_suspend(lua_State *L, const char *what)
 		           what);
 	else if (c->eng->sched->forbid_waits)
 		luaL_error(L, "%s cannot wait %s", what, c->eng->sched->forbid_why);
+	else if (c->db_tx && strcmp(what, CORO_DB_WAIT) != 0)
+		luaL_error(L,
+		           "%s cannot wait inside db.tx(): finish the transaction first "
+		           "(a transaction never stays open across a wait for anything but the database)",
+		           what);
 	else if (!lua_isyieldable(L))
 		luaL_error(L, "%s cannot wait here (inside a metamethod, iterator or C call)", what);
+}
+
+int coro_can_wait_db(lua_State *L)
+{
+	struct coro *c = coro_of(L);
+	return c && c->co == L && !c->eng->sched->forbid_waits && lua_isyieldable(L);
 }
 
 int coro_can_wait(lua_State *L)
 {
 	struct coro *c = coro_of(L);
-	return c && c->co == L && !c->eng->sched->forbid_waits && lua_isyieldable(L);
+	return coro_can_wait_db(L) && !c->db_tx;
 }
 
 int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals,
@@ -354,6 +365,8 @@ void coro_free(struct coro *c)
 
 	assert(!c->queued && !c->cleanup); /* never freed while queued or holding a wait */
 	assert(e->sched->current != c);
+	if (c->db_tx && c->db_tx_abandon)
+		c->db_tx_abandon(c); /* ended with a transaction open: it is rolled back */
 	assert(e->sched->live > 0);
 	give_back(c);
 	gen_unref(c->gen);

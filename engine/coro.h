@@ -39,6 +39,10 @@ struct coro {
 	const char *waiting_for; /* "http.request", "sleep": for errors and logs */
 	const char *what;        /* what it runs ("POST /api/orders", "job expire_order"), for the watchdog */
 	int64_t lock_wait_since; /* waiting for another worker's write lock since (ms; store.c), 0: not */
+	/* A PostgreSQL transaction this coroutine holds open (pgdb.c): while it is set, only db calls
+	   may wait (CORO_DB_WAIT), and db_tx_abandon closes it if the coroutine goes away first. */
+	void *db_tx;
+	void (*db_tx_abandon)(struct coro *c);
 
 	coro_done_fn done;
 	void (*abandon)(struct coro *c); /* owner's clean-up when cancelled by sched_cancel_all */
@@ -109,6 +113,12 @@ int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cl
 
 /* Could a C function running on L suspend now (an engine coroutine, yieldable, no db.tx running)? */
 int coro_can_wait(lua_State *L);
+
+/* The `what` of a wait for the database: the one wait allowed inside a PostgreSQL transaction. */
+#define CORO_DB_WAIT "db"
+
+/* Could a db call on L suspend now (as coro_can_wait, but inside a PostgreSQL db.tx too)? */
+int coro_can_wait_db(lua_State *L);
 
 /* Raise the error coro_suspend would raise, before the caller allocates anything to wait on. */
 void coro_check_suspend(lua_State *L, const char *what);

@@ -12,6 +12,7 @@
 #include "coro.h"
 #include "engine.h"
 #include "gen.h"
+#include "pgdb.h"
 #include "store.h"
 
 /*
@@ -36,13 +37,17 @@
 #define POLL_IDLE_MS    60000 /* safety net: look again at least this often */
 #define POLL_PEERS_MS   1000  /* ... or this often when other workers may have scheduled jobs */
 #define LOCKED_RETRY_MS 5     /* another worker holds the write lock: try the bookkeeping again soon */
+#define POLL_PG_MS      5000  /* PostgreSQL: NOTIFY tells of new jobs; this is the slow poll behind it */
 
 struct jobs {
 	struct engine *eng;
 	struct event *timer;
 	int running;
-	struct store_waiter commit; /* a kick waiting for the store's open batch */
-	int64_t next_lease_check;   /* when to renew our leases and look for expired ones (ms) */
+	struct pgdb *pg;              /* PostgreSQL: the bookkeeping is asynchronous (see "on PostgreSQL" below) */
+	struct pg_listener *listener; /* hears NOTIFY paygate_jobs: a job was queued, on any node */
+	int claiming, kick_again;     /* a claim is in flight; kick once more when it is answered */
+	struct store_waiter commit;   /* a kick waiting for the store's open batch */
+	int64_t next_lease_check;     /* when to renew our leases and look for expired ones (ms) */
 };
 
 struct job_run {
@@ -55,6 +60,10 @@ struct job_run {
 	char *error;         /* the failed run's error, until its outcome is recorded */
 	struct event *retry; /* recording the outcome again (the write lock was held) */
 };
+
+static int jobs_open_pg(struct jobs *j, char *err, size_t errlen);
+static void kick_pg(struct jobs *j);
+static void record_outcome_pg(struct job_run *r);
 
 static const char *const JOBS_DDL =
     "CREATE TABLE IF NOT EXISTS _paygate_jobs ("
@@ -124,6 +133,13 @@ struct jobs *jobs_new(struct engine *e, char *err, size_t errlen)
 	}
 	j->eng = e;
 	j->timer = evtimer_new(e->base, on_timer, j);
+	if (j->timer && store_pg(e->store)) {
+		if (jobs_open_pg(j, err, errlen) < 0) {
+			jobs_free(j);
+			return NULL;
+		}
+		return j;
+	}
 	if (!j->timer || sqlite3_exec(store_db(e->store), JOBS_DDL, NULL, NULL, &msg) != SQLITE_OK) {
 		snprintf(err, errlen, "jobs: %s", msg ? msg : "out of memory");
 		sqlite3_free(msg);
@@ -142,6 +158,7 @@ void jobs_free(struct jobs *j)
 	if (!j)
 		return;
 	store_cancel_wait(&j->commit);
+	pg_listener_free(j->listener);
 	if (j->timer)
 		event_free(j->timer);
 	free(j);
@@ -162,6 +179,23 @@ static int64_t backoff_ms(int attempts)
 	if (ms > BACKOFF_MAX_MS)
 		ms = BACKOFF_MAX_MS;
 	return ms + (int64_t)(rand() % (int)(ms / 4 + 1)); /* jitter spreads retries */
+}
+
+/* Count and log how the run ended (its row says so now). */
+static void note_outcome(struct job_run *r, const char *error)
+{
+	struct engine *e = r->j->eng;
+	if (!error) {
+		e->metrics.jobs_ok++;
+	} else if (r->attempts >= r->max_attempts) {
+		e->metrics.jobs_dead++;
+		log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s", r->name, (long long)r->id,
+		          r->attempts, error);
+	} else {
+		e->metrics.jobs_failed++;
+		log_warn(&e->log, r->reqid, "job %s #%lld attempt %d failed, will retry: %s", r->name, (long long)r->id,
+		         r->attempts, error);
+	}
 }
 
 /* Record how the run ended: 0, or -1 when another worker holds the write lock (try again later). */
@@ -208,19 +242,7 @@ static int record_outcome(struct job_run *r, const char *error)
 		         "job %s #%lld ran past its lease and was taken over by another worker; "
 		         "this run's outcome is not recorded",
 		         r->name, (long long)r->id);
-	if (!error) {
-		e->metrics.jobs_ok++;
-	} else {
-		if (dead) {
-			e->metrics.jobs_dead++;
-			log_error(&e->log, r->reqid, "job %s #%lld gave up after %d attempts: %s", r->name,
-			          (long long)r->id, r->attempts, error);
-		} else {
-			e->metrics.jobs_failed++;
-			log_warn(&e->log, r->reqid, "job %s #%lld attempt %d failed, will retry: %s", r->name,
-			         (long long)r->id, r->attempts, error);
-		}
-	}
+	note_outcome(r, error);
 	return 0;
 }
 
@@ -261,6 +283,10 @@ static void settle(evutil_socket_t fd, short what, void *arg)
 	struct job_run *r = arg;
 	(void)fd;
 	(void)what;
+	if (r->j->pg) {
+		record_outcome_pg(r);
+		return;
+	}
 	if (record_outcome(r, r->error) == 0) {
 		run_finish(r);
 		return;
@@ -329,6 +355,21 @@ static struct job_run *read_due(struct jobs *j, sqlite3_stmt *due)
 	return r;
 }
 
+/* The run's row is ours: run the job in a coroutine of its own. */
+static void run_start(struct jobs *j, struct job_run *r)
+{
+	struct engine *e = j->eng;
+	struct coro *c = coro_start(e, e->gen, push_job, r, job_done, r, r->reqid);
+	if (!c) {
+		r->error = strdup("out of memory starting the job");
+		settle(-1, 0, r);
+		return;
+	}
+	c->abandon = job_abandon;
+	c->what = r->name;
+	coro_go(c);
+}
+
 /* Claim the run's row (queued → running, ours, leased) and start its coroutine; -1: the write lock is held. */
 static int start_job(struct jobs *j, struct job_run *r)
 {
@@ -358,15 +399,7 @@ static int start_job(struct jobs *j, struct job_run *r)
 		run_finish(r);
 		return 0;
 	}
-	struct coro *c = coro_start(e, e->gen, push_job, r, job_done, r, r->reqid);
-	if (!c) {
-		r->error = strdup("out of memory starting the job");
-		settle(-1, 0, r);
-		return 0;
-	}
-	c->abandon = job_abandon;
-	c->what = r->name;
-	coro_go(c);
+	run_start(j, r);
 	return 0;
 }
 
@@ -436,6 +469,11 @@ void jobs_kick(struct jobs *j)
 	struct engine *e = j->eng;
 	char err[256];
 
+	if (j->pg) {
+		if (!e->stopping && e->gen)
+			kick_pg(j);
+		return;
+	}
 	if (e->stopping || !e->gen || store_in_tx(e->store))
 		return;
 	/* A job never runs on writes that are not durable yet (the transaction that scheduled it, the
@@ -470,6 +508,302 @@ void jobs_kick(struct jobs *j)
 		later(j->timer, LOCKED_RETRY_MS);
 	else
 		arm(j);
+}
+
+/*
+** ---- on PostgreSQL ----
+**
+** The same table and the same life of a row, for N nodes. The bookkeeping is
+** asynchronous (pg_pool_query: a connection of the pool's per statement), so
+** the loop never waits for it. One statement claims up to `room` due jobs:
+** FOR UPDATE SKIP LOCKED lets nodes claim at once without waiting for, or
+** taking, each other's rows. An insert (or a re-queue) of a job notifies
+** `paygate_jobs`; every node listens, so a job queued on one node is seen at
+** once on all; a slow poll (POLL_PG_MS) stands behind the notifications.
+** At start a node re-queues only its own worker's earlier incarnations'
+** jobs: any other node's job comes back when its lease runs out.
+*/
+
+static const char *const JOBS_DDL_PG =
+    "CREATE TABLE IF NOT EXISTS _paygate_jobs ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, name TEXT NOT NULL, key TEXT UNIQUE,"
+    " payload TEXT NOT NULL, run_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " max_attempts INTEGER NOT NULL DEFAULT 25, state TEXT NOT NULL DEFAULT 'queued',"
+    " last_error TEXT, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,"
+    " owner TEXT, lease_until BIGINT);"
+    "CREATE INDEX IF NOT EXISTS _paygate_jobs_due ON _paygate_jobs(state, run_at);"
+    "CREATE OR REPLACE FUNCTION _paygate_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$BEGIN PERFORM pg_notify('paygate_jobs', ''); RETURN NULL; END$$;"
+    "DROP TRIGGER IF EXISTS _paygate_jobs_queued ON _paygate_jobs;"
+    "CREATE TRIGGER _paygate_jobs_queued AFTER INSERT OR UPDATE OF state ON _paygate_jobs"
+    " FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION _paygate_jobs_notify();";
+
+static const char *const CLAIM_PG =
+    "UPDATE _paygate_jobs SET state = 'running', attempts = attempts + 1, updated_at = ?, owner = ?,"
+    " lease_until = ? WHERE id IN (SELECT id FROM _paygate_jobs WHERE state = 'queued' AND run_at <= ?"
+    " ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, name, payload, attempts, max_attempts";
+
+/* s as an SQL string literal ('...', quotes doubled) in buf (owners are ours: short, printable). */
+static const char *sql_literal(const char *s, char *buf, size_t len)
+{
+	size_t o = 0;
+	assert(len >= 3);
+	buf[o++] = '\'';
+	for (; *s && o + 3 < len; s++) {
+		if (*s == '\'')
+			buf[o++] = '\'';
+		buf[o++] = *s;
+	}
+	buf[o++] = '\'';
+	buf[o] = '\0';
+	return buf;
+}
+
+static void on_notify(void *arg)
+{
+	jobs_kick(arg);
+}
+
+static int jobs_open_pg(struct jobs *j, char *err, size_t errlen)
+{
+	struct engine *e = j->eng;
+	j->pg = store_pg(e->store);
+	if (pgdb_setup(j->pg, JOBS_DDL_PG, err, errlen) < 0)
+		return -1;
+	if (e->worker.predecessors[0]) { /* a restarted worker: its predecessors' jobs are not running anywhere */
+		char sql[512], pre[170], self[170];
+		snprintf(sql, sizeof sql,
+		         "UPDATE _paygate_jobs SET state = 'queued', owner = NULL WHERE state = 'running'"
+		         " AND substr(owner, 1, length(%s)) = %s AND owner <> %s",
+		         sql_literal(e->worker.predecessors, pre, sizeof pre),
+		         sql_literal(e->worker.predecessors, pre, sizeof pre),
+		         sql_literal(e->worker.job_owner, self, sizeof self));
+		if (pgdb_setup(j->pg, sql, err, errlen) < 0)
+			return -1;
+	}
+	if (!(j->listener = pg_listen(pgdb_pool(j->pg), "paygate_jobs", on_notify, j, err, errlen)))
+		return -1;
+	return 0;
+}
+
+static void pg_args(char (*buf)[32], const char **vals, int n, const int64_t *ints)
+{
+	for (int i = 0; i < n; i++) {
+		snprintf(buf[i], sizeof buf[i], "%lld", (long long)ints[i]);
+		vals[i] = buf[i];
+	}
+}
+
+static int query_ok(PGresult *res)
+{
+	return res && (PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK);
+}
+
+static void outcome_recorded(void *arg, PGresult *res, const char *err)
+{
+	struct job_run *r = arg;
+	struct engine *e = r->j->eng;
+	char buf[300];
+	if (!query_ok(res)) {
+		/* Its lease runs out and the job runs again: jobs are written to be retried. */
+		log_error(&e->log, r->reqid, "job %s #%lld: cannot record the outcome: %s; it will run again", r->name,
+		          (long long)r->id, res ? pg_result_error(res, buf, sizeof buf) : err);
+	} else if (strcmp(PQcmdTuples(res), "0") == 0) {
+		log_warn(&e->log, r->reqid,
+		         "job %s #%lld ran past its lease and was taken over by another node or worker; "
+		         "this run's outcome is not recorded",
+		         r->name, (long long)r->id);
+	} else {
+		note_outcome(r, r->error);
+	}
+	PQclear(res);
+	run_finish(r);
+}
+
+static void record_outcome_pg(struct job_run *r)
+{
+	struct engine *e = r->j->eng;
+	char ints[4][32], id[32];
+	const char *vals[6];
+	int dead = r->error && r->attempts >= r->max_attempts, rc;
+	snprintf(id, sizeof id, "%lld", (long long)r->id);
+	if (!r->error) {
+		const char *v[] = { id, e->worker.job_owner };
+		rc = pg_pool_query(pgdb_pool(r->j->pg), "DELETE FROM _paygate_jobs WHERE id = ? AND owner = ?", 2, v,
+		                   outcome_recorded, r);
+	} else {
+		int64_t now = clock_now_ms(), n[] = { now + backoff_ms(r->attempts), now };
+		pg_args(ints, vals + 1, 2, n);
+		vals[0] = dead ? "dead" : "queued";
+		vals[3] = r->error;
+		vals[4] = id;
+		vals[5] = e->worker.job_owner;
+		/* run_at, updated_at are vals[1], vals[2] */
+		rc = pg_pool_query(pgdb_pool(r->j->pg),
+		                   "UPDATE _paygate_jobs SET state = ?, run_at = ?, updated_at = ?, last_error = ?,"
+		                   " owner = NULL WHERE id = ? AND owner = ?",
+		                   6, vals, outcome_recorded, r);
+	}
+	if (rc < 0) {
+		log_error(&e->log, r->reqid, "job %s #%lld: out of memory; its lease will re-queue it", r->name,
+		          (long long)r->id);
+		run_finish(r);
+	}
+}
+
+static void leases_done(void *arg, PGresult *res, const char *err)
+{
+	struct jobs *j = arg;
+	char buf[300];
+	if (!query_ok(res))
+		log_warn(&j->eng->log, NULL, "jobs: cannot renew or check leases: %s",
+		         res ? pg_result_error(res, buf, sizeof buf) : err);
+	else if (PQntuples(res) > 0)
+		log_warn(&j->eng->log, NULL, "re-queued %d job(s) whose owner's lease ran out", PQntuples(res));
+	PQclear(res);
+}
+
+/* Every third of a lease: renew ours, re-queue whoever let theirs run out (as check_leases). */
+static void check_leases_pg(struct jobs *j)
+{
+	struct engine *e = j->eng;
+	char ints[2][32];
+	const char *vals[3];
+	int64_t now = clock_now_ms();
+	if (now < j->next_lease_check)
+		return;
+	j->next_lease_check = now + e->cfg.jobs_lease_ms / 3;
+	int64_t renew[] = { now + e->cfg.jobs_lease_ms, now };
+	pg_args(ints, vals, 1, renew);
+	vals[1] = e->worker.job_owner;
+	if (j->running > 0)
+		pg_pool_query(pgdb_pool(j->pg),
+		              "UPDATE _paygate_jobs SET lease_until = ? WHERE state = 'running' AND owner = ?", 2, vals,
+		              leases_done, j);
+	pg_args(ints, vals, 1, renew + 1);
+	pg_pool_query(pgdb_pool(j->pg),
+	              "UPDATE _paygate_jobs SET state = 'queued', owner = NULL"
+	              " WHERE state = 'running' AND lease_until < ? AND owner <> ? RETURNING id",
+	              2, vals, leases_done, j);
+}
+
+static void armed_pg(void *arg, PGresult *res, const char *err)
+{
+	struct jobs *j = arg;
+	int64_t delay = POLL_PG_MS;
+	(void)err;
+	if (query_ok(res) && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+		int64_t d = strtoll(PQgetvalue(res, 0, 0), NULL, 10) - clock_now_ms();
+		delay = d < 0 ? 0 : (d < delay ? d : delay);
+	}
+	PQclear(res);
+	if (j->running >= j->eng->cfg.jobs_max_running || delay == 0)
+		delay = delay == 0 && j->running < j->eng->cfg.jobs_max_running ? 1 : POLL_PG_MS;
+	int64_t lease = j->next_lease_check - clock_now_ms();
+	if (lease >= 0 && lease < delay)
+		delay = lease;
+	later(j->timer, delay);
+}
+
+static void claimed_pg(void *arg, PGresult *res, const char *err)
+{
+	struct jobs *j = arg;
+	struct engine *e = j->eng;
+	char buf[300];
+	j->claiming = 0;
+	int rows = 0;
+	if (!query_ok(res)) {
+		if (!pg_retryable(res)) /* a conflict with another node's claim: just look again */
+			log_warn(&e->log, NULL, "jobs: cannot claim due jobs: %s",
+			         res ? pg_result_error(res, buf, sizeof buf) : err);
+	} else {
+		rows = PQntuples(res);
+		for (int i = 0; i < rows; i++) {
+			struct job_run *r = calloc(1, sizeof *r);
+			if (!r) /* its lease will bring it back */
+				continue;
+			r->j = j;
+			r->id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+			snprintf(r->name, sizeof r->name, "%s", PQgetvalue(res, i, 1));
+			r->payload = strdup(PQgetvalue(res, i, 2));
+			r->attempts = (int)strtol(PQgetvalue(res, i, 3), NULL, 10);
+			r->max_attempts = (int)strtol(PQgetvalue(res, i, 4), NULL, 10);
+			snprintf(r->reqid, sizeof r->reqid, "job-%lld-%d", (long long)r->id, r->attempts);
+			j->running++;
+			if (!r->payload || e->stopping || !e->gen) {
+				r->error = strdup("out of memory reading the job");
+				settle(-1, 0, r);
+				continue;
+			}
+			run_start(j, r);
+		}
+	}
+	PQclear(res);
+	if (j->kick_again || (rows > 0 && j->running < e->cfg.jobs_max_running)) {
+		j->kick_again = 0;
+		jobs_soon(j); /* there may be more due */
+		return;
+	}
+	if (pg_pool_query(pgdb_pool(j->pg), "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", 0, NULL,
+	                  armed_pg, j) < 0)
+		later(j->timer, POLL_PG_MS);
+}
+
+static void kick_pg(struct jobs *j)
+{
+	struct engine *e = j->eng;
+	char ints[4][32], room[32];
+	const char *vals[5];
+	if (j->claiming) {
+		j->kick_again = 1;
+		return;
+	}
+	check_leases_pg(j);
+	int free_slots = e->cfg.jobs_max_running - j->running;
+	if (free_slots <= 0) {
+		later(j->timer, POLL_PG_MS); /* a finishing job kicks us again */
+		return;
+	}
+	int64_t now = clock_now_ms(), n[] = { now, now + e->cfg.jobs_lease_ms, now };
+	pg_args(ints, vals, 1, n);
+	vals[1] = e->worker.job_owner;
+	pg_args(ints + 1, vals + 2, 2, n + 1);
+	snprintf(room, sizeof room, "%d", free_slots);
+	vals[4] = room;
+	j->claiming = 1;
+	if (pg_pool_query(pgdb_pool(j->pg), CLAIM_PG, 5, vals, claimed_pg, j) < 0) {
+		j->claiming = 0;
+		later(j->timer, POLL_PG_MS);
+	}
+}
+
+/* jobs.schedule on PostgreSQL: the row (inside the caller's db.tx, if any) through the db API. */
+static int scheduled_pg(lua_State *L, int status, lua_KContext ctx)
+{
+	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
+	(void)status;
+	if (!lua_toboolean(L, -2))
+		return lua_error(L);
+	int created = lua_istable(L, -1);
+	if (created)
+		lua_getfield(L, -1, "id");
+	else
+		lua_pushnil(L);
+	lua_pushboolean(L, created);
+	if (created && ctx && e->jobs)
+		jobs_soon(e->jobs);
+	return 2;
+}
+
+static int cancelled_pg(lua_State *L, int status, lua_KContext ctx)
+{
+	(void)status;
+	(void)ctx;
+	if (!lua_toboolean(L, -2))
+		return lua_error(L);
+	lua_pushboolean(L, lua_istable(L, -1));
+	return 1;
 }
 
 /* ---- Lua: jobs.schedule(name, payload, {delay_ms=, run_at=, key=, max_attempts=}) → id, created ---- */
@@ -508,6 +842,23 @@ static int l_schedule(lua_State *L)
 	lua_call(L, 1, 1);
 	const char *payload = lua_tostring(L, -1);
 
+	if (store_pg(e->store)) {
+		int first = lua_gettop(L) + 1;
+		lua_pushliteral(L,
+		                "INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at,"
+		                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id");
+		lua_pushstring(L, name);
+		if (key)
+			lua_pushstring(L, key);
+		else
+			lua_pushnil(L);
+		lua_pushstring(L, payload);
+		lua_pushinteger(L, run_at);
+		lua_pushinteger(L, max_attempts);
+		lua_pushinteger(L, now);
+		lua_pushinteger(L, now);
+		return pgdb_one_k(L, store_pg(e->store), first, run_at <= now + POLL_IDLE_MS, scheduled_pg);
+	}
 	sqlite3_stmt *s =
 	    store_prepare(e->store,
 	                  "INSERT INTO _paygate_jobs(name, key, payload, run_at, max_attempts, created_at, updated_at)"
@@ -548,6 +899,12 @@ static int l_cancel(lua_State *L)
 	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
 	const char *key = luaL_checkstring(L, 1);
 	char err[256];
+	if (store_pg(e->store)) {
+		int first = lua_gettop(L) + 1;
+		lua_pushliteral(L, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued' RETURNING id");
+		lua_pushstring(L, key);
+		return pgdb_one_k(L, store_pg(e->store), first, 0, cancelled_pg);
+	}
 	sqlite3_stmt *s =
 	    store_prepare(e->store, "DELETE FROM _paygate_jobs WHERE key = ? AND state = 'queued'", err, sizeof err);
 	if (!s && store_locked_out(e->store) && coro_can_wait(L))

@@ -183,6 +183,8 @@ void metrics_render(struct metrics *m, const struct metrics_gauges *g, struct ev
 	counter(b, "paygate_jobs_dead_total", "Jobs given up after their last attempt.", m->jobs_dead);
 	counter(b, "paygate_db_commits_total", "Transactions committed.", m->db_commits);
 	counter(b, "paygate_db_rollbacks_total", "Transactions rolled back.", m->db_rollbacks);
+	counter(b, "paygate_db_conflicts_total",
+	        "Transactions run again after a serialization failure or deadlock (PostgreSQL).", m->db_conflicts);
 	counter(b, "paygate_db_batches_total", "Batches committed: each is one sync for a loop turn's writes.",
 	        m->db_batches);
 	counter(b, "paygate_db_batches_lost_total", "Batches whose commit failed (their writes were refused).",

@@ -32,6 +32,7 @@ struct metrics {
 	uint64_t fetch_ok, fetch_failed;
 	uint64_t jobs_ok, jobs_failed, jobs_dead;
 	uint64_t db_commits, db_rollbacks;
+	uint64_t db_conflicts; /* PostgreSQL: transactions run again after a serialization failure or deadlock */
 	uint64_t db_batches, db_batches_lost;
 	uint64_t db_lock_waits;                         /* a writer waited for another worker's lock */
 	uint64_t db_checkpoints, db_checkpoints_failed; /* WAL checkpoints on the checkpointer's thread */

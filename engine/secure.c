@@ -9,6 +9,7 @@
 #include "clock.h"
 #include "crypto.h"
 #include "engine.h"
+#include "pgdb.h"
 #include "store.h"
 
 /*
@@ -59,9 +60,60 @@ fail:
 	return -1;
 }
 
+/* On PostgreSQL: the same table, shared by every node, read once at start-up (blocking, before serving). */
+static int load_secret_pg(struct engine *e, struct pgdb *pg, char *err, size_t errlen)
+{
+	unsigned char fresh[32];
+	PGconn *pq = pgdb_sync_begin(pg, err, errlen);
+	PGresult *res = NULL;
+	if (!pq)
+		return -1;
+	if (crypto_random_bytes(fresh, sizeof fresh, err, errlen) < 0) {
+		pgdb_sync_end(pg);
+		return -1;
+	}
+	const char *vals[] = { (const char *)fresh };
+	const int lens[] = { (int)sizeof fresh }, formats[] = { 1 };
+	char e2[300];
+	/* Nodes that start together: one creates the table and stores its secret, the others find it. */
+	if (pgdb_sync_lock(pg, 1, err, errlen) < 0) {
+		pgdb_sync_end(pg);
+		return -1;
+	}
+	res = PQexec(pq, "CREATE TABLE IF NOT EXISTS _paygate_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL)");
+	int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	if (ok) { /* keep the first secret ever stored, whichever node stored it */
+		res = PQexecParams(pq,
+		                   "INSERT INTO _paygate_secrets(name, value) VALUES ('session', $1) "
+		                   "ON CONFLICT (name) DO NOTHING",
+		                   1, NULL, vals, lens, formats, 1);
+		ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+		PQclear(res);
+	}
+	memset(fresh, 0, sizeof fresh);
+	pgdb_sync_lock(pg, 0, e2, sizeof e2);
+	if (ok) {
+		res = PQexecParams(pq, "SELECT value FROM _paygate_secrets WHERE name = 'session'", 0, NULL, NULL, NULL,
+		                   NULL, 1);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQgetlength(res, 0, 0) >= 16) {
+			e->secret_len = (size_t)PQgetlength(res, 0, 0);
+			if ((e->secret = malloc(e->secret_len)))
+				memcpy(e->secret, PQgetvalue(res, 0, 0), e->secret_len);
+		}
+		PQclear(res);
+	}
+	if (!e->secret)
+		snprintf(err, errlen, "cannot set up the session secret: %s", PQerrorMessage(pq));
+	pgdb_sync_end(pg);
+	return e->secret ? 0 : -1;
+}
+
 /* The secret's table is the engine's alone: scripts' SQL can neither read nor change it. */
 static int load_from_db(struct engine *e, char *err, size_t errlen)
 {
+	if (store_pg(e->store))
+		return load_secret_pg(e, store_pg(e->store), err, errlen);
 	store_engine_begin(e->store);
 	int rc = load_secret(e, err, errlen);
 	store_engine_end(e->store);

@@ -14,6 +14,7 @@
 #include "coro.h"
 #include "engine.h"
 #include "jail.h"
+#include "pgdb.h"
 
 #define STMT_CACHE 256 /* direct-mapped: slot = hash(sql) */
 
@@ -37,6 +38,7 @@ struct cached_stmt {
 */
 struct store {
 	struct engine *eng;
+	struct pgdb *pg; /* PostgreSQL (pgdb.c) instead of the SQLite file below: db is NULL */
 	sqlite3 *db;
 	int tx_depth;              /* 0: no db.tx running; n: n nested db.tx() (savepoints) */
 	int engine_sql;            /* the engine's own statement: no restrictions */
@@ -504,6 +506,14 @@ struct store *store_open(struct engine *e, const char *path, char *err, size_t e
 		free(st);
 		return NULL;
 	}
+	if (config_database_is_postgresql_url(path)) {
+		if (!(st->pg = pgdb_open(e, path, err, errlen))) {
+			event_free(st->commit_ev);
+			free(st);
+			return NULL;
+		}
+		return st;
+	}
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
 	if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", path,
@@ -539,6 +549,12 @@ void store_close(struct store *st)
 	char err[256];
 	if (!st)
 		return;
+	if (st->pg) {
+		pgdb_close(st->pg);
+		event_free(st->commit_ev);
+		free(st);
+		return;
+	}
 	if (store_flush(st, err, sizeof err) < 0)
 		log_error(&st->eng->log, NULL, "closing the database: %s", err);
 	checkpointer_stop(st->ckpt); /* closing the last connection checkpoints what is left */
@@ -558,7 +574,23 @@ sqlite3 *store_db(struct store *st)
 
 int store_in_tx(const struct store *st)
 {
-	return st && st->tx_depth > 0;
+	return st && st->tx_depth > 0; /* PostgreSQL's transactions belong to coroutines, not to the loop */
+}
+
+struct pgdb *store_pg(struct store *st)
+{
+	return st->pg;
+}
+
+int store_load_begin(struct store *st, char *err, size_t errlen)
+{
+	return st->pg && !pgdb_sync_begin(st->pg, err, errlen) ? -1 : 0;
+}
+
+void store_load_end(struct store *st)
+{
+	if (st->pg)
+		pgdb_sync_end(st->pg);
 }
 
 /* A statement that writes runs inside the turn's batch: the one seam every write goes through. */
@@ -836,6 +868,8 @@ static int step_error(lua_State *L, struct store *st, sqlite3_stmt *stmt)
 static int l_exec(lua_State *L)
 {
 	struct store *st = upstore(L);
+	if (st->pg)
+		return pgdb_exec(L, st->pg);
 	sqlite3_stmt *stmt = prepare_args(L, st);
 	if (!stmt)
 		return store_wait_lock(L, st, l_exec);
@@ -855,6 +889,8 @@ static int l_exec(lua_State *L)
 static int l_query(lua_State *L)
 {
 	struct store *st = upstore(L);
+	if (st->pg)
+		return pgdb_query(L, st->pg);
 	sqlite3_stmt *stmt = prepare_args(L, st);
 	if (!stmt)
 		return store_wait_lock(L, st, l_query);
@@ -867,14 +903,17 @@ static int l_query(lua_State *L)
 	}
 	if (rc != SQLITE_DONE)
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /* db.one(sql, ...) → the first row, or nil */
 static int l_one(lua_State *L)
 {
 	struct store *st = upstore(L);
+	if (st->pg)
+		return pgdb_one(L, st->pg);
 	sqlite3_stmt *stmt = prepare_args(L, st);
 	if (!stmt)
 		return store_wait_lock(L, st, l_one);
@@ -885,8 +924,9 @@ static int l_one(lua_State *L)
 		lua_pushnil(L);
 	else
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /*
@@ -900,6 +940,8 @@ static int l_tx(lua_State *L)
 	struct store *st = upstore(L);
 	char err[512];
 
+	if (st->pg)
+		return pgdb_tx(L, st->pg);
 	luaL_checktype(L, 1, LUA_TFUNCTION);
 	if (store_begin(st, err, sizeof err) < 0) {
 		if (st->locked_out)
@@ -927,6 +969,8 @@ void store_push_lua(lua_State *L, struct engine *e)
 	lua_newtable(L);
 	lua_pushlightuserdata(L, e);
 	luaL_setfuncs(L, fns, 1);
+	lua_pushstring(L, e->store->pg ? "postgresql" : "sqlite");
+	lua_setfield(L, -2, "dialect");
 }
 
 /* ---- migrations ---- */
@@ -1061,6 +1105,8 @@ static int migrate_all(struct store *st, lua_State *L, int idx, char *err, size_
 
 int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
 {
+	if (st->pg)
+		return pgdb_migrate(st->pg, L, idx, err, errlen);
 	int sleep_ok = st->sleep_ok;
 	st->sleep_ok = 1; /* migrations run before their generation serves: they may wait for the lock */
 	int rc = migrate_all(st, L, lua_absindex(L, idx), err, errlen);

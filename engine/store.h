@@ -10,6 +10,7 @@
 
 struct engine;
 struct store;
+struct pgdb;
 
 /*
 ** What "durable" means here. Every write joins the loop turn's batch: one
@@ -48,7 +49,11 @@ struct store_waiter {
 struct store *store_open(struct engine *e, const char *path, char *err, size_t errlen);
 void store_close(struct store *st);
 
+/* The SQLite connection; NULL on PostgreSQL (then store_pg). */
 sqlite3 *store_db(struct store *st);
+
+/* The PostgreSQL back end (pgdb.h), or NULL on SQLite. */
+struct pgdb *store_pg(struct store *st);
 
 /*
 ** Statements prepared between store_engine_begin and store_engine_end are
@@ -136,7 +141,16 @@ void store_rollback(struct store *st);
 */
 int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen);
 
-/* The `db` table: exec, query, one, tx. [-0, +1, e] */
+/*
+** A generation loads (its top-level code runs, then its migrations): on
+** PostgreSQL, db calls made outside engine coroutines meanwhile run on a
+** blocking connection of their own (they cannot suspend). No-op on SQLite.
+** 0, or -1 with err (the database cannot be reached).
+*/
+int store_load_begin(struct store *st, char *err, size_t errlen);
+void store_load_end(struct store *st);
+
+/* The `db` table: exec, query, one, tx, dialect. [-0, +1, e] */
 void store_push_lua(lua_State *L, struct engine *e);
 
 #endif

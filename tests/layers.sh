@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ENGINE=${1:-engine}
 OBJ=${2:-${BUILD:-build}/obj}
 
-LAYERS="clock log json crypto pattern jail metrics config wechatpay bill engine gen coro checkpoint store secure fetch jobs
+LAYERS="clock log json crypto pattern jail metrics config wechatpay bill engine gen coro checkpoint pg pgdb store secure fetch jobs
         http wxclient host script reload admin routes thread drive paygate board master daemon main"
 
 pass=0; fail=0

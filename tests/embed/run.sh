@@ -109,21 +109,21 @@ if cc -fsanitize=thread -x c -o "$WORK/tsan-probe" - <<<'int main(void){return 0
 		       cc -O1 -g -fsanitize=thread -Iengine -Iexamples/game-common -DPAYGATE_LUALIB='\"$LUALIB\"' \
 		       \$(pkg-config --cflags lua5.4 libevent) examples/epoll-game/game.c examples/game-common/inventory.c \
 		       '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib) -lm -o '$WORK/epoll-game-tsan' &&
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libpq) -lm -o '$WORK/epoll-game-tsan' &&
 		       cc -O1 -g -fsanitize=thread -Iengine -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags lua5.4 libevent) \
 		       tests/embed/engines.c '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib) -lm -o '$WORK/engines-tsan' &&
+		       \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libpq) -lm -o '$WORK/engines-tsan' &&
 		       { ! pkg-config --exists libuv ||
 		         cc -O1 -g -fsanitize=thread -Iengine -Iexamples/game-common -DPAYGATE_LUALIB='\"$LUALIB\"' \
 		         \$(pkg-config --cflags lua5.4 libuv) examples/uv-game/game.c examples/game-common/inventory.c \
 		         '$WORK/tsan/libpaygate.a' -Wl,-Bstatic -llua5.4-cjson -Wl,-Bdynamic \
-		         \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libuv) -lm -o '$WORK/uv-game-tsan'; }"
+		         \$(pkg-config --libs lua5.4 libevent libcurl libcrypto sqlite3 zlib libpq libuv) -lm -o '$WORK/uv-game-tsan'; }"
 fi
 # libpaygate.a linked statically, its dependencies dynamically (Debian ships no static libcurl
 # dependencies, so `pkg-config --static` cannot link a fully static program there).
 spec "tests/embed/engines.c links the installed static library (no shared libpaygate needed)" \
 	sh -c "cc -O1 -g $WARN -DPAYGATE_LUALIB='\"$LUALIB\"' \$(pkg-config --cflags paygate) tests/embed/engines.c \
-	       '$PREFIX/lib/libpaygate.a' \$(pkg-config --libs libevent lua5.4 libcurl libcrypto sqlite3 zlib) \
+	       '$PREFIX/lib/libpaygate.a' \$(pkg-config --libs libevent lua5.4 libcurl libcrypto sqlite3 zlib libpq) \
 	       -llua5.4-cjson -lm -o '$WORK/engines' &&
 	       ! ldd '$WORK/engines' | grep -q libpaygate"
 
