@@ -44,21 +44,8 @@ run() {
 	summarize "$name" "$log" $?
 }
 
-for t in "$BUILD"/tests/test_*; do
-	[ -x "$t" ] && run "c:$(basename "$t")" "$t"
-done
-run "lua:lualib" lua5.4 tests/lua/run.lua .
-run "style" tests/style.sh
-run "layers" env BUILD="$BUILD" tests/layers_test.sh
-for t in notify json config http lua_args; do
-	if [ -x "$BUILD"/tests/fuzz_$t ] && [ -d tests/fuzz/corpus/$t ]; then
-		run "fuzz-replay:$t" "$BUILD"/tests/fuzz_$t tests/fuzz/corpus/$t/*
-	fi
-done
-if [ -x tests/conformance/run.sh ]; then
-	run "conformance:wechatpay-node" env WXP_TOOL="$PWD/$BUILD/tests/wxp_tool" tests/conformance/run.sh
-fi
-# A private PostgreSQL for the e2e suites (docs/testing.md). Without Debian's postgresql the
+# A private PostgreSQL for every suite (docs/testing.md): the Lua units check the shop's SQL on
+# it (tests/pg/sql_check.lua), the e2e specs run gateways on it. Without Debian's postgresql the
 # PostgreSQL runs are skipped, loudly; on CI (CI=true) that is a failure. A PAYGATE_TEST_PG
 # given by the caller is used as it is (a server of the caller's; nothing is started).
 PG_NOTE=""
@@ -90,6 +77,20 @@ else
 	echo "*** $PG_NOTE ***"
 fi
 
+for t in "$BUILD"/tests/test_*; do
+	[ -x "$t" ] && run "c:$(basename "$t")" "$t"
+done
+run "lua:lualib" lua5.4 tests/lua/run.lua .
+run "style" tests/style.sh
+run "layers" env BUILD="$BUILD" tests/layers_test.sh
+for t in notify json config http lua_args; do
+	if [ -x "$BUILD"/tests/fuzz_$t ] && [ -d tests/fuzz/corpus/$t ]; then
+		run "fuzz-replay:$t" "$BUILD"/tests/fuzz_$t tests/fuzz/corpus/$t/*
+	fi
+done
+if [ -x tests/conformance/run.sh ]; then
+	run "conformance:wechatpay-node" env WXP_TOOL="$PWD/$BUILD/tests/wxp_tool" tests/conformance/run.sh
+fi
 for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
 done
