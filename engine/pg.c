@@ -14,7 +14,8 @@
 #define MAX_PARAMS 1000
 
 /* Every session: SERIALIZABLE (as SQLite), and named in pg_stat_activity. */
-#define SESSION_OPTIONS "-c default_transaction_isolation=serializable"
+/* Every session: SERIALIZABLE (as SQLite), and a bound on how long one statement may run. */
+#define SESSION_OPTIONS "-c default_transaction_isolation=serializable -c statement_timeout=%d"
 
 enum conn_state {
 	CONN_CONNECTING, /* PQconnectPoll until OK */
@@ -55,6 +56,7 @@ struct pg_pool {
 	struct event_base *base;
 	struct log *log;
 	char *conninfo, *password;
+	char options[128];
 	int size, open;
 	struct pg_conn *free_list;
 	struct pg_conn all;       /* list head */
@@ -343,7 +345,7 @@ static void on_notice(void *arg, const char *message)
 static PGconn *start_connect(struct pg_pool *p, int blocking)
 {
 	const char *keys[] = { "dbname", "options", "fallback_application_name", "password", NULL };
-	const char *vals[] = { p->conninfo, SESSION_OPTIONS, "paygate", p->password, NULL };
+	const char *vals[] = { p->conninfo, p->options, "paygate", p->password, NULL };
 	if (!p->password)
 		keys[3] = NULL;
 	PGconn *pq = blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
@@ -461,7 +463,7 @@ static void on_hand(evutil_socket_t fd, short what, void *arg)
 }
 
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
-                            int size, char *err, size_t errlen)
+                            int size, int statement_timeout_ms, char *err, size_t errlen)
 {
 	struct pg_pool *p = calloc(1, sizeof *p);
 	if (!p || !(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
@@ -473,6 +475,7 @@ struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char
 	p->base = base;
 	p->log = log;
 	p->size = size > 0 ? size : 1;
+	snprintf(p->options, sizeof p->options, SESSION_OPTIONS, statement_timeout_ms);
 	p->all.next = p->all.prev = &p->all;
 	p->waiters.next = p->waiters.prev = &p->waiters;
 	PGconn *pq = pg_pool_connect_blocking(p, err, errlen);

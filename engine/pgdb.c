@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <lauxlib.h>
@@ -25,6 +26,8 @@
 
 /* One key for the migrations' advisory lock, the same on every node: "paygate" in ASCII. */
 #define MIGRATION_LOCK "7061796761746500"
+/* Waiting for another node's migrations may take as long as they do; waits inside them may not. */
+#define LOCK_SQL       "SET lock_timeout = 0; SELECT pg_advisory_lock(" MIGRATION_LOCK "); SET lock_timeout = '5s'"
 
 struct pgdb {
 	struct engine *eng;
@@ -60,6 +63,8 @@ struct pg_call {
 	char **vals;
 	int attempts;
 	int done, resumed;
+	int no_conn;                 /* no connection came free in time */
+	struct event *conn_deadline; /* while queued for a connection */
 	PGresult *res;
 	char err[320];
 };
@@ -237,7 +242,12 @@ static void push_conflicts(lua_State *L, int attempts)
 static void push_error(lua_State *L, struct pg_call *k)
 {
 	char buf[300];
-	if (!k->res || pg_conn_failed(k->res)) {
+	if (k->no_conn) {
+		char msg[400];
+		snprintf(msg, sizeof msg, "the database is busy (%s); nothing of this call was saved, try again",
+		         k->err);
+		push_fail(L, "busy", msg);
+	} else if (!k->res || pg_conn_failed(k->res)) {
 		char msg[400];
 		snprintf(msg, sizeof msg, "the database is unavailable (%s); nothing of this call was saved, try again",
 		         k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err);
@@ -257,6 +267,8 @@ static void push_error(lua_State *L, struct pg_call *k)
 static void call_free(struct pg_call *k)
 {
 	pg_cancel_acquire(&k->w);
+	if (k->conn_deadline)
+		event_free(k->conn_deadline);
 	if (k->res)
 		PQclear(k->res);
 	free_params(k->vals, k->n);
@@ -306,6 +318,8 @@ static void call_send(struct pg_call *k)
 static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)
 {
 	struct pg_call *k = (struct pg_call *)(void *)((char *)w - offsetof(struct pg_call, w));
+	if (k->conn_deadline)
+		event_del(k->conn_deadline);
 	if (!c) {
 		snprintf(k->err, sizeof k->err, "%s", err);
 		call_answered(k);
@@ -320,6 +334,19 @@ static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)
 }
 
 static void tx_drop(struct coro *c);
+
+/* Every connection stayed busy for db_busy_timeout_ms: give up waiting (503 busy, nothing was sent). */
+static void conn_too_late(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_call *k = arg;
+	(void)fd;
+	(void)what;
+	pg_cancel_acquire(&k->w);
+	k->no_conn = 1;
+	snprintf(k->err, sizeof k->err, "no database connection came free in %d ms",
+	         k->db->eng->cfg.db_busy_timeout_ms);
+	call_answered(k);
+}
 
 /* The coroutine was cancelled (shutdown) while it waited: nothing will read the answer. */
 static void call_cleanup(struct coro *c)
@@ -396,10 +423,16 @@ static int call_start(lua_State *L, struct pgdb *db, enum call_kind kind, const 
 		call_send(call);
 	} else {
 		struct pg_conn *conn = pg_try_acquire(db->pool);
-		if (conn)
+		if (conn) {
 			on_conn(&call->w, conn, NULL);
-		else
+		} else {
+			int ms = db->eng->cfg.db_busy_timeout_ms;
+			struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+			call->conn_deadline = evtimer_new(db->eng->base, conn_too_late, call);
+			if (call->conn_deadline)
+				evtimer_add(call->conn_deadline, &tv);
 			pg_acquire(db->pool, &call->w);
+		}
 	}
 	return coro_suspendk(L, CORO_DB_WAIT, call, call_cleanup, call_retvals, ctx, k);
 }
@@ -413,8 +446,18 @@ static PGresult *sync_run(struct pgdb *db, lua_State *L, const char *sql, int fi
 	size_t cap = strlen(sql) * 2 + 16;
 	char *text = malloc(cap);
 	PGresult *res = NULL;
-	if (text && pg_translate(sql, text, cap) >= 0)
-		res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+	if (text && pg_translate(sql, text, cap) >= 0) {
+		/* A statement of its own (not inside a migration's transaction) that conflicted with another
+		   node's (nodes starting together) is run again, as in a request. */
+		for (int attempt = 1;; attempt++) {
+			res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+			if (!pg_retryable(res) || db->sync_depth > 0 || attempt >= PGDB_TX_ATTEMPTS)
+				break;
+			PQclear(res);
+			struct timespec pause = { 0, (long)(rand() % (1000 << attempt)) * 1000 };
+			nanosleep(&pause, NULL); /* before serving (a generation's load): the loop may wait */
+		}
+	}
 	free(text);
 	free_params(vals, n);
 	return res;
@@ -983,7 +1026,7 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 	if (!pgdb_sync_begin(db, err, errlen))
 		return -1;
 	/* One node at a time; the others wait here, then find the migrations applied. */
-	int rc = sync_simple(db, "SELECT pg_advisory_lock(" MIGRATION_LOCK ")", err, errlen);
+	int rc = sync_simple(db, LOCK_SQL, err, errlen);
 	if (rc == 0) {
 		rc = migrate_locked(db, L, idx, err, errlen);
 		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
@@ -995,9 +1038,7 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen)
 {
 	assert(db->sync);
-	return sync_simple(
-	    db, take ? "SELECT pg_advisory_lock(" MIGRATION_LOCK ")" : "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")",
-	    err, errlen);
+	return sync_simple(db, take ? LOCK_SQL : "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", err, errlen);
 }
 
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
@@ -1005,7 +1046,7 @@ int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 	char e2[300];
 	if (!pgdb_sync_begin(db, err, errlen))
 		return -1;
-	int rc = sync_simple(db, "SELECT pg_advisory_lock(" MIGRATION_LOCK ")", err, errlen);
+	int rc = sync_simple(db, LOCK_SQL, err, errlen);
 	if (rc == 0) {
 		rc = sync_simple(db, sql, err, errlen);
 		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
@@ -1028,7 +1069,7 @@ PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 	db->sync_refs = 1;
 	/* A migration that waits for a lock held by a transaction of this very process (suspended while the
 	   loop is here) would wait forever: give up after a while instead. */
-	if (sync_simple(db, "SET lock_timeout = '5s'", e2, sizeof e2) < 0) {
+	if (sync_simple(db, "SET lock_timeout = '5s'; SET statement_timeout = 0", e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "%s", e2);
 		pgdb_sync_end(db);
 		return NULL;
@@ -1091,7 +1132,8 @@ struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errl
 		}
 		password[strcspn(password, "\r\n")] = '\0'; /* its first line */
 	}
-	db->pool = pg_pool_new(e->base, &e->log, url, password, e->cfg.pg_pool_size, err, errlen);
+	db->pool = pg_pool_new(e->base, &e->log, url, password, e->cfg.pg_pool_size, e->cfg.pg_statement_timeout_ms,
+	                       err, errlen);
 	if (password) {
 		memset(password, 0, strlen(password));
 		free(password);
