@@ -11,35 +11,22 @@
 // naming the node that answered, for the test to see.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import crypto from 'node:crypto';
-import { BIN, ROOT, eventually, request } from './harness.mjs';
+import { ROOT, eventually, pgCreateDatabase, pgDropDatabase, pgUnavailable, request } from './harness.mjs';
 import { freePort, startWorld } from './shopenv.mjs';
 
-const TEST_PG = process.env.PAYGATE_TEST_PG || '';
 const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-function why() {
-  if (!have('nginx')) return 'nginx is not installed';
-  if (!TEST_PG) return 'PAYGATE_TEST_PG is not set (no PostgreSQL server for the tests)';
-  if (!/libpq\.so/.test(execFileSync('ldd', [BIN], { encoding: 'utf8' }))) return `${BIN} has no PostgreSQL back end`;
-  return false;
-}
-const skip = why();
+const skip = have('nginx') ? pgUnavailable() : 'nginx is not installed';
 console.log(skip ? `backends: none; postgresql SKIPPED: ${skip}` : 'backends: postgresql (three nodes behind nginx)');
-
-const psql = (sql, url = TEST_PG) => execFileSync('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', url, '-c', sql],
-  { encoding: 'utf8', env: { ...process.env, PGCONNECT_TIMEOUT: '10' } });
 
 test('three nodes on one PostgreSQL database behind nginx: spread, shared sessions and idempotency keys, a stopped node routed around', { skip }, async () => {
   const d = mkdtempSync(join(tmpdir(), 'paygate-nginx-nodes-'));
   const dbName = 'paygate_nginx_' + crypto.randomBytes(4).toString('hex');
-  psql(`CREATE DATABASE ${dbName}`);
-  const u = new URL(TEST_PG);
-  u.pathname = '/' + dbName;
-  const database = u.toString();
+  const database = pgCreateDatabase(dbName);
   const front = await freePort();
   const world = await startWorld();
   let nginx;
@@ -160,7 +147,7 @@ test('three nodes on one PostgreSQL database behind nginx: spread, shared sessio
   } finally {
     if (nginx) { nginx.kill('SIGQUIT'); await new Promise((r) => nginx.on('exit', r)); }
     await world.stop();
-    psql(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    pgDropDatabase(dbName);
     rmSync(d, { recursive: true, force: true });
   }
 });
