@@ -65,35 +65,90 @@ struct pg_pool {
 
 /* ---- placeholders ---- */
 
+static int ident_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+	       (unsigned char)c >= 0x80;
+}
+
+/*
+** If sql[i] starts text that is not SQL (a string, a quoted name, a comment, a
+** dollar-quoted body), the index just past it (the end of sql when it is not
+** closed); else i. PostgreSQL's rules: '' and "" inside their quotes, backslash
+** escapes in E'...', nested block comments, $tag$ ... $tag$.
+*/
+static size_t skip_text(const char *sql, size_t i)
+{
+	const char *p = sql + i;
+	size_t n;
+	if (p[0] == '\'') {
+		int escapes = i > 0 && (p[-1] == 'E' || p[-1] == 'e') && (i == 1 || !ident_char(p[-2]));
+		for (n = 1; p[n]; n++) {
+			if (escapes && p[n] == '\\' && p[n + 1])
+				n++;
+			else if (p[n] == '\'' && p[n + 1] == '\'')
+				n++;
+			else if (p[n] == '\'')
+				return i + n + 1;
+		}
+		return i + n;
+	}
+	if (p[0] == '"') {
+		const char *e = strchr(p + 1, '"');
+		return e ? (size_t)(e + 1 - sql) : i + strlen(p);
+	}
+	if (p[0] == '-' && p[1] == '-') {
+		const char *e = strchr(p, '\n');
+		return e ? (size_t)(e - sql) : i + strlen(p);
+	}
+	if (p[0] == '/' && p[1] == '*') {
+		int depth = 1;
+		for (n = 2; p[n] && depth > 0; n++) {
+			if (p[n] == '/' && p[n + 1] == '*') {
+				depth++;
+				n++;
+			} else if (p[n] == '*' && p[n + 1] == '/') {
+				depth--;
+				n++;
+			}
+		}
+		return i + n;
+	}
+	if (p[0] == '$' && (i == 0 || !ident_char(p[-1])) && !(p[1] >= '0' && p[1] <= '9')) {
+		size_t t = 1; /* $tag$: the tag is a name without $, or empty */
+		while (ident_char(p[t]))
+			t++;
+		if (p[t] != '$')
+			return i;
+		for (n = t + 1; p[n]; n++)
+			if (p[n] == '$' && strncmp(p + n, p, t + 1) == 0)
+				return i + n + t + 1;
+		return i + n;
+	}
+	return i;
+}
+
 int pg_translate(const char *sql, char *out, size_t outlen)
 {
-	size_t o = 0;
+	size_t o = 0, i = 0;
 	int n = 0;
-	char quote = 0;
-	for (const char *p = sql; *p; p++) {
-		char c = *p;
-		if (quote) {
-			if (c == quote)
-				quote = 0;
-		} else if (c == '\'' || c == '"') {
-			quote = c;
-		} else if (c == '-' && p[1] == '-') { /* a comment to the end of the line */
-			while (p[1] && p[1] != '\n') {
-				if (o + 1 >= outlen)
-					return -1;
-				out[o++] = *p++;
-			}
-			c = *p; /* the comment's last character, copied below */
-		} else if (c == '?') {
+	while (sql[i]) {
+		size_t end = skip_text(sql, i);
+		if (end == i && sql[i] == '?') {
 			int w = snprintf(out + o, outlen - o, "$%d", ++n);
 			if (w < 0 || (size_t)w >= outlen - o)
 				return -1;
 			o += (size_t)w;
+			i++;
 			continue;
 		}
-		if (o + 1 >= outlen)
+		if (end == i)
+			end = i + 1;
+		if (o + (end - i) >= outlen)
 			return -1;
-		out[o++] = c;
+		memcpy(out + o, sql + i, end - i);
+		o += end - i;
+		i = end;
 	}
 	if (o >= outlen)
 		return -1;

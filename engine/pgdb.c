@@ -333,7 +333,15 @@ static void call_cleanup(struct coro *c)
 	call_free(k);
 }
 
-/* Push ok (boolean) and the command's values, or false and the error value. */
+static int values_of(enum call_kind kind)
+{
+	return kind == CALL_EXEC ? 2 : 1;
+}
+
+/*
+** Push ok (boolean) and the command's values; or false, the error value and
+** nils up to as many values (so the flag is always at the same depth).
+*/
 static int call_retvals(struct coro *c, lua_State *L)
 {
 	struct pg_call *k = c->wait;
@@ -344,7 +352,9 @@ static int call_retvals(struct coro *c, lua_State *L)
 	}
 	lua_pushboolean(L, 0);
 	push_error(L, k);
-	return 2;
+	for (int i = 1; i < values_of(k->kind); i++)
+		lua_pushnil(L);
+	return 1 + values_of(k->kind);
 }
 
 /* After a call: ok flag and values on top. Raise the error, or return the values. */
@@ -352,15 +362,12 @@ static int after_call(lua_State *L, int status, lua_KContext ctx)
 {
 	(void)status;
 	int nvals = (int)ctx;
-	if (!lua_toboolean(L, -nvals - 1)) /* false, error */
+	if (!lua_toboolean(L, -nvals - 1)) { /* false, error, padding */
+		lua_pop(L, nvals - 1);
 		return lua_error(L);
+	}
 	lua_remove(L, -nvals - 1);
 	return nvals;
-}
-
-static int values_of(enum call_kind kind)
-{
-	return kind == CALL_EXEC ? 2 : 1;
 }
 
 /*
@@ -482,7 +489,8 @@ static int sync_tx(lua_State *L, struct pgdb *db)
 ** As the SQLite authorizer does (store.c), by the statement's text: scripts
 ** may not control transactions (db.tx does; a COMMIT of their own would end
 ** db.tx's early), change session settings, or touch the engine's tables
-** (_paygate_*: the session-token key, jobs, migrations). A text check cannot
+** (_paygate_*: the session-token key, jobs, migrations); set_config() is a
+** SET too. A text check cannot
 ** see through functions a migration defines: docs/security.md says to run
 ** paygate as a role that owns only its own tables.
 */
@@ -497,6 +505,10 @@ static const char *refused_sql(const char *sql, int migration)
 			return "the engine's tables (_paygate_*) are not for scripts";
 	if (migration)
 		return NULL;
+	/* set_config(): a SET in a function call, which would outlive the statement on a pooled session */
+	for (const char *p = sql; *p; p++)
+		if ((*p == 's' || *p == 'S') && strncasecmp(p, "set_config", 10) == 0)
+			return "transactions and session settings are the engine's (use db.tx)";
 	const char *p = sql;
 	for (;;) {
 		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(')
@@ -965,6 +977,10 @@ static int migrate_locked(struct pgdb *db, lua_State *L, int idx, char *err, siz
 	if (rc < 0) {
 		sync_simple(db, "ROLLBACK", e2, sizeof e2);
 		return -1;
+	}
+	if (db->eng->check_only) { /* a check: the migrations ran and the schema is not behind; keep nothing */
+		sync_simple(db, "ROLLBACK", e2, sizeof e2);
+		return 0;
 	}
 	if (sync_simple(db, "COMMIT", e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "the migrations could not be committed: %s", e2);
