@@ -240,9 +240,7 @@ static void hand_out(struct pg_pool *p);
 static void conn_free(struct pg_conn *c)
 {
 	struct pg_pool *p = c->pool;
-	c->state = CONN_FREE;
-	if (c->ev)
-		event_del(c->ev); /* nothing expected while idle; a dead socket shows at the next use */
+	c->state = CONN_FREE; /* its socket stays watched: a session the server ends while idle is closed at once */
 	c->next_free = p->free_list;
 	p->free_list = c;
 	if (p->waiters.next != &p->waiters)
@@ -371,8 +369,20 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (c->state != CONN_BUSY) { /* nothing in flight: a notice, or the server closing */
-		if (!PQconsumeInput(c->pq) || PQstatus(c->pq) == CONNECTION_BAD)
-			event_del(c->ev);
+		if (PQconsumeInput(c->pq) && PQstatus(c->pq) != CONNECTION_BAD)
+			return;
+		if (c->state == CONN_FREE) { /* ended while idle (terminated, idle timeout, failover): not handed out */
+			struct pg_conn **f = &c->pool->free_list;
+			while (*f && *f != c)
+				f = &(*f)->next_free;
+			if (*f)
+				*f = c->next_free;
+			log_info(c->pool->log, NULL, "an idle database connection was closed by the server: %s",
+			         PQerrorMessage(c->pq));
+			conn_close(c);
+			return;
+		}
+		event_del(c->ev);
 		return;
 	}
 	if ((what & EV_WRITE) && conn_flush(c) < 0) {
