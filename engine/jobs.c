@@ -690,6 +690,20 @@ static void check_leases_pg(struct jobs *j)
 	              2, vals, leases_done, j);
 }
 
+/*
+** Look again in ms, or sooner when the leases are due for their check: one
+** that is overdue (the timer fired a little early, the queries took a while)
+** is checked at once, so that a job that runs past a lease is never left
+** unrenewed for a whole slow poll and taken over by another node.
+*/
+static void later_pg(struct jobs *j, int64_t ms)
+{
+	int64_t lease = j->next_lease_check - clock_now_ms();
+	if (lease < ms)
+		ms = lease > 0 ? lease : 1;
+	later(j->timer, ms);
+}
+
 static void armed_pg(void *arg, PGresult *res, const char *err)
 {
 	struct jobs *j = arg;
@@ -702,10 +716,7 @@ static void armed_pg(void *arg, PGresult *res, const char *err)
 	PQclear(res);
 	if (j->running >= j->eng->cfg.jobs_max_running || delay == 0)
 		delay = delay == 0 && j->running < j->eng->cfg.jobs_max_running ? 1 : POLL_PG_MS;
-	int64_t lease = j->next_lease_check - clock_now_ms();
-	if (lease >= 0 && lease < delay)
-		delay = lease;
-	later(j->timer, delay);
+	later_pg(j, delay);
 }
 
 static void claimed_pg(void *arg, PGresult *res, const char *err)
@@ -749,7 +760,7 @@ static void claimed_pg(void *arg, PGresult *res, const char *err)
 	}
 	if (pg_pool_query(pgdb_pool(j->pg), "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", 0, NULL,
 	                  armed_pg, j) < 0)
-		later(j->timer, POLL_PG_MS);
+		later_pg(j, POLL_PG_MS);
 }
 
 static void kick_pg(struct jobs *j)
@@ -764,7 +775,7 @@ static void kick_pg(struct jobs *j)
 	check_leases_pg(j);
 	int free_slots = e->cfg.jobs_max_running - j->running;
 	if (free_slots <= 0) {
-		later(j->timer, POLL_PG_MS); /* a finishing job kicks us again */
+		later_pg(j, POLL_PG_MS); /* a finishing job kicks us again; the leases are renewed meanwhile */
 		return;
 	}
 	int64_t now = clock_now_ms(), n[] = { now, now + e->cfg.jobs_lease_ms, now };
@@ -776,7 +787,7 @@ static void kick_pg(struct jobs *j)
 	j->claiming = 1;
 	if (pg_pool_query(pgdb_pool(j->pg), CLAIM_PG, 5, vals, claimed_pg, j) < 0) {
 		j->claiming = 0;
-		later(j->timer, POLL_PG_MS);
+		later_pg(j, POLL_PG_MS);
 	}
 }
 
