@@ -58,6 +58,7 @@ struct pg_call {
 	int n;
 	char **vals;
 	int attempts;
+	struct event *again; /* a statement of its own that conflicted waits on this before it runs again */
 	int done, resumed;
 	PGresult *res;
 	char err[320];
@@ -256,6 +257,8 @@ static void push_error(lua_State *L, struct pg_call *k)
 static void call_free(struct pg_call *k)
 {
 	pg_cancel_acquire(&k->w);
+	if (k->again)
+		event_free(k->again);
 	if (k->res)
 		PQclear(k->res);
 	free_params(k->vals, k->n);
@@ -275,13 +278,42 @@ static void call_answered(struct pg_call *k)
 	coro_wake(k->c);
 }
 
+static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err);
+
+/* The wait is over: a connection again (it was given back meanwhile), and the statement runs again. */
+static void call_again(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_call *k = arg;
+	(void)fd;
+	(void)what;
+	struct pg_conn *conn = pg_try_acquire(k->db->pool);
+	if (conn)
+		on_conn(&k->w, conn, NULL);
+	else
+		pg_acquire(k->db->pool, &k->w);
+}
+
 static void on_result(void *arg, PGresult *res, const char *err)
 {
 	struct pg_call *k = arg;
-	/* A statement of its own that conflicted is a transaction of its own: run it again at once. */
+	/*
+	** A statement of its own that conflicted is a transaction of its own: run
+	** it again as db.tx runs its function again, after a random wait that
+	** grows with each attempt (at once, it meets the same concurrent ones).
+	*/
 	if (res && k->own && k->kind != CALL_SIMPLE && pg_retryable(res) && ++k->attempts < PGDB_TX_ATTEMPTS) {
 		PQclear(res);
-		call_send(k);
+		k->db->eng->metrics.db_conflicts++;
+		pg_release(k->conn);
+		k->conn = NULL;
+		k->own = 0;
+		int64_t cap_us = 1000LL << (k->attempts < 8 ? k->attempts : 8); /* 2 ms, 4 ms ... 256 ms */
+		struct timeval tv = { 0, (suseconds_t)(rand() % cap_us) };
+		if (!k->again && !(k->again = evtimer_new(k->db->eng->base, call_again, k))) {
+			call_again(-1, 0, k); /* out of memory: at once, then */
+			return;
+		}
+		evtimer_add(k->again, &tv);
 		return;
 	}
 	k->res = res;
