@@ -377,8 +377,7 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 				f = &(*f)->next_free;
 			if (*f)
 				*f = c->next_free;
-			log_info(c->pool->log, NULL, "an idle database connection was closed by the server: %s",
-			         PQerrorMessage(c->pq));
+			log_info(c->pool->log, NULL, "an idle database connection was closed by the server");
 			conn_close(c);
 			return;
 		}
