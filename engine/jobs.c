@@ -569,10 +569,10 @@ static int jobs_open_pg(struct jobs *j, char *err, size_t errlen)
 {
 	struct engine *e = j->eng;
 	j->pg = store_pg(e->store);
-	if (e->check_only) /* a check runs no jobs: it neither makes the table nor listens */
-		return 0;
-	if (pgdb_setup(j->pg, JOBS_DDL_PG, err, errlen) < 0)
+	if (pgdb_setup(j->pg, JOBS_DDL_PG, err, errlen) < 0) /* also for a check: a migration may schedule jobs */
 		return -1;
+	if (e->check_only) /* a check runs no jobs: it does not listen */
+		return 0;
 	if (e->worker.predecessors[0]) { /* a restarted worker: its predecessors' jobs are not running anywhere */
 		char sql[512], pre[170], self[170];
 		snprintf(sql, sizeof sql,
