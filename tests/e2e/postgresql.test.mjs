@@ -6,10 +6,10 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, BIN, startGateway, eventually, sleep } from './harness.mjs';
+import { ROOT, BIN, startGateway, runPaygate, eventually, sleep } from './harness.mjs';
 
 const PG = process.env.PAYGATE_TEST_PG || '';
 
@@ -380,6 +380,31 @@ describe('PostgreSQL: scripts at start-up and migrations across nodes', { skip: 
       });
       assert.match(said, /on PostgreSQL a db call waits for the database, so it can only run in a request handler, a job or a host call \(not at a script's top level/);
     } finally {
+      db.drop();
+    }
+  });
+
+  test('--check on PostgreSQL runs the migrations in a transaction it rolls back: the database keeps none of them', async () => {
+    const db = freshDatabase('check');
+    const dir = mkdtempSync(join(tmpdir(), 'paygate-pgcheck-'));
+    try {
+      mkdirSync(join(dir, 'scripts'));
+      writeFileSync(join(dir, 'scripts/init.lua'), ['local app = require "paygate"', M1, M2, routes].join('\n') + '\n');
+      const conf = join(dir, 'paygate.conf.lua');
+      writeFileSync(conf, `scripts = "scripts"\nlualib = ${JSON.stringify(join(ROOT, 'lualib'))}\ndatabase = ${JSON.stringify(db.url)}\n`);
+      const ok = await runPaygate(['--config', conf, '--check']);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.stderr, /applying migration 2 \(second\)/, 'the PostgreSQL DDL ran');
+      assert.equal(psql("SELECT count(*) FROM pg_tables WHERE tablename = 'applied'", db.url), '0', 'and was rolled back');
+      assert.equal(psql('SELECT count(*) FROM _paygate_migrations', db.url), '0');
+      // A migration PostgreSQL refuses fails the check, naming it.
+      writeFileSync(join(dir, 'scripts/init.lua'), ['local app = require "paygate"', M1,
+        'app.migration(2, "broken", "ALTER TABLE applied ADD COLUMN x NO_SUCH_TYPE")'].join('\n') + '\n');
+      const bad = await runPaygate(['--config', conf, '--check']);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /migration 2 \(broken\) failed: type "no_such_type" does not exist/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
       db.drop();
     }
   });
