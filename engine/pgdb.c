@@ -58,6 +58,7 @@ struct pg_call {
 	int n;
 	char **vals;
 	int attempts;
+	int sent;            /* the command went to the server (once at least) */
 	struct event *again; /* a statement of its own that conflicted waits on this before it runs again */
 	int done, resumed;
 	PGresult *res;
@@ -234,13 +235,44 @@ static void push_conflicts(lua_State *L, int attempts)
 }
 
 /* The error a failed command raises in the script (its value, on top of L). */
+/* Does sql only read (it starts with SELECT)? */
+static int reads_only(const char *sql)
+{
+	while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+		sql++;
+	return strncasecmp(sql, "select", 6) == 0 && !(sql[6] >= 'a' && sql[6] <= 'z') &&
+	       !(sql[6] >= 'A' && sql[6] <= 'Z');
+}
+
+/*
+** The connection was lost with no answer from the server after a write of its
+** own or a COMMIT had gone out: the server may have committed it before it
+** went. (A failure inside a transaction before its COMMIT is rolled back; an
+** error the server sent says the command did not complete.)
+*/
+static int outcome_unknown(const struct pg_call *k)
+{
+	int answered = k->res && PQresultErrorField(k->res, PG_DIAG_SQLSTATE);
+	if (!k->sent || answered)
+		return 0;
+	return k->tx ? strcmp(k->sql, "COMMIT") == 0 : !reads_only(k->sql);
+}
+
 static void push_error(lua_State *L, struct pg_call *k)
 {
 	char buf[300];
 	if (!k->res || pg_conn_failed(k->res)) {
-		char msg[400];
-		snprintf(msg, sizeof msg, "the database is unavailable (%s); nothing of this call was saved, try again",
-		         k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err);
+		char msg[500];
+		const char *why = k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err;
+		if (outcome_unknown(k))
+			snprintf(
+			    msg, sizeof msg,
+			    "the connection to the database was lost before it answered (%s); this call may have been "
+			    "saved or not: find out before doing it again",
+			    why);
+		else
+			snprintf(msg, sizeof msg,
+			         "the database is unavailable (%s); nothing of this call was saved, try again", why);
 		push_fail(L, "storage_unavailable", msg);
 	} else if (pg_retryable(k->res) && k->tx) {
 		k->tx->conflict = 1; /* db.tx runs its function again */
@@ -331,7 +363,9 @@ static void call_send(struct pg_call *k)
 	if (rc < 0) {
 		snprintf(k->err, sizeof k->err, "%s", err);
 		call_answered(k);
+		return;
 	}
+	k->sent = 1;
 }
 
 static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)

@@ -489,6 +489,10 @@ app.post("/pair", function(req)
   end)
   return 200, { ok = true }
 end)
+app.post("/slow-write", function(req)
+  db.exec("INSERT INTO marks (tag, what) SELECT ?, 'slow' FROM pg_sleep(1)", app.read_json(req).tag)
+  return 200, { ok = true }
+end)
 app.get("/marks/{tag}", function(req)
   local n = 0
   for _ in ipairs(db.query("SELECT what FROM marks WHERE tag = ?", req.params.tag)) do n = n + 1 end
@@ -686,5 +690,21 @@ describe('PostgreSQL: the server fails and comes back', { skip: noCluster }, () 
     const [run] = await eventually(async () => { const x = await runsOf(gw, 'after-restart'); return x.length ? x : null; }, 8000);
     assert.ok(run.at - t1 < 2000, `ran ${run.at - t1} ms after it was queued`);
     assert.equal((await runsOf(gw, 'while-down')).length, 0);
+  });
+
+  test('the server crashes while a write awaits its answer: 503 that says it may have been saved; served again after recovery', async () => {
+    const w = gw.post('/slow-write', { tag: 'crash' });
+    const pid = await eventually(() => psql(`SELECT pid FROM pg_stat_activity WHERE datname = '${db.name}'
+      AND query LIKE 'INSERT INTO marks%' AND state = 'active'`, server), 5000);
+    process.kill(Number(pid), 'SIGKILL'); // a backend killed: the server restarts every session and recovers
+    const r = await w;
+    assert.equal(r.status, 503, r.body);
+    assert.equal(r.json.error, 'storage_unavailable');
+    assert.match(r.json.message, /lost before it answered [\s\S]*; this call may have been saved or not: find out before doing it again/,
+      'a write whose answer was lost is not said to be unsaved');
+    await eventually(async () => (await gw.get('/fast')).status === 200, 15000, 200);
+    assert.deepEqual((await gw.get('/marks/crash')).json, { n: 0 }, 'the server had not committed it');
+    const p = await gw.post('/pair', { tag: 'after-crash' });
+    assert.equal(p.status, 200, p.body);
   });
 });
