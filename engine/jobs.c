@@ -514,8 +514,8 @@ void jobs_kick(struct jobs *j)
 ** ---- on PostgreSQL ----
 **
 ** The same table and the same life of a row, for N nodes. The bookkeeping is
-** asynchronous (pg_pool_query: a connection of the pool's per statement), so
-** the loop never waits for it. One statement claims up to `room` due jobs:
+** asynchronous (pg_pool_query: a connection of the pool's per statement, at
+** READ COMMITTED, see pg.c), so the loop never waits for it. One statement claims up to `room` due jobs:
 ** FOR UPDATE SKIP LOCKED lets nodes claim at once without waiting for, or
 ** taking, each other's rows. An insert (or a re-queue) of a job notifies
 ** `paygate_jobs`; every node listens, so a job queued on one node is seen at

@@ -16,6 +16,18 @@
 /* Every session: SERIALIZABLE (as SQLite), and named in pg_stat_activity. */
 #define SESSION_OPTIONS "-c default_transaction_isolation=serializable"
 
+/*
+** The engine's own statements (pg_pool_query: the jobs' claims, leases and
+** outcomes) run on a small pool of their own at READ COMMITTED: a queue
+** claimed with FOR UPDATE SKIP LOCKED and rows changed only under conditions
+** on themselves need nothing more, and at SERIALIZABLE the claims' reads of
+** the whole queue made scripts' transactions that schedule a job, and the
+** jobs' own outcomes, fail with serialization failures (an outcome that
+** fails leaves its job to run a second time when its lease runs out).
+*/
+#define OWN_OPTIONS   "-c default_transaction_isolation=read\\ committed"
+#define OWN_POOL_SIZE 2
+
 enum conn_state {
 	CONN_CONNECTING, /* PQconnectPoll until OK */
 	CONN_FREE,       /* in the pool, idle */
@@ -57,6 +69,8 @@ struct pg_pool {
 	char *conninfo, *password;
 	int size, open;
 	struct pg_conn *free_list;
+	const char *options;      /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
+	struct pg_pool *own;      /* for pg_pool_query (NULL in that pool itself) */
 	struct pg_conn all;       /* list head */
 	struct pg_waiter waiters; /* list head */
 	struct event *hand_ev;    /* hands free connections to waiters from the loop */
@@ -407,7 +421,7 @@ static void on_notice(void *arg, const char *message)
 static PGconn *start_connect(struct pg_pool *p, int blocking)
 {
 	const char *keys[] = { "dbname", "options", "fallback_application_name", "password", NULL };
-	const char *vals[] = { p->conninfo, SESSION_OPTIONS, "paygate", p->password, NULL };
+	const char *vals[] = { p->conninfo, p->options, "paygate", p->password, NULL };
 	if (!p->password)
 		keys[3] = NULL;
 	PGconn *pq = blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
@@ -524,21 +538,36 @@ static void on_hand(evutil_socket_t fd, short what, void *arg)
 		fail_waiters(p); /* nothing is open or opening: fail fast rather than hang */
 }
 
+/* A pool whose sessions start with options; its connections open when needed (none now). */
+static struct pg_pool *pool_alloc(struct event_base *base, struct log *log, const char *conninfo, const char *password,
+                                  int size, const char *options)
+{
+	struct pg_pool *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->base = base;
+	p->log = log;
+	p->size = size > 0 ? size : 1;
+	p->options = options;
+	p->all.next = p->all.prev = &p->all;
+	p->waiters.next = p->waiters.prev = &p->waiters;
+	if (!(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
+	    !(p->hand_ev = event_new(base, -1, 0, on_hand, p))) {
+		pg_pool_free(p);
+		return NULL;
+	}
+	return p;
+}
+
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
                             int size, char *err, size_t errlen)
 {
-	struct pg_pool *p = calloc(1, sizeof *p);
-	if (!p || !(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
-	    !(p->hand_ev = event_new(base, -1, 0, on_hand, p))) {
+	struct pg_pool *p = pool_alloc(base, log, conninfo, password, size, SESSION_OPTIONS);
+	if (!p || !(p->own = pool_alloc(base, log, conninfo, password, OWN_POOL_SIZE, OWN_OPTIONS))) {
 		snprintf(err, errlen, "out of memory");
 		pg_pool_free(p);
 		return NULL;
 	}
-	p->base = base;
-	p->log = log;
-	p->size = size > 0 ? size : 1;
-	p->all.next = p->all.prev = &p->all;
-	p->waiters.next = p->waiters.prev = &p->waiters;
 	PGconn *pq = pg_pool_connect_blocking(p, err, errlen);
 	struct pg_conn *c = pq ? conn_new(p, pq) : NULL;
 	if (!c || PQsetnonblocking(pq, 1) != 0) {
@@ -562,6 +591,7 @@ void pg_pool_free(struct pg_pool *p)
 {
 	if (!p)
 		return;
+	pg_pool_free(p->own);
 	/* The loop has stopped: commands of their own still waiting or in flight are forgotten, unanswered. */
 	while (p->waiters.next && p->waiters.next != &p->waiters) {
 		struct pg_waiter *w = p->waiters.next;
@@ -601,7 +631,7 @@ PGconn *pg_pool_connect_blocking(struct pg_pool *p, char *err, size_t errlen)
 
 int pg_pool_open_count(const struct pg_pool *p)
 {
-	return p->open;
+	return p->open + (p->own ? p->own->open : 0);
 }
 
 /* ---- holding connections ---- */
@@ -845,11 +875,11 @@ int pg_pool_query(struct pg_pool *p, const char *sql, int n, const char *const *
 			query_free(q);
 			return -1;
 		}
-	q->pool = p;
+	q->pool = p->own ? p->own : p;
 	q->fn = fn;
 	q->arg = arg;
 	q->w.fn = query_conn;
-	pg_acquire(p, &q->w); /* answered from the loop, even when a connection is free now */
+	pg_acquire(q->pool, &q->w); /* answered from the loop, even when a connection is free now */
 	return 0;
 }
 
