@@ -53,6 +53,7 @@ int config_defaults(struct config *cfg)
 	cfg->db_busy_timeout_ms = 5000;
 	cfg->db_checkpoint_pages = 1000;
 	cfg->pg_pool_size = 4;
+	cfg->pg_statement_timeout_ms = 30000;
 	cfg->workers = 1;
 	cfg->watchdog_ms = 2000;
 	cfg->log_level = LOG_INFO;
@@ -408,6 +409,9 @@ static void read_fields(struct reader *r, struct config *cfg)
 	read_int(r, "postgresql", "pool_size", 1, 1000, &v);
 	cfg->pg_pool_size = (int)v;
 	read_str(r, "postgresql", "password_file", 1, &cfg->pg_password_file);
+	v = cfg->pg_statement_timeout_ms;
+	read_int(r, "postgresql", "statement_timeout_ms", 0, 3600000, &v);
+	cfg->pg_statement_timeout_ms = (int)v;
 
 	v = (int64_t)cfg->max_header_bytes;
 	read_int(r, "limits", "max_header_bytes", 1024, 1 << 20, &v);

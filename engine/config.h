@@ -56,10 +56,11 @@ struct config {
 	int db_busy_timeout_ms;  /* how long a write waits for another worker's lock (its coroutine, not the loop) */
 	int db_checkpoint_pages; /* a WAL this long after a commit is checkpointed (on the checkpointer's thread) */
 	int pg_pool_size;        /* PostgreSQL: connections per worker */
-	char *pg_password_file;  /* PostgreSQL: the password, first line of this file (NULL: the URL's, or none) */
-	int workers;             /* worker processes (the daemon) */
-	int watchdog_ms;         /* a worker loop stuck this long is ended and restarted; 0: off */
-	int unsafe_no_sync;      /* benchmarks only (PAYGATE_BENCH): commits are not synced */
+	int pg_statement_timeout_ms; /* PostgreSQL: the server cancels a statement that runs longer */
+	char *pg_password_file;      /* PostgreSQL: the password, first line of this file (NULL: the URL's, or none) */
+	int workers;                 /* worker processes (the daemon) */
+	int watchdog_ms;             /* a worker loop stuck this long is ended and restarted; 0: off */
+	int unsafe_no_sync;          /* benchmarks only (PAYGATE_BENCH): commits are not synced */
 	enum log_level log_level;
 
 	char *app_json;            /* the `app` table as JSON; scripts see it as `config` */

@@ -515,9 +515,9 @@ void jobs_kick(struct jobs *j)
 **
 ** The same table and the same life of a row, for N nodes. The bookkeeping is
 ** asynchronous (pg_pool_query: a connection of the pool's per statement, at
-** READ COMMITTED, see pg.c), so the loop never waits for it. One statement claims up to `room` due jobs:
-** FOR UPDATE SKIP LOCKED lets nodes claim at once without waiting for, or
-** taking, each other's rows. An insert (or a re-queue) of a job notifies
+** READ COMMITTED, see pg.c), so the loop never waits for it. One statement
+** claims up to `room` due jobs: FOR UPDATE SKIP LOCKED lets nodes claim at
+** once without waiting for, or taking, each other's rows. An insert (or a re-queue) of a job notifies
 ** `paygate_jobs`; every node listens, so a job queued on one node is seen at
 ** once on all; a slow poll (POLL_PG_MS) stands behind the notifications.
 ** At start a node re-queues only its own worker's earlier incarnations'

@@ -13,8 +13,8 @@
 #define STMT_CACHE 128 /* per connection, direct-mapped: slot = hash(sql) */
 #define MAX_PARAMS 1000
 
-/* Every session: SERIALIZABLE (as SQLite), and named in pg_stat_activity. */
-#define SESSION_OPTIONS "-c default_transaction_isolation=serializable"
+/* Every session: SERIALIZABLE (as SQLite), and a bound on how long one statement may run. */
+#define SESSION_OPTIONS "-c default_transaction_isolation=serializable -c statement_timeout=%d"
 
 /*
 ** The engine's own statements (pg_pool_query: the jobs' claims, leases and
@@ -25,7 +25,7 @@
 ** jobs' own outcomes, fail with serialization failures (an outcome that
 ** fails leaves its job to run a second time when its lease runs out).
 */
-#define OWN_OPTIONS   "-c default_transaction_isolation=read\\ committed"
+#define OWN_OPTIONS   "-c default_transaction_isolation=read\\ committed -c statement_timeout=%d"
 #define OWN_POOL_SIZE 2
 
 enum conn_state {
@@ -67,9 +67,9 @@ struct pg_pool {
 	struct event_base *base;
 	struct log *log;
 	char *conninfo, *password;
+	char options[128]; /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
 	int size, open;
 	struct pg_conn *free_list;
-	const char *options;      /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
 	struct pg_pool *own;      /* for pg_pool_query (NULL in that pool itself) */
 	struct pg_conn all;       /* list head */
 	struct pg_waiter waiters; /* list head */
@@ -548,7 +548,7 @@ static struct pg_pool *pool_alloc(struct event_base *base, struct log *log, cons
 	p->base = base;
 	p->log = log;
 	p->size = size > 0 ? size : 1;
-	p->options = options;
+	snprintf(p->options, sizeof p->options, "%s", options);
 	p->all.next = p->all.prev = &p->all;
 	p->waiters.next = p->waiters.prev = &p->waiters;
 	if (!(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
@@ -560,10 +560,13 @@ static struct pg_pool *pool_alloc(struct event_base *base, struct log *log, cons
 }
 
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
-                            int size, char *err, size_t errlen)
+                            int size, int statement_timeout_ms, char *err, size_t errlen)
 {
-	struct pg_pool *p = pool_alloc(base, log, conninfo, password, size, SESSION_OPTIONS);
-	if (!p || !(p->own = pool_alloc(base, log, conninfo, password, OWN_POOL_SIZE, OWN_OPTIONS))) {
+	char options[128], own_options[128];
+	snprintf(options, sizeof options, SESSION_OPTIONS, statement_timeout_ms);
+	snprintf(own_options, sizeof own_options, OWN_OPTIONS, statement_timeout_ms);
+	struct pg_pool *p = pool_alloc(base, log, conninfo, password, size, options);
+	if (!p || !(p->own = pool_alloc(base, log, conninfo, password, OWN_POOL_SIZE, own_options))) {
 		snprintf(err, errlen, "out of memory");
 		pg_pool_free(p);
 		return NULL;

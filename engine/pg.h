@@ -27,11 +27,12 @@ struct pg_conn;
 
 /*
 ** A pool of up to size connections to conninfo (password, when not NULL,
-** overrides the URL's). Opens and checks one connection now, blocking (start-
+** overrides the URL's); a statement that runs longer than
+** statement_timeout_ms is cancelled by the server (0: never). Opens and checks one connection now, blocking (start-
 ** up), so a wrong address fails at once; the others open when needed.
 */
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
-                            int size, char *err, size_t errlen);
+                            int size, int statement_timeout_ms, char *err, size_t errlen);
 void pg_pool_free(struct pg_pool *p);
 
 /* Someone waiting for a connection: fn(w, c, NULL) with one, or fn(w, NULL, why) when none could be opened. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <lauxlib.h>
@@ -25,12 +26,15 @@
 
 /* One key for the migrations' advisory lock, the same on every node: "paygate" in ASCII. */
 #define MIGRATION_LOCK "7061796761746500"
+/* Waiting for another node's migrations may take as long as they do; waits inside them may not. */
+#define LOCK_SQL       "SET lock_timeout = 0; SELECT pg_advisory_lock(" MIGRATION_LOCK "); SET lock_timeout = '5s'"
 
 struct pgdb {
 	struct engine *eng;
 	struct pg_pool *pool;
 	PGconn *sync; /* before serving: db calls run here, blocking */
 	int sync_depth;
+	int sync_refs; /* pgdb_sync_begin calls not yet ended */
 	int open_tx;
 };
 
@@ -61,6 +65,8 @@ struct pg_call {
 	int sent;            /* the command went to the server (once at least) */
 	struct event *again; /* a statement of its own that conflicted waits on this before it runs again */
 	int done, resumed;
+	int no_conn;                 /* no connection came free in time */
+	struct event *conn_deadline; /* while queued for a connection */
 	PGresult *res;
 	char err[320];
 };
@@ -261,7 +267,12 @@ static int outcome_unknown(const struct pg_call *k)
 static void push_error(lua_State *L, struct pg_call *k)
 {
 	char buf[300];
-	if (!k->res || pg_conn_failed(k->res)) {
+	if (k->no_conn) {
+		char msg[400];
+		snprintf(msg, sizeof msg, "the database is busy (%s); nothing of this call was saved, try again",
+		         k->err);
+		push_fail(L, "busy", msg);
+	} else if (!k->res || pg_conn_failed(k->res)) {
 		char msg[500];
 		const char *why = k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err;
 		if (outcome_unknown(k))
@@ -291,6 +302,8 @@ static void call_free(struct pg_call *k)
 	pg_cancel_acquire(&k->w);
 	if (k->again)
 		event_free(k->again);
+	if (k->conn_deadline)
+		event_free(k->conn_deadline);
 	if (k->res)
 		PQclear(k->res);
 	free_params(k->vals, k->n);
@@ -371,6 +384,8 @@ static void call_send(struct pg_call *k)
 static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)
 {
 	struct pg_call *k = (struct pg_call *)(void *)((char *)w - offsetof(struct pg_call, w));
+	if (k->conn_deadline)
+		event_del(k->conn_deadline);
 	if (!c) {
 		snprintf(k->err, sizeof k->err, "%s", err);
 		call_answered(k);
@@ -385,6 +400,19 @@ static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)
 }
 
 static void tx_drop(struct coro *c);
+
+/* Every connection stayed busy for db_busy_timeout_ms: give up waiting (503 busy, nothing was sent). */
+static void conn_too_late(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_call *k = arg;
+	(void)fd;
+	(void)what;
+	pg_cancel_acquire(&k->w);
+	k->no_conn = 1;
+	snprintf(k->err, sizeof k->err, "no database connection came free in %d ms",
+	         k->db->eng->cfg.db_busy_timeout_ms);
+	call_answered(k);
+}
 
 /* The coroutine was cancelled (shutdown) while it waited: nothing will read the answer. */
 static void call_cleanup(struct coro *c)
@@ -468,10 +496,16 @@ static int call_start(lua_State *L, struct pgdb *db, enum call_kind kind, const 
 		call_send(call);
 	} else {
 		struct pg_conn *conn = pg_try_acquire(db->pool);
-		if (conn)
+		if (conn) {
 			on_conn(&call->w, conn, NULL);
-		else
+		} else {
+			int ms = db->eng->cfg.db_busy_timeout_ms;
+			struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+			call->conn_deadline = evtimer_new(db->eng->base, conn_too_late, call);
+			if (call->conn_deadline)
+				evtimer_add(call->conn_deadline, &tv);
 			pg_acquire(db->pool, &call->w);
+		}
 	}
 	return coro_suspendk(L, CORO_DB_WAIT, call, call_cleanup, call_retvals, ctx, k);
 }
@@ -485,8 +519,18 @@ static PGresult *sync_run(struct pgdb *db, lua_State *L, const char *sql, int fi
 	size_t cap = strlen(sql) * 2 + 16;
 	char *text = malloc(cap);
 	PGresult *res = NULL;
-	if (text && pg_translate(sql, text, cap) >= 0)
-		res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+	if (text && pg_translate(sql, text, cap) >= 0) {
+		/* A statement of its own (not inside a migration's transaction) that conflicted with another
+		   node's (nodes starting together) is run again, as in a request. */
+		for (int attempt = 1;; attempt++) {
+			res = PQexecParams(db->sync, text, n, NULL, (const char *const *)vals, NULL, NULL, 0);
+			if (!pg_retryable(res) || db->sync_depth > 0 || attempt >= PGDB_TX_ATTEMPTS)
+				break;
+			PQclear(res);
+			struct timespec pause = { 0, (long)(rand() % (1000 << attempt)) * 1000 };
+			nanosleep(&pause, NULL); /* before serving (a generation's load): the loop may wait */
+		}
+	}
 	free(text);
 	free_params(vals, n);
 	return res;
@@ -554,9 +598,9 @@ static int sync_tx(lua_State *L, struct pgdb *db)
 /*
 ** As the SQLite authorizer does (store.c), by the statement's text: scripts
 ** may not control transactions (db.tx does; a COMMIT of their own would end
-** db.tx's early), change session settings, or touch the engine's tables
-** (_paygate_*: the session-token key, jobs, migrations); set_config() is a
-** SET too. A text check cannot
+** db.tx's early), change session settings (set_config() is a SET too), or
+** touch the engine's private table (_paygate_secrets: the session-token
+** key). A text check cannot
 ** see through functions a migration defines: docs/security.md says to run
 ** paygate as a role that owns only its own tables.
 */
@@ -567,8 +611,8 @@ static const char *refused_sql(const char *sql, int migration)
 		                               "deallocate", "discard", "listen", "unlisten",   "notify",   "copy",
 		                               "do",         "load",    "vacuum", "checkpoint", "lock",     NULL };
 	for (const char *p = sql; *p; p++)
-		if (*p == '_' && strncasecmp(p, "_paygate_", 9) == 0)
-			return "the engine's tables (_paygate_*) are not for scripts";
+		if (*p == '_' && strncasecmp(p, "_paygate_secrets", 16) == 0)
+			return "the engine's private table _paygate_secrets is not for scripts";
 	if (migration)
 		return NULL;
 	/* set_config(): a SET in a function call, which would outlive the statement on a pooled session */
@@ -750,7 +794,9 @@ static int tx_after_fn(lua_State *L, int status, lua_KContext ctx)
 	struct pgdb *db = t->db;
 	char sql[128];
 	int level = t->depth - 1;
-	if (status == LUA_OK || status == LUA_YIELD) {
+	/* A conflict inside, even one the script caught (in a nested db.tx or a pcall), dooms the whole
+	   transaction: it is rolled back and runs again, whatever fn made of the error. */
+	if ((status == LUA_OK || status == LUA_YIELD) && !(level == 0 && t->conflict)) {
 		if (level == 0)
 			snprintf(sql, sizeof sql, "COMMIT");
 		else
@@ -1062,7 +1108,7 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 	if (!pgdb_sync_begin(db, err, errlen))
 		return -1;
 	/* One node at a time; the others wait here, then find the migrations applied. */
-	int rc = sync_simple(db, "SELECT pg_advisory_lock(" MIGRATION_LOCK ")", err, errlen);
+	int rc = sync_simple(db, LOCK_SQL, err, errlen);
 	if (rc == 0) {
 		rc = migrate_locked(db, L, idx, err, errlen);
 		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
@@ -1071,12 +1117,18 @@ int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errle
 	return rc;
 }
 
+int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen)
+{
+	assert(db->sync);
+	return sync_simple(db, take ? LOCK_SQL : "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", err, errlen);
+}
+
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 {
 	char e2[300];
 	if (!pgdb_sync_begin(db, err, errlen))
 		return -1;
-	int rc = sync_simple(db, "SELECT pg_advisory_lock(" MIGRATION_LOCK ")", err, errlen);
+	int rc = sync_simple(db, LOCK_SQL, err, errlen);
 	if (rc == 0) {
 		rc = sync_simple(db, sql, err, errlen);
 		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
@@ -1090,12 +1142,16 @@ int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen)
 PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 {
 	char e2[300];
-	assert(!db->sync);
+	if (db->sync) { /* nested: a migration inside a generation's load */
+		db->sync_refs++;
+		return db->sync;
+	}
 	if (!(db->sync = pg_pool_connect_blocking(db->pool, err, errlen)))
 		return NULL;
+	db->sync_refs = 1;
 	/* A migration that waits for a lock held by a transaction of this very process (suspended while the
 	   loop is here) would wait forever: give up after a while instead. */
-	if (sync_simple(db, "SET lock_timeout = '5s'", e2, sizeof e2) < 0) {
+	if (sync_simple(db, "SET lock_timeout = '5s'; SET statement_timeout = 0", e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "%s", e2);
 		pgdb_sync_end(db);
 		return NULL;
@@ -1105,9 +1161,39 @@ PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 
 void pgdb_sync_end(struct pgdb *db)
 {
+	if (--db->sync_refs > 0)
+		return;
 	PQfinish(db->sync);
 	db->sync = NULL;
 	db->sync_depth = 0;
+}
+
+/*
+** Settings under which the same scripts would mean something else than on
+** SQLite, or an acknowledged write could be lost: said at start-up.
+*/
+static void check_settings(struct pgdb *db)
+{
+	char err[300];
+	if (!pgdb_sync_begin(db, err, sizeof err))
+		return;
+	PGresult *res = PQexec(db->sync, "SELECT current_setting('synchronous_commit'),"
+	                                 " (SELECT datcollate FROM pg_database WHERE datname = current_database())");
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+		const char *sync = PQgetvalue(res, 0, 0), *collate = PQgetvalue(res, 0, 1);
+		if (strcmp(sync, "off") == 0)
+			log_warn(&db->eng->log, NULL,
+			         "the database runs with synchronous_commit = off: a crash of PostgreSQL loses "
+			         "transactions paygate has already acknowledged; set it to on (or remote_apply)");
+		if (strcmp(collate, "C") != 0 && strcmp(collate, "C.UTF-8") != 0 && strcmp(collate, "POSIX") != 0)
+			log_warn(
+			    &db->eng->log, NULL,
+			    "the database sorts text by the locale %s, SQLite by bytes: ORDER BY on text may differ "
+			    "between the two; create the database with LOCALE 'C' (docs/scaling.md)",
+			    collate);
+	}
+	PQclear(res);
+	pgdb_sync_end(db);
 }
 
 struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errlen)
@@ -1128,7 +1214,8 @@ struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errl
 		}
 		password[strcspn(password, "\r\n")] = '\0'; /* its first line */
 	}
-	db->pool = pg_pool_new(e->base, &e->log, url, password, e->cfg.pg_pool_size, err, errlen);
+	db->pool = pg_pool_new(e->base, &e->log, url, password, e->cfg.pg_pool_size, e->cfg.pg_statement_timeout_ms,
+	                       err, errlen);
 	if (password) {
 		memset(password, 0, strlen(password));
 		free(password);
@@ -1137,6 +1224,7 @@ struct pgdb *pgdb_open(struct engine *e, const char *url, char *err, size_t errl
 		free(db);
 		return NULL;
 	}
+	check_settings(db);
 	return db;
 }
 
@@ -1144,8 +1232,10 @@ void pgdb_close(struct pgdb *db)
 {
 	if (!db)
 		return;
-	if (db->sync)
+	if (db->sync) {
+		db->sync_refs = 1;
 		pgdb_sync_end(db);
+	}
 	pg_pool_free(db->pool);
 	free(db);
 }

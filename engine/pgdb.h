@@ -56,8 +56,10 @@ int pgdb_one_k(lua_State *L, struct pgdb *db, int first, lua_KContext ctx, lua_K
 int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errlen);
 
 /*
-** Blocking work before serving: a connection of its own on which db calls
-** from any Lua code run synchronously, until pgdb_sync_end. NULL with err.
+** Blocking work outside request handlers (a generation's load: its top-level
+** code and migrations): a connection of its own on which db calls from Lua
+** code that is not an engine coroutine run synchronously, until
+** pgdb_sync_end. Calls nest. NULL with err.
 */
 PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen);
 void pgdb_sync_end(struct pgdb *db);
@@ -68,6 +70,9 @@ void pgdb_sync_end(struct pgdb *db);
 ** race to create the engine's tables. Start-up only. 0, or -1 with err.
 */
 int pgdb_setup(struct pgdb *db, const char *sql, char *err, size_t errlen);
+
+/* Between pgdb_sync_begin and _end: take (1) or give back (0) the lock migrations take. 0, or -1 with err. */
+int pgdb_sync_lock(struct pgdb *db, int take, char *err, size_t errlen);
 
 /* Open transactions, for /metrics and the reload check. */
 int pgdb_open_tx(const struct pgdb *db);

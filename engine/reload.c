@@ -194,11 +194,15 @@ int reload_run(struct engine *e, const char *trigger, char *err, size_t errlen)
 			e->cfg.app_json = app_json;
 		}
 	}
-	g = script_load(e, err, errlen);
-	if (g && migrate(e, g, err, errlen) < 0) {
-		name_migration_file(g, err, errlen);
-		gen_unref(g);
-		g = NULL;
+	g = NULL;
+	if (store_load_begin(e->store, err, errlen) == 0) {
+		g = script_load(e, err, errlen);
+		if (g && migrate(e, g, err, errlen) < 0) {
+			name_migration_file(g, err, errlen);
+			gen_unref(g);
+			g = NULL;
+		}
+		store_load_end(e->store);
 	}
 	if (!g) {
 		if (app_json) {

@@ -64,15 +64,6 @@ fail:
 static int load_secret_pg(struct engine *e, struct pgdb *pg, char *err, size_t errlen)
 {
 	unsigned char fresh[32];
-	/* Made under the lock migrations take: two nodes starting at once both "CREATE TABLE IF NOT EXISTS",
-	   and the second one's fails on the catalogue's unique index. */
-	if (pgdb_setup(pg, "CREATE TABLE IF NOT EXISTS _paygate_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
-	               err, errlen) < 0) {
-		char e2[300];
-		snprintf(e2, sizeof e2, "%s", err);
-		snprintf(err, errlen, "cannot set up the session secret: %s", e2);
-		return -1;
-	}
 	PGconn *pq = pgdb_sync_begin(pg, err, errlen);
 	PGresult *res = NULL;
 	if (!pq)
@@ -83,22 +74,25 @@ static int load_secret_pg(struct engine *e, struct pgdb *pg, char *err, size_t e
 	}
 	const char *vals[] = { (const char *)fresh };
 	const int lens[] = { (int)sizeof fresh }, formats[] = { 1 };
-	/* keep the first secret ever stored, whichever node stored it (a node storing one at the same
-	   moment makes this SERIALIZABLE insert fail: again, and it finds that node's) */
-	int ok = 0;
-	for (int attempt = 0; attempt < 10 && !ok; attempt++) {
-		PQclear(res);
+	char e2[300];
+	/* Nodes that start together: one creates the table and stores its secret, the others find it. */
+	if (pgdb_sync_lock(pg, 1, err, errlen) < 0) {
+		pgdb_sync_end(pg);
+		return -1;
+	}
+	res = PQexec(pq, "CREATE TABLE IF NOT EXISTS _paygate_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL)");
+	int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	if (ok) { /* keep the first secret ever stored, whichever node stored it */
 		res = PQexecParams(pq,
 		                   "INSERT INTO _paygate_secrets(name, value) VALUES ('session', $1) "
 		                   "ON CONFLICT (name) DO NOTHING",
 		                   1, NULL, vals, lens, formats, 1);
 		ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-		if (!pg_retryable(res))
-			break;
+		PQclear(res);
 	}
-	PQclear(res);
-	res = NULL;
 	memset(fresh, 0, sizeof fresh);
+	pgdb_sync_lock(pg, 0, e2, sizeof e2);
 	if (ok) {
 		res = PQexecParams(pq, "SELECT value FROM _paygate_secrets WHERE name = 'session'", 0, NULL, NULL, NULL,
 		                   NULL, 1);

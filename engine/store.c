@@ -582,6 +582,17 @@ struct pgdb *store_pg(struct store *st)
 	return st->pg;
 }
 
+int store_load_begin(struct store *st, char *err, size_t errlen)
+{
+	return st->pg && !pgdb_sync_begin(st->pg, err, errlen) ? -1 : 0;
+}
+
+void store_load_end(struct store *st)
+{
+	if (st->pg)
+		pgdb_sync_end(st->pg);
+}
+
 /* A statement that writes runs inside the turn's batch: the one seam every write goes through. */
 static sqlite3_stmt *join_batch(struct store *st, sqlite3_stmt *stmt, char *err, size_t errlen)
 {
@@ -892,8 +903,9 @@ static int l_query(lua_State *L)
 	}
 	if (rc != SQLITE_DONE)
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /* db.one(sql, ...) → the first row, or nil */
@@ -912,8 +924,9 @@ static int l_one(lua_State *L)
 		lua_pushnil(L);
 	else
 		return step_error(L, st, stmt);
+	int wrote = !sqlite3_stmt_readonly(stmt);
 	sqlite3_reset(stmt);
-	return 1;
+	return wrote && st->tx_depth == 0 ? return_durable(L, st, 1) : 1; /* INSERT ... RETURNING: as db.exec */
 }
 
 /*

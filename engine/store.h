@@ -141,7 +141,16 @@ void store_rollback(struct store *st);
 */
 int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen);
 
-/* The `db` table: exec, query, one, tx. [-0, +1, e] */
+/*
+** A generation loads (its top-level code runs, then its migrations): on
+** PostgreSQL, db calls made outside engine coroutines meanwhile run on a
+** blocking connection of their own (they cannot suspend). No-op on SQLite.
+** 0, or -1 with err (the database cannot be reached).
+*/
+int store_load_begin(struct store *st, char *err, size_t errlen);
+void store_load_end(struct store *st);
+
+/* The `db` table: exec, query, one, tx, dialect. [-0, +1, e] */
 void store_push_lua(lua_State *L, struct engine *e);
 
 #endif

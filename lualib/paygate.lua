@@ -65,14 +65,31 @@ function app.job(name, fn)
   job_handlers[name] = fn
 end
 
+local DIALECTS = { sqlite = true, postgresql = true }
+
 --- Declare a schema migration: versions only grow; never edit one once applied.
---- `change` is SQL text (may hold several statements) or a function using db. A failing
---- migration is reported with the file and line that declared it (`where`, when a library
---- declares it for its host: see shop.schema).
+--- `change` is SQL text (may hold several statements) that both engines run, a table
+--- { sqlite = "...", postgresql = "..." } when the DDL differs (each engine runs and checksums
+--- its own text; see docs/scripts.md), or a function using db. A failing migration is reported
+--- with the file and line that declared it (`where`, when a library declares it for its host:
+--- see shop.schema).
 function app.migration(version, name, change, where)
   assert(math.type(version) == "integer" and version > 0, "migration: version must be a positive integer")
   local m = { version = version, name = name, where = where or app._caller(1) }
-  if type(change) == "string" then m.sql = change else m.fn = change end
+  if type(change) == "string" then
+    m.sql = change
+  elseif type(change) == "table" then
+    for k, v in pairs(change) do
+      assert(DIALECTS[k], "migration: " .. tostring(k) .. " is not a dialect (sqlite, postgresql)")
+      assert(type(v) == "string", "migration: the " .. k .. " text must be a string")
+    end
+    assert(change.sqlite and change.postgresql,
+           "migration: a table of texts needs both sqlite = \"...\" and postgresql = \"...\"")
+    m.sql, m.postgresql = change.sqlite, change.postgresql
+  else
+    assert(type(change) == "function", "migration: change must be SQL text, { sqlite =, postgresql = } or a function")
+    m.fn = change
+  end
   local list = app._migrations
   assert(#list == 0 or list[#list].version < version, "migration: versions must be declared in increasing order")
   list[#list + 1] = m

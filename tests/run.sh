@@ -2,6 +2,8 @@
 # tests/run.sh — every suite of `make test`: C units, Lua units, fuzz-corpus replay,
 # the WeChat Pay SDK conformance test and the end-to-end tests over real HTTP.
 # Each suite's full output goes to build/test-logs/; the last line is "N passed, N failed".
+# The PostgreSQL specs run against a private cluster this script starts (tests/pg/cluster.sh)
+# and stops by its PID at the end, whatever happens; its URL is PAYGATE_TEST_PG.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -42,6 +44,39 @@ run() {
 	summarize "$name" "$log" $?
 }
 
+# A private PostgreSQL for every suite (docs/testing.md): the Lua units check the shop's SQL on
+# it (tests/pg/sql_check.lua), the e2e specs run gateways on it. Without Debian's postgresql the
+# PostgreSQL runs are skipped, loudly; on CI (CI=true) that is a failure. A PAYGATE_TEST_PG
+# given by the caller is used as it is (a server of the caller's; nothing is started).
+PG_NOTE=""
+if [ -n "${PAYGATE_TEST_PG:-}" ]; then
+	PG_NOTE="PostgreSQL: the server given in PAYGATE_TEST_PG ($PAYGATE_TEST_PG)"
+elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+	# One directory per checkout (so parallel checkouts do not meet, and a killed run's is reused).
+	PG_DIR=${PAYGATE_PG_DIR:-/tmp/paygate-pg-$(id -u)-$(printf %s "$PWD" | md5sum | cut -c1-8)}
+	trap 'tests/pg/cluster.sh stop "$PG_DIR"' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	if PAYGATE_TEST_PG=$(tests/pg/cluster.sh start "$PG_DIR" 2>"$LOGS/pg-cluster.log"); then
+		export PAYGATE_TEST_PG
+		PG_VERSION=$("$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/postgres" --version | awk '{print $3}')
+		PG_NOTE="PostgreSQL: a private PostgreSQL $PG_VERSION this run started at ${PAYGATE_TEST_PG#postgresql://postgres@} (stopped at exit)"
+	else
+		printf '%-28s %4d passed, %d failed\n' pg:cluster 0 1
+		sed 's/^/    /' "$LOGS/pg-cluster.log" | head -20
+		FAIL=$((FAIL + 1))
+		PG_NOTE="PostgreSQL suites SKIPPED: the private cluster did not start ($LOGS/pg-cluster.log)"
+	fi
+elif [ "${CI:-}" = true ]; then
+	printf '%-28s %4d passed, %d failed\n' pg:cluster 0 1
+	echo "    no /usr/lib/postgresql/*/bin/initdb: CI must run the PostgreSQL suites (apt-get install postgresql)"
+	FAIL=$((FAIL + 1))
+	PG_NOTE="PostgreSQL suites NOT RUN: postgresql is not installed (a failure under CI=true)"
+else
+	PG_NOTE="PostgreSQL suites SKIPPED: postgresql is not installed (apt-get install postgresql; .ci/run does)"
+	echo "*** $PG_NOTE ***"
+fi
+
 for t in "$BUILD"/tests/test_*; do
 	[ -x "$t" ] && run "c:$(basename "$t")" "$t"
 done
@@ -59,9 +94,18 @@ fi
 for t in tests/e2e/*.test.mjs; do
 	run "e2e:$(basename "$t" .test.mjs)" node --test --test-reporter=tap --test-timeout=120000 "$t"
 done
+# Which suites ran on PostgreSQL (the harness's backends() prints a "backends:" line per suite).
+if [ -n "${PAYGATE_TEST_PG:-}" ]; then
+	pg_ran=$(grep -l '^# backends: .*postgresql' "$LOGS"/e2e:*.log 2>/dev/null | xargs -r grep -L 'postgresql SKIPPED' | wc -l)
+	pg_why=$(grep -h '^# backends: .*postgresql SKIPPED' "$LOGS"/e2e:*.log 2>/dev/null | head -1 | sed 's/.*SKIPPED: //')
+	pg_skipped=$(grep -l '^# backends: .*postgresql SKIPPED' "$LOGS"/e2e:*.log 2>/dev/null | wc -l)
+	PG_NOTE="$PG_NOTE; $pg_ran suites ran on PostgreSQL"
+	if [ "$pg_skipped" -ne 0 ]; then PG_NOTE="$PG_NOTE, $pg_skipped skipped it: $pg_why"; fi
+fi
 run "embed:libpaygate" tests/embed/run.sh
 run "browser:console" env BUILD="$BUILD" tests/console/run.sh
 
 echo
+echo "$PG_NOTE"
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

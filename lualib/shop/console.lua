@@ -43,8 +43,10 @@ function M.search(query)
   local q = M.param(query, "q")
   if q then
     if #q > 64 then app.fail(400, "invalid_request", "q is at most 64 bytes") end
-    local like = q:gsub("[%%_\\]", "\\%0") .. "%"
-    where[#where + 1] = [[(order_no LIKE ? ESCAPE '\' OR openid LIKE ? ESCAPE '\' OR transaction_id LIKE ? ESCAPE '\')]]
+    -- Any case (SQLite's LIKE ignores ASCII case, PostgreSQL's does not): both sides lowered.
+    local like = q:lower():gsub("[%%_\\]", "\\%0") .. "%"
+    where[#where + 1] = [[(lower(order_no) LIKE ? ESCAPE '\' OR lower(openid) LIKE ? ESCAPE '\'
+                           OR lower(transaction_id) LIKE ? ESCAPE '\')]]
     args[#args + 1], args[#args + 2], args[#args + 3] = like, like, like
   end
   local from, to = time_param(query, "from"), time_param(query, "to")
@@ -96,8 +98,8 @@ function M.overview(query)
   local refunded = db.one([[SELECT coalesce(sum(amount), 0) AS amount FROM refunds WHERE status = 'SUCCESS'
                             AND updated_at >= ?]], since).amount
   local notes = { accepted = 0, refused = 0 }
-  for _, r in ipairs(db.query([[SELECT outcome = 'refused' AS refused, count(*) AS n FROM notification_log
-                                WHERE received_at >= ? AND kind != 'query' GROUP BY 1]], since)) do
+  for _, r in ipairs(db.query([[SELECT CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END AS refused, count(*) AS n
+                                FROM notification_log WHERE received_at >= ? AND kind <> 'query' GROUP BY 1]], since)) do
     if r.refused == 1 then notes.refused = r.n else notes.accepted = r.n end
   end
   local jobs_by = { queued = 0, running = 0, dead = 0 }
@@ -109,16 +111,17 @@ function M.overview(query)
   local series = { created = {}, paid = {}, refused = {}, start = start, bucket_ms = BUCKET }
   for i = 1, N do series.created[i], series.paid[i], series.refused[i] = 0, 0, 0 end
   local function fill(list, sql)
-    for _, r in ipairs(db.query(sql, start, BUCKET)) do
+    for _, r in ipairs(db.query(sql, start, BUCKET, start)) do
       local i = r.b + 1
       if i >= 1 and i <= N then list[i] = r.n end
     end
   end
-  fill(series.created, "SELECT (created_at - ?1) / ?2 AS b, count(*) AS n FROM orders WHERE created_at >= ?1 GROUP BY b")
-  fill(series.paid, [[SELECT (paid_at - ?1) / ?2 AS b, count(*) AS n FROM orders WHERE paid_at >= ?1
+  -- Parameters: the start twice and the bucket's length (plain ?, numbered ones are SQLite's).
+  fill(series.created, "SELECT (created_at - ?) / ? AS b, count(*) AS n FROM orders WHERE created_at >= ? GROUP BY b")
+  fill(series.paid, [[SELECT (paid_at - ?) / ? AS b, count(*) AS n FROM orders WHERE paid_at >= ?
                       AND transaction_id IS NOT NULL GROUP BY b]])
-  fill(series.refused, [[SELECT (received_at - ?1) / ?2 AS b, count(*) AS n FROM notification_log
-                         WHERE received_at >= ?1 AND outcome = 'refused' GROUP BY b]])
+  fill(series.refused, [[SELECT (received_at - ?) / ? AS b, count(*) AS n FROM notification_log
+                         WHERE received_at >= ? AND outcome = 'refused' GROUP BY b]])
   return { since = since, now = now, orders = by_status, paid = { count = paid.n, amount = paid.amount },
            refunded = refunded, revenue = paid.amount - refunded, notifications = notes, jobs = jobs_by,
            series = series }

@@ -36,15 +36,16 @@ local function insert(order_no, event, data, key, actor, handle)
   key = key or (event .. ":" .. order_no)
   actor = actor or "system"
   local handled = handle and M.LIFECYCLE[event] and hooks.has("on_" .. event)
-  local n, id = db.exec([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at, done_at, actor)
-                          VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT(key) DO NOTHING]],
-                        order_no, event, key, json.encode(data or {}), handled and "PENDING" or "DONE", clock.now(),
-                        not handled and clock.now() or nil, actor)
-  if n == 1 and handled then
-    jobs.schedule("order_event", { id = id }, { key = "event:" .. id, max_attempts = M.UNTIL_DONE })
+  -- RETURNING gives the new row's id on both engines (no row: the key was there already).
+  local row = db.one([[INSERT INTO order_events(order_no, event, key, data, status, attempts, created_at, done_at, actor)
+                       VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT(key) DO NOTHING RETURNING id]],
+                     order_no, event, key, json.encode(data or {}), handled and "PENDING" or "DONE", clock.now(),
+                     not handled and clock.now() or nil, actor)
+  if row and handled then
+    jobs.schedule("order_event", { id = row.id }, { key = "event:" .. row.id, max_attempts = M.UNTIL_DONE })
   end
-  if n == 1 then log_event(order_no, event, data, actor) end
-  return n == 1
+  if row then log_event(order_no, event, data, actor) end
+  return row ~= nil
 end
 
 --- Record `event` of order_no inside the caller's transaction and schedule its handling.

@@ -457,27 +457,37 @@ M.LIST_DEFAULT = 20               -- orders per page of a user's list
 M.LIST_MAX = 100
 
 --- One page of openid's own orders, newest first (created_at, then the order of insertion,
---- both descending: two orders of one millisecond keep the order they were made in).
+--- both descending: two orders of one millisecond keep the order they were made in; on
+--- PostgreSQL, which has no rowid, orders of one millisecond come by order_no, descending).
 --- o: {limit (1..LIST_MAX, default LIST_DEFAULT), before (an order_no of this user: the page
 --- starts after it)}. Returns the rows and, when more remain, the order_no to pass as
 --- `before` for the next page. The index orders_by_owner (openid, created_at), whose entries
---- end with the rowid, serves it in index order with no sort, and the read stops after
---- limit + 1 rows, however many orders the user has.
+--- end with the rowid (on PostgreSQL: with order_no, in its DDL), serves it in index order with
+--- no sort, and the read stops after limit + 1 rows, however many orders the user has.
 M.LIST_SQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
 M.LIST_AFTER_SQL = [[SELECT * FROM orders WHERE openid = ? AND created_at <= ? AND (created_at < ? OR rowid < ?)
                      ORDER BY created_at DESC, rowid DESC LIMIT ?]]
+M.LIST_SQL_POSTGRESQL = "SELECT * FROM orders WHERE openid = ? ORDER BY created_at DESC, order_no DESC LIMIT ?"
+M.LIST_AFTER_SQL_POSTGRESQL = [[SELECT * FROM orders WHERE openid = ? AND (created_at, order_no) < (?, ?)
+                                ORDER BY created_at DESC, order_no DESC LIMIT ?]]
 
 function M.list_owned(openid, o)
   local limit = o.limit or M.LIST_DEFAULT
   assert(math.type(limit) == "integer" and limit >= 1 and limit <= M.LIST_MAX, "orders.list_owned: bad limit")
+  local pg = db.dialect == "postgresql"
   local rows
   if o.before then
-    local cursor = db.one("SELECT created_at, rowid AS rid FROM orders WHERE order_no = ? AND openid = ?",
+    local cursor = db.one(pg and "SELECT created_at, order_no FROM orders WHERE order_no = ? AND openid = ?"
+                          or "SELECT created_at, rowid AS rid FROM orders WHERE order_no = ? AND openid = ?",
                           o.before, openid)
     if not cursor then app.fail(400, "invalid_request", "before must be the order_no of one of your orders") end
-    rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.rid, limit + 1)
+    if pg then
+      rows = db.query(M.LIST_AFTER_SQL_POSTGRESQL, openid, cursor.created_at, cursor.order_no, limit + 1)
+    else
+      rows = db.query(M.LIST_AFTER_SQL, openid, cursor.created_at, cursor.created_at, cursor.rid, limit + 1)
+    end
   else
-    rows = db.query(M.LIST_SQL, openid, limit + 1)
+    rows = db.query(pg and M.LIST_SQL_POSTGRESQL or M.LIST_SQL, openid, limit + 1)
   end
   local next_no
   if #rows > limit then

@@ -71,7 +71,8 @@ local function found(ctx, kind, ref, o)
             ON CONFLICT(bill_date, kind, ref) DO UPDATE SET
               bill_amount = excluded.bill_amount, local_amount = excluded.local_amount, detail = excluded.detail,
               run = excluded.run, updated_at = excluded.updated_at,
-              status = CASE WHEN status = 'RESOLVED' THEN 'OPEN' ELSE status END]],
+              status = CASE WHEN reconciliation_items.status = 'RESOLVED' THEN 'OPEN'
+                       ELSE reconciliation_items.status END]],
           ctx.date, kind, ref, o.order_no, o.bill_amount, o.local_amount, o.detail or M.KINDS[kind], ctx.run,
           clock.now(), clock.now())
   return db.one("SELECT * FROM reconciliation_items WHERE bill_date = ? AND kind = ? AND ref = ?", ctx.date, kind, ref)
@@ -160,7 +161,8 @@ function M.run(date)
   assert(date_ok(date), "reconcile_bills.run: date must be YYYY-MM-DD")
   local run = db.tx(function()
     db.exec([[INSERT INTO reconciliation_days(bill_date, status, runs, started_at, updated_at) VALUES (?, 'PENDING', 1, ?, ?)
-              ON CONFLICT(bill_date) DO UPDATE SET status = 'PENDING', runs = runs + 1, started_at = excluded.started_at,
+              ON CONFLICT(bill_date) DO UPDATE SET status = 'PENDING', runs = reconciliation_days.runs + 1,
+              started_at = excluded.started_at,
               updated_at = excluded.updated_at]], date, clock.now(), clock.now())
     return day_row(date).runs
   end)
@@ -235,8 +237,8 @@ function M.run(date)
   -- What this run no longer finds was put right meanwhile.
   db.exec([[UPDATE reconciliation_items SET status = 'RESOLVED', outcome = 'no longer differs', updated_at = ?
             WHERE bill_date = ? AND status = 'OPEN' AND run < ?]], clock.now(), date, run)
-  local c = db.one([[SELECT count(*) AS n, coalesce(sum(status = 'SETTLED'), 0) AS settled,
-                            coalesce(sum(status = 'OPEN'), 0) AS open
+  local c = db.one([[SELECT count(*) AS n, coalesce(sum(CASE WHEN status = 'SETTLED' THEN 1 ELSE 0 END), 0) AS settled,
+                            coalesce(sum(CASE WHEN status = 'OPEN' THEN 1 ELSE 0 END), 0) AS open
                      FROM reconciliation_items WHERE bill_date = ?]], date)
   db.exec([[UPDATE reconciliation_days SET status = 'DONE', error = NULL, bill_sha1 = ?,
               bill_payments = ?, bill_payments_amount = ?, bill_refunds = ?, bill_refunds_amount = ?, bill_fees = ?,

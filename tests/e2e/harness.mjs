@@ -6,11 +6,16 @@
 //
 // Every gateway gets its own temporary directory (scripts, database, config) and is
 // stopped by its PID. Nothing listens or connects anywhere but 127.0.0.1.
+//
+// Back ends: `startGateway({ backend: 'postgresql' })` gives the gateway a fresh database of
+// its own on the PostgreSQL server in PAYGATE_TEST_PG (tests/run.sh starts a private one),
+// named after its directory (a restart with the same opts.dir finds the same database), and
+// drops it when the directory is cleaned. `backends()` lists the back ends a spec runs on.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync, cpSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname, resolve } from 'node:path';
+import { join, dirname, resolve, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import http from 'node:http';
 
@@ -61,6 +66,78 @@ export function request(port, method, path, { body, headers = {}, timeout = 3000
   });
 }
 
+// ---- PostgreSQL: the server in PAYGATE_TEST_PG, databases for gateways, rows read with psql ----
+
+/** The test server's URL (postgresql://postgres@127.0.0.1:PORT/postgres), or '' when there is none. */
+export const TEST_PG = process.env.PAYGATE_TEST_PG || '';
+
+export const isPostgresUrl = (s) => typeof s === 'string' && /^postgres(ql)?:/.test(s);
+
+/** The URL of database `name` on the test server. */
+export function pgUrl(name) {
+  if (!TEST_PG) throw new Error('PAYGATE_TEST_PG is not set: no PostgreSQL server for the tests (tests/run.sh starts one)');
+  const u = new URL(TEST_PG);
+  u.pathname = '/' + encodeURIComponent(name);
+  return u.toString();
+}
+
+/** Run SQL with psql against url (the test server's own database by default); returns its unaligned output. */
+export function psql(sql, url = TEST_PG) {
+  return execFileSync('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', url, '-c', sql],
+    { encoding: 'utf8', env: { ...process.env, PGCONNECT_TIMEOUT: '10' }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Rows of a query on a PostgreSQL database, as JSON (bigint and numeric come back as numbers). */
+export function pgRows(url, query) {
+  const out = psql(`SELECT coalesce(json_agg(t), '[]') FROM (${query}) t`, url).trim();
+  return JSON.parse(out);
+}
+
+const quoteIdent = (name) => '"' + name.replace(/"/g, '""') + '"';
+
+/** The database a gateway with directory dir gets: the same name for the same directory. */
+export const pgDatabaseFor = (dir) => ('paygate_' + basename(dir)).replace(/[^A-Za-z0-9_]/g, '_').slice(0, 63);
+
+/** Create database `name` on the test server unless it exists; returns its URL. */
+export function pgCreateDatabase(name) {
+  const exists = psql(`SELECT 1 FROM pg_database WHERE datname = '${name.replace(/'/g, "''")}'`).trim() === '1';
+  if (!exists) psql(`CREATE DATABASE ${quoteIdent(name)}`);
+  return pgUrl(name);
+}
+
+/** Drop database `name` (ending any connection still open to it). */
+export function pgDropDatabase(name) {
+  psql(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
+}
+
+/**
+ * Why this run cannot put gateways on PostgreSQL, or false when it can (usable as a test's
+ * `skip` option): a server in
+ * PAYGATE_TEST_PG, and an engine built with the PostgreSQL back end (linked with libpq).
+ */
+export function pgUnavailable() {
+  if (!TEST_PG) return 'PAYGATE_TEST_PG is not set (tests/run.sh sets it when postgresql is installed)';
+  let libs = '';
+  try { libs = execFileSync('ldd', [BIN], { encoding: 'utf8' }); } catch (e) { return `cannot inspect ${BIN}: ${e.message}`; }
+  if (!/libpq\.so/.test(libs)) return `${BIN} has no PostgreSQL back end (not linked with libpq)`;
+  return false;
+}
+
+let backendsNoted = false;
+/**
+ * The back ends a spec runs on: ['sqlite', 'postgresql'], or ['sqlite'] with a note saying why
+ * PostgreSQL is skipped. Use: for (const backend of backends()) describe(`... on ${backend}`, ...).
+ */
+export function backends() {
+  const why = pgUnavailable();
+  if (!backendsNoted) {
+    backendsNoted = true;
+    // tests/run.sh counts these lines for its summary.
+    console.log(why ? `backends: sqlite; postgresql SKIPPED: ${why}` : `backends: sqlite, postgresql (${TEST_PG})`);
+  }
+  return why ? ['sqlite'] : ['sqlite', 'postgresql'];
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A seeded pseudo-random generator (xorshift32): the same seed gives the same choices. */
@@ -83,16 +160,25 @@ export async function eventually(fn, timeoutMs = 5000, stepMs = 50) {
 /**
  * Start a gateway. opts.scripts: files for the scripts dir (must include init.lua);
  * opts.config: extra config fields (Lua table syntax is generated); opts.dir: reuse a
- * directory (to restart on the same database).
+ * directory (to restart on the same database); opts.backend: 'sqlite' (a file in the directory,
+ * the default) or 'postgresql' (a database of its own on PAYGATE_TEST_PG, named after the
+ * directory, dropped when the directory is cleaned). A `database` in opts.config wins over both
+ * (a PostgreSQL URL given there belongs to the test: several gateways may share it).
  */
 export async function startGateway(opts = {}) {
   const dir = opts.dir || mkdtempSync(join(tmpdir(), 'paygate-e2e-'));
   const scriptsDir = join(dir, 'scripts');
   mkdirSync(scriptsDir, { recursive: true });
   if (opts.scripts) writeScripts(scriptsDir, opts.scripts);
+  const given = opts.config?.database;
+  const backend = given !== undefined ? (isPostgresUrl(given) ? 'postgresql' : 'sqlite') : (opts.backend || 'sqlite');
+  if (!['sqlite', 'postgresql'].includes(backend)) throw new Error(`unknown backend ${backend}`);
+  // The database this gateway owns (created here, dropped with its directory); none when given.
+  const ownDb = backend === 'postgresql' && given === undefined ? pgDatabaseFor(dir) : undefined;
   const config = {
     listen: '127.0.0.1:0', scripts: scriptsDir, lualib: join(ROOT, 'lualib'),
-    database: join(dir, 'paygate.db'), log_level: 'debug', watch_debounce_ms: 100, admin: { trust_loopback: true },
+    database: ownDb ? pgCreateDatabase(ownDb) : join(dir, 'paygate.db'),
+    log_level: 'debug', watch_debounce_ms: 100, admin: { trust_loopback: true },
     ...opts.config,
   };
   const confPath = join(dir, 'paygate.conf.lua');
@@ -122,7 +208,7 @@ export async function startGateway(opts = {}) {
   });
 
   const gw = {
-    dir, scriptsDir, port, child, pid: child.pid, config,
+    dir, scriptsDir, port, child, pid: child.pid, config, backend, database: config.database,
     /** Rewrite the config file with `changes` merged over the running config (a reload reads its `app`). */
     writeConfig(changes) {
       Object.assign(config, changes);
@@ -160,7 +246,10 @@ export async function startGateway(opts = {}) {
         await exited;
         clearTimeout(t);
       }
-      if (clean) rmSync(dir, { recursive: true, force: true });
+      if (clean) {
+        rmSync(dir, { recursive: true, force: true });
+        if (ownDb) pgDropDatabase(ownDb);
+      }
     },
   };
   return gw;

@@ -4,17 +4,21 @@
 // way out or on the way back, a session the server no longer takes, a payment that fails, is
 // cancelled, or says "cancel" although WeChat took the money, a confirmation that is slow, the
 // app killed while the payment sheet is up.
-import { test, before, after } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, sleep } from './harness.mjs';
+import { ROOT, sleep, backends } from './harness.mjs';
 import { startWorld } from './shopenv.mjs';
 import { fakeWx as makeFakeWx } from './fakewx.mjs';
 
 const require = createRequire(import.meta.url);
 const paygate = require(`${ROOT}/examples/miniprogram/paygate.js`);
+
+// The whole spec runs once per back end of the shop's gateway (the sandbox stays on SQLite);
+// the body is not indented, to keep it one spec.
+for (const backend of backends()) describe(`mini-program client on ${backend}`, () => {
 let world, gw, gwReal;
 let users = 0;
 const newOpenid = () => `oMiniProgram${process.pid}x${++users}`;
@@ -32,7 +36,7 @@ end)
 `;
 
 before(async () => {
-  world = await startWorld();
+  world = await startWorld({ backend });
   const init = readFileSync(join(ROOT, 'scripts/init.lua'), 'utf8') + 'require "test_hooks"\nrequire "plan_hook"\n';
   gw = await world.startShop({ order_ttl_s: 600, reconcile_after_s: 1 },
     { files: { 'init.lua': init, 'plan_hook.lua': PLAN_HOOK } });
@@ -286,7 +290,8 @@ test('GET /api/orders lists the caller\'s own orders, newest first, a page at a 
   for (const no of made) await shop.cancel(no);
 });
 
-test('a page of the order list reads the index orders_by_owner in order, never the whole table or a full sort', async () => {
+test('a page of the order list reads the index orders_by_owner in order, never the whole table or a full sort',
+  { skip: backend !== 'sqlite' && 'SQLite\'s query plan (on a table this small PostgreSQL\'s planner may rightly scan it)' }, async () => {
   const plans = (await gw.get('/test/plan/orders')).json;
   for (const [which, plan] of Object.entries(plans)) {
     const text = plan.map((r) => r.detail).join(' | ');
@@ -306,4 +311,5 @@ test('quote() shows the price with a coupon first, and buy() with the same coupo
   assert.equal(order.status, 'PAID');
   assert.equal(order.amount, 3300);
   await assert.rejects(shop.quote([{ product_id: 1, qty: 1 }], { coupon: 'NOPE' }), (e) => e.status === 409 && e.code === 'coupon_invalid');
+});
 });

@@ -1,17 +1,20 @@
 // The shop flow end to end: the real gateway (scripts/) against the WeChat Pay sandbox
 // (examples/sandbox/), both real paygate processes on 127.0.0.1, spoken to over HTTP.
-import { test, before, after } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import crypto from 'node:crypto';
-import { eventually, sleep } from './harness.mjs';
+import { eventually, sleep, backends } from './harness.mjs';
 import { startWorld, MCHID, APPID } from './shopenv.mjs';
 
+// The whole spec runs once per back end of the shop's gateways (the sandbox stays on SQLite);
+// the body is not indented, to keep it one spec.
+for (const backend of backends()) describe(`shop on ${backend}`, () => {
 let world, keys, sandbox, gw, shortGw;
 const k = (name) => world.k(name);
 
 before(async () => {
-  world = await startWorld();
+  world = await startWorld({ backend });
   ({ keys, sandbox } = world);
   gw = await world.startShop({ order_ttl_s: 600, reconcile_after_s: 1 });
   shortGw = await world.startShop({ order_ttl_s: 2, reconcile_after_s: 3600 });   // only expiry finds out
@@ -548,4 +551,5 @@ test('login errors map to the API: a used or unknown code is 400 invalid_code', 
   assert.equal(again.json.error, 'invalid_code');
   assert.equal((await gw.post('/api/login', { code: 'not a code!' })).status, 400);
   assert.equal((await gw.post('/api/login', {})).status, 400);
+});
 });

@@ -87,8 +87,10 @@ app.job("test_wake", function() end)
  * Keys (made by the sandbox's keys.sh), the shop scripts plus the test hooks, a running sandbox.
  * `sandboxApp` adds to the sandbox's app settings; `keepSandbox` gives the sandbox a directory
  * and port of its own, kept across world.restartSandbox() (its database survives a kill -9).
+ * `backend` ('sqlite' or 'postgresql') is where the shop gateways keep their data; the sandbox
+ * (WeChat's side) always stays on SQLite.
  */
-export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) {
+export async function startWorld({ sandboxApp = {}, keepSandbox = false, backend = 'sqlite' } = {}) {
   const keys = mkdtempSync(join(tmpdir(), 'paygate-shop-keys-'));
   execFileSync(join(ROOT, 'examples/sandbox/keys.sh'), [keys]);
   const k = (name) => join(keys, name);
@@ -116,16 +118,18 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
   const sandbox = await startGateway({ bin: SANDBOX_BIN, dir: sandboxDir, config: sandboxConfig });
   const copies = [];
   const world = {
-    keys, k, sandbox, sandboxDir, gateways: [],
+    keys, k, sandbox, sandboxDir, gateways: [], backend,
     /**
      * A shop gateway wired to the sandbox; `app` adds to its app settings, `files` replaces
      * scripts of the shop (e.g. { 'stock.lua': ... } for another stock rule) in its own copy,
      * `config` adds to (or replaces) its other settings (e.g. { watch: true }); `bin`, `env`,
      * `dir` (the gateway's directory, kept) and `expectExit` go to startGateway; `port` starts it
      * on a given port (a restart where WeChat's notifications are addressed); `wechatpay` adds
-     * to (or replaces) its wechatpay settings (e.g. base_url and sandbox for a TLS front).
+     * to (or replaces) its wechatpay settings (e.g. base_url and sandbox for a TLS front);
+     * `backend` overrides the world's.
      */
-    async startShop(app = {}, { files, config = {}, wechatpay = {}, bin, env, dir: home, expectExit, port: fixedPort } = {}) {
+    async startShop(app = {}, { files, config = {}, wechatpay = {}, bin, env, dir: home, expectExit, port: fixedPort,
+      backend: shopBackend = backend } = {}) {
       const port = fixedPort || await freePort();
       const sandbox = this.sandbox;
       let dir = scripts;
@@ -136,7 +140,7 @@ export async function startWorld({ sandboxApp = {}, keepSandbox = false } = {}) 
         copies.push(dir);
       }
       const gw = await startGateway({
-        bin, env, dir: home, expectExit,
+        bin, env, dir: home, expectExit, backend: shopBackend,
         config: {
           listen: `127.0.0.1:${port}`, scripts: dir, watch: false, log_level: 'info', fetch: { timeout_ms: 2000 },
           wechatpay: {

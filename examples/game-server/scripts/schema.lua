@@ -1,11 +1,12 @@
 -- The game shop's tables: the shop's order tables (lualib/shop works on them) plus players
--- and what each order buys for whom. Migrations only grow: add one, never edit one.
+-- and what each order buys for whom. Migrations only grow: add one, never edit one. A
+-- migration whose DDL differs gives { sqlite = ..., postgresql = ... }: the game runs on either.
 local app = require "paygate"
 local shop = require "shop.schema"
 
 app.migration(1, "the shop's tables", shop.TABLES)
 
-app.migration(2, "players and purchases", [[
+app.migration(2, "players and purchases", { sqlite = [[
   CREATE TABLE players (
     player     INTEGER PRIMARY KEY,                  -- the game's player id
     openid     TEXT NOT NULL,                        -- who pays, from WeChat login
@@ -16,7 +17,18 @@ app.migration(2, "players and purchases", [[
     player   INTEGER NOT NULL,
     item     INTEGER NOT NULL
   );
-]])
+]], postgresql = [[
+  CREATE TABLE players (
+    player     BIGINT PRIMARY KEY,
+    openid     TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+  );
+  CREATE TABLE purchases (
+    order_no TEXT PRIMARY KEY REFERENCES orders(order_no),
+    player   BIGINT NOT NULL,
+    item     BIGINT NOT NULL
+  );
+]] })
 
 -- What the game sells. Items are virtual: the stock is just large.
 app.migration(3, "items on sale", function()
