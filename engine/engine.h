@@ -95,6 +95,7 @@ struct engine {
 	uint64_t reqid_state; /* request-id generator (http.c); per engine, like all state */
 	int http_inflight;    /* requests received and not yet finished */
 	int stopping;
+	int check_only; /* --check (and the daemon's check before it binds): nothing is kept (PostgreSQL: rolled back) */
 	struct engine_worker worker;
 };
 

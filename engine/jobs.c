@@ -514,10 +514,10 @@ void jobs_kick(struct jobs *j)
 ** ---- on PostgreSQL ----
 **
 ** The same table and the same life of a row, for N nodes. The bookkeeping is
-** asynchronous (pg_pool_query: a connection of the pool's per statement), so
-** the loop never waits for it. One statement claims up to `room` due jobs:
-** FOR UPDATE SKIP LOCKED lets nodes claim at once without waiting for, or
-** taking, each other's rows. An insert (or a re-queue) of a job notifies
+** asynchronous (pg_pool_query: a connection of the pool's per statement, at
+** READ COMMITTED, see pg.c), so the loop never waits for it. One statement
+** claims up to `room` due jobs: FOR UPDATE SKIP LOCKED lets nodes claim at
+** once without waiting for, or taking, each other's rows. An insert (or a re-queue) of a job notifies
 ** `paygate_jobs`; every node listens, so a job queued on one node is seen at
 ** once on all; a slow poll (POLL_PG_MS) stands behind the notifications.
 ** At start a node re-queues only its own worker's earlier incarnations'
@@ -569,8 +569,10 @@ static int jobs_open_pg(struct jobs *j, char *err, size_t errlen)
 {
 	struct engine *e = j->eng;
 	j->pg = store_pg(e->store);
-	if (pgdb_setup(j->pg, JOBS_DDL_PG, err, errlen) < 0)
+	if (pgdb_setup(j->pg, JOBS_DDL_PG, err, errlen) < 0) /* also for a check: a migration may schedule jobs */
 		return -1;
+	if (e->check_only) /* a check runs no jobs: it does not listen */
+		return 0;
 	if (e->worker.predecessors[0]) { /* a restarted worker: its predecessors' jobs are not running anywhere */
 		char sql[512], pre[170], self[170];
 		snprintf(sql, sizeof sql,
@@ -688,6 +690,20 @@ static void check_leases_pg(struct jobs *j)
 	              2, vals, leases_done, j);
 }
 
+/*
+** Look again in ms, or sooner when the leases are due for their check: one
+** that is overdue (the timer fired a little early, the queries took a while)
+** is checked at once, so that a job that runs past a lease is never left
+** unrenewed for a whole slow poll and taken over by another node.
+*/
+static void later_pg(struct jobs *j, int64_t ms)
+{
+	int64_t lease = j->next_lease_check - clock_now_ms();
+	if (lease < ms)
+		ms = lease > 0 ? lease : 1;
+	later(j->timer, ms);
+}
+
 static void armed_pg(void *arg, PGresult *res, const char *err)
 {
 	struct jobs *j = arg;
@@ -700,10 +716,7 @@ static void armed_pg(void *arg, PGresult *res, const char *err)
 	PQclear(res);
 	if (j->running >= j->eng->cfg.jobs_max_running || delay == 0)
 		delay = delay == 0 && j->running < j->eng->cfg.jobs_max_running ? 1 : POLL_PG_MS;
-	int64_t lease = j->next_lease_check - clock_now_ms();
-	if (lease >= 0 && lease < delay)
-		delay = lease;
-	later(j->timer, delay);
+	later_pg(j, delay);
 }
 
 static void claimed_pg(void *arg, PGresult *res, const char *err)
@@ -747,7 +760,7 @@ static void claimed_pg(void *arg, PGresult *res, const char *err)
 	}
 	if (pg_pool_query(pgdb_pool(j->pg), "SELECT min(run_at) FROM _paygate_jobs WHERE state = 'queued'", 0, NULL,
 	                  armed_pg, j) < 0)
-		later(j->timer, POLL_PG_MS);
+		later_pg(j, POLL_PG_MS);
 }
 
 static void kick_pg(struct jobs *j)
@@ -762,7 +775,7 @@ static void kick_pg(struct jobs *j)
 	check_leases_pg(j);
 	int free_slots = e->cfg.jobs_max_running - j->running;
 	if (free_slots <= 0) {
-		later(j->timer, POLL_PG_MS); /* a finishing job kicks us again */
+		later_pg(j, POLL_PG_MS); /* a finishing job kicks us again; the leases are renewed meanwhile */
 		return;
 	}
 	int64_t now = clock_now_ms(), n[] = { now, now + e->cfg.jobs_lease_ms, now };
@@ -774,7 +787,7 @@ static void kick_pg(struct jobs *j)
 	j->claiming = 1;
 	if (pg_pool_query(pgdb_pool(j->pg), CLAIM_PG, 5, vals, claimed_pg, j) < 0) {
 		j->claiming = 0;
-		later(j->timer, POLL_PG_MS);
+		later_pg(j, POLL_PG_MS);
 	}
 }
 

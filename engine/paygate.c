@@ -105,7 +105,11 @@ static int load_config(struct engine *e, const struct paygate_options *o, char *
 		return -1;
 	if (o->listen && config_set_listen(&e->cfg, o->listen, err, errlen) < 0)
 		return -1;
-	if (override(&e->cfg.db_path, o->check_only ? ":memory:" : o->database) < 0 ||
+	/* A check migrates a SQLite database in memory; a PostgreSQL one in a transaction it rolls back
+	   (its DDL may be PostgreSQL's own, and a node behind the database's schema is refused at once). */
+	const char *db = o->database ? o->database : e->cfg.db_path;
+	if (override(&e->cfg.db_path,
+	             o->check_only && !config_database_is_postgresql_url(db) ? ":memory:" : o->database) < 0 ||
 	    override(&e->cfg.scripts_dir, o->scripts_dir) < 0 || override(&e->cfg.lualib_dir, o->lualib_dir) < 0)
 		goto nomem;
 	if (o->no_watch || o->check_only)
@@ -213,6 +217,7 @@ struct paygate *paygate_new(struct event_base *base, const struct paygate_option
 	metrics_init(&e->metrics);
 	curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted by libcurl; undone in paygate_free */
 	set_worker(e, o->worker);
+	e->check_only = o->check_only;
 	if (load_config(e, o, err, errlen) < 0)
 		goto fail;
 	if (!(log_out = open_log(pg, o)) || host_init(e) < 0 || sched_init(e) < 0 || !(e->fetch = fetch_new(e))) {

@@ -13,9 +13,20 @@
 #define STMT_CACHE 128 /* per connection, direct-mapped: slot = hash(sql) */
 #define MAX_PARAMS 1000
 
-/* Every session: SERIALIZABLE (as SQLite), and named in pg_stat_activity. */
 /* Every session: SERIALIZABLE (as SQLite), and a bound on how long one statement may run. */
 #define SESSION_OPTIONS "-c default_transaction_isolation=serializable -c statement_timeout=%d"
+
+/*
+** The engine's own statements (pg_pool_query: the jobs' claims, leases and
+** outcomes) run on a small pool of their own at READ COMMITTED: a queue
+** claimed with FOR UPDATE SKIP LOCKED and rows changed only under conditions
+** on themselves need nothing more, and at SERIALIZABLE the claims' reads of
+** the whole queue made scripts' transactions that schedule a job, and the
+** jobs' own outcomes, fail with serialization failures (an outcome that
+** fails leaves its job to run a second time when its lease runs out).
+*/
+#define OWN_OPTIONS   "-c default_transaction_isolation=read\\ committed -c statement_timeout=%d"
+#define OWN_POOL_SIZE 2
 
 enum conn_state {
 	CONN_CONNECTING, /* PQconnectPoll until OK */
@@ -56,9 +67,10 @@ struct pg_pool {
 	struct event_base *base;
 	struct log *log;
 	char *conninfo, *password;
-	char options[128];
+	char options[128]; /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
 	int size, open;
 	struct pg_conn *free_list;
+	struct pg_pool *own;      /* for pg_pool_query (NULL in that pool itself) */
 	struct pg_conn all;       /* list head */
 	struct pg_waiter waiters; /* list head */
 	struct event *hand_ev;    /* hands free connections to waiters from the loop */
@@ -67,35 +79,90 @@ struct pg_pool {
 
 /* ---- placeholders ---- */
 
+static int ident_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+	       (unsigned char)c >= 0x80;
+}
+
+/*
+** If sql[i] starts text that is not SQL (a string, a quoted name, a comment, a
+** dollar-quoted body), the index just past it (the end of sql when it is not
+** closed); else i. PostgreSQL's rules: '' and "" inside their quotes, backslash
+** escapes in E'...', nested block comments, $tag$ ... $tag$.
+*/
+static size_t skip_text(const char *sql, size_t i)
+{
+	const char *p = sql + i;
+	size_t n;
+	if (p[0] == '\'') {
+		int escapes = i > 0 && (p[-1] == 'E' || p[-1] == 'e') && (i == 1 || !ident_char(p[-2]));
+		for (n = 1; p[n]; n++) {
+			if (escapes && p[n] == '\\' && p[n + 1])
+				n++;
+			else if (p[n] == '\'' && p[n + 1] == '\'')
+				n++;
+			else if (p[n] == '\'')
+				return i + n + 1;
+		}
+		return i + n;
+	}
+	if (p[0] == '"') {
+		const char *e = strchr(p + 1, '"');
+		return e ? (size_t)(e + 1 - sql) : i + strlen(p);
+	}
+	if (p[0] == '-' && p[1] == '-') {
+		const char *e = strchr(p, '\n');
+		return e ? (size_t)(e - sql) : i + strlen(p);
+	}
+	if (p[0] == '/' && p[1] == '*') {
+		int depth = 1;
+		for (n = 2; p[n] && depth > 0; n++) {
+			if (p[n] == '/' && p[n + 1] == '*') {
+				depth++;
+				n++;
+			} else if (p[n] == '*' && p[n + 1] == '/') {
+				depth--;
+				n++;
+			}
+		}
+		return i + n;
+	}
+	if (p[0] == '$' && (i == 0 || !ident_char(p[-1])) && !(p[1] >= '0' && p[1] <= '9')) {
+		size_t t = 1; /* $tag$: the tag is a name without $, or empty */
+		while (ident_char(p[t]))
+			t++;
+		if (p[t] != '$')
+			return i;
+		for (n = t + 1; p[n]; n++)
+			if (p[n] == '$' && strncmp(p + n, p, t + 1) == 0)
+				return i + n + t + 1;
+		return i + n;
+	}
+	return i;
+}
+
 int pg_translate(const char *sql, char *out, size_t outlen)
 {
-	size_t o = 0;
+	size_t o = 0, i = 0;
 	int n = 0;
-	char quote = 0;
-	for (const char *p = sql; *p; p++) {
-		char c = *p;
-		if (quote) {
-			if (c == quote)
-				quote = 0;
-		} else if (c == '\'' || c == '"') {
-			quote = c;
-		} else if (c == '-' && p[1] == '-') { /* a comment to the end of the line */
-			while (p[1] && p[1] != '\n') {
-				if (o + 1 >= outlen)
-					return -1;
-				out[o++] = *p++;
-			}
-			c = *p; /* the comment's last character, copied below */
-		} else if (c == '?') {
+	while (sql[i]) {
+		size_t end = skip_text(sql, i);
+		if (end == i && sql[i] == '?') {
 			int w = snprintf(out + o, outlen - o, "$%d", ++n);
 			if (w < 0 || (size_t)w >= outlen - o)
 				return -1;
 			o += (size_t)w;
+			i++;
 			continue;
 		}
-		if (o + 1 >= outlen)
+		if (end == i)
+			end = i + 1;
+		if (o + (end - i) >= outlen)
 			return -1;
-		out[o++] = c;
+		memcpy(out + o, sql + i, end - i);
+		o += end - i;
+		i = end;
 	}
 	if (o >= outlen)
 		return -1;
@@ -187,9 +254,7 @@ static void hand_out(struct pg_pool *p);
 static void conn_free(struct pg_conn *c)
 {
 	struct pg_pool *p = c->pool;
-	c->state = CONN_FREE;
-	if (c->ev)
-		event_del(c->ev); /* nothing expected while idle; a dead socket shows at the next use */
+	c->state = CONN_FREE; /* its socket stays watched: a session the server ends while idle is closed at once */
 	c->next_free = p->free_list;
 	p->free_list = c;
 	if (p->waiters.next != &p->waiters)
@@ -318,8 +383,19 @@ static void conn_event(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (c->state != CONN_BUSY) { /* nothing in flight: a notice, or the server closing */
-		if (!PQconsumeInput(c->pq) || PQstatus(c->pq) == CONNECTION_BAD)
-			event_del(c->ev);
+		if (PQconsumeInput(c->pq) && PQstatus(c->pq) != CONNECTION_BAD)
+			return;
+		if (c->state == CONN_FREE) { /* ended while idle (terminated, idle timeout, failover): not handed out */
+			struct pg_conn **f = &c->pool->free_list;
+			while (*f && *f != c)
+				f = &(*f)->next_free;
+			if (*f)
+				*f = c->next_free;
+			log_info(c->pool->log, NULL, "an idle database connection was closed by the server");
+			conn_close(c);
+			return;
+		}
+		event_del(c->ev);
 		return;
 	}
 	if ((what & EV_WRITE) && conn_flush(c) < 0) {
@@ -462,22 +538,39 @@ static void on_hand(evutil_socket_t fd, short what, void *arg)
 		fail_waiters(p); /* nothing is open or opening: fail fast rather than hang */
 }
 
+/* A pool whose sessions start with options; its connections open when needed (none now). */
+static struct pg_pool *pool_alloc(struct event_base *base, struct log *log, const char *conninfo, const char *password,
+                                  int size, const char *options)
+{
+	struct pg_pool *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->base = base;
+	p->log = log;
+	p->size = size > 0 ? size : 1;
+	snprintf(p->options, sizeof p->options, "%s", options);
+	p->all.next = p->all.prev = &p->all;
+	p->waiters.next = p->waiters.prev = &p->waiters;
+	if (!(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
+	    !(p->hand_ev = event_new(base, -1, 0, on_hand, p))) {
+		pg_pool_free(p);
+		return NULL;
+	}
+	return p;
+}
+
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
                             int size, int statement_timeout_ms, char *err, size_t errlen)
 {
-	struct pg_pool *p = calloc(1, sizeof *p);
-	if (!p || !(p->conninfo = strdup(conninfo)) || (password && !(p->password = strdup(password))) ||
-	    !(p->hand_ev = event_new(base, -1, 0, on_hand, p))) {
+	char options[128], own_options[128];
+	snprintf(options, sizeof options, SESSION_OPTIONS, statement_timeout_ms);
+	snprintf(own_options, sizeof own_options, OWN_OPTIONS, statement_timeout_ms);
+	struct pg_pool *p = pool_alloc(base, log, conninfo, password, size, options);
+	if (!p || !(p->own = pool_alloc(base, log, conninfo, password, OWN_POOL_SIZE, own_options))) {
 		snprintf(err, errlen, "out of memory");
 		pg_pool_free(p);
 		return NULL;
 	}
-	p->base = base;
-	p->log = log;
-	p->size = size > 0 ? size : 1;
-	snprintf(p->options, sizeof p->options, SESSION_OPTIONS, statement_timeout_ms);
-	p->all.next = p->all.prev = &p->all;
-	p->waiters.next = p->waiters.prev = &p->waiters;
 	PGconn *pq = pg_pool_connect_blocking(p, err, errlen);
 	struct pg_conn *c = pq ? conn_new(p, pq) : NULL;
 	if (!c || PQsetnonblocking(pq, 1) != 0) {
@@ -501,6 +594,7 @@ void pg_pool_free(struct pg_pool *p)
 {
 	if (!p)
 		return;
+	pg_pool_free(p->own);
 	/* The loop has stopped: commands of their own still waiting or in flight are forgotten, unanswered. */
 	while (p->waiters.next && p->waiters.next != &p->waiters) {
 		struct pg_waiter *w = p->waiters.next;
@@ -540,7 +634,7 @@ PGconn *pg_pool_connect_blocking(struct pg_pool *p, char *err, size_t errlen)
 
 int pg_pool_open_count(const struct pg_pool *p)
 {
-	return p->open;
+	return p->open + (p->own ? p->own->open : 0);
 }
 
 /* ---- holding connections ---- */
@@ -784,11 +878,11 @@ int pg_pool_query(struct pg_pool *p, const char *sql, int n, const char *const *
 			query_free(q);
 			return -1;
 		}
-	q->pool = p;
+	q->pool = p->own ? p->own : p;
 	q->fn = fn;
 	q->arg = arg;
 	q->w.fn = query_conn;
-	pg_acquire(p, &q->w); /* answered from the loop, even when a connection is free now */
+	pg_acquire(q->pool, &q->w); /* answered from the loop, even when a connection is free now */
 	return 0;
 }
 

@@ -21,7 +21,8 @@ struct pg_conn;
 ** `?` placeholders translated to $n) and executed by name after that.
 **
 ** Every session runs SERIALIZABLE (the meaning SQLite gives every
-** transaction); the caller retries on pg_retryable().
+** transaction); the caller retries on pg_retryable(). The engine's own
+** bookkeeping (pg_pool_query) runs READ COMMITTED.
 */
 
 /*
@@ -99,8 +100,9 @@ int pg_pool_open_count(const struct pg_pool *p);
 
 /*
 ** One statement on a connection of the pool's, released once answered: for
-** the engine's own bookkeeping (jobs). fn runs from the loop with the result
-** (its owner), or NULL and why. -1: out of memory (fn will not run).
+** the engine's own bookkeeping (jobs), on a small pool of its own whose
+** sessions run READ COMMITTED (see pg.c). fn runs from the loop with the
+** result (its owner), or NULL and why. -1: out of memory (fn will not run).
 */
 int pg_pool_query(struct pg_pool *p, const char *sql, int n, const char *const *values, pg_result_fn fn, void *arg);
 

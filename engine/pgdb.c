@@ -62,6 +62,8 @@ struct pg_call {
 	int n;
 	char **vals;
 	int attempts;
+	int sent;            /* the command went to the server (once at least) */
+	struct event *again; /* a statement of its own that conflicted waits on this before it runs again */
 	int done, resumed;
 	int no_conn;                 /* no connection came free in time */
 	struct event *conn_deadline; /* while queued for a connection */
@@ -239,6 +241,29 @@ static void push_conflicts(lua_State *L, int attempts)
 }
 
 /* The error a failed command raises in the script (its value, on top of L). */
+/* Does sql only read (it starts with SELECT)? */
+static int reads_only(const char *sql)
+{
+	while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+		sql++;
+	return strncasecmp(sql, "select", 6) == 0 && !(sql[6] >= 'a' && sql[6] <= 'z') &&
+	       !(sql[6] >= 'A' && sql[6] <= 'Z');
+}
+
+/*
+** The connection was lost with no answer from the server after a write of its
+** own or a COMMIT had gone out: the server may have committed it before it
+** went. (A failure inside a transaction before its COMMIT is rolled back; an
+** error the server sent says the command did not complete.)
+*/
+static int outcome_unknown(const struct pg_call *k)
+{
+	int answered = k->res && PQresultErrorField(k->res, PG_DIAG_SQLSTATE);
+	if (!k->sent || answered)
+		return 0;
+	return k->tx ? strcmp(k->sql, "COMMIT") == 0 : !reads_only(k->sql);
+}
+
 static void push_error(lua_State *L, struct pg_call *k)
 {
 	char buf[300];
@@ -248,9 +273,17 @@ static void push_error(lua_State *L, struct pg_call *k)
 		         k->err);
 		push_fail(L, "busy", msg);
 	} else if (!k->res || pg_conn_failed(k->res)) {
-		char msg[400];
-		snprintf(msg, sizeof msg, "the database is unavailable (%s); nothing of this call was saved, try again",
-		         k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err);
+		char msg[500];
+		const char *why = k->res ? pg_result_error(k->res, buf, sizeof buf) : k->err;
+		if (outcome_unknown(k))
+			snprintf(
+			    msg, sizeof msg,
+			    "the connection to the database was lost before it answered (%s); this call may have been "
+			    "saved or not: find out before doing it again",
+			    why);
+		else
+			snprintf(msg, sizeof msg,
+			         "the database is unavailable (%s); nothing of this call was saved, try again", why);
 		push_fail(L, "storage_unavailable", msg);
 	} else if (pg_retryable(k->res) && k->tx) {
 		k->tx->conflict = 1; /* db.tx runs its function again */
@@ -267,6 +300,8 @@ static void push_error(lua_State *L, struct pg_call *k)
 static void call_free(struct pg_call *k)
 {
 	pg_cancel_acquire(&k->w);
+	if (k->again)
+		event_free(k->again);
 	if (k->conn_deadline)
 		event_free(k->conn_deadline);
 	if (k->res)
@@ -288,13 +323,42 @@ static void call_answered(struct pg_call *k)
 	coro_wake(k->c);
 }
 
+static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err);
+
+/* The wait is over: a connection again (it was given back meanwhile), and the statement runs again. */
+static void call_again(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_call *k = arg;
+	(void)fd;
+	(void)what;
+	struct pg_conn *conn = pg_try_acquire(k->db->pool);
+	if (conn)
+		on_conn(&k->w, conn, NULL);
+	else
+		pg_acquire(k->db->pool, &k->w);
+}
+
 static void on_result(void *arg, PGresult *res, const char *err)
 {
 	struct pg_call *k = arg;
-	/* A statement of its own that conflicted is a transaction of its own: run it again at once. */
+	/*
+	** A statement of its own that conflicted is a transaction of its own: run
+	** it again as db.tx runs its function again, after a random wait that
+	** grows with each attempt (at once, it meets the same concurrent ones).
+	*/
 	if (res && k->own && k->kind != CALL_SIMPLE && pg_retryable(res) && ++k->attempts < PGDB_TX_ATTEMPTS) {
 		PQclear(res);
-		call_send(k);
+		k->db->eng->metrics.db_conflicts++;
+		pg_release(k->conn);
+		k->conn = NULL;
+		k->own = 0;
+		int64_t cap_us = 1000LL << (k->attempts < 8 ? k->attempts : 8); /* 2 ms, 4 ms ... 256 ms */
+		struct timeval tv = { 0, (suseconds_t)(rand() % cap_us) };
+		if (!k->again && !(k->again = evtimer_new(k->db->eng->base, call_again, k))) {
+			call_again(-1, 0, k); /* out of memory: at once, then */
+			return;
+		}
+		evtimer_add(k->again, &tv);
 		return;
 	}
 	k->res = res;
@@ -312,7 +376,9 @@ static void call_send(struct pg_call *k)
 	if (rc < 0) {
 		snprintf(k->err, sizeof k->err, "%s", err);
 		call_answered(k);
+		return;
 	}
+	k->sent = 1;
 }
 
 static void on_conn(struct pg_waiter *w, struct pg_conn *c, const char *err)
@@ -361,7 +427,15 @@ static void call_cleanup(struct coro *c)
 	call_free(k);
 }
 
-/* Push ok (boolean) and the command's values, or false and the error value. */
+static int values_of(enum call_kind kind)
+{
+	return kind == CALL_EXEC ? 2 : 1;
+}
+
+/*
+** Push ok (boolean) and the command's values; or false, the error value and
+** nils up to as many values (so the flag is always at the same depth).
+*/
 static int call_retvals(struct coro *c, lua_State *L)
 {
 	struct pg_call *k = c->wait;
@@ -372,7 +446,9 @@ static int call_retvals(struct coro *c, lua_State *L)
 	}
 	lua_pushboolean(L, 0);
 	push_error(L, k);
-	return 2;
+	for (int i = 1; i < values_of(k->kind); i++)
+		lua_pushnil(L);
+	return 1 + values_of(k->kind);
 }
 
 /* After a call: ok flag and values on top. Raise the error, or return the values. */
@@ -380,15 +456,12 @@ static int after_call(lua_State *L, int status, lua_KContext ctx)
 {
 	(void)status;
 	int nvals = (int)ctx;
-	if (!lua_toboolean(L, -nvals - 1)) /* false, error */
+	if (!lua_toboolean(L, -nvals - 1)) { /* false, error, padding */
+		lua_pop(L, nvals - 1);
 		return lua_error(L);
+	}
 	lua_remove(L, -nvals - 1);
 	return nvals;
-}
-
-static int values_of(enum call_kind kind)
-{
-	return kind == CALL_EXEC ? 2 : 1;
 }
 
 /*
@@ -525,8 +598,9 @@ static int sync_tx(lua_State *L, struct pgdb *db)
 /*
 ** As the SQLite authorizer does (store.c), by the statement's text: scripts
 ** may not control transactions (db.tx does; a COMMIT of their own would end
-** db.tx's early), change session settings, or touch the engine's private
-** table (_paygate_secrets: the session-token key). A text check cannot
+** db.tx's early), change session settings (set_config() is a SET too), or
+** touch the engine's private table (_paygate_secrets: the session-token
+** key). A text check cannot
 ** see through functions a migration defines: docs/security.md says to run
 ** paygate as a role that owns only its own tables.
 */
@@ -541,6 +615,10 @@ static const char *refused_sql(const char *sql, int migration)
 			return "the engine's private table _paygate_secrets is not for scripts";
 	if (migration)
 		return NULL;
+	/* set_config(): a SET in a function call, which would outlive the statement on a pooled session */
+	for (const char *p = sql; *p; p++)
+		if ((*p == 's' || *p == 'S') && strncasecmp(p, "set_config", 10) == 0)
+			return "transactions and session settings are the engine's (use db.tx)";
 	const char *p = sql;
 	for (;;) {
 		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(')
@@ -1011,6 +1089,10 @@ static int migrate_locked(struct pgdb *db, lua_State *L, int idx, char *err, siz
 	if (rc < 0) {
 		sync_simple(db, "ROLLBACK", e2, sizeof e2);
 		return -1;
+	}
+	if (db->eng->check_only) { /* a check: the migrations ran and the schema is not behind; keep nothing */
+		sync_simple(db, "ROLLBACK", e2, sizeof e2);
+		return 0;
 	}
 	if (sync_simple(db, "COMMIT", e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "the migrations could not be committed: %s", e2);

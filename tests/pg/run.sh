@@ -24,7 +24,7 @@ for a in "$@"; do
 	case "$a" in -*) opts+=("$a") ;; *) files+=("$a") ;; esac
 done
 if [ ${#files[@]} -eq 0 ]; then
-	files=(tests/e2e/pg.test.mjs tests/e2e/shop.test.mjs tests/e2e/jobs.test.mjs tests/e2e/hooks.test.mjs
+	files=(tests/e2e/pg.test.mjs tests/e2e/postgresql.test.mjs tests/e2e/shop.test.mjs tests/e2e/jobs.test.mjs tests/e2e/hooks.test.mjs
 		tests/e2e/miniprogram.test.mjs tests/e2e/nodes.test.mjs)
 fi
 node --test --test-reporter=spec --test-timeout=120000 "${opts[@]}" "${files[@]}"

@@ -23,6 +23,15 @@ static void t_quotes_and_comments_kept(void)
 	check_translation("SELECT '?', \"a?\" FROM t WHERE x = ? -- why?\nAND y = ?",
 	                  "SELECT '?', \"a?\" FROM t WHERE x = $1 -- why?\nAND y = $2", 2);
 	check_translation("SELECT 'it''s ?' WHERE a = ?", "SELECT 'it''s ?' WHERE a = $1", 1);
+	/* block comments (nested, as PostgreSQL reads them), E'' strings with backslash escapes, dollar quotes */
+	check_translation("SELECT /* why? /* really? */ still? */ ?", "SELECT /* why? /* really? */ still? */ $1", 1);
+	check_translation("SELECT E'it\\'s ?', e'\\\\', ? FROM t", "SELECT E'it\\'s ?', e'\\\\', $1 FROM t", 1);
+	check_translation("SELECT 'a\\', ?", "SELECT 'a\\', $1", 1); /* a plain '' string has no escapes */
+	check_translation("SELECT $$a ? b$$, $tag$ ? $$ ? $tag$, ?", "SELECT $$a ? b$$, $tag$ ? $$ ? $tag$, $1", 1);
+	check_translation("SELECT a$b, ? FROM t", "SELECT a$b, $1 FROM t", 1); /* $ inside a name is no quote */
+	/* text left open runs to the end: nothing in it is a parameter */
+	check_translation("SELECT ? /* open ?", "SELECT $1 /* open ?", 1);
+	check_translation("SELECT ?, 'open ?", "SELECT $1, 'open ?", 1);
 }
 
 static void t_short_buffer_refused(void)
