@@ -412,6 +412,15 @@ static void read_fields(struct reader *r, struct config *cfg)
 	v = cfg->pg_statement_timeout_ms;
 	read_int(r, "postgresql", "statement_timeout_ms", 0, 3600000, &v);
 	cfg->pg_statement_timeout_ms = (int)v;
+	char *tx = NULL;
+	read_str(r, "postgresql", "transactions", 0, &tx);
+	if (tx && strcmp(tx, "serial") == 0)
+		cfg->pg_concurrent_tx = 0;
+	else if (tx && strcmp(tx, "concurrent") == 0)
+		cfg->pg_concurrent_tx = 1;
+	else if (tx)
+		bad(r, "postgresql", "transactions", "\"serial\" or \"concurrent\"");
+	free(tx);
 
 	v = (int64_t)cfg->max_header_bytes;
 	read_int(r, "limits", "max_header_bytes", 1024, 1 << 20, &v);

@@ -57,6 +57,7 @@ struct config {
 	int db_checkpoint_pages; /* a WAL this long after a commit is checkpointed (on the checkpointer's thread) */
 	int pg_pool_size;        /* PostgreSQL: connections per worker */
 	int pg_statement_timeout_ms; /* PostgreSQL: the server cancels a statement that runs longer */
+	int pg_concurrent_tx;        /* PostgreSQL: db.tx transactions run side by side (1) or one at a time (0) */
 	char *pg_password_file;      /* PostgreSQL: the password, first line of this file (NULL: the URL's, or none) */
 	int workers;                 /* worker processes (the daemon) */
 	int watchdog_ms;             /* a worker loop stuck this long is ended and restarted; 0: off */

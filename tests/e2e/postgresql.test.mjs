@@ -282,7 +282,29 @@ describe('PostgreSQL back end', { skip: SKIP }, () => {
     assert.match(r.json.error, /on PostgreSQL a db call waits for the database, so it can only run in a request handler/);
   });
 
-  test('concurrent read-modify-write transactions on one row: each 200 applied exactly once, 503 busy only after the retries', async () => {
+  test('serial transactions (the default): concurrent read-modify-write transactions on one row queue, all 200, none refused or run again', async () => {
+    const before = (await gw.get('/counter')).json.n;
+    const conflictsBefore = (await gw.metric('paygate_db_conflicts_total')) || 0;
+    const N = 40;
+    const answers = await Promise.all(Array.from({ length: N }, () => gw.post('/incr', {})));
+    for (const a of answers) assert.equal(a.status, 200, a.body);
+    assert.equal((await gw.get('/counter')).json.n - before, N, 'every transaction added one');
+    assert.equal((await gw.metric('paygate_db_conflicts_total')) || 0, conflictsBefore, 'no transaction was refused');
+  });
+
+  test('concurrent transactions: read-modify-write transactions on one row: each 200 applied exactly once, 503 busy only after the retries', async () => {
+    // The same database, a node whose transactions run side by side: PostgreSQL refuses the ones it
+    // cannot serialize, and they are run again.
+    const cgw = await startGateway({ scripts,
+      config: pgConfig(db.url, { postgresql: { pool_size: 4, transactions: 'concurrent' } }) });
+    try {
+      await concurrentSpec(cgw);
+    } finally {
+      await cgw.stop();
+    }
+  });
+
+  async function concurrentSpec(gw) {
     const before = (await gw.get('/counter')).json.n;
     const conflictsBefore = (await gw.metric('paygate_db_conflicts_total')) || 0;
     const N = 40;
@@ -310,7 +332,7 @@ describe('PostgreSQL back end', { skip: SKIP }, () => {
     assert.equal((await gw.get('/counter')).json.n - before2, bumped, 'every 200 added one, no more');
     assert.ok(bumped >= N / 2, `${bumped} of ${N} statements went through`);
     assert.ok((await gw.metric('paygate_db_conflicts_total')) > conflicts2, 'their conflicts were run again, and counted');
-  });
+  }
 
   test('a slow query does not hold up other requests: the loop never waits for the database', async () => {
     const t0 = Date.now();
