@@ -13,7 +13,8 @@
 # database, each driven by a wrk of its own with half the connections: a round-robin client),
 # on a private cluster started here (tests/pg/cluster.sh) and stopped by its PID at the end, or
 # on the server in PAYGATE_BENCH_PG (a database per run is created there). BENCH_PG=0 skips it;
-# BENCH_PG_POOL sets the nodes' postgresql.pool_size (default 4).
+# BENCH_PG_POOL sets the nodes' postgresql.pool_size (default 4), BENCH_PG_TX their
+# postgresql.transactions ("serial", the default, or "concurrent").
 # Everything listens on 127.0.0.1; every process started here is stopped by its PID.
 set -eu
 cd "$(dirname "$0")/../.."
@@ -115,7 +116,7 @@ fi
 if [ -n "$PGURL" ]; then
 	SUFFIX=$$_$RANDOM
 	for db in one two; do psql -X -q -v ON_ERROR_STOP=1 -d "$PGURL" -c "CREATE DATABASE bench_${db}_$SUFFIX" >/dev/null; done
-	PGAPP="postgresql = { pool_size = ${BENCH_PG_POOL:-4} }"
+	PGAPP="postgresql = { pool_size = ${BENCH_PG_POOL:-4}, transactions = \"${BENCH_PG_TX:-serial}\" }"
 	shop_conf pg1 "$PGAPP" "${PGURL%/*}/bench_one_$SUFFIX"
 	shop_conf pg2a "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"
 	shop_conf pg2b "$PGAPP" "${PGURL%/*}/bench_two_$SUFFIX"
