@@ -79,7 +79,8 @@ test('a whole purchase over TLS 1.3 and HTTP/2, trusting only the configured CA'
   await purchase(gw);
   assert.deepEqual(Object.keys(f.stats.versions), ['TLSv1.3']);
   assert.deepEqual(Object.keys(f.stats.alpn), ['h2']);
-  assert.ok(f.stats.requests >= 3, 'login, prepay and a status query went through the front');
+  // login and prepay always go through the front; a status query only when the notification is late
+  assert.ok(f.stats.requests >= 2, 'login and prepay went through the front');
   const m = await metrics(gw);
   assert.equal(metric(m, 'paygate_upstream_tls_handshakes_total'), f.stats.connections);
   assert.equal(metric(m, 'paygate_upstream_connections_total'), f.stats.tcp);
