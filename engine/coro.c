@@ -311,6 +311,35 @@ int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cl
 	return lua_yieldk(L, 0, ctx, k); /* k NULL: the values of the resume are the function's results */
 }
 
+static void sleep_over(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	coro_wake(arg);
+}
+
+static void sleep_cleanup(struct coro *c)
+{
+	event_free(c->wait);
+}
+
+int coro_sleepk(lua_State *L, const char *what, int64_t us, lua_KContext ctx, lua_KFunction k)
+{
+	coro_check_suspend(L, what);
+	struct coro *c = coro_of(L);
+	struct event *ev = evtimer_new(c->eng->base, sleep_over, c);
+	struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+	/* libevent counts a timeout from the time it read when this loop turn began; after a long
+	   turn that is in the past, and the wait would end early. Count from now. */
+	event_base_update_cache_time(c->eng->base);
+	if (!ev || evtimer_add(ev, &tv) < 0) {
+		if (ev)
+			event_free(ev);
+		return luaL_error(L, "%s: cannot arm a timer", what);
+	}
+	return coro_suspendk(L, what, ev, sleep_cleanup, NULL, ctx, k);
+}
+
 int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
 {
 	return coro_suspendk(L, what, wait, cleanup, retvals, 0, NULL);

@@ -111,6 +111,14 @@ int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cle
 int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals,
                   lua_KContext ctx, lua_KFunction k);
 
+/*
+** `return coro_sleepk(L, what, us, ctx, k)`: suspend the coroutine for us
+** microseconds (counted from now, not from the start of the loop turn), then
+** go on in k(L, LUA_YIELD, ctx) (k NULL: the C function returns nothing).
+** Raises as coro_suspend does.
+*/
+int coro_sleepk(lua_State *L, const char *what, int64_t us, lua_KContext ctx, lua_KFunction k);
+
 /* Could a C function running on L suspend now (an engine coroutine, yieldable, no db.tx running)? */
 int coro_can_wait(lua_State *L);
 

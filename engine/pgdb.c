@@ -842,33 +842,6 @@ static int tx_after_fn(lua_State *L, int status, lua_KContext ctx)
 
 /* ---- a conflicted transaction waits a little before it runs again ---- */
 
-struct backoff {
-	struct event *ev;
-	struct coro *c;
-};
-
-static void backoff_over(evutil_socket_t fd, short what, void *arg)
-{
-	struct backoff *b = arg;
-	(void)fd;
-	(void)what;
-	coro_wake(b->c);
-}
-
-static void backoff_cleanup(struct coro *c)
-{
-	struct backoff *b = c->wait;
-	event_free(b->ev);
-	free(b);
-}
-
-static int backoff_retvals(struct coro *c, lua_State *L)
-{
-	(void)c;
-	(void)L;
-	return 0;
-}
-
 static int tx_begin_again(lua_State *L, int status, lua_KContext ctx)
 {
 	(void)status;
@@ -884,7 +857,6 @@ static int tx_begin_again(lua_State *L, int status, lua_KContext ctx)
 */
 static int tx_again(lua_State *L, struct pgdb_tx *t, lua_KContext ctx)
 {
-	struct backoff *b;
 	if (t->attempts >= PGDB_TX_ATTEMPTS)
 		return 0;
 	t->attempts++;
@@ -895,14 +867,7 @@ static int tx_again(lua_State *L, struct pgdb_tx *t, lua_KContext ctx)
 	pg_release(t->conn);
 	t->conn = NULL;
 	int64_t cap_us = 1000LL << (t->attempts < 8 ? t->attempts : 8); /* 4 ms, 8 ms ... 256 ms */
-	struct timeval tv = { 0, (suseconds_t)(rand() % cap_us) };
-	if (!(b = calloc(1, sizeof *b)) || !(b->ev = evtimer_new(t->db->eng->base, backoff_over, b))) {
-		free(b);
-		return luaL_error(L, "db.tx: out of memory");
-	}
-	b->c = coro_of(L);
-	evtimer_add(b->ev, &tv);
-	return coro_suspendk(L, CORO_DB_WAIT, b, backoff_cleanup, backoff_retvals, ctx, tx_begin_again);
+	return coro_sleepk(L, CORO_DB_WAIT, rand() % cap_us, ctx, tx_begin_again);
 }
 
 static int tx_committed(lua_State *L, int status, lua_KContext ctx)

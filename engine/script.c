@@ -176,38 +176,12 @@ static int l_now(lua_State *L)
 	return 1;
 }
 
-static void sleep_done(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	coro_wake(arg);
-}
-
-static void sleep_cleanup(struct coro *c)
-{
-	event_free(c->wait);
-}
-
 static int l_sleep(lua_State *L)
 {
-	struct engine *e = lua_touserdata(L, lua_upvalueindex(1));
 	lua_Integer ms = luaL_checkinteger(L, 1);
-	struct coro *c = coro_of(L);
-
 	luaL_argcheck(L, ms >= 0 && ms <= 24 * 3600 * 1000, 1, "sleep takes 0 to 86400000 ms");
-	coro_check_suspend(L, "clock.sleep");
-	struct event *ev = evtimer_new(e->base, sleep_done, c);
-	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-	/* libevent counts a timeout from the time it read when this loop turn began; after a long
-	   turn that is in the past, and the sleep would end early. Count from now. */
-	event_base_update_cache_time(e->base);
-	if (!ev || evtimer_add(ev, &tv) < 0) {
-		if (ev)
-			event_free(ev);
-		return luaL_error(L, "clock.sleep: cannot arm a timer");
-	}
 	lua_settop(L, 0);
-	return coro_suspend(L, "clock.sleep", ev, sleep_cleanup, NULL);
+	return coro_sleepk(L, "clock.sleep", (int64_t)ms * 1000, 0, NULL);
 }
 
 /* ---- building a generation ---- */

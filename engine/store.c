@@ -361,33 +361,6 @@ static int on_busy(void *arg, int count)
 
 /* ---- a writer's coroutine waits for another worker's lock ---- */
 
-struct lock_wait {
-	struct event *ev;
-	struct coro *c;
-};
-
-static void lock_retry(evutil_socket_t fd, short what, void *arg)
-{
-	struct lock_wait *w = arg;
-	(void)fd;
-	(void)what;
-	coro_wake(w->c);
-}
-
-static void lock_cleanup(struct coro *c)
-{
-	struct lock_wait *w = c->wait;
-	event_free(w->ev);
-	free(w);
-}
-
-static int no_retvals(struct coro *c, lua_State *L)
-{
-	(void)c;
-	(void)L;
-	return 0;
-}
-
 static int after_lock_wait(lua_State *L, int status, lua_KContext again)
 {
 	(void)status;
@@ -397,7 +370,6 @@ static int after_lock_wait(lua_State *L, int status, lua_KContext again)
 int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again)
 {
 	struct coro *c = coro_of(L);
-	struct lock_wait *w;
 	int64_t now = clock_now_ms();
 	if (!coro_can_wait(L) || !c)
 		return luaL_error(L, "db: the database is locked by another worker (this code cannot wait for it)");
@@ -421,15 +393,8 @@ int store_wait_lock(lua_State *L, struct store *st, lua_CFunction again)
 	   waiter for POLITE_MS after it); jitter keeps workers apart. */
 	int64_t step = 1;
 	int64_t us = step * 1000 + rand() % (int)(step * 1000);
-	struct timeval tv = { 0, (suseconds_t)us };
-	if (!(w = calloc(1, sizeof *w)) || !(w->ev = evtimer_new(st->eng->base, lock_retry, w))) {
-		free(w);
-		return luaL_error(L, "db: out of memory");
-	}
-	w->c = c;
-	evtimer_add(w->ev, &tv);
 	st->eng->metrics.db_lock_waits++;
-	return coro_suspendk(L, "db lock", w, lock_cleanup, no_retvals, (lua_KContext)again, after_lock_wait);
+	return coro_sleepk(L, "db lock", us, (lua_KContext)again, after_lock_wait);
 }
 
 /* VACUUM (INTO 'file') has no authorizer action; refuse it by its first word. */
