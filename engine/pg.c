@@ -283,13 +283,19 @@ static void finish_command(struct pg_conn *c, PGresult *res, const char *err)
 	fn(arg, res, err); /* res is fn's now */
 }
 
+/* libpq's message (it ends with a newline) as one line of a log or an error. */
+static void copy_message(char *dst, size_t len, const char *msg)
+{
+	snprintf(dst, len, "%s", msg);
+	size_t n = strlen(dst);
+	while (n && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
+		dst[--n] = '\0';
+}
+
 static void conn_failed(struct pg_conn *c, const char *why)
 {
-	char msg[300];
-	snprintf(msg, sizeof msg, "%s", why && *why ? why : "the connection to the database was lost");
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-		msg[--n] = '\0';
+	char msg[sizeof c->pool->last_error];
+	copy_message(msg, sizeof msg, why && *why ? why : "the connection to the database was lost");
 	snprintf(c->pool->last_error, sizeof c->pool->last_error, "%s", msg);
 	if (c->state == CONN_BUSY) {
 		if (c->res) {
@@ -433,11 +439,8 @@ static PGconn *start_connect(struct pg_pool *p, int blocking)
 static void connect_failed(struct pg_conn *c)
 {
 	struct pg_pool *p = c->pool;
-	char msg[256];
-	snprintf(msg, sizeof msg, "%s", PQerrorMessage(c->pq));
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-		msg[--n] = '\0';
+	char msg[200];
+	copy_message(msg, sizeof msg, PQerrorMessage(c->pq));
 	if (*msg)
 		snprintf(p->last_error, sizeof p->last_error, "cannot connect to the database: %s", msg);
 	log_warn(p->log, NULL, "%s", p->last_error);
@@ -621,10 +624,7 @@ PGconn *pg_pool_connect_blocking(struct pg_pool *p, char *err, size_t errlen)
 	PGconn *pq = start_connect(p, 1);
 	if (!pq || PQstatus(pq) != CONNECTION_OK) {
 		char msg[256];
-		snprintf(msg, sizeof msg, "%s", pq ? PQerrorMessage(pq) : "out of memory");
-		size_t n = strlen(msg);
-		while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-			msg[--n] = '\0';
+		copy_message(msg, sizeof msg, pq ? PQerrorMessage(pq) : "out of memory");
 		snprintf(err, errlen, "cannot connect to the database: %s", msg);
 		PQfinish(pq);
 		return NULL;

@@ -939,14 +939,6 @@ static const char *const MIGRATIONS_DDL = "CREATE TABLE IF NOT EXISTS _paygate_m
                                           " version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
                                           " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
 
-static void checksum(const char *sql, char out[17])
-{
-	unsigned long long h = 1469598103934665603ULL;
-	for (; *sql; sql++)
-		h = (h ^ (unsigned char)*sql) * 1099511628211ULL;
-	snprintf(out, 17, "%016llx", h);
-}
-
 static int sync_params(struct pgdb *db, const char *sql, int n, const char *const *vals, PGresult **out, char *err,
                        size_t errlen)
 {
@@ -964,80 +956,37 @@ static int sync_params(struct pgdb *db, const char *sql, int n, const char *cons
 	return 0;
 }
 
-/* The text this engine runs for the entry at the top of L (PostgreSQL's own when it has one), or NULL: a function. */
-static const char *entry_sql(lua_State *L)
+int pgdb_migration_checksum(struct pgdb *db, lua_Integer v, char out[17], char *err, size_t errlen)
 {
-	lua_getfield(L, -1, "postgresql");
-	if (!lua_isstring(L, -1)) {
-		lua_pop(L, 1);
-		lua_getfield(L, -1, "sql");
-	}
-	const char *sql = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
-	lua_pop(L, 1); /* the string stays alive in the entry table */
-	return sql;
-}
-
-static int migrate_entry(struct pgdb *db, lua_State *L, lua_Integer *last, char *err, size_t errlen)
-{
-	char sum[17], vbuf[32], e2[400];
-	int isint;
-	lua_getfield(L, -1, "version");
-	lua_Integer v = lua_tointegerx(L, -1, &isint);
-	lua_pop(L, 1);
-	lua_getfield(L, -1, "name");
-	const char *name = lua_tostring(L, -1);
-	lua_pop(L, 1);
-	if (!isint || v <= *last || !name) {
-		snprintf(err, errlen, "migrations must have increasing integer versions and names (at version %lld)",
-		         (long long)v);
-		return -1;
-	}
-	*last = v;
-	const char *sql = entry_sql(L);
-	checksum(sql ? sql : name, sum);
+	char vbuf[32];
+	PGresult *res;
 	snprintf(vbuf, sizeof vbuf, "%lld", (long long)v);
 	const char *p1[] = { vbuf };
-	PGresult *res;
 	if (sync_params(db, "SELECT checksum FROM _paygate_migrations WHERE version = $1", 1, p1, &res, err, errlen) <
 	    0)
 		return -1;
-	int applied = PQntuples(res) > 0, same = applied && strcmp(PQgetvalue(res, 0, 0), sum) == 0;
+	snprintf(out, 17, "%s", PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
 	PQclear(res);
-	if (applied && !same) {
-		snprintf(err, errlen,
-		         "migration %lld (%s) was changed after it was applied; "
-		         "add a new migration instead of editing an old one",
-		         (long long)v, name);
-		return -1;
-	}
-	if (applied)
-		return 0;
-	log_info(&db->eng->log, NULL, "applying migration %lld (%s)", (long long)v, name);
-	if (sql && refused_sql(sql, 1)) {
-		snprintf(err, errlen, "migration %lld (%s): %s", (long long)v, name, refused_sql(sql, 1));
-		return -1;
-	}
-	if (sql) {
-		if (sync_simple(db, sql, e2, sizeof e2) < 0) {
-			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, e2);
-			return -1;
-		}
-	} else {
-		lua_getfield(L, -1, "fn");
-		if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name,
-			         lua_tostring(L, -1));
-			lua_pop(L, 1);
-			return -1;
-		}
-	}
-	const char *p3[] = { vbuf, name, sum };
-	if (sync_params(db, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES ($1, $2, $3)", 3, p3, NULL,
-	                e2, sizeof e2) < 0) {
-		snprintf(err, errlen, "cannot record migration %lld: %s", (long long)v, e2);
-		return -1;
-	}
 	return 0;
+}
+
+int pgdb_migration_sql(struct pgdb *db, const char *sql, char *err, size_t errlen)
+{
+	const char *why = refused_sql(sql, 1);
+	if (why) {
+		snprintf(err, errlen, "%s", why);
+		return -1;
+	}
+	return sync_simple(db, sql, err, errlen);
+}
+
+int pgdb_migration_record(struct pgdb *db, lua_Integer v, const char *name, const char *sum, char *err, size_t errlen)
+{
+	char vbuf[32];
+	snprintf(vbuf, sizeof vbuf, "%lld", (long long)v);
+	const char *p3[] = { vbuf, name, sum };
+	return sync_params(db, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES ($1, $2, $3)", 3, p3,
+	                   NULL, err, errlen);
 }
 
 /* The database's newest migration is newer than these scripts' newest: another node runs newer scripts. */
@@ -1059,55 +1008,38 @@ static int check_not_behind(struct pgdb *db, lua_Integer last, char *err, size_t
 	return 0;
 }
 
-static int migrate_locked(struct pgdb *db, lua_State *L, int idx, char *err, size_t errlen)
-{
-	lua_Integer last = 0;
-	if (sync_simple(db, MIGRATIONS_DDL, err, errlen) < 0 || sync_simple(db, "BEGIN", err, errlen) < 0)
-		return -1;
-	db->sync_depth = 1; /* a db.tx inside a migration's function is a savepoint */
-	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-	int rc = 0;
-	for (lua_Integer i = 1; i <= n && rc == 0; i++) {
-		lua_rawgeti(L, idx, i);
-		if (lua_istable(L, -1)) {
-			rc = migrate_entry(db, L, &last, err, errlen);
-		} else {
-			snprintf(err, errlen, "migration #%lld is not a table", (long long)i);
-			rc = -1;
-		}
-		lua_pop(L, 1);
-	}
-	if (rc == 0)
-		rc = check_not_behind(db, last, err, errlen);
-	db->sync_depth = 0;
-	char e2[300];
-	if (rc < 0) {
-		sync_simple(db, "ROLLBACK", e2, sizeof e2);
-		return -1;
-	}
-	if (db->eng->check_only) { /* a check: the migrations ran and the schema is not behind; keep nothing */
-		sync_simple(db, "ROLLBACK", e2, sizeof e2);
-		return 0;
-	}
-	if (sync_simple(db, "COMMIT", e2, sizeof e2) < 0) {
-		snprintf(err, errlen, "the migrations could not be committed: %s", e2);
-		return -1;
-	}
-	return 0;
-}
-
-int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errlen)
+int pgdb_migrate_begin(struct pgdb *db, char *err, size_t errlen)
 {
 	char e2[300];
-	idx = lua_absindex(L, idx);
 	if (!pgdb_sync_begin(db, err, errlen))
 		return -1;
 	/* One node at a time; the others wait here, then find the migrations applied. */
-	int rc = sync_simple(db, LOCK_SQL, err, errlen);
-	if (rc == 0) {
-		rc = migrate_locked(db, L, idx, err, errlen);
-		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
+	if (sync_simple(db, LOCK_SQL, err, errlen) < 0) {
+		pgdb_sync_end(db);
+		return -1;
 	}
+	if (sync_simple(db, MIGRATIONS_DDL, err, errlen) < 0 || sync_simple(db, "BEGIN", err, errlen) < 0) {
+		sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
+		pgdb_sync_end(db);
+		return -1;
+	}
+	db->sync_depth = 1; /* a db.tx inside a migration's function is a savepoint */
+	return 0;
+}
+
+int pgdb_migrate_end(struct pgdb *db, int ok, lua_Integer last, char *err, size_t errlen)
+{
+	char e2[300];
+	int rc = ok ? check_not_behind(db, last, err, errlen) : -1;
+	db->sync_depth = 0;
+	if (rc < 0 ||
+	    db->eng->check_only) { /* a check: the migrations ran and the schema is not behind; keep nothing */
+		sync_simple(db, "ROLLBACK", e2, sizeof e2);
+	} else if (sync_simple(db, "COMMIT", e2, sizeof e2) < 0) {
+		snprintf(err, errlen, "the migrations could not be committed: %s", e2);
+		rc = -1;
+	}
+	sync_simple(db, "SELECT pg_advisory_unlock(" MIGRATION_LOCK ")", e2, sizeof e2);
 	pgdb_sync_end(db);
 	return rc;
 }

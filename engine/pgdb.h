@@ -48,12 +48,20 @@ int pgdb_tx(lua_State *L, struct pgdb *db);
 int pgdb_one_k(lua_State *L, struct pgdb *db, int first, lua_KContext ctx, lua_KFunction k);
 
 /*
-** Apply the migrations not yet applied (see store_migrate), once across every
-** node: under an advisory lock, on a blocking connection. Refuses to go on
-** when the database holds a migration newer than the newest in the list (these
-** scripts are older than the schema another node put there).
+** Migrations on PostgreSQL, for store_migrate (which walks the list, checks
+** and applies each entry): once across every node, on a blocking
+** connection, in one transaction, under an advisory lock. pgdb_migrate_end
+** commits (ok, and not a check) or rolls back, and refuses to go on when the
+** database holds a migration newer than `last`, the newest of these scripts
+** (another node put it there). 0, or -1 with err.
 */
-int pgdb_migrate(struct pgdb *db, lua_State *L, int idx, char *err, size_t errlen);
+int pgdb_migrate_begin(struct pgdb *db, char *err, size_t errlen);
+int pgdb_migrate_end(struct pgdb *db, int ok, lua_Integer last, char *err, size_t errlen);
+/* The checksum recorded for version v, or "" when it was never applied. */
+int pgdb_migration_checksum(struct pgdb *db, lua_Integer v, char out[17], char *err, size_t errlen);
+/* Run a migration's SQL (refused when it names the engine's private table). */
+int pgdb_migration_sql(struct pgdb *db, const char *sql, char *err, size_t errlen);
+int pgdb_migration_record(struct pgdb *db, lua_Integer v, const char *name, const char *sum, char *err, size_t errlen);
 
 /*
 ** Blocking work outside request handlers (a generation's load: its top-level

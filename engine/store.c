@@ -955,6 +955,8 @@ static void checksum(const char *sql, char out[17])
 /* The checksum recorded for version v, or "" when it was never applied. */
 static int applied_checksum(struct store *st, lua_Integer v, char out[17], char *err, size_t errlen)
 {
+	if (st->pg)
+		return pgdb_migration_checksum(st->pg, v, out, err, errlen);
 	sqlite3_stmt *s = store_prepare(st, "SELECT checksum FROM _paygate_migrations WHERE version = ?", err, errlen);
 	if (!s)
 		return -1;
@@ -966,28 +968,31 @@ static int applied_checksum(struct store *st, lua_Integer v, char out[17], char 
 	return 0;
 }
 
-/* Run one migration (entry table at top of L). */
-static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *name, const char *sum, char *err,
-                     size_t errlen)
+/*
+** The text this engine runs for the migration entry at the top of L (its
+** `postgresql` text on PostgreSQL, when it has one), or NULL: a function.
+*/
+static const char *entry_sql(struct store *st, lua_State *L)
 {
-	char e2[512];
-	lua_getfield(L, -1, "sql");
-	if (lua_isstring(L, -1)) {
-		int rc = exec_as(st, 0, lua_tostring(L, -1), e2, sizeof e2); /* the scripts' SQL: their limits */
-		lua_pop(L, 1);
-		if (rc < 0) {
-			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, e2);
-			return -1;
-		}
-	} else {
-		lua_pop(L, 1);
-		lua_getfield(L, -1, "fn");
-		if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name,
-			         lua_tostring(L, -1));
+	if (!st->pg || lua_getfield(L, -1, "postgresql") != LUA_TSTRING) {
+		if (st->pg)
 			lua_pop(L, 1);
-			return -1;
-		}
+		lua_getfield(L, -1, "sql");
+	}
+	const char *sql = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
+	lua_pop(L, 1); /* the string stays alive in the entry table */
+	return sql;
+}
+
+static int record_migration(struct store *st, lua_Integer v, const char *name, const char *sum, char *err,
+                            size_t errlen)
+{
+	char e2[400];
+	if (st->pg) {
+		if (pgdb_migration_record(st->pg, v, name, sum, e2, sizeof e2) == 0)
+			return 0;
+		snprintf(err, errlen, "cannot record migration %lld: %s", (long long)v, e2);
+		return -1;
 	}
 	sqlite3_stmt *s =
 	    store_prepare(st, "INSERT INTO _paygate_migrations(version, name, checksum) VALUES (?, ?, ?)", err, errlen);
@@ -1003,6 +1008,30 @@ static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *
 		return -1;
 	}
 	return 0;
+}
+
+/* Run one migration (entry table at top of L; sql its text, or NULL: its function). */
+static int apply_one(struct store *st, lua_State *L, lua_Integer v, const char *name, const char *sql, const char *sum,
+                     char *err, size_t errlen)
+{
+	char e2[512];
+	if (sql) {
+		int rc = st->pg ? pgdb_migration_sql(st->pg, sql, e2, sizeof e2)
+		                : exec_as(st, 0, sql, e2, sizeof e2); /* the scripts' SQL: their limits */
+		if (rc < 0) {
+			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name, e2);
+			return -1;
+		}
+	} else {
+		lua_getfield(L, -1, "fn");
+		if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+			snprintf(err, errlen, "migration %lld (%s) failed: %s", (long long)v, name,
+			         lua_tostring(L, -1));
+			lua_pop(L, 1);
+			return -1;
+		}
+	}
+	return record_migration(st, v, name, sum, err, errlen);
 }
 
 /* Check and apply the entry at the top of L. */
@@ -1023,9 +1052,8 @@ static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char
 		return -1;
 	}
 	*last = v;
-	lua_getfield(L, -1, "sql");
-	checksum(lua_isstring(L, -1) ? lua_tostring(L, -1) : name, sum);
-	lua_pop(L, 1);
+	const char *sql = entry_sql(st, L); /* each engine checksums the text it runs */
+	checksum(sql ? sql : name, sum);
 	if (applied_checksum(st, v, have, err, errlen) < 0)
 		return -1;
 	if (have[0] && strcmp(have, sum) != 0) {
@@ -1038,7 +1066,23 @@ static int migrate_entry(struct store *st, lua_State *L, lua_Integer *last, char
 	if (have[0])
 		return 0;
 	log_info(&st->eng->log, NULL, "applying migration %lld (%s)", (long long)v, name);
-	return apply_one(st, L, v, name, sum, err, errlen);
+	return apply_one(st, L, v, name, sql, sum, err, errlen);
+}
+
+/* Check and apply every entry of the list at idx; 0, or -1 with err. The newest version goes to *last. */
+static int migrate_list(struct store *st, lua_State *L, int idx, lua_Integer *last, char *err, size_t errlen)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_rawgeti(L, idx, i);
+		int rc = lua_istable(L, -1) ? migrate_entry(st, L, last, err, errlen) : -1;
+		if (rc < 0 && !lua_istable(L, -1))
+			snprintf(err, errlen, "migration #%lld is not a table", (long long)i);
+		lua_pop(L, 1);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
 }
 
 /* Apply the migrations not yet applied, in one transaction of their own, durable before it returns. */
@@ -1049,19 +1093,7 @@ static int migrate_all(struct store *st, lua_State *L, int idx, char *err, size_
 	if (store_flush(st, err, errlen) < 0 || exec_simple(st, MIGRATIONS_DDL, err, errlen) < 0 ||
 	    store_begin(st, err, errlen) < 0)
 		return -1;
-	lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-	for (lua_Integer i = 1; i <= n; i++) {
-		lua_rawgeti(L, idx, i);
-		int rc = lua_istable(L, -1) ? migrate_entry(st, L, &last, err, errlen) : -1;
-		if (rc < 0 && !lua_istable(L, -1))
-			snprintf(err, errlen, "migration #%lld is not a table", (long long)i);
-		lua_pop(L, 1);
-		if (rc < 0) {
-			store_rollback(st);
-			return -1;
-		}
-	}
-	if (store_commit(st, err, errlen) < 0) {
+	if (migrate_list(st, L, idx, &last, err, errlen) < 0 || store_commit(st, err, errlen) < 0) {
 		store_rollback(st);
 		return -1;
 	}
@@ -1070,11 +1102,17 @@ static int migrate_all(struct store *st, lua_State *L, int idx, char *err, size_
 
 int store_migrate(struct store *st, lua_State *L, int idx, char *err, size_t errlen)
 {
-	if (st->pg)
-		return pgdb_migrate(st->pg, L, idx, err, errlen);
+	idx = lua_absindex(L, idx);
+	if (st->pg) {
+		lua_Integer last = 0;
+		if (pgdb_migrate_begin(st->pg, err, errlen) < 0)
+			return -1;
+		int ok = migrate_list(st, L, idx, &last, err, errlen) == 0;
+		return pgdb_migrate_end(st->pg, ok, last, err, errlen);
+	}
 	int sleep_ok = st->sleep_ok;
 	st->sleep_ok = 1; /* migrations run before their generation serves: they may wait for the lock */
-	int rc = migrate_all(st, L, lua_absindex(L, idx), err, errlen);
+	int rc = migrate_all(st, L, idx, err, errlen);
 	st->sleep_ok = sleep_ok;
 	return rc;
 }
