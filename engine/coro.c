@@ -8,6 +8,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "clock.h"
 #include "engine.h"
 #include "gen.h"
 
@@ -311,33 +312,61 @@ int coro_suspendk(lua_State *L, const char *what, void *wait, coro_cleanup_fn cl
 	return lua_yieldk(L, 0, ctx, k); /* k NULL: the values of the resume are the function's results */
 }
 
+/* A coroutine's timer wait. libevent's timers run on the coarse monotonic clock, which lags
+   the real one by up to a tick (4 ms here), and one may fire when the coarse clock reaches the
+   deadline a little before the real clock has: so the deadline is kept on the precise clock, and
+   a timer that fires early is armed again for what remains. A sleep never ends early. */
+struct sleep {
+	struct event *ev;
+	struct coro *c;
+	int64_t until_us; /* clock_mono_us() */
+};
+
+/* Arm s->ev for what remains: 0, or -1 when libevent refuses. */
+static int sleep_arm(struct sleep *s, int64_t left_us)
+{
+	struct timeval tv = { (time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000) };
+	/* libevent counts a timeout from the time it read when this loop turn began; after a long
+	   turn that is in the past, and the wait would end early. Count from now. */
+	event_base_update_cache_time(s->c->eng->base);
+	return evtimer_add(s->ev, &tv);
+}
+
 static void sleep_over(evutil_socket_t fd, short what, void *arg)
 {
+	struct sleep *s = arg;
+	int64_t left = s->until_us - clock_mono_us();
+
 	(void)fd;
 	(void)what;
-	coro_wake(arg);
+	if (left > 0 && sleep_arm(s, left) == 0)
+		return;
+	coro_wake(s->c);
 }
 
 static void sleep_cleanup(struct coro *c)
 {
-	event_free(c->wait);
+	struct sleep *s = c->wait;
+	event_free(s->ev);
+	free(s);
 }
 
 int coro_sleepk(lua_State *L, const char *what, int64_t us, lua_KContext ctx, lua_KFunction k)
 {
 	coro_check_suspend(L, what);
 	struct coro *c = coro_of(L);
-	struct event *ev = evtimer_new(c->eng->base, sleep_over, c);
-	struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
-	/* libevent counts a timeout from the time it read when this loop turn began; after a long
-	   turn that is in the past, and the wait would end early. Count from now. */
-	event_base_update_cache_time(c->eng->base);
-	if (!ev || evtimer_add(ev, &tv) < 0) {
-		if (ev)
-			event_free(ev);
+	struct sleep *s = malloc(sizeof *s);
+	if (s) {
+		*s = (struct sleep){ .c = c, .until_us = clock_mono_us() + us };
+		s->ev = evtimer_new(c->eng->base, sleep_over, s);
+	}
+	if (!s || !s->ev || sleep_arm(s, us) < 0) {
+		if (s && s->ev)
+			event_free(s->ev);
+		free(s);
 		return luaL_error(L, "%s: cannot arm a timer", what);
 	}
-	return coro_suspendk(L, what, ev, sleep_cleanup, NULL, ctx, k);
+	return coro_suspendk(L, what, s, sleep_cleanup, NULL, ctx, k);
 }
 
 int coro_suspend(lua_State *L, const char *what, void *wait, coro_cleanup_fn cleanup, coro_retvals_fn retvals)
