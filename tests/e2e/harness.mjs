@@ -158,6 +158,17 @@ export async function eventually(fn, timeoutMs = 5000, stepMs = 50) {
 }
 
 /**
+ * The first sanitizer report in a process's output (ASan, LSan, UBSan, TSan), or undefined.
+ * Only a sanitizer build prints one; a worker it aborted is restarted by the master, and a leak
+ * is reported only as the process exits, so nothing else would notice.
+ */
+export function sanitizerReport(text) {
+  const lines = text.split('\n');
+  const at = lines.findIndex((l) => /ERROR: (AddressSanitizer|LeakSanitizer)|WARNING: ThreadSanitizer|: runtime error: /.test(l));
+  return at < 0 ? undefined : lines.slice(Math.max(0, at - 2), at + 40).join('\n');
+}
+
+/**
  * Start a gateway. opts.scripts: files for the scripts dir (must include init.lua);
  * opts.config: extra config fields (Lua table syntax is generated); opts.dir: reuse a
  * directory (to restart on the same database); opts.backend: 'sqlite' (a file in the directory,
@@ -207,6 +218,15 @@ export async function startGateway(opts = {}) {
     exited.then(({ code }) => { clearTimeout(t); reject(new Error(`gateway exited (${code}):\n${stderr}`)); });
   });
 
+  let reported = false;
+  const noSanitizerReport = () => {
+    const report = reported ? undefined : sanitizerReport(stderr);
+    if (report) {
+      reported = true;
+      throw new Error(`paygate ${child.pid}: a sanitizer reported:\n${report}`);
+    }
+  };
+
   const gw = {
     dir, scriptsDir, port, child, pid: child.pid, config, backend, database: config.database,
     /** Rewrite the config file with `changes` merged over the running config (a reload reads its `app`). */
@@ -236,8 +256,10 @@ export async function startGateway(opts = {}) {
         process.kill(child.pid, 'SIGKILL');
         await exited;
       }
+      noSanitizerReport();
     },
-    /** Stop by PID (SIGTERM, then SIGKILL after 5 s); keeps the directory unless clean is set. */
+    /** Stop by PID (SIGTERM, then SIGKILL after 5 s); keeps the directory unless clean is set.
+     *  Throws when a sanitizer reported anything while it ran or as it exited. */
     async stop({ clean = !opts.dir, signal = 'SIGTERM' } = {}) {
       stopping = true;
       if (child.exitCode === null && child.signalCode === null) {
@@ -250,6 +272,7 @@ export async function startGateway(opts = {}) {
         rmSync(dir, { recursive: true, force: true });
         if (ownDb) pgDropDatabase(ownDb);
       }
+      noSanitizerReport();
     },
   };
   return gw;
