@@ -13,8 +13,15 @@
 #define STMT_CACHE 128 /* per connection, direct-mapped: slot = hash(sql) */
 #define MAX_PARAMS 1000
 
-/* Every session: SERIALIZABLE (as SQLite), and a bound on how long one statement may run. */
-#define SESSION_OPTIONS "-c default_transaction_isolation=serializable -c statement_timeout=%d"
+/*
+** Every session: SERIALIZABLE (as SQLite), a bound on how long one statement
+** may run, and the same bound on a transaction left idle: one its gateway lost
+** track of (a bug, a stuck worker) is ended by the server, and its locks (the
+** writers' lock of serial transactions among them) with it.
+*/
+#define SESSION_OPTIONS                                                         \
+	"-c default_transaction_isolation=serializable -c statement_timeout=%d" \
+	" -c idle_in_transaction_session_timeout=%d"
 
 /*
 ** The engine's own statements (pg_pool_query: the jobs' claims, leases and
@@ -25,7 +32,9 @@
 ** jobs' own outcomes, fail with serialization failures (an outcome that
 ** fails leaves its job to run a second time when its lease runs out).
 */
-#define OWN_OPTIONS   "-c default_transaction_isolation=read\\ committed -c statement_timeout=%d"
+#define OWN_OPTIONS                                                                 \
+	"-c default_transaction_isolation=read\\ committed -c statement_timeout=%d" \
+	" -c idle_in_transaction_session_timeout=%d"
 #define OWN_POOL_SIZE 2
 
 enum conn_state {
@@ -67,7 +76,7 @@ struct pg_pool {
 	struct event_base *base;
 	struct log *log;
 	char *conninfo, *password;
-	char options[128]; /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
+	char options[256]; /* the sessions' options: SESSION_OPTIONS, or OWN_OPTIONS */
 	int size, open;
 	struct pg_conn *free_list;
 	struct pg_pool *own;      /* for pg_pool_query (NULL in that pool itself) */
@@ -565,9 +574,9 @@ static struct pg_pool *pool_alloc(struct event_base *base, struct log *log, cons
 struct pg_pool *pg_pool_new(struct event_base *base, struct log *log, const char *conninfo, const char *password,
                             int size, int statement_timeout_ms, char *err, size_t errlen)
 {
-	char options[128], own_options[128];
-	snprintf(options, sizeof options, SESSION_OPTIONS, statement_timeout_ms);
-	snprintf(own_options, sizeof own_options, OWN_OPTIONS, statement_timeout_ms);
+	char options[256], own_options[256];
+	snprintf(options, sizeof options, SESSION_OPTIONS, statement_timeout_ms, statement_timeout_ms);
+	snprintf(own_options, sizeof own_options, OWN_OPTIONS, statement_timeout_ms, statement_timeout_ms);
 	struct pg_pool *p = pool_alloc(base, log, conninfo, password, size, options);
 	if (!p || !(p->own = pool_alloc(base, log, conninfo, password, OWN_POOL_SIZE, own_options))) {
 		snprintf(err, errlen, "out of memory");
@@ -708,7 +717,9 @@ void pg_release(struct pg_conn *c)
 void pg_drop(struct pg_conn *c)
 {
 	if (c && c->state == CONN_BUSY)
-		c->dropped = 1;
+		c->dropped = 1; /* given back by finish_command once answered */
+	else
+		pg_release(c); /* answered already (its holder had not read it yet): now */
 }
 
 /* ---- commands ---- */

@@ -74,7 +74,11 @@ int pg_send(struct pg_conn *c, const char *sql, int n, const char *const *values
 /* Run sql that has no parameters with the simple protocol (BEGIN, COMMIT, SAVEPOINT ...): like pg_send. */
 int pg_send_simple(struct pg_conn *c, const char *sql, pg_result_fn fn, void *arg, char *err, size_t errlen);
 
-/* The command in flight on c will be answered to nobody: its result is read and thrown away. */
+/*
+** Its holder went away: give c back, closed unless idle (a transaction left
+** open is rolled back by the server). A command still in flight is answered to
+** nobody: its result is read and thrown away first.
+*/
 void pg_drop(struct pg_conn *c);
 
 /* Is this failure worth running the whole transaction again (serialization failure, deadlock)? */

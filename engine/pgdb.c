@@ -425,7 +425,8 @@ static void conn_too_late(evutil_socket_t fd, short what, void *arg)
 	call_answered(k);
 }
 
-/* The coroutine was cancelled (shutdown) while it waited: nothing will read the answer. */
+/* The coroutine was cancelled (its client hung up, or shutdown) while it waited, or after its answer came
+   but before it ran on: nothing will read the answer. */
 static void call_cleanup(struct coro *c)
 {
 	struct pg_call *k = c->wait;
@@ -727,7 +728,7 @@ static void tx_drop(struct coro *c)
 	struct pgdb_tx *t = c->db_tx;
 	if (t->conn)
 		pg_drop(t->conn);
-	t->conn = NULL; /* pg_drop gives it back (closed: it is inside a transaction) once answered */
+	t->conn = NULL; /* pg_drop gives it back, closed (it is inside a transaction), now or once answered */
 	tx_end(c);
 }
 
@@ -1078,7 +1079,9 @@ PGconn *pgdb_sync_begin(struct pgdb *db, char *err, size_t errlen)
 	db->sync_refs = 1;
 	/* A migration that waits for a lock held by a transaction of this very process (suspended while the
 	   loop is here) would wait forever: give up after a while instead. */
-	if (sync_simple(db, "SET lock_timeout = '5s'; SET statement_timeout = 0", e2, sizeof e2) < 0) {
+	if (sync_simple(
+	        db, "SET lock_timeout = '5s'; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0",
+	        e2, sizeof e2) < 0) {
 		snprintf(err, errlen, "%s", e2);
 		pgdb_sync_end(db);
 		return NULL;
