@@ -120,7 +120,7 @@ for (const seed of SEEDS) {
         const line = { orders: count(['CREATED', 'PAYING', 'PAID', 'CLOSED', 'REFUNDING', 'REFUNDED']), paid: count(['PAID', 'REFUNDING', 'REFUNDED']),
           refunded: count(['REFUNDED']), closed: count(['CLOSED']) };
         console.log(`# chaos seed ${seed} (${ctx.workers} worker${ctx.workers > 1 ? 's' : ''}): ${line.orders} orders (${line.paid} paid, ${line.refunded} of them refunded, ${line.closed} closed; ` +
-          `${ctx.stats.cancels} cancels, ${ctx.stats.abandoned} left to expire), ${ctx.kills.gateway} gateway kills, ` +
+          `${ctx.stats.cancels} cancels, ${ctx.stats.abandoned} left to expire, ${ctx.stats.hangups || 0} requests hung up on), ${ctx.kills.gateway} gateway kills, ` +
           `${ctx.kills.sandbox} sandbox kills, ${redeliveries} deliveries repeated after a kill; violations ${violations.length}`);
         totals.seeds.push(seed);
         for (const k of ['orders', 'paid', 'refunded', 'closed']) totals[k] += line[k];

@@ -244,6 +244,10 @@ for (const seed of SEEDS) {
         for (const key of waitingJobKeys(shop)) await lb.post(`/test/jobs/${key}/due`, {}).catch(() => {});
         await sleep(200);
       }
+      // Settled, and no node keeps a transaction open (one a hung-up request left would hold its locks).
+      const open = BACKEND !== 'postgresql' ? 0 : shop("SELECT count(*) AS n FROM pg_stat_activity " +
+        "WHERE datname = current_database() AND state LIKE 'idle in transaction%'")[0].n;
+      if (open) violations.push(`${open} sessions left idle inside a transaction after settling`);
       for (const n of nodes) await n.stop();
       await world.sandbox.stop();
       if (why.length) violations.push(`not settled after ${SETTLE_MS / 1000} s: ${why.join('; ')}`);
@@ -260,7 +264,7 @@ for (const seed of SEEDS) {
       const count = (s) => orders.filter((o) => s.includes(o.status)).reduce((a, o) => a + o.n, 0);
       const paid = count(['PAID', 'REFUNDING', 'REFUNDED']);
       const byNode = (what) => [0, 1, 2].map((i) => receiver.log.filter((e) => e.what === what && e.node === String(i)).length).join('/');
-      console.log(`nodes seed ${seed} (${BACKEND}): ${ctx.created.size} orders answered 201 (${paid} paid), requests per node ${lb.served.join('/')}, ` +
+      console.log(`nodes seed ${seed} (${BACKEND}): ${ctx.created.size} orders answered 201 (${paid} paid), ${ctx.stats.hangups || 0} requests hung up on, requests per node ${lb.served.join('/')}, ` +
         `deliveries per node ${byNode('deliver')}, job runs per node ${byNode('tick')} for ${ticks.size} jobs; node ${victim} killed at +${killAt} ms ` +
         `for ${down} ms; repeats after the kill: ${deliveries.explained} deliveries, ${runs.explained} job runs; ${migrations} migrations recorded; ` +
         `violations ${violations.length}`);

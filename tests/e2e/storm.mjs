@@ -83,21 +83,24 @@ export function faultsFor(rnd) {
  */
 export async function shopper(ctx, user, rnd) {
   const { world, stats, products } = ctx;
+  // One write in eight hangs up after 1-40 ms, often while its handler is inside a transaction
+  // or waits for its commit: nothing of it may stay half done, or hold anything.
+  const patience = () => (rnd() % 8 === 0 ? 1 + (rnd() % 40) : 5000);
   while (Date.now() < ctx.stormEnd) {
     const gw = ctx.gw;
     try {
       const n = 1 + (rnd() % 2);
       const items = [...products].sort(() => (rnd() % 3) - 1).slice(0, n).map((product_id) => ({ product_id, qty: 1 + (rnd() % 3) }));
-      let r = await gw.post('/api/orders', { items }, { headers: user.auth, timeout: 5000 });
+      let r = await gw.post('/api/orders', { items }, { headers: user.auth, timeout: patience() });
       if (r.status !== 201) { await sleep(20); continue; }
       const no = r.json.order_no;
       ctx.created.set(no, r.json.amount);
       const fate = rnd() % 10;
-      if (fate === 0) { await gw.post(`/api/orders/${no}/cancel`, {}, { headers: user.auth, timeout: 5000 }); stats.cancels++; continue; }
+      if (fate === 0) { await gw.post(`/api/orders/${no}/cancel`, {}, { headers: user.auth, timeout: patience() }); stats.cancels++; continue; }
       if (fate === 1) { stats.abandoned++; continue; } // it expires
-      r = await gw.post(`/api/orders/${no}/pay`, {}, { headers: user.auth, timeout: 5000 });
+      r = await gw.post(`/api/orders/${no}/pay`, {}, { headers: user.auth, timeout: patience() });
       if (r.status !== 200) continue;
-      if (fate === 2) { await gw.post(`/api/orders/${no}/cancel`, {}, { headers: user.auth, timeout: 5000 }); stats.cancels++; continue; }
+      if (fate === 2) { await gw.post(`/api/orders/${no}/cancel`, {}, { headers: user.auth, timeout: patience() }); stats.cancels++; continue; }
       if (fate === 3) { stats.abandoned++; continue; } // prepaid, never paid: closed at WeChat when it expires
       if (fate === 4) await sleep(rnd() % 300); // pays late, maybe after a cancel raced it
       await world.userPays(user, r.json, fate === 5 ? 'CANCEL' : 'SUCCESS');
@@ -109,11 +112,12 @@ export async function shopper(ctx, user, rnd) {
       }
       if (r.json?.status === 'PAID' && fate >= 8) { // the operator refunds some: all, or 1 fen
         const body = fate === 8 ? {} : { amount: 1, reason: 'partial' };
-        r = await gw.post(`/admin/orders/${no}/refund`, body, { timeout: 5000 });
+        r = await gw.post(`/admin/orders/${no}/refund`, body, { timeout: patience() });
         if (r.status === 202) stats.refunds++;
       }
-    } catch {
-      await sleep(30); // the gateway or the sandbox is down: try again
+    } catch (e) {
+      if (/^timeout/.test(e?.message)) stats.hangups = (stats.hangups || 0) + 1;
+      await sleep(30); // the gateway or the sandbox is down, or we hung up: go on
     }
   }
 }
