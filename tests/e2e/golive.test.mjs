@@ -3,15 +3,14 @@
 // behind its token; an online backup from POST /admin/backup restores into a working gateway.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BIN, ROOT, eventually, startGateway } from './harness.mjs';
+import { BIN, ROOT, eventually, startGateway, startNginx, have } from './harness.mjs';
 import { freePort } from './shopenv.mjs';
 
-const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const TOKEN = 'golive-admin-token-0123456789';
 
 test('the systemd unit passes systemd-analyze verify without a warning', { skip: !have('systemd-analyze') && 'systemd-analyze is not installed' }, () => {
@@ -62,13 +61,7 @@ test('the nginx TLS front serves paygate over HTTPS; admin still needs its token
       .replaceAll('listen 80;', `listen 127.0.0.1:${http};`).replaceAll('listen 443 ssl http2;', `listen 127.0.0.1:${tls} ssl http2;`)
       .replace(/^\s*listen \[::\].*$/gm, '')
       .replaceAll('/etc/ssl/paygate/', d + '/');
-    writeFileSync(join(d, 'site.conf'), site);
-    writeFileSync(join(d, 'nginx.conf'), `pid ${d}/nginx.pid;\nerror_log ${d}/error.log;\nevents {}\nhttp {\n` +
-      `  access_log off;\n  client_body_temp_path ${d}; proxy_temp_path ${d}; fastcgi_temp_path ${d}; uwsgi_temp_path ${d}; scgi_temp_path ${d};\n` +
-      `  include ${d}/site.conf;\n}\n`);
-    const t = spawnSync('nginx', ['-t', '-c', join(d, 'nginx.conf'), '-p', d], { encoding: 'utf8' });
-    assert.equal(t.status, 0, t.stderr);
-    nginx = spawn('nginx', ['-c', join(d, 'nginx.conf'), '-p', d, '-g', 'daemon off;'], { stdio: 'ignore' });
+    nginx = startNginx(d, site);
     const health = await eventually(async () => { try { return await get(tls, '/healthz'); } catch { return false; } }, 10000, 100);
     assert.equal(health.status, 200);
     assert.equal((await get(tls, '/admin/hello')).status, 401, 'every request is loopback to paygate: the token still counts');
@@ -80,7 +73,7 @@ test('the nginx TLS front serves paygate over HTTPS; admin still needs its token
     assert.equal((await get(tls, '/metrics')).status, 401, 'with tokens configured, a scraper brings one too');
     assert.equal((await get(tls, '/metrics', { Authorization: 'Bearer ' + TOKEN })).status, 200);
   } finally {
-    if (nginx) { nginx.kill('SIGQUIT'); await new Promise((r) => nginx.on('exit', r)); }
+    await nginx?.stop();
     await gw.stop();
     rmSync(d, { recursive: true, force: true });
   }

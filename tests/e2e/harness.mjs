@@ -12,7 +12,8 @@
 // named after its directory (a restart with the same opts.dir finds the same database), and
 // drops it when the directory is cleaned. `backends()` lists the back ends a spec runs on.
 
-import { spawn, execFileSync } from 'node:child_process';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync, cpSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve, basename } from 'node:path';
@@ -276,6 +277,31 @@ export async function startGateway(opts = {}) {
     },
   };
   return gw;
+}
+
+/** Is cmd on the PATH? (for specs that need a program, nginx say, and skip without it) */
+export const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+
+/**
+ * A real nginx serving `site` (the text of a server-block file) with its pid, logs and temp files
+ * in dir, once `nginx -t` accepts the config. stop() ends it by its PID (SIGQUIT: graceful).
+ */
+export function startNginx(dir, site) {
+  writeFileSync(join(dir, 'site.conf'), site);
+  writeFileSync(join(dir, 'nginx.conf'), `pid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n` +
+    `  access_log off;\n  client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};\n` +
+    `  include ${dir}/site.conf;\n}\n`);
+  const t = spawnSync('nginx', ['-t', '-c', join(dir, 'nginx.conf'), '-p', dir], { encoding: 'utf8' });
+  assert.equal(t.status, 0, t.stderr);
+  const child = spawn('nginx', ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { stdio: 'ignore' });
+  const exited = new Promise((r) => child.on('exit', r));
+  return {
+    child,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGQUIT');
+      await exited;
+    },
+  };
 }
 
 /** Run paygate with arguments to completion (e.g. --check); resolves {code, stdout, stderr}. */

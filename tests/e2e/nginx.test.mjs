@@ -11,15 +11,13 @@
 // naming the node that answered, for the test to see.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import crypto from 'node:crypto';
-import { ROOT, eventually, pgCreateDatabase, pgDropDatabase, pgUnavailable, request } from './harness.mjs';
+import { ROOT, eventually, pgCreateDatabase, pgDropDatabase, pgUnavailable, request, startNginx, have } from './harness.mjs';
 import { freePort, startWorld } from './shopenv.mjs';
 
-const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const skip = have('nginx') ? pgUnavailable() : 'nginx is not installed';
 console.log(skip ? `backends: none; postgresql SKIPPED: ${skip}` : 'backends: postgresql (three nodes behind nginx)');
 
@@ -55,13 +53,7 @@ test('three nodes on one PostgreSQL database behind nginx: spread, shared sessio
       .replace(/^\s*ssl_.*$/gm, '')
       .replace('add_header Strict-Transport-Security "max-age=31536000" always;', 'add_header X-Upstream $upstream_addr always;');
     assert.equal(upstream, 3, 'the example names three nodes');
-    writeFileSync(join(d, 'site.conf'), site);
-    writeFileSync(join(d, 'nginx.conf'), `pid ${d}/nginx.pid;\nerror_log ${d}/error.log;\nevents {}\nhttp {\n` +
-      `  access_log off;\n  client_body_temp_path ${d}; proxy_temp_path ${d}; fastcgi_temp_path ${d}; uwsgi_temp_path ${d}; scgi_temp_path ${d};\n` +
-      `  include ${d}/site.conf;\n}\n`);
-    const t = spawnSync('nginx', ['-t', '-c', join(d, 'nginx.conf'), '-p', d], { encoding: 'utf8' });
-    assert.equal(t.status, 0, t.stderr);
-    nginx = spawn('nginx', ['-c', join(d, 'nginx.conf'), '-p', d, '-g', 'daemon off;'], { stdio: 'ignore' });
+    nginx = startNginx(d, site);
     const via = (method, path, body, headers = {}) => request(front, method, path, { body, headers });
     await eventually(async () => (await via('GET', '/healthz')).status === 200, 10000, 100);
 
@@ -145,7 +137,7 @@ test('three nodes on one PostgreSQL database behind nginx: spread, shared sessio
     // ---- per-node metrics are not served through the front ----
     assert.equal((await via('GET', '/metrics')).status, 403);
   } finally {
-    if (nginx) { nginx.kill('SIGQUIT'); await new Promise((r) => nginx.on('exit', r)); }
+    await nginx?.stop();
     await world.stop();
     pgDropDatabase(dbName);
     rmSync(d, { recursive: true, force: true });
