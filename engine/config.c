@@ -390,6 +390,28 @@ static void read_fetch_tls(struct reader *r, struct config *cfg)
 	cfg->fetch_keepalive_s = (int)v;
 }
 
+/* The `postgresql` table: read whatever the database is (a SQLite file ignores it). */
+static void read_postgresql(struct reader *r, struct config *cfg)
+{
+	int64_t v = cfg->pg_pool_size;
+	char *tx = NULL;
+
+	read_int(r, "postgresql", "pool_size", 1, 1000, &v);
+	cfg->pg_pool_size = (int)v;
+	read_str(r, "postgresql", "password_file", 1, &cfg->pg_password_file);
+	v = cfg->pg_statement_timeout_ms;
+	read_int(r, "postgresql", "statement_timeout_ms", 0, 3600000, &v);
+	cfg->pg_statement_timeout_ms = (int)v;
+	read_str(r, "postgresql", "transactions", 0, &tx);
+	if (tx && strcmp(tx, "serial") == 0)
+		cfg->pg_concurrent_tx = 0;
+	else if (tx && strcmp(tx, "concurrent") == 0)
+		cfg->pg_concurrent_tx = 1;
+	else if (tx)
+		bad(r, "postgresql", "transactions", "\"serial\" or \"concurrent\"");
+	free(tx);
+}
+
 static void read_fields(struct reader *r, struct config *cfg)
 {
 	int64_t v;
@@ -405,22 +427,7 @@ static void read_fields(struct reader *r, struct config *cfg)
 	int url = lua_type(r->L, -1) == LUA_TSTRING && config_database_is_postgresql_url(lua_tostring(r->L, -1));
 	lua_pop(r->L, 1);
 	read_str(r, "database", NULL, !url, &cfg->db_path);
-	v = cfg->pg_pool_size;
-	read_int(r, "postgresql", "pool_size", 1, 1000, &v);
-	cfg->pg_pool_size = (int)v;
-	read_str(r, "postgresql", "password_file", 1, &cfg->pg_password_file);
-	v = cfg->pg_statement_timeout_ms;
-	read_int(r, "postgresql", "statement_timeout_ms", 0, 3600000, &v);
-	cfg->pg_statement_timeout_ms = (int)v;
-	char *tx = NULL;
-	read_str(r, "postgresql", "transactions", 0, &tx);
-	if (tx && strcmp(tx, "serial") == 0)
-		cfg->pg_concurrent_tx = 0;
-	else if (tx && strcmp(tx, "concurrent") == 0)
-		cfg->pg_concurrent_tx = 1;
-	else if (tx)
-		bad(r, "postgresql", "transactions", "\"serial\" or \"concurrent\"");
-	free(tx);
+	read_postgresql(r, cfg);
 
 	v = (int64_t)cfg->max_header_bytes;
 	read_int(r, "limits", "max_header_bytes", 1024, 1 << 20, &v);
